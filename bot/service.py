@@ -1,0 +1,186 @@
+"""The chat and feedback flows shared by the Gradio UI and the HTTP API, so
+both store conversations and create examples through the same code path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.engine import Engine, Generation, GenerationParams
+from bot.fewshot import retrieve
+from core.config import ServeConfig
+from core.errors import ValidationError
+from storage import Store
+from storage.store import normalise_text, validate_messages
+
+MAX_MESSAGE_CHARS = 32_000
+MAX_MESSAGES = 200
+
+
+def clean_conversation(messages: Any) -> list[dict[str, str]]:
+    """Validate a conversation from a client: roles, string contents, sizes, ends with a user turn."""
+    if not isinstance(messages, list) or not messages:
+        raise ValidationError("messages must be a non-empty list")
+    if len(messages) > MAX_MESSAGES:
+        raise ValidationError(f"messages has {len(messages)} entries; the limit is {MAX_MESSAGES}")
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str) and len(content) > MAX_MESSAGE_CHARS:
+            raise ValidationError(f"messages[{i}].content is {len(content)} characters; the limit is {MAX_MESSAGE_CHARS}")
+    return validate_messages(messages, what="messages")
+
+
+@dataclass
+class Answer:
+    """An answer being streamed; after iteration it is stored and `message_id` is set."""
+
+    generation: Generation
+    conversation_id: int
+    context: list[dict[str, str]]
+    store: Store
+    message_id: int | None = None
+    few_shot_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.generation.text
+
+    @property
+    def model_version(self) -> str | None:
+        return self.generation.model_version
+
+    @property
+    def few_shot_ids(self) -> list[int]:
+        return self.generation.few_shot_ids
+
+    @property
+    def notices(self) -> list[str]:
+        return self.generation.prompt.notices
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.generation
+        self.message_id = self.store.add_message(
+            self.conversation_id,
+            "assistant",
+            self.generation.text,
+            context=self.context,
+            model_version=self.generation.model_version,
+            gen_params=self.generation.params.as_dict(),
+            few_shot_ids=self.few_shot_ids,
+        )
+
+    def cancel(self) -> None:
+        self.generation.cancel()
+
+
+class ChatService:
+    """Answers conversations and turns ratings and corrections into examples."""
+
+    def __init__(self, engine: Engine, store: Store, config: ServeConfig):
+        self.engine = engine
+        self.store = store
+        self.config = config
+
+    def default_params(self) -> GenerationParams:
+        return GenerationParams(
+            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature, top_p=self.config.top_p
+        )
+
+    def answer(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        params: GenerationParams | None = None,
+        few_shot: bool | None = None,
+        conversation_id: int | None = None,
+        source: str = "ui",
+    ) -> Answer:
+        """Store the user's turn and start answering it; iterate the result to stream the answer."""
+        context = clean_conversation(list(messages))
+        params = (params or self.default_params()).validate()
+        use_few_shot = self.config.few_shot if few_shot is None else few_shot
+        demos = retrieve(self.store, context, k=self.config.few_shot_k) if use_few_shot else []
+        generation = self.engine.stream(context, params, demos)
+        if conversation_id is None:
+            system = next((m["content"] for m in context if m["role"] == "system"), None)
+            conversation_id = self.store.create_conversation(source=source, system_prompt=system)
+        self.store.add_message(conversation_id, "user", context[-1]["content"])
+        return Answer(generation, conversation_id, context, self.store, few_shot_examples=demos)
+
+    def review_status(self) -> str:
+        """The status a new example gets under the review policy."""
+        return "approved" if self.config.effective_review_policy == "auto" else "pending"
+
+    def record_feedback(
+        self,
+        message_id: Any,
+        *,
+        rating: Any = None,
+        reason: Any = None,
+        comment: Any = None,
+        correction: Any = None,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a rating and/or correction of an assistant message, creating an example where due.
+
+        A correction becomes a `correction` example (the original kept as rejected),
+        a thumbs-up an `upvote` example, a thumbs-down alone feedback only. Un-rating
+        (rating None) or a thumbs-down withdraws an earlier upvote example.
+        """
+        if isinstance(message_id, bool) or not isinstance(message_id, int):
+            raise ValidationError("message_id must be an integer")
+        if rating not in (None, "up", "down"):
+            raise ValidationError(f"rating must be 'up', 'down' or null, not {rating!r}")
+        for name, value in (("reason", reason), ("comment", comment)):
+            if value is not None and (not isinstance(value, str) or len(value) > 2000):
+                raise ValidationError(f"{name} must be a string of at most 2000 characters")
+        if correction is not None:
+            if not isinstance(correction, str) or not normalise_text(correction):
+                raise ValidationError("correction is empty: give the text the answer should have been")
+            correction = self.store.validate_output(correction, what="correction")
+        message = self.store.get_message(message_id)
+        if message["role"] != "assistant" or not message.get("context"):
+            raise ValidationError(f"Message {message_id} is not an assistant answer")
+        if correction is not None and correction == normalise_text(message["content"]):
+            raise ValidationError("The correction is the same as the answer: edit the text, or rate it instead")
+
+        status = self.review_status()
+        with self.store.db.atomic():
+            feedback_id = self.store.add_feedback(
+                message_id, rating=rating, reason=reason, comment=comment, correction=correction, actor=actor
+            )
+            example_id = None
+            if rating != "up" or correction is not None:
+                self._withdraw_upvotes(message_id, actor)
+            if correction is not None:
+                example_id = self.store.add_example(
+                    message["context"],
+                    correction,
+                    source="correction",
+                    status=status,
+                    rejected=message["content"],
+                    message_id=message_id,
+                    feedback_id=feedback_id,
+                    actor=actor,
+                )
+            elif rating == "up":
+                example_id = self.store.add_example(
+                    message["context"],
+                    message["content"],
+                    source="upvote",
+                    status=status,
+                    message_id=message_id,
+                    feedback_id=feedback_id,
+                    actor=actor,
+                )
+            if example_id is not None:
+                self.store.set_feedback_example(feedback_id, example_id)
+        return {"feedback_id": feedback_id, "example_id": example_id, "status": status if example_id else None}
+
+    def _withdraw_upvotes(self, message_id: int, actor: str | None) -> None:
+        for row in self.store.message_feedback(message_id):
+            if row["rating"] == "up" and row["example_id"] and not row["correction"]:
+                example = self.store.get_example(row["example_id"])
+                if example["source"] == "upvote" and example["status"] in ("pending", "approved"):
+                    self.store.update_example(example["id"], status="rejected", actor=actor or "unrate")

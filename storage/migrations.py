@@ -1,0 +1,122 @@
+"""Named schema migrations. Each runs once, in order, inside a transaction;
+a new column or table is a new migration, never an edit of an old one."""
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("exemplar")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["conversations"].create(
+        {"id": int, "created_at": str, "source": str, "system_prompt": str},
+        pk="id",
+    )
+    db["messages"].create(
+        {
+            "id": int,
+            "conversation_id": int,
+            "role": str,
+            "content": str,
+            # Assistant turns only: the chat messages the model answered (system
+            # prompt and earlier turns included, few-shot demonstrations not).
+            "context": str,
+            "model_version": str,
+            "gen_params": str,
+            "few_shot_ids": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+    )
+    db["messages"].create_index(["conversation_id"])
+    db["feedback"].create(
+        {
+            "id": int,
+            "message_id": int,
+            "rating": str,
+            "reason": str,
+            "comment": str,
+            "correction": str,
+            "example_id": int,
+            "actor": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("message_id", "messages", "id")],
+    )
+    db["feedback"].create_index(["message_id"])
+    db["examples"].create(
+        {
+            "id": int,
+            "input": str,  # JSON list of {"role", "content"}, ending with a user turn
+            "input_text": str,  # the last user turn, indexed for few-shot retrieval
+            "input_key": str,  # hash of the normalised input, for dedupe and a stable split
+            "output": str,
+            "rejected": str,
+            "source": str,
+            "status": str,
+            "split": str,
+            "message_id": int,
+            "feedback_id": int,
+            "superseded_by": int,
+            "trained_in_version": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+    )
+    for columns in (["status"], ["source"], ["input_key"], ["created_at"]):
+        db["examples"].create_index(columns)
+    db["example_history"].create(
+        {"id": int, "example_id": int, "field": str, "old_value": str, "new_value": str, "actor": str, "at": str},
+        pk="id",
+        foreign_keys=[("example_id", "examples", "id")],
+    )
+    db["example_history"].create_index(["example_id"])
+    db["model_versions"].create(
+        {
+            "version": str,
+            "number": int,
+            "parent_version": str,
+            "base_model": str,
+            "path": str,
+            "metrics": str,
+            "status": str,
+            "example_ids": str,
+            "job_id": int,
+            "train_config": str,
+            "notes": str,
+            "created_at": str,
+            "activated_at": str,
+        },
+        pk="version",
+    )
+    db["jobs"].create(
+        {
+            "id": int,
+            "kind": str,
+            "status": str,
+            "params": str,
+            "pid": int,
+            "heartbeat_at": str,
+            "progress": str,
+            "losses": str,
+            "metrics": str,
+            "model_version": str,
+            "promoted": int,
+            "error": str,
+            "log": str,
+            "cancel_requested": int,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+    )
+
+
+@migrations()
+def m002_examples_fts(db: Database) -> None:
+    # Triggers keep the index in step with every insert, update and delete.
+    db["examples"].enable_fts(["input_text"], fts_version="FTS5", create_triggers=True, tokenize="porter")

@@ -1,0 +1,525 @@
+"""The Store: every read and write of Exemplar's SQLite database goes through here.
+
+Rows come back as plain dicts with JSON columns already decoded, so callers
+never see SQL or serialised strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from storage.errors import ConflictError, NotFoundError, ValidationError
+from storage.migrations import migrations
+
+ROLES = ("system", "user", "assistant")
+SOURCES = ("correction", "upvote", "import", "admin", "seed")
+STATUSES = ("pending", "approved", "rejected", "superseded")
+SPLITS = ("train", "test")
+RATINGS = ("up", "down")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "rejected", "cancelled")
+VERSION_STATUSES = ("candidate", "active", "retired", "rejected")
+ACTIVE_JOB_STATUSES = ("queued", "running")
+
+# Share of examples held out for evaluation. The split is derived from a hash
+# of the input, so it is stable and a duplicate input never straddles splits.
+TEST_SHARE_PERCENT = 20
+
+_JSON_COLUMNS = {
+    "messages": ("context", "gen_params", "few_shot_ids"),
+    "examples": ("input",),
+    "model_versions": ("metrics", "example_ids", "train_config"),
+    "jobs": ("params", "progress", "losses", "metrics"),
+}
+
+
+def now() -> str:
+    """The current UTC time as an ISO 8601 string (sortable as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def normalise_text(text: str) -> str:
+    """Trim, unify line endings and collapse runs of spaces; keeps paragraph breaks."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [re.sub(r"[ \t\f\v]+", " ", line).strip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def validate_messages(messages: Any, *, what: str = "input") -> list[dict[str, str]]:
+    """Check a chat-message list and return it normalised; raise ValidationError naming the problem."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, list) or not messages:
+        raise ValidationError(f"{what} must be a non-empty list of chat messages or a string")
+    clean = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValidationError(f"{what}[{i}] must be an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ValidationError(f"{what}[{i}].role must be one of {', '.join(ROLES)}, not {role!r}")
+        if not isinstance(content, str):
+            raise ValidationError(f"{what}[{i}].content must be a string")
+        clean.append({"role": role, "content": normalise_text(content)})
+    if clean[-1]["role"] != "user":
+        raise ValidationError(f"{what} must end with a user message")
+    if not clean[-1]["content"]:
+        raise ValidationError(f"{what}: the last user message is empty")
+    return clean
+
+
+def input_key(messages: Sequence[dict[str, str]]) -> str:
+    """A hash of a normalised input conversation: equal inputs have equal keys."""
+    canonical = json.dumps(
+        [[m["role"], normalise_text(m["content"]).casefold()] for m in messages], ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def split_for(key: str) -> str:
+    """The stable default split of an input key."""
+    return "test" if int(key[:8], 16) % 100 < TEST_SHARE_PERCENT else "train"
+
+
+class Store:
+    """Exemplar's database. Thread-safe: one connection guarded by a lock."""
+
+    max_output_chars = 20_000
+
+    def __init__(self, path: str | Path = ":memory:"):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self.db = Database(conn)
+        self._lock = threading.RLock()
+        if self.path != ":memory:":
+            self.db.enable_wal()
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _decode(self, table: str, row: dict[str, Any] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        for column in _JSON_COLUMNS.get(table, ()):
+            if row.get(column) is not None:
+                row[column] = json.loads(row[column])
+        return row
+
+    def _get(self, table: str, pk: Any, what: str) -> dict[str, Any]:
+        with self._lock:
+            rows = list(self.db[table].rows_where(f"{self.db[table].pks[0]} = ?", [pk]))
+        if not rows:
+            raise NotFoundError(f"{what} {pk} does not exist")
+        return self._decode(table, rows[0])
+
+    @staticmethod
+    def _encode(table: str, values: dict[str, Any]) -> dict[str, Any]:
+        out = dict(values)
+        for column in _JSON_COLUMNS.get(table, ()):
+            if column in out and out[column] is not None:
+                out[column] = json.dumps(out[column], ensure_ascii=False)
+        return out
+
+    # -- conversations and messages ------------------------------------------
+
+    def create_conversation(self, source: str = "ui", system_prompt: str | None = None) -> int:
+        """Start a conversation and return its id."""
+        with self._lock:
+            return self.db["conversations"].insert(
+                {"created_at": now(), "source": source, "system_prompt": system_prompt}
+            ).last_pk
+
+    def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        *,
+        context: list[dict[str, str]] | None = None,
+        model_version: str | None = None,
+        gen_params: dict[str, Any] | None = None,
+        few_shot_ids: list[int] | None = None,
+    ) -> int:
+        """Store one turn; assistant turns carry the context they answered and how."""
+        if role not in ROLES:
+            raise ValidationError(f"role must be one of {', '.join(ROLES)}")
+        row = {
+            "conversation_id": conversation_id,
+            "role": role,
+            "content": content,
+            "context": context,
+            "model_version": model_version,
+            "gen_params": gen_params,
+            "few_shot_ids": few_shot_ids,
+            "created_at": now(),
+        }
+        with self._lock:
+            self._get("conversations", conversation_id, "Conversation")
+            return self.db["messages"].insert(self._encode("messages", row)).last_pk
+
+    def get_message(self, message_id: int) -> dict[str, Any]:
+        return self._get("messages", message_id, "Message")
+
+    def conversation_messages(self, conversation_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db["messages"].rows_where("conversation_id = ?", [conversation_id], order_by="id")
+            return [self._decode("messages", r) for r in rows]
+
+    # -- feedback ------------------------------------------------------------
+
+    def add_feedback(
+        self,
+        message_id: int,
+        *,
+        rating: str | None,
+        reason: str | None = None,
+        comment: str | None = None,
+        correction: str | None = None,
+        example_id: int | None = None,
+        actor: str | None = None,
+    ) -> int:
+        """Record a rating (or un-rating, rating=None) and/or a correction of an assistant message."""
+        if rating is not None and rating not in RATINGS:
+            raise ValidationError(f"rating must be 'up', 'down' or null, not {rating!r}")
+        with self._lock:
+            message = self.get_message(message_id)
+            if message["role"] != "assistant":
+                raise ValidationError(f"Message {message_id} is not an assistant answer")
+            return self.db["feedback"].insert(
+                {
+                    "message_id": message_id,
+                    "rating": rating,
+                    "reason": reason,
+                    "comment": comment,
+                    "correction": correction,
+                    "example_id": example_id,
+                    "actor": actor,
+                    "created_at": now(),
+                }
+            ).last_pk
+
+    def set_feedback_example(self, feedback_id: int, example_id: int) -> None:
+        with self._lock:
+            self.db["feedback"].update(feedback_id, {"example_id": example_id})
+
+    def get_feedback(self, feedback_id: int) -> dict[str, Any]:
+        return self._get("feedback", feedback_id, "Feedback")
+
+    def message_feedback(self, message_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db["feedback"].rows_where("message_id = ?", [message_id], order_by="id"))
+
+    # -- examples ------------------------------------------------------------
+
+    def validate_output(self, output: Any, *, what: str = "output") -> str:
+        if not isinstance(output, str):
+            raise ValidationError(f"{what} must be a string")
+        output = normalise_text(output)
+        if not output:
+            raise ValidationError(f"{what} is empty")
+        if len(output) > self.max_output_chars:
+            raise ValidationError(f"{what} is {len(output)} characters; the limit is {self.max_output_chars}")
+        return output
+
+    def add_example(
+        self,
+        input: Any,
+        output: str,
+        *,
+        source: str,
+        status: str = "approved",
+        split: str | None = None,
+        rejected: str | None = None,
+        message_id: int | None = None,
+        feedback_id: int | None = None,
+        actor: str | None = None,
+    ) -> int:
+        """Validate and store an input/output example; return its id."""
+        messages = validate_messages(input)
+        output = self.validate_output(output)
+        if source not in SOURCES:
+            raise ValidationError(f"source must be one of {', '.join(SOURCES)}")
+        if status not in ("pending", "approved", "rejected"):
+            raise ValidationError("status must be pending, approved or rejected")
+        key = input_key(messages)
+        if split is None:
+            split = split_for(key)
+        elif split not in SPLITS:
+            raise ValidationError(f"split must be 'train' or 'test', not {split!r}")
+        stamp = now()
+        row = {
+            "input": messages,
+            "input_text": messages[-1]["content"],
+            "input_key": key,
+            "output": output,
+            "rejected": rejected,
+            "source": source,
+            "status": status,
+            "split": split,
+            "message_id": message_id,
+            "feedback_id": feedback_id,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        with self._lock, self.db.atomic():
+            example_id = self.db["examples"].insert(self._encode("examples", row)).last_pk
+            self._history(example_id, "created", None, status, actor, stamp)
+            if status == "approved":
+                self._supersede_older(example_id, key, actor, stamp)
+        return example_id
+
+    def add_examples(self, rows: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[int]:
+        """Store many examples in one transaction: all of them, or (on any error) none."""
+        ids = []
+        with self._lock, self.db.atomic():
+            for row in rows:
+                ids.append(self.add_example(**row, actor=actor))
+        return ids
+
+    def _history(self, example_id: int, field: str, old: Any, new: Any, actor: str | None, at: str) -> None:
+        self.db["example_history"].insert(
+            {
+                "example_id": example_id,
+                "field": field,
+                "old_value": None if old is None else str(old),
+                "new_value": None if new is None else str(new),
+                "actor": actor,
+                "at": at,
+            }
+        )
+
+    def _supersede_older(self, example_id: int, key: str, actor: str | None, at: str) -> None:
+        # The newest approved output for an input wins; older ones stay as history.
+        older = self.db.execute(
+            "select id from examples where input_key = ? and status = 'approved' and id != ?",
+            [key, example_id],
+        ).fetchall()
+        for (old_id,) in older:
+            self.db["examples"].update(
+                old_id, {"status": "superseded", "superseded_by": example_id, "updated_at": at}
+            )
+            self._history(old_id, "status", "approved", "superseded", actor, at)
+
+    def get_example(self, example_id: int) -> dict[str, Any]:
+        return self._get("examples", example_id, "Example")
+
+    def update_example(
+        self,
+        example_id: int,
+        *,
+        status: str | None = None,
+        output: str | None = None,
+        split: str | None = None,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Change an example's status, output or split, recording each old value; return the new row."""
+        changes: dict[str, Any] = {}
+        if status is not None:
+            if status not in ("pending", "approved", "rejected"):
+                raise ValidationError(f"status must be pending, approved or rejected, not {status!r}")
+            changes["status"] = status
+        if output is not None:
+            changes["output"] = self.validate_output(output)
+        if split is not None:
+            if split not in SPLITS:
+                raise ValidationError(f"split must be 'train' or 'test', not {split!r}")
+            changes["split"] = split
+        if not changes:
+            raise ValidationError("Nothing to change: give status, output or split")
+        with self._lock, self.db.atomic():
+            current = self.get_example(example_id)
+            stamp = now()
+            changed = {k: v for k, v in changes.items() if current[k] != v}
+            for field, value in changed.items():
+                self._history(example_id, field, current[field], value, actor, stamp)
+            if changed:
+                changed["updated_at"] = stamp
+                if changed.get("status") and changed["status"] != "superseded":
+                    changed["superseded_by"] = None
+                self.db["examples"].update(example_id, changed)
+            if changed.get("status") == "approved":
+                self._supersede_older(example_id, current["input_key"], actor, stamp)
+        return self.get_example(example_id)
+
+    def _example_filters(
+        self,
+        status: str | None = None,
+        source: str | None = None,
+        split: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        for column, value, allowed in (
+            ("status", status, STATUSES),
+            ("source", source, SOURCES),
+            ("split", split, SPLITS),
+        ):
+            if value:
+                if value not in allowed:
+                    raise ValidationError(f"{column} must be one of {', '.join(allowed)}, not {value!r}")
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since:
+            clauses.append("created_at >= ?")
+            params.append(since)
+        if until:
+            clauses.append("created_at < ?")
+            params.append(until)
+        return " and ".join(clauses) or "1", params
+
+    def list_examples(
+        self,
+        *,
+        status: str | None = None,
+        source: str | None = None,
+        split: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = 100,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Examples matching every given filter."""
+        where, params = self._example_filters(status, source, split, since, until)
+        order = "id desc" if newest_first else "id"
+        with self._lock:
+            rows = self.db["examples"].rows_where(where, params, order_by=order, limit=limit, offset=offset or None)
+            return [self._decode("examples", r) for r in rows]
+
+    def count_examples(self, **filters: Any) -> int:
+        where, params = self._example_filters(**filters)
+        with self._lock:
+            return self.db.execute(f"select count(*) from examples where {where}", params).fetchone()[0]
+
+    def example_history(self, example_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db["example_history"].rows_where("example_id = ?", [example_id], order_by="id"))
+
+    def search_examples(self, query: str, *, limit: int = 3, exclude_ids: Sequence[int] = ()) -> list[dict[str, Any]]:
+        """Approved examples whose input best matches `query`, best first, each with a `score`
+        (the negated FTS5 bm25 rank: higher is more relevant)."""
+        words = [w for w in re.findall(r"\w+", query.casefold()) if len(w) > 1]
+        if not words:
+            return []
+        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+        sql = (
+            "select examples.*, -bm25(examples_fts) as score from examples_fts "
+            "join examples on examples.rowid = examples_fts.rowid "
+            "where examples_fts match ? and examples.status = 'approved' "
+            "order by bm25(examples_fts) limit ?"
+        )
+        with self._lock:
+            cursor = self.db.execute(sql, [match, limit + len(exclude_ids)])
+            columns = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        found = [self._decode("examples", dict(zip(columns, r))) for r in rows]
+        return [r for r in found if r["id"] not in set(exclude_ids)][:limit]
+
+    def mark_trained(self, example_ids: Sequence[int], version: str) -> None:
+        """Record the version an example was first trained in."""
+        with self._lock, self.db.atomic():
+            for example_id in example_ids:
+                self.db.execute(
+                    "update examples set trained_in_version = ? where id = ? and trained_in_version is null",
+                    [version, example_id],
+                )
+
+    # -- model versions ------------------------------------------------------
+
+    def next_version_name(self) -> str:
+        with self._lock:
+            (number,) = self.db.execute("select coalesce(max(number), 0) + 1 from model_versions").fetchone()
+        return f"v{number}"
+
+    def add_model_version(self, version: str, **fields: Any) -> dict[str, Any]:
+        number = int(version.lstrip("v"))
+        row = {"version": version, "number": number, "status": "candidate", "created_at": now(), **fields}
+        with self._lock:
+            self.db["model_versions"].insert(self._encode("model_versions", row))
+        return self.get_model_version(version)
+
+    def update_model_version(self, version: str, **fields: Any) -> dict[str, Any]:
+        with self._lock:
+            self.get_model_version(version)
+            self.db["model_versions"].update(version, self._encode("model_versions", fields))
+        return self.get_model_version(version)
+
+    def get_model_version(self, version: str) -> dict[str, Any]:
+        return self._get("model_versions", version, "Model version")
+
+    def list_model_versions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._decode("model_versions", r) for r in self.db["model_versions"].rows_where(order_by="number")]
+
+    def active_version(self) -> dict[str, Any] | None:
+        """The active adapter version, or None when the base model serves."""
+        with self._lock:
+            rows = list(self.db["model_versions"].rows_where("status = 'active'", limit=1))
+        return self._decode("model_versions", rows[0]) if rows else None
+
+    def activate_version(self, version: str | None) -> None:
+        """Make `version` the only active one (None: serve the base model)."""
+        with self._lock, self.db.atomic():
+            if version is not None:
+                self.get_model_version(version)
+            self.db.execute("update model_versions set status = 'retired' where status = 'active'")
+            if version is not None:
+                self.db["model_versions"].update(version, {"status": "active", "activated_at": now()})
+
+    # -- jobs ----------------------------------------------------------------
+
+    def create_job(self, kind: str, params: dict[str, Any] | None = None) -> int:
+        """Queue a job; raise ConflictError if one is already queued or running."""
+        with self._lock, self.db.atomic():
+            running = self.active_job()
+            if running is not None:
+                raise ConflictError(f"A {running['kind']} job (#{running['id']}) is already {running['status']}")
+            return self.db["jobs"].insert(
+                self._encode(
+                    "jobs",
+                    {
+                        "kind": kind,
+                        "status": "queued",
+                        "params": params or {},
+                        "losses": [],
+                        "cancel_requested": 0,
+                        "created_at": now(),
+                    },
+                )
+            ).last_pk
+
+    def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
+        if "status" in fields and fields["status"] not in JOB_STATUSES:
+            raise ValidationError(f"job status must be one of {', '.join(JOB_STATUSES)}")
+        with self._lock:
+            self.db["jobs"].update(job_id, self._encode("jobs", fields))
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        return self._get("jobs", job_id, "Job")
+
+    def active_job(self) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db["jobs"].rows_where("status in ('queued', 'running')", order_by="id", limit=1))
+        return self._decode("jobs", rows[0]) if rows else None
+
+    def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._decode("jobs", r) for r in self.db["jobs"].rows_where(order_by="id desc", limit=limit)]
