@@ -1,0 +1,111 @@
+"""One server for everything: FastAPI routes plus the Gradio UI mounted at /,
+and a watcher that hot-swaps the adapter when the active version changes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+
+from bot.admin import AdminGuard  # noqa: E402
+from bot.engine import BASE_VERSION, Engine  # noqa: E402
+from bot.service import ChatService  # noqa: E402
+from core.errors import ModelLoadError  # noqa: E402
+from storage import Store  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class ModelWatcher:
+    """Keeps the engine on the store's active version. Training runs in another
+    process and promotes by writing the store; this notices and swaps."""
+
+    def __init__(self, engine: Engine, store: Store, data_dir: Path, interval: float = 1.0):
+        self.engine = engine
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.interval = interval
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sync(self) -> str:
+        """Swap to the store's active version if the engine serves another; return the version served."""
+        active = self.store.active_version()
+        wanted = active["version"] if active else BASE_VERSION
+        if wanted != self.engine.version:
+            try:
+                path = Path(active["path"]) if active else None
+                if path is not None and not path.is_absolute():
+                    path = self.data_dir / path
+                seconds = self.engine.activate(wanted, path)
+                log.info("Swapped to %s in %.2f s", wanted, seconds)
+                self.last_error = None
+            except ModelLoadError as exc:
+                # Keep serving what we have; the admin sees the error in the log.
+                if self.last_error != str(exc):
+                    log.error("Cannot serve %s: %s", wanted, exc)
+                self.last_error = str(exc)
+        return self.engine.version
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.sync()
+                except Exception:  # a watcher that dies silently would freeze the version
+                    log.exception("Model watcher failed; retrying")
+
+        self.sync()
+        self._thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def create_app(
+    service: ChatService,
+    guard: AdminGuard,
+    *,
+    trainer: Any = None,
+    watcher: ModelWatcher | None = None,
+) -> FastAPI:
+    """The FastAPI app: HTTP API routes, then the Gradio UI mounted at /."""
+    from bot.api import add_api
+    from bot.ui import build_ui
+
+    app = FastAPI(
+        title="Exemplar",
+        description="A chat bot that learns from the answers its users correct.",
+        version="0.1.0",
+    )
+    app.state.service = service
+    app.state.watcher = watcher
+    add_api(app, service, guard, trainer=trainer)
+    blocks = build_ui(service, guard, trainer=trainer)
+    return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])
+
+
+def build_server(
+    engine: Engine,
+    store: Store,
+    config: Any,
+    admin_password: str,
+    *,
+    trainer: Any = None,
+    watch_interval: float = 1.0,
+) -> tuple[FastAPI, ModelWatcher]:
+    """Wire engine, store and trainer into an app; the watcher is started."""
+    service = ChatService(engine, store, config)
+    watcher = ModelWatcher(engine, store, Path(config.data_dir), interval=watch_interval)
+    watcher.start()
+    app = create_app(service, AdminGuard(admin_password), trainer=trainer, watcher=watcher)
+    return app, watcher
