@@ -1,0 +1,72 @@
+"""A fake engine with a queue of canned replies, for tests of the code around
+generation (UI handlers, HTTP plumbing). Never a stand-in for the feature itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.engine import BASE_VERSION, GenerationParams
+
+
+@dataclass
+class FakePrompt:
+    token_ids: list[int]
+    demonstrations: list[dict[str, Any]]
+    notices: list[str] = field(default_factory=list)
+
+
+class FakeGeneration:
+    def __init__(self, reply: str, version: str, params: GenerationParams, prompt: FakePrompt):
+        self._reply = reply
+        self.params = params
+        self.prompt = prompt
+        self.model_version = version
+        self.text = ""
+        self.finish_reason = "stop"
+        self.completion_tokens = len(reply.split())
+        self.cancelled = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt.token_ids)
+
+    @property
+    def few_shot_ids(self) -> list[int]:
+        return [d["id"] for d in self.prompt.demonstrations]
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __iter__(self) -> Iterator[str]:
+        for word in self._reply.split(" "):
+            piece = word if not self.text else " " + word
+            self.text += piece
+            yield piece
+
+
+class FakeEngine:
+    """Answers with queued replies (or echoes the question); records every call."""
+
+    def __init__(self, version: str = BASE_VERSION):
+        self.version = version
+        self.base_name = "fake"
+        self.replies: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+
+    def enqueue(self, *replies: str) -> None:
+        self.replies.extend(replies)
+
+    def stream(
+        self, messages: Sequence[dict[str, str]], params: GenerationParams | None = None, demonstrations: Sequence[dict[str, Any]] = ()
+    ) -> FakeGeneration:
+        params = (params or GenerationParams()).validate()
+        self.calls.append({"messages": list(messages), "params": params, "demonstrations": list(demonstrations)})
+        reply = self.replies.pop(0) if self.replies else f"You said: {messages[-1]['content']}"
+        prompt = FakePrompt(token_ids=list(range(sum(len(m["content"].split()) for m in messages))), demonstrations=list(demonstrations))
+        return FakeGeneration(reply, self.version, params, prompt)
+
+    def activate(self, version: str | None, adapter_path: Any = None) -> float:
+        self.version = version or BASE_VERSION
+        return 0.0
