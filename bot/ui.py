@@ -95,11 +95,10 @@ class ChatHandlers:
             )
         except ExemplarError as exc:
             raise _ui_error(exc) from exc
-        shown = [*history, {"role": "assistant", "content": ""}]
         for _piece in answer:
-            shown[-1] = {"role": "assistant", "content": answer.generation.text}
+            shown = [*history, {"role": "assistant", "content": answer.generation.text}]
             yield shown, answer.conversation_id, ids, gr.skip()
-        shown[-1] = {"role": "assistant", "content": answer.text}
+        shown = [*history, {"role": "assistant", "content": answer.text}]
         new_ids = [*ids[: len(history)], *([None] * (len(history) - len(ids))), answer.message_id]
         yield shown, answer.conversation_id, new_ids, self.describe(answer)
 

@@ -1,0 +1,140 @@
+"""The Chat tab's handlers, driven with a fake engine: what they store and show."""
+
+import gradio as gr
+import pytest
+
+from bot.service import ChatService
+from bot.ui import ChatHandlers, normalise_history
+from core.config import ServeConfig
+from tests.fakes import FakeEngine
+
+SETTINGS = ("", True, 0.0, 64)  # system prompt, few-shot, temperature, max tokens
+
+
+@pytest.fixture
+def engine():
+    return FakeEngine()
+
+
+def make(store, engine, **config):
+    service = ChatService(engine, store, ServeConfig(**config))
+    return service, ChatHandlers(service)
+
+
+def ask(handlers, question, history=None, ids=None, conv=None, settings=SETTINGS):
+    outputs = list(handlers.submit(question, history or [], ids or [], conv, *settings))
+    _, shown, conv, ids, info = outputs[-1]
+    return shown, ids, conv, info, outputs
+
+
+def test_submit_streams_the_answer_and_stores_both_turns(store, engine):
+    service, handlers = make(store, engine)
+    engine.enqueue("The capital of France is Lyon.")
+    shown, ids, conv, info, outputs = ask(handlers, "What is the capital of France?")
+    assert outputs[0][0] == ""  # the input box is cleared first
+    partials = [o[1][-1]["content"] for o in outputs[1:]]
+    assert partials[0] != partials[-1] and partials[-1] == "The capital of France is Lyon."
+    assert ids[0] is None and isinstance(ids[1], int)
+    stored = store.get_message(ids[1])
+    assert stored["content"] == "The capital of France is Lyon." and stored["model_version"] == "base"
+    assert stored["context"] == [{"role": "user", "content": "What is the capital of France?"}]
+    assert f"#{ids[1]}" in info and "base" in info
+
+
+def test_multi_turn_keeps_one_conversation_and_system_prompt(store, engine):
+    _, handlers = make(store, engine)
+    settings = ("Answer in French.", True, 0.0, 64)
+    shown, ids, conv, _, _ = ask(handlers, "Hi", settings=settings)
+    shown, ids, conv2, _, _ = ask(handlers, "And again", shown, ids, conv, settings=settings)
+    assert conv2 == conv and len(ids) == 4
+    assert engine.calls[-1]["messages"][0] == {"role": "system", "content": "Answer in French."}
+    assert [m["role"] for m in engine.calls[-1]["messages"]] == ["system", "user", "assistant", "user"]
+    assert store.get_message(ids[3])["context"][-1]["content"] == "And again"
+
+
+def like(handlers, ids, index, liked, comment=""):
+    return handlers.like(gr.LikeData(target=None, data={"index": index, "value": "x", "liked": liked}), ids, comment)
+
+
+def test_thumbs_up_stores_an_upvote_example_and_unrate_withdraws_it(store, engine):
+    _, handlers = make(store, engine)
+    engine.enqueue("Paris.")
+    _, ids, _, _, _ = ask(handlers, "Capital of France?")
+    status, comment = like(handlers, ids, 1, True)
+    (example,) = store.list_examples(source="upvote")
+    assert example["output"] == "Paris." and example["status"] == "approved" and "example" in status
+    like(handlers, ids, 1, "")  # the thumb clicked again
+    assert store.get_example(example["id"])["status"] == "rejected"
+    ratings = [f["rating"] for f in store.message_feedback(ids[1])]
+    assert ratings == ["up", None]
+
+
+def test_thumbs_down_with_reason_and_comment_is_feedback_only(store, engine):
+    _, handlers = make(store, engine)
+    _, ids, _, _, _ = ask(handlers, "Capital of France?")
+    like(handlers, ids, 1, False)
+    status, cleared = like(handlers, ids, 1, "Wrong fact", comment="It is Paris")
+    assert store.count_examples() == 0 and cleared == ""
+    last = store.message_feedback(ids[1])[-1]
+    assert (last["rating"], last["reason"], last["comment"]) == ("down", "wrong fact", "It is Paris")
+
+
+def test_editing_an_answer_stores_a_correction_with_the_rejected_original(store, engine):
+    _, handlers = make(store, engine)
+    engine.enqueue("Lyon.")
+    shown, ids, conv, _, _ = ask(handlers, "Capital of France?")
+    edited = [shown[0], {"role": "assistant", "content": "Paris is the capital of France."}]
+    data = gr.EditData(target=None, data={"index": 1, "value": "Paris is the capital of France.", "previous_value": "Lyon."})
+    *_, last = handlers.edit(data, edited, ids, conv, *SETTINGS)
+    (example,) = store.list_examples(source="correction")
+    assert example["output"] == "Paris is the capital of France." and example["rejected"] == "Lyon."
+    assert example["input"] == [{"role": "user", "content": "Capital of France?"}]
+    assert example["message_id"] == ids[1] and "stored as example" in last[-1]
+
+
+def test_editing_a_question_answers_it_again(store, engine):
+    _, handlers = make(store, engine)
+    shown, ids, conv, _, _ = ask(handlers, "Capital of Spain?")
+    edited = [{"role": "user", "content": "Capital of Italy?"}, shown[1]]
+    data = gr.EditData(target=None, data={"index": 0, "value": "Capital of Italy?", "previous_value": "Capital of Spain?"})
+    *_, last = handlers.edit(data, edited, ids, conv, *SETTINGS)
+    assert last[0][-1]["content"] == "You said: Capital of Italy?"
+    assert store.count_examples() == 0
+
+
+def test_correct_this_answer_box_replaces_the_last_answer(store, engine):
+    _, handlers = make(store, engine, host="0.0.0.0", admin_password="secret-password")
+    engine.enqueue("Lyon.")
+    shown, ids, _, _, _ = ask(handlers, "Capital of France?")
+    history, box, status = handlers.correct_last("Paris.", shown, ids)
+    assert history[-1]["content"] == "Paris." and box == ""
+    (example,) = store.list_examples(source="correction")
+    assert example["status"] == "pending"  # a non-loopback bind waits for review
+    with pytest.raises(gr.Error):
+        handlers.correct_last("   ", shown, ids)
+
+
+def test_retry_and_undo_keep_ids_aligned(store, engine):
+    _, handlers = make(store, engine)
+    engine.enqueue("First.", "Second.")
+    shown, ids, conv, _, _ = ask(handlers, "Hello?")
+    retry = gr.RetryData(target=None, data={"index": 0, "value": "Hello?"})
+    *_, (shown2, conv2, ids2, _) = handlers.retry(retry, shown, ids, conv, *SETTINGS)
+    assert shown2[-1]["content"] == "Second." and ids2[1] != ids[1] and len(ids2) == 2
+    undo = gr.UndoData(target=None, data={"index": 0, "value": "Hello?"})
+    history, ids3, text = handlers.undo(undo, shown2, ids2)
+    assert history == [] and ids3 == [] and text == "Hello?"
+
+
+def test_errors_become_gradio_errors(store, engine):
+    _, handlers = make(store, engine)
+    with pytest.raises(gr.Error):
+        list(handlers.submit("   ", [], [], None, *SETTINGS))
+    with pytest.raises(gr.Error, match="cannot be rated"):
+        like(handlers, [None], 0, True)
+
+
+def test_history_normalisation_accepts_gradio_parts():
+    history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}], "metadata": None},
+               {"role": "assistant", "content": "Hello", "options": None}]
+    assert normalise_history(history) == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
