@@ -1,25 +1,146 @@
-"""The HTTP API (see DESIGN.md "Public interface"), on the same FastAPI app as the UI."""
+"""The HTTP API (see DESIGN.md "Public interface"), on the same FastAPI app as the UI.
+
+This module wires the routes together and owns the error shape: every error is
+JSON `{"error": "..."}` with a 4xx status (a 5xx is a bug). The routes live in
+`api_chat` (OpenAI-compatible chat, feedback) and `api_admin` (curation, training).
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.admin import AdminGuard
+from bot.api_admin import admin_router
+from bot.api_chat import chat_router
 from bot.service import ChatService
-from core.errors import ExemplarError
+from core.errors import AuthError, ExemplarError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# Request bodies above these sizes answer 413 before any parsing.
+MAX_BODY_BYTES = 1 * MiB
+MAX_IMPORT_BYTES = 64 * MiB
+API_PREFIXES = ("/v1/", "/api/")
+IMPORT_PATH = "/api/examples/import"
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
+    """Turn pydantic's error list into (status, one readable message naming each field)."""
+    invalid_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if invalid_json is not None:
+        detail = invalid_json.get("ctx", {}).get("error", "")
+        return 400, f"The request body is not valid JSON{': ' + str(detail) if detail else ''}"
+    by_field: dict[str, list[str]] = {}
+    for e in errors:
+        # Union branches show up in the location as type tags ("str", "list[TextPart]"): drop them.
+        loc = [str(p) for p in e.get("loc", ()) if p != "body" and not _is_type_tag(p)]
+        where = ".".join(loc) if loc else "body"
+        if where == "body" and e.get("type") == "missing":
+            message = "the request body is missing: send a JSON object"
+        elif where == "body" and e.get("type") in ("model_attributes_type", "dict_type"):
+            message = "the request body must be a JSON object"
+        else:
+            message = e.get("msg", "invalid value")
+        by_field.setdefault(where, [])
+        if message not in by_field[where]:
+            by_field[where].append(message)
+    parts = [msgs[0] if where == "body" else f"{where}: {' or '.join(msgs)}" for where, msgs in by_field.items()]
+    return 422, "; ".join(parts)
+
+
+def _is_type_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part)
+
+
+class BodyLimit:
+    """ASGI middleware: reads an API request's body up to a limit, answering 413 beyond it.
+
+    Content-Length is checked first; a chunked body is counted as it arrives, so a
+    client cannot stream past the limit either. Non-API paths (the UI) pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, import_limit: int = MAX_IMPORT_BYTES):
+        self.app = app
+        self.limit = limit
+        self.import_limit = import_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(API_PREFIXES) or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.import_limit if path.rstrip("/") == IMPORT_PATH else self.limit
+        too_big = error_response(413, f"The request body is larger than the limit of {limit} bytes")
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await too_big(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                await too_big(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would
+
+        await self.app(scope, replay, send)
 
 
 def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: Any = None) -> None:
-    """Register the routes and the JSON error handlers on `app`."""
+    """Register the routes, the body-size limit and the JSON error handlers on `app`."""
 
     @app.exception_handler(ExemplarError)
     async def domain_error(request: Request, exc: ExemplarError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        return error_response(exc.status_code, str(exc), headers)
 
-    @app.get("/healthz")
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = describe_validation_errors(list(exc.errors()))
+        return error_response(status, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Reaching this is a bug; the client still gets the one error shape.
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"Internal error ({type(exc).__name__}); see the server log")
+
+    app.add_middleware(BodyLimit)
+
+    @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
         """Liveness, and the model version now serving."""
         return {"status": "ok", "model_version": service.engine.version}
+
+    app.include_router(chat_router(service))
+    app.include_router(admin_router(service, guard, trainer))

@@ -1,0 +1,222 @@
+"""Admin routes: curate examples, import and export them, train, and switch model versions.
+
+Each route needs `Authorization: Bearer <admin password>`. The training routes
+use the trainer passed in by the server (bot never imports training); a server
+without one answers them with a 409 that says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.admin import AdminGuard
+from bot.service import ChatService
+from core.errors import ConflictError
+
+ACTOR = "api"
+EXPORT_FORMATS = ("jsonl", "dpo", "kto")
+NO_TRAINER = (
+    "training is not available in this server (it was started without a trainer); "
+    "use `python launch.py train` or start the server with training enabled"
+)
+
+
+class ExampleMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Example(BaseModel):
+    """An input/output example as stored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    input: list[ExampleMessage] = Field(description="The conversation up to the user's turn.")
+    output: str
+    rejected: str | None = Field(None, description="For a correction, the answer it replaced.")
+    source: Literal["correction", "upvote", "import", "admin", "seed"]
+    status: Literal["pending", "approved", "rejected", "superseded"]
+    split: Literal["train", "test"]
+    created_at: str
+    updated_at: str
+
+
+class ExampleList(BaseModel):
+    total: int = Field(description="How many examples match the filters (before limit/offset).")
+    examples: list[Example]
+
+
+class NewExample(BaseModel):
+    input: str | list[ExampleMessage] = Field(description="A question, or chat messages ending with a user turn.")
+    output: str
+    split: Literal["train", "test"] | None = Field(None, description="Held out ('test') or trained on; derived from the input if absent.")
+    status: Literal["pending", "approved", "rejected"] = "approved"
+
+
+class ExamplePatch(BaseModel):
+    status: Literal["pending", "approved", "rejected"] | None = None
+    output: str | None = None
+    split: Literal["train", "test"] | None = None
+
+
+class ImportResult(BaseModel):
+    imported: int
+    ids: list[int]
+
+
+class JobAccepted(BaseModel):
+    job_id: int
+
+
+class JobView(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+    progress: Any = None
+    losses: Any = None
+    metrics: Any = None
+    model_version: str | None = None
+    promoted: bool | None = None
+    error: str | None = None
+
+
+class ModelVersions(BaseModel):
+    serving: str = Field(description="The version the engine answers with now ('base' for the base model).")
+    models: list[dict[str, Any]] = Field(description="Every trained version with its metrics and status.")
+
+
+def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -> APIRouter:
+    store = service.store
+    bearer = HTTPBearer(auto_error=False, description="The admin password.")
+
+    def require_admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        guard.check_bearer(request.headers.get("authorization"))
+
+    def need_trainer() -> Any:
+        if trainer is None:
+            raise ConflictError(NO_TRAINER)
+        return trainer
+
+    router = APIRouter(prefix="/api", dependencies=[Depends(require_admin)], tags=["admin"])
+
+    # -- examples -------------------------------------------------------------
+
+    @router.get("/examples", response_model=ExampleList)
+    def list_examples(
+        status: Literal["pending", "approved", "rejected", "superseded"] | None = None,
+        source: Literal["correction", "upvote", "import", "admin", "seed"] | None = None,
+        split: Literal["train", "test"] | None = None,
+        since: str | None = Query(None, description="ISO time: created at or after"),
+        until: str | None = Query(None, description="ISO time: created before"),
+        limit: int = Query(100, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+    ) -> dict[str, Any]:
+        """Examples, newest first, with the total that match the filters."""
+        filters = {"status": status, "source": source, "split": split, "since": since, "until": until}
+        return {
+            "total": store.count_examples(**filters),
+            "examples": store.list_examples(**filters, limit=limit, offset=offset),
+        }
+
+    @router.post("/examples", status_code=201, response_model=Example)
+    def create_example(body: NewExample) -> dict[str, Any]:
+        """Add an example by hand (source `admin`)."""
+        example_input = body.input if isinstance(body.input, str) else [m.model_dump() for m in body.input]
+        example_id = store.add_example(
+            example_input, body.output, source="admin", status=body.status, split=body.split, actor=ACTOR
+        )
+        return store.get_example(example_id)
+
+    @router.patch("/examples/{example_id}", response_model=Example)
+    def patch_example(example_id: int, body: ExamplePatch) -> dict[str, Any]:
+        """Change an example's status, output or split (each change is kept in its history)."""
+        return store.update_example(example_id, status=body.status, output=body.output, split=body.split, actor=ACTOR)
+
+    @router.post(
+        "/examples/import",
+        status_code=201,
+        response_model=ImportResult,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                "description": "One example per line (jsonl chat messages, dpo or kto rows).",
+            }
+        },
+    )
+    async def import_examples(
+        request: Request,
+        format: Literal["jsonl", "dpo", "kto"] | None = Query(None, description="Guessed from the rows if absent."),
+    ) -> dict[str, Any]:
+        """Import examples from a JSONL body: every line, or (on any bad line) none."""
+        from storage.formats import parse_examples
+
+        data = await request.body()
+
+        def work() -> list[int]:
+            return store.add_examples(parse_examples(data, format), actor=ACTOR)
+
+        ids = await run_in_threadpool(work)
+        return {"imported": len(ids), "ids": ids}
+
+    @router.get(
+        "/examples/export",
+        response_class=Response,
+        responses={200: {"content": {"application/x-ndjson": {}}, "description": "One example per line."}},
+    )
+    def export_examples(
+        format: Literal["jsonl", "dpo", "kto"] = Query("jsonl"),
+        status: Literal["pending", "approved", "rejected", "superseded"] | None = None,
+        source: Literal["correction", "upvote", "import", "admin", "seed"] | None = None,
+        split: Literal["train", "test"] | None = None,
+    ) -> Response:
+        """Export examples as JSONL: `jsonl` (chat messages), `dpo` (prompt/chosen/rejected), `kto` (prompt/completion/label)."""
+        from storage.formats import export_examples as render
+
+        rows = store.list_examples(status=status, source=source, split=split, limit=None, newest_first=False)
+        return Response(
+            render(rows, format),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="exemplar-{format}.jsonl"'},
+        )
+
+    # -- training and versions ------------------------------------------------
+
+    @router.post("/train", status_code=202, response_model=JobAccepted)
+    def train(
+        params: dict[str, Any] | None = Body(None, description="Hyper-parameters to override, e.g. {\"epochs\": 3}."),
+    ) -> dict[str, Any]:
+        """Start a training job (409 while one runs)."""
+        return {"job_id": need_trainer().start(params or None, reason="api")}
+
+    @router.get("/jobs/{job_id}", response_model=JobView)
+    def get_job(job_id: int) -> dict[str, Any]:
+        """A job's status, progress, losses, metrics, and the version it produced."""
+        return need_trainer().job_view(job_id)
+
+    @router.delete("/jobs/{job_id}", response_model=JobView)
+    def cancel_job(job_id: int) -> dict[str, Any]:
+        """Ask a queued or running job to stop; answers the job as it is now."""
+        runner = need_trainer()
+        runner.cancel(job_id)
+        return runner.job_view(job_id)
+
+    @router.get("/models", response_model=ModelVersions)
+    def list_models() -> dict[str, Any]:
+        """Every trained version with its metrics, and the one serving."""
+        models = trainer.models_view() if trainer is not None else store.list_model_versions()
+        return {"serving": service.engine.version, "models": models}
+
+    @router.post("/models/{version}/activate")
+    def activate(version: str) -> dict[str, Any]:
+        """Serve `version` (promote or roll back; `base` for the base model)."""
+        return need_trainer().activate(version)
+
+    return router

@@ -1,0 +1,324 @@
+"""OpenAI-compatible chat completions and model list, and the feedback route.
+
+Generation runs on a worker thread; the event loop only awaits its pieces, and
+stops the generation when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from bot.engine import GenerationParams
+from bot.service import Answer, ChatService
+from core.errors import ExemplarError, ValidationError
+
+MODEL_ID = "exemplar"
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+# -- request and response models ---------------------------------------------
+
+
+class TextPart(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart] = Field(description="The text, or OpenAI-style text parts (joined).")
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request, plus `few_shot`. Other OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation, ending with a user message.")
+    model: str | None = Field(None, description=f"Ignored: the server answers with its active model ({MODEL_ID}).")
+    max_tokens: int | None = Field(None, ge=1, description="Cap on the answer's tokens; the server's default if absent.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
+    temperature: float | None = Field(None, ge=0, le=5, description="0 means greedy decoding.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer.")
+    stream: bool = Field(False, description="Send server-sent events, ending with `data: [DONE]`.")
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
+    few_shot: bool = Field(True, description="Put similar approved examples into the prompt as demonstrations.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ExemplarInfo(BaseModel):
+    model_version: str | None = Field(description="The model version that wrote the answer ('base' or vN).")
+    few_shot_ids: list[int] = Field(description="Ids of the examples put into the prompt.")
+    message_id: int = Field(description="The stored assistant message id (also `id`, as a string).")
+    conversation_id: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(description="The stored assistant message id, as a string: pass it to POST /api/feedback.")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    exemplar: ExemplarInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    exemplar: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class FeedbackRequest(BaseModel):
+    message_id: Annotated[int, Strict()] | str = Field(description="A chat completion's `id` (a string) or the message id as a number.")
+    rating: Literal["up", "down"] | None = Field(None, description="Thumbs up, thumbs down, or null to withdraw a rating.")
+    reason: str | None = Field(None, max_length=2000, description="Why the answer was rated so.")
+    comment: str | None = Field(None, max_length=2000)
+    correction: str | None = Field(None, description="The text the answer should have been.")
+
+
+class FeedbackResult(BaseModel):
+    feedback_id: int
+    example_id: int | None = Field(description="The example created, if any (a correction or a thumbs-up).")
+    status: Literal["pending", "approved"] | None = Field(description="The new example's review status.")
+
+
+def parse_message_id(value: int | str) -> int:
+    """Accept the completion id (a string of digits) or the number itself."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if not text.isdigit():
+        raise ValidationError(f"message_id must be a chat completion id such as '42', not {value!r}")
+    return int(text)
+
+
+# -- generation off the event loop --------------------------------------------
+
+
+async def pieces(answer: Answer, request: Request) -> AsyncIterator[str]:
+    """Iterate `answer` on a worker thread and yield its text pieces here.
+
+    When the client disconnects (or the consumer stops early) the generation is
+    cancelled; the worker then finishes quickly and the partial answer is stored.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def work() -> None:
+        try:
+            for piece in answer:
+                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+        except BaseException as exc:  # handed to the event loop, raised there
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+    worker = threading.Thread(target=work, name="api-answer", daemon=True)
+    worker.start()
+    finished = False
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_SECONDS)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            if kind == "piece":
+                yield value
+            elif kind == "done":
+                finished = True
+                return
+            else:
+                finished = True
+                raise value
+    finally:
+        if not finished:
+            answer.cancel()
+
+
+def generation_params(service: ChatService, body: ChatCompletionRequest) -> GenerationParams:
+    defaults = service.default_params()
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
+    return GenerationParams(
+        max_new_tokens=max_tokens if max_tokens is not None else defaults.max_new_tokens,
+        temperature=body.temperature if body.temperature is not None else defaults.temperature,
+        top_p=body.top_p if body.top_p is not None else defaults.top_p,
+        stop=stop,
+    ).validate()
+
+
+def served_model(version: str | None) -> str:
+    return f"{MODEL_ID}-{version}" if version else MODEL_ID
+
+
+def usage_of(answer: Answer) -> dict[str, int]:
+    prompt, completion = answer.generation.prompt_tokens, answer.generation.completion_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def exemplar_of(answer: Answer) -> dict[str, Any]:
+    return {
+        "model_version": answer.model_version,
+        "few_shot_ids": answer.few_shot_ids,
+        "message_id": answer.message_id,
+        "conversation_id": answer.conversation_id,
+    }
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def stream_events(answer: Answer, request: Request, body: ChatCompletionRequest) -> AsyncIterator[str]:
+    """OpenAI's chunk sequence: a role chunk, content chunks, a finish chunk, `[DONE]`.
+
+    Every chunk carries the stored message id. The finish chunk also carries
+    `usage` and `exemplar`; with `stream_options.include_usage` a separate
+    usage chunk with no choices follows, as OpenAI sends it.
+    """
+    created = int(time.time())
+    base = {"id": str(answer.message_id), "object": "chat.completion.chunk", "created": created}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        model = served_model(answer.model_version)
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**base, "model": model, "choices": [choice], **extra})
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        async for piece in pieces(answer, request):
+            yield chunk({"content": piece})
+    except ExemplarError as exc:
+        yield sse({"error": str(exc)})
+        yield sse("[DONE]")
+        return
+    yield chunk({}, answer.generation.finish_reason, usage=usage_of(answer), exemplar=exemplar_of(answer))
+    if body.stream_options and body.stream_options.include_usage:
+        model = served_model(answer.model_version)
+        yield sse({**base, "model": model, "choices": [], "usage": usage_of(answer)})
+    yield sse("[DONE]")
+
+
+# -- routes ---------------------------------------------------------------------
+
+
+def chat_router(service: ChatService) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models", response_model=ModelList, tags=["openai"])
+    def list_models() -> dict[str, Any]:
+        """The one model this server answers with: whichever version is active."""
+        engine = service.engine
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": MODEL_ID,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "exemplar",
+                    "exemplar": {"model_version": engine.version, "base_model": engine.base_name},
+                }
+            ],
+        }
+
+    @router.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        tags=["openai"],
+        responses={200: {"content": {"text/event-stream": {}}, "description": "A completion, or SSE chunks when `stream` is true."}},
+    )
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        """Answer a conversation (OpenAI-compatible). The answer is stored; its `id` is the message id."""
+        params = generation_params(service, body)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        answer = await run_in_threadpool(
+            service.answer, messages, params=params, few_shot=body.few_shot, source="api"
+        )
+        if body.stream:
+            return StreamingResponse(
+                stream_events(answer, request, body),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        async for _ in pieces(answer, request):
+            pass
+        return {
+            "id": str(answer.message_id),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served_model(answer.model_version),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": answer.generation.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage_of(answer),
+            "exemplar": exemplar_of(answer),
+        }
+
+    @router.post("/api/feedback", status_code=201, response_model=FeedbackResult, tags=["feedback"])
+    async def feedback(body: FeedbackRequest) -> Any:
+        """Rate and/or correct a stored answer; creates the example exactly as the UI does."""
+        result = await run_in_threadpool(
+            service.record_feedback,
+            parse_message_id(body.message_id),
+            rating=body.rating,
+            reason=body.reason,
+            comment=body.comment,
+            correction=body.correction,
+            actor="api",
+        )
+        return result
+
+    return router
