@@ -78,3 +78,84 @@ def store():
     s = Store(":memory:")
     yield s
     s.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """`python launch.py serve` in a subprocess, on a free loopback port."""
+
+    def __init__(self, data_dir: Path, base_model: Path, *extra: str, password: str = "test-admin-password"):
+        self.data_dir = Path(data_dir)
+        self.password = password
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.data_dir / "server.log"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        import subprocess
+        import sys
+
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "launch.py"), "serve", "--data-dir", str(self.data_dir),
+             "--base-model", str(base_model), "--port", str(self.port), "--admin-password", password, *extra],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 120) -> LiveServer:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except Exception:
+            self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def live_server_factory(tmp_path, bundled_checkpoint):
+    """Start real servers with the bundled model: factory(*extra_flags, data_dir=None)."""
+    servers = []
+
+    def start(*extra: str, data_dir: Path | None = None) -> LiveServer:
+        server = LiveServer(data_dir or tmp_path / f"data{len(servers)}", bundled_checkpoint, *extra)
+        servers.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium driven by Playwright (never `playwright install`)."""
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"]
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+        yield instance
+        instance.close()
