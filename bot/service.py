@@ -33,7 +33,9 @@ def clean_conversation(messages: Any) -> list[dict[str, str]]:
 
 @dataclass
 class Answer:
-    """An answer being streamed; after iteration it is stored and `message_id` is set."""
+    """An answer being streamed. Its assistant row is stored when it starts, so
+    `message_id` is known before the first piece (an API stream's chunks carry it);
+    the text is filled in when iteration ends, or the row removed if generation fails."""
 
     generation: Generation
     conversation_id: int
@@ -59,16 +61,19 @@ class Answer:
         return self.generation.prompt.notices
 
     def __iter__(self) -> Iterator[str]:
-        yield from self.generation
-        self.message_id = self.store.add_message(
-            self.conversation_id,
-            "assistant",
-            self.generation.text,
-            context=self.context,
-            model_version=self.generation.model_version,
-            gen_params=self.generation.params.as_dict(),
-            few_shot_ids=self.few_shot_ids,
-        )
+        failed = False
+        try:
+            yield from self.generation
+        except Exception:
+            failed = True
+            raise
+        finally:
+            # Reached too when the consumer stops early: keep the text it was shown.
+            if not (failed and self.store.delete_message(self.message_id)):
+                fields: dict[str, Any] = {"content": self.generation.text.strip()}
+                if self.generation.model_version is not None:
+                    fields["model_version"] = self.generation.model_version
+                self.store.update_message(self.message_id, **fields)
 
     def cancel(self) -> None:
         self.generation.cancel()
@@ -106,7 +111,16 @@ class ChatService:
             system = next((m["content"] for m in context if m["role"] == "system"), None)
             conversation_id = self.store.create_conversation(source=source, system_prompt=system)
         self.store.add_message(conversation_id, "user", context[-1]["content"])
-        return Answer(generation, conversation_id, context, self.store, few_shot_examples=demos)
+        message_id = self.store.add_message(
+            conversation_id,
+            "assistant",
+            "",
+            context=context,
+            model_version=self.engine.version,
+            gen_params=generation.params.as_dict(),
+            few_shot_ids=generation.few_shot_ids,
+        )
+        return Answer(generation, conversation_id, context, self.store, message_id, few_shot_examples=demos)
 
     def review_status(self) -> str:
         """The status a new example gets under the review policy."""

@@ -176,6 +176,24 @@ class Store:
     def get_message(self, message_id: int) -> dict[str, Any]:
         return self._get("messages", message_id, "Message")
 
+    def update_message(self, message_id: int, **fields: Any) -> None:
+        """Fill in a turn stored before its text was known (content, model_version, gen_params, few_shot_ids)."""
+        allowed = {"content", "model_version", "gen_params", "few_shot_ids"}
+        if not fields or set(fields) - allowed:
+            raise ValidationError(f"update_message changes only {', '.join(sorted(allowed))}")
+        with self._lock:
+            self._get("messages", message_id, "Message")
+            self.db["messages"].update(message_id, self._encode("messages", fields))
+
+    def delete_message(self, message_id: int) -> bool:
+        """Remove a turn that never got an answer (generation failed), unless feedback already
+        points at it; return whether it was removed."""
+        with self._lock, self.db.atomic():
+            if self.db.execute("select 1 from feedback where message_id = ?", [message_id]).fetchone():
+                return False
+            self.db.execute("delete from messages where id = ?", [message_id])
+            return True
+
     def conversation_messages(self, conversation_id: int) -> list[dict[str, Any]]:
         with self._lock:
             rows = self.db["messages"].rows_where("conversation_id = ?", [conversation_id], order_by="id")
