@@ -1,0 +1,37 @@
+"""launch.py as a person meets it: help with examples, and errors as messages with a non-zero exit."""
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, env=env)
+
+
+def test_help_lists_commands_and_examples():
+    result = run("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "examples:" in result.stdout
+    serve = run("serve", "--help")
+    assert serve.returncode == 0 and "--data-dir" in serve.stdout and "python launch.py serve --port" in serve.stdout
+
+
+def test_bad_settings_are_reported_together_without_a_traceback(tmp_path):
+    result = run("serve", "--port", "99999", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "--port 99999 is out of range" in result.stderr
+    assert "--admin-password" in result.stderr  # a public bind needs a password
+
+
+def test_missing_base_model_folder_is_a_clear_error(tmp_path):
+    result = run("serve", "--base-model", "./no-such-model", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2 and "no such folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_flag_is_a_usage_error():
+    result = run("serve", "--nope")
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
