@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +31,7 @@ MAX_BODY_BYTES = 1 * MiB
 MAX_IMPORT_BYTES = 64 * MiB
 API_PREFIXES = ("/v1/", "/api/")
 IMPORT_PATH = "/api/examples/import"
+API_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -142,5 +144,19 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: A
         """Liveness, and the model version now serving."""
         return {"status": "ok", "model_version": service.engine.version}
 
-    app.include_router(chat_router(service))
-    app.include_router(admin_router(service, guard, trainer))
+    routers = [chat_router(service), admin_router(service, guard, trainer)]
+    for router in routers:
+        app.include_router(router)
+    api_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+
+    # The UI is mounted at / after these routes, so without this an unknown API
+    # path or method would reach Gradio and get its HTML or its error shape.
+    @app.api_route("/v1/{rest:path}", methods=API_METHODS, include_in_schema=False)
+    @app.api_route("/api/{rest:path}", methods=API_METHODS, include_in_schema=False)
+    def no_such_route(request: Request, rest: str) -> JSONResponse:
+        path = request.url.path
+        allowed = sorted(method for route in api_routes if route.path_regex.match(path) for method in route.methods)
+        if allowed:
+            return error_response(405, f"{request.method} is not allowed on {path}: use {', '.join(allowed)}",
+                                  {"Allow": ", ".join(allowed)})
+        return error_response(404, f"No such route: {request.method} {path} (the routes are listed at /docs)")

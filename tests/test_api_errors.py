@@ -1,0 +1,301 @@
+"""Every bad request to the HTTP API answers a precise 4xx with `{"error": ...}`;
+admin routes answer 401 without the password. A 5xx anywhere here is a bug."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from bot.admin import AdminGuard
+from bot.api import add_api
+from bot.server import create_app
+from bot.service import ChatService
+from core.config import ServeConfig
+from core.errors import ConflictError, NotFoundError
+from fakes import FakeEngine
+
+PASSWORD = "correct-horse-battery"
+ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
+USER = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+class RecordingTrainer:
+    """Stands in for training.manager's TrainingManager: records calls, one job at a time."""
+
+    def __init__(self):
+        self.jobs: dict[int, dict] = {}
+        self.started: list[tuple] = []
+
+    def start(self, params, reason):
+        if any(j["status"] == "running" for j in self.jobs.values()):
+            raise ConflictError("A train job is already running")
+        job_id = len(self.jobs) + 1
+        self.jobs[job_id] = {"status": "running", "progress": None, "losses": [], "metrics": None,
+                             "model_version": None, "promoted": False, "error": None}
+        self.started.append((params, reason))
+        return job_id
+
+    def job_view(self, job_id):
+        if job_id not in self.jobs:
+            raise NotFoundError(f"Job {job_id} does not exist")
+        return self.jobs[job_id]
+
+    def cancel(self, job_id):
+        self.job_view(job_id)["status"] = "cancelled"
+
+    def models_view(self):
+        return [{"version": "v1", "status": "active", "metrics": {"test_loss": 1.0}}]
+
+    def activate(self, version):
+        if version != "v1":
+            raise NotFoundError(f"Model version {version} does not exist")
+        return {"version": version, "status": "active"}
+
+
+def make_client(store, trainer=None, *, with_ui: bool = False) -> tuple[TestClient, FakeEngine]:
+    """The API on its own app (fast), or the whole server app with the UI mounted."""
+    engine = FakeEngine()
+    service = ChatService(engine, store, ServeConfig())
+    if with_ui:
+        app = create_app(service, AdminGuard(PASSWORD), trainer=trainer)
+    else:
+        app = FastAPI()
+        add_api(app, service, AdminGuard(PASSWORD), trainer=trainer)
+    return TestClient(app, raise_server_exceptions=False), engine
+
+
+@pytest.fixture
+def client(store):
+    return make_client(store)[0]
+
+
+@pytest.fixture
+def answer_id(client) -> str:
+    """The id of a stored assistant answer."""
+    response = client.post("/v1/chat/completions", json={"messages": USER})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+    for word in words:
+        assert word.lower() in body["error"].lower(), body["error"]
+
+
+def post_raw(client, path: str, content: bytes | str, headers: dict | None = None):
+    return client.post(path, content=content, headers={"content-type": "application/json", **(headers or {})})
+
+
+CHAT_CASES = [
+    # (case, raw body, status, words the error must contain)
+    ("malformed JSON", "{'messages': ", 400, ["not valid json"]),
+    ("empty body", "", 422, ["body"]),
+    ("body is a list", "[]", 422, ["json object"]),
+    ("missing messages", {"max_tokens": 5}, 422, ["messages", "required"]),
+    ("empty messages", {"messages": []}, 422, ["messages"]),
+    ("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}, 422, ["messages.0.role"]),
+    ("missing content", {"messages": [{"role": "user"}]}, 422, ["messages.0.content"]),
+    ("content not text", {"messages": [{"role": "user", "content": 42}]}, 422, ["messages.0.content"]),
+    ("last turn not user", {"messages": [*USER, {"role": "assistant", "content": "Paris"}]}, 400, ["end with a user"]),
+    ("empty question", {"messages": [{"role": "user", "content": "   "}]}, 400, ["empty"]),
+    ("oversized content", {"messages": [{"role": "user", "content": "word " * 8000}]}, 400, ["content", "limit"]),
+    ("negative max_tokens", {"messages": USER, "max_tokens": -5}, 422, ["max_tokens"]),
+    ("zero max_tokens", {"messages": USER, "max_tokens": 0}, 422, ["max_tokens"]),
+    ("fractional max_tokens", {"messages": USER, "max_tokens": 2.5}, 422, ["max_tokens"]),
+    ("negative temperature", {"messages": USER, "temperature": -1}, 422, ["temperature"]),
+    ("top_p zero", {"messages": USER, "top_p": 0}, 422, ["top_p"]),
+    ("too many stops", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, ["stop"]),
+    ("empty stop", {"messages": USER, "stop": ""}, 400, ["stop"]),
+    ("n above 1", {"messages": USER, "n": 2}, 422, ["n:"]),
+    ("few_shot not bool", {"messages": USER, "few_shot": "sometimes"}, 422, ["few_shot"]),
+    ("stream not bool", {"messages": USER, "stream": "please"}, 422, ["stream"]),
+]
+
+
+@pytest.mark.parametrize("case,body,status,words", CHAT_CASES, ids=[c[0] for c in CHAT_CASES])
+def test_bad_chat_requests(client, case, body, status, words):
+    raw = body if isinstance(body, str) else json.dumps(body)
+    assert_error(post_raw(client, "/v1/chat/completions", raw), status, *words)
+
+
+def test_bad_streaming_request_fails_before_the_stream_starts(client):
+    response = client.post("/v1/chat/completions", json={"messages": [], "stream": True})
+    assert_error(response, 422, "messages")
+
+
+def test_oversized_bodies_answer_413(client):
+    huge = json.dumps({"messages": [{"role": "user", "content": "x" * (1024 * 1024 + 10)}]})
+    assert_error(post_raw(client, "/v1/chat/completions", huge), 413, "limit")
+    assert_error(post_raw(client, "/api/feedback", huge), 413)
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b"x" * 64 * 1024
+
+    response = client.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert_error(response, 413, "limit")
+
+
+FEEDBACK_CASES = [
+    ("malformed JSON", "{", 400, ["not valid json"]),
+    ("missing message_id", {"rating": "up"}, 422, ["message_id", "required"]),
+    ("unknown message id", {"message_id": 999999, "rating": "up"}, 404, ["999999"]),
+    ("unknown message id as string", {"message_id": "999999", "rating": "down"}, 404, ["999999"]),
+    ("message id not a number", {"message_id": "chat-abc", "rating": "up"}, 400, ["message_id"]),
+    ("message id a boolean", {"message_id": True, "rating": "up"}, 422, ["message_id"]),
+    ("unknown rating", {"message_id": "{answer}", "rating": "meh"}, 422, ["rating"]),
+    ("rating as bool", {"message_id": "{answer}", "rating": True}, 422, ["rating"]),
+    ("empty correction", {"message_id": "{answer}", "correction": "  \n "}, 400, ["correction", "empty"]),
+    ("correction same as answer", {"message_id": "{answer}", "correction": "You said: What is the capital of France?"},
+     400, ["same"]),
+    ("reason too long", {"message_id": "{answer}", "rating": "down", "reason": "x" * 2001}, 422, ["reason"]),
+    ("a user turn, not an answer", {"message_id": "{question}", "rating": "up"}, 400, ["not an assistant"]),
+]
+
+
+@pytest.mark.parametrize("case,body,status,words", FEEDBACK_CASES, ids=[c[0] for c in FEEDBACK_CASES])
+def test_bad_feedback(client, answer_id, case, body, status, words):
+    if isinstance(body, dict) and isinstance(body.get("message_id"), str):
+        body = {**body, "message_id": body["message_id"].format(answer=answer_id, question=int(answer_id) - 1)}
+    raw = body if isinstance(body, str) else json.dumps(body)
+    assert_error(post_raw(client, "/api/feedback", raw), status, *words)
+
+
+ADMIN_ROUTES = [
+    ("GET", "/api/examples", None),
+    ("POST", "/api/examples", {"input": "Q?", "output": "A."}),
+    ("PATCH", "/api/examples/1", {"status": "approved"}),
+    ("POST", "/api/examples/import", None),
+    ("GET", "/api/examples/export?format=jsonl", None),
+    ("POST", "/api/train", None),
+    ("GET", "/api/jobs/1", None),
+    ("DELETE", "/api/jobs/1", None),
+    ("GET", "/api/models", None),
+    ("POST", "/api/models/v1/activate", None),
+]
+
+
+@pytest.mark.parametrize("method,path,body", ADMIN_ROUTES, ids=[f"{m} {p}" for m, p, _ in ADMIN_ROUTES])
+@pytest.mark.parametrize(
+    "header",
+    [None, "Bearer wrong-password", "Basic " + PASSWORD, "Bearer ", PASSWORD],
+    ids=["none", "wrong", "basic", "empty", "no-scheme"],
+)
+def test_admin_routes_need_the_password(store, method, path, body, header):
+    client, _ = make_client(store, trainer=RecordingTrainer())
+    headers = {"Authorization": header} if header is not None else {}
+    response = client.request(method, path, json=body, headers=headers)
+    assert_error(response, 401, "password")
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert store.count_examples() == 0
+
+
+ADMIN_CASES = [
+    ("GET", "/api/examples?status=lost", None, 422, ["status"]),
+    ("GET", "/api/examples?limit=0", None, 422, ["limit"]),
+    ("GET", "/api/examples?offset=-1", None, 422, ["offset"]),
+    ("POST", "/api/examples", {"input": "Q?"}, 422, ["output", "required"]),
+    ("POST", "/api/examples", {"input": "Q?", "output": "   "}, 400, ["output", "empty"]),
+    ("POST", "/api/examples", {"input": [], "output": "A."}, 400, ["input"]),
+    ("POST", "/api/examples", {"input": [{"role": "alien", "content": "Q?"}], "output": "A."}, 422, ["input"]),
+    ("POST", "/api/examples", {"input": "Q?", "output": "A.", "split": "validation"}, 422, ["split"]),
+    ("PATCH", "/api/examples/424242", {"status": "approved"}, 404, ["424242"]),
+    ("PATCH", "/api/examples/abc", {"status": "approved"}, 422, ["example_id"]),
+    ("PATCH", "/api/examples/{example}", {}, 400, ["nothing to change"]),
+    ("PATCH", "/api/examples/{example}", {"status": "superb"}, 422, ["status"]),
+    ("PATCH", "/api/examples/{example}", {"output": ""}, 400, ["output"]),
+    ("GET", "/api/examples/export?format=xml", None, 422, ["format"]),
+    ("POST", "/api/examples/import?format=csv", None, 422, ["format"]),
+    ("GET", "/api/jobs/abc", None, 422, ["job_id"]),
+    ("GET", "/api/jobs/77", None, 404, ["77"]),
+    ("DELETE", "/api/jobs/77", None, 404, ["77"]),
+    ("POST", "/api/models/v99/activate", None, 404, ["v99"]),
+    ("POST", "/api/train", [1, 2], 422, ["body"]),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,words", ADMIN_CASES, ids=[f"{c[0]} {c[1]} {c[3]}" for c in ADMIN_CASES])
+def test_bad_admin_requests(store, method, path, body, status, words):
+    client, _ = make_client(store, trainer=RecordingTrainer())
+    example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
+    response = client.request(method, path.format(example=example_id), json=body, headers=ADMIN)
+    assert_error(response, status, *words)
+
+
+def test_malformed_admin_json_is_400(store):
+    client, _ = make_client(store)
+    assert_error(post_raw(client, "/api/examples", "{nope", ADMIN), 400, "not valid json")
+
+
+def test_training_routes_without_a_trainer_say_so(client):
+    for method, path in [("POST", "/api/train"), ("GET", "/api/jobs/1"), ("DELETE", "/api/jobs/1"),
+                         ("POST", "/api/models/v1/activate")]:
+        assert_error(client.request(method, path, headers=ADMIN), 409, "training is not available")
+    # The version list is plain data: it is answered from the store.
+    response = client.get("/api/models", headers=ADMIN)
+    assert response.status_code == 200
+    assert response.json() == {"serving": "base", "models": []}
+
+
+def test_training_routes_pass_through_to_the_trainer(store):
+    trainer = RecordingTrainer()
+    client, _ = make_client(store, trainer=trainer)
+    response = client.post("/api/train", json={"epochs": 2}, headers=ADMIN)
+    assert response.status_code == 202 and response.json() == {"job_id": 1}
+    assert trainer.started == [({"epochs": 2}, "api")]
+    assert_error(client.post("/api/train", headers=ADMIN), 409, "already running")
+    job = client.get("/api/jobs/1", headers=ADMIN).json()
+    assert job["status"] == "running" and job["promoted"] is False
+    assert client.delete("/api/jobs/1", headers=ADMIN).json()["status"] == "cancelled"
+    assert client.post("/api/train", headers=ADMIN).status_code == 202  # empty body: default hyper-parameters
+    assert trainer.started[-1] == (None, "api")
+    assert client.get("/api/models", headers=ADMIN).json()["models"][0]["version"] == "v1"
+    assert client.post("/api/models/v1/activate", headers=ADMIN).json()["status"] == "active"
+
+
+def test_unknown_api_paths_and_methods_are_json_4xx_beside_the_ui(store):
+    client, _ = make_client(store, with_ui=True)
+    response = client.delete("/v1/chat/completions")
+    assert_error(response, 405, "POST")
+    assert response.headers["allow"] == "POST"
+    assert_error(client.put("/api/feedback", json={}), 405, "POST")
+    assert_error(client.get("/api/no-such-thing"), 404, "no such route")
+    assert_error(client.post("/v1/completions", json={}), 404, "no such route")
+    assert_error(client.get("/api/examples/12", headers=ADMIN), 405, "PATCH")
+    assert client.get("/").status_code == 200  # the UI still answers at /
+    test_openapi_schema_describes_every_route(client)
+
+
+def test_openapi_schema_describes_every_route(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    expected = {
+        "/healthz": ["get"],
+        "/v1/models": ["get"],
+        "/v1/chat/completions": ["post"],
+        "/api/feedback": ["post"],
+        "/api/examples": ["get", "post"],
+        "/api/examples/{example_id}": ["patch"],
+        "/api/examples/import": ["post"],
+        "/api/examples/export": ["get"],
+        "/api/train": ["post"],
+        "/api/jobs/{job_id}": ["get", "delete"],
+        "/api/models": ["get"],
+        "/api/models/{version}/activate": ["post"],
+    }
+    for path, methods in expected.items():
+        assert path in paths, path
+        for method in methods:
+            assert method in paths[path], (path, method)
+            assert paths[path][method].get("description") or paths[path][method].get("summary")
+    request = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert {"messages", "max_tokens", "temperature", "top_p", "stop", "stream", "few_shot"} <= set(request)
+    assert "exemplar" in schema["components"]["schemas"]["ChatCompletion"]["properties"]
+    assert paths["/api/examples"]["get"]["security"]  # the bearer scheme is declared
