@@ -120,3 +120,10 @@ def m001_initial(db: Database) -> None:
 def m002_examples_fts(db: Database) -> None:
     # Triggers keep the index in step with every insert, update and delete.
     db["examples"].enable_fts(["input_text"], fts_version="FTS5", create_triggers=True, tokenize="porter")
+
+
+@migrations()
+def m003_examples_fts_vocab(db: Database) -> None:
+    # How many examples hold each (Porter-stemmed) term: the rarity weights of
+    # few-shot relevance (storage/search.py) come from here in one query.
+    db.execute("create virtual table examples_fts_vocab using fts5vocab(examples_fts, 'row')")

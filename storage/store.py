@@ -20,6 +20,7 @@ from sqlite_utils import Database
 
 from storage.errors import ConflictError, NotFoundError, ValidationError
 from storage.migrations import migrations
+from storage.search import idf, query_words, relevance, terms
 
 ROLES = ("system", "user", "assistant")
 SOURCES = ("correction", "upvote", "import", "admin", "seed")
@@ -430,25 +431,44 @@ class Store:
         with self._lock:
             return list(self.db["example_history"].rows_where("example_id = ?", [example_id], order_by="id"))
 
-    def search_examples(self, query: str, *, limit: int = 3, exclude_ids: Sequence[int] = ()) -> list[dict[str, Any]]:
-        """Approved examples whose input best matches `query`, best first, each with a `score`
-        (the negated FTS5 bm25 rank: higher is more relevant)."""
-        words = [w for w in re.findall(r"\w+", query.casefold()) if len(w) > 1]
-        if not words:
+    def search_examples(
+        self, query: str, *, limit: int = 3, exclude_ids: Sequence[int] = (), candidates: int = 50
+    ) -> list[dict[str, Any]]:
+        """Approved examples whose last user turn shares meaningful words with `query`, best first.
+
+        Each row has a `score` from 0 to 1 (storage/search.py: a cosine of the
+        two texts' words weighted by rarity and by looking like a name), which
+        means the same with 1 example or 10,000. FTS5 (bm25) picks the
+        `candidates` that are scored; rows scoring 0 are left out.
+        """
+        words = query_words(query)
+        if not words or limit <= 0:
             return []
-        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+        match = " OR ".join(f'"{w}"' for w in words)
         sql = (
-            "select examples.*, -bm25(examples_fts) as score from examples_fts "
-            "join examples on examples.rowid = examples_fts.rowid "
-            "where examples_fts match ? and examples.status = 'approved' "
-            "order by bm25(examples_fts) limit ?"
+            "select examples.* from examples_fts join examples on examples.rowid = examples_fts.rowid "
+            "where examples_fts match ? and examples.status = 'approved' order by bm25(examples_fts) limit ?"
         )
+        excluded = set(exclude_ids)
         with self._lock:
-            cursor = self.db.execute(sql, [match, limit + len(exclude_ids)])
+            cursor = self.db.execute(sql, [match, candidates + len(excluded)])
             columns = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-        found = [self._decode("examples", dict(zip(columns, r))) for r in rows]
-        return [r for r in found if r["id"] not in set(exclude_ids)][:limit]
+            found = [row for row in (dict(zip(columns, r)) for r in cursor.fetchall()) if row["id"] not in excluded]
+            query_terms = terms(query)
+            doc_terms = {row["id"]: terms(row["input_text"]) for row in found}
+            vocabulary = sorted(set(query_terms).union(*doc_terms.values()))
+            (total,) = self.db.execute("select count(*) from examples").fetchone()
+            doc_freq = dict(
+                self.db.execute(
+                    f"select term, doc from examples_fts_vocab where term in ({', '.join('?' * len(vocabulary))})",
+                    vocabulary,
+                ).fetchall()
+            )
+        weights = {t: idf(doc_freq.get(t, 0), total) for t in vocabulary}
+        for row in found:
+            row["score"] = relevance(query_terms, doc_terms[row["id"]], weights)
+        found.sort(key=lambda row: -row["score"])  # a stable sort: bm25 order breaks ties
+        return [self._decode("examples", row) for row in found[:limit] if row["score"] > 0]
 
     def mark_trained(self, example_ids: Sequence[int], version: str) -> None:
         """Record the version an example was first trained in."""
