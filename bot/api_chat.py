@@ -161,20 +161,23 @@ async def pieces(answer: Answer, request: Request) -> AsyncIterator[str]:
     worker = threading.Thread(target=work, name="api-answer", daemon=True)
     worker.start()
     finished = False
+    checked = time.monotonic()
     try:
         while True:
             try:
                 kind, value = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_SECONDS)
             except asyncio.TimeoutError:
+                kind, value = "idle", None
+            if time.monotonic() - checked >= DISCONNECT_POLL_SECONDS:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return
-                continue
             if kind == "piece":
                 yield value
             elif kind == "done":
                 finished = True
                 return
-            else:
+            elif kind == "error":
                 finished = True
                 raise value
     finally:
