@@ -96,7 +96,7 @@ class Generation:
             with engine._lock:
                 self.model_version = engine.version
                 self._started.set()
-                input_ids = torch.tensor([self.prompt.token_ids])
+                input_ids = torch.tensor([self.prompt.token_ids], device=engine.model.device)
                 sampling = self.params.temperature > 0
                 kwargs: dict[str, Any] = dict(
                     input_ids=input_ids,
