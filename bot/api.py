@@ -73,10 +73,10 @@ class BodyLimit:
     client cannot stream past the limit either. Non-API paths (the UI) pass untouched.
     """
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, import_limit: int = MAX_IMPORT_BYTES):
+    def __init__(self, app: ASGIApp, limit: int | None = None, import_limit: int | None = None):
         self.app = app
-        self.limit = limit
-        self.import_limit = import_limit
+        self.limit = limit or MAX_BODY_BYTES
+        self.import_limit = import_limit or MAX_IMPORT_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")

@@ -20,7 +20,6 @@ from bot.service import ChatService
 from core.errors import ConflictError
 
 ACTOR = "api"
-EXPORT_FORMATS = ("jsonl", "dpo", "kto")
 NO_TRAINER = (
     "training is not available in this server (it was started without a trainer); "
     "use `python launch.py train` or start the server with training enabled"
@@ -153,9 +152,15 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
     )
     async def import_examples(
         request: Request,
-        format: Literal["jsonl", "dpo", "kto"] | None = Query(None, description="Guessed from the rows if absent."),
+        format: Literal["jsonl", "sharegpt", "alpaca", "csv", "dpo", "kto"] | None = Query(
+            None, description="Guessed from the records' keys if absent."
+        ),
     ) -> dict[str, Any]:
-        """Import examples from a JSONL body: every line, or (on any bad line) none."""
+        """Import examples from the body (JSONL, or CSV / a JSON list): every record, or (on any bad line) none.
+
+        A bad record answers 400 naming its line; records exported by GET /api/examples/export
+        keep their source, status and split.
+        """
         from storage.formats import parse_examples
 
         data = await request.body()
@@ -177,10 +182,17 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         source: Literal["correction", "upvote", "import", "admin", "seed"] | None = None,
         split: Literal["train", "test"] | None = None,
     ) -> Response:
-        """Export examples as JSONL: `jsonl` (chat messages), `dpo` (prompt/chosen/rejected), `kto` (prompt/completion/label)."""
+        """Export examples as JSONL: `jsonl` (chat messages), `dpo` (prompt/chosen/rejected), `kto` (prompt/completion/label).
+
+        Without a `status` filter every current example is exported (pending, approved and
+        rejected; superseded outputs are history and stay behind), oldest first, so importing
+        the file into a fresh data directory reproduces the same examples.
+        """
         from storage.formats import export_examples as render
 
         rows = store.list_examples(status=status, source=source, split=split, limit=None, newest_first=False)
+        if status is None:
+            rows = [row for row in rows if row["status"] != "superseded"]
         return Response(
             render(rows, format),
             media_type="application/x-ndjson",
