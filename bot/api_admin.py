@@ -155,6 +155,9 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         format: Literal["jsonl", "sharegpt", "alpaca", "csv", "dpo", "kto"] | None = Query(
             None, description="Guessed from the records' keys if absent."
         ),
+        status: Literal["approved", "pending"] | None = Query(
+            None, description="Give every record this status ('pending' sends an untrusted file to review)."
+        ),
     ) -> dict[str, Any]:
         """Import examples from the body (JSONL, or CSV / a JSON list): every record, or (on any bad line) none.
 
@@ -166,7 +169,10 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         data = await request.body()
 
         def work() -> list[int]:
-            return store.add_examples(parse_examples(data, format), actor=ACTOR)
+            rows = parse_examples(data, format)
+            if status is not None:
+                rows = [{**row, "status": status} for row in rows]
+            return store.add_examples(rows, actor=ACTOR)
 
         ids = await run_in_threadpool(work)
         return {"imported": len(ids), "ids": ids}

@@ -86,6 +86,13 @@ def test_import_stores_every_line(client, store):
     assert set(rows) == {"4", "Blue.", "Jupiter."}
     assert rows["Blue."]["split"] == "test" and rows["Jupiter."]["rejected"] == "Saturn."
     assert all(e["source"] == "import" for e in rows.values())
+    assert all(e["status"] == "approved" for e in rows.values())
+
+
+def test_import_can_send_a_file_to_review(client, store):
+    response = client.post("/api/examples/import?status=pending", content=JSONL, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    assert store.count_examples(status="pending") == 3
 
 
 @pytest.mark.parametrize(
