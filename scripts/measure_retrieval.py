@@ -72,12 +72,22 @@ def measure(label: str, store: Store, fact_ids: dict[int, int], facts: list[dict
             anywhere += any(hit)
             if show or not any(hit):
                 misses.append(f"    {'hit ' if any(hit) else 'MISS'} {question!r}: " + ", ".join(f"{e['score']:.2f}" for e in found))
+    held = [(i, q) for i, f in enumerate(facts) for q in f.get("held_out", [])]
+    held_first = 0
+    for index, question in held:
+        found = ask(store, question, k, min_score)
+        held_first += bool(found) and fact_ids.get(found[0]["id"]) == index
+        if show or not (found and fact_ids.get(found[0]["id"]) == index):
+            misses.append(f"    held-out {'hit ' if found and fact_ids.get(found[0]['id']) == index else 'MISS'} {question!r}: "
+                          + ", ".join(f"{e['score']:.2f}" for e in found))
     same = sum(fact_ids.get(e["id"]) == i for i, f in enumerate(facts) for e in ask(store, f["question"], 1, min_score)[:1])
     unrelated = [ask(store, q, k, min_score) for q in FACTS["unrelated"]]
     near = [ask(store, q, k, min_score) for q in FACTS["near_misses"]]
     print(f"{label}")
     print(f"  same question first: {same}/{len(facts)}")
     print(f"  paraphrase retrieved first: {first}/{total} ({first / total:.0%}); among the {k}: {anywhere}/{total} ({anywhere / total:.0%})")
+    if held:
+        print(f"  held-out paraphrase retrieved first: {held_first}/{len(held)} ({held_first / len(held):.0%})")
     print(f"  unrelated questions retrieving anything: {sum(map(bool, unrelated))}/{len(unrelated)}")
     print(f"  near misses retrieving anything: {sum(map(bool, near))}/{len(near)}")
     if show:
