@@ -27,6 +27,24 @@ SERVE_EXAMPLES = """examples:
 """
 
 
+IMPORT_EXAMPLES = """examples:
+  python launch.py import examples/help_desk.jsonl
+  python launch.py import faq.csv --status pending        every row waits for review
+  python launch.py import ./my_dataset --format hf        a folder written by save_to_disk
+
+formats: jsonl (OpenAI chat 'messages'), sharegpt ('conversations' of from/value),
+alpaca (instruction/input/output), csv (input,output columns), dpo (prompt/chosen/rejected),
+kto (prompt/completion/label), hf (a Hugging Face dataset folder)
+"""
+
+EXPORT_EXAMPLES = """examples:
+  python launch.py export examples.jsonl --format jsonl   OpenAI chat messages, with source/status/split
+  python launch.py export pairs.jsonl --format dpo        TRL preference pairs from corrections
+  python launch.py export thumbs.jsonl --format kto       TRL unpaired: examples true, rejected originals false
+  python launch.py export ./dataset --format hf --status approved
+"""
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Options every subcommand takes."""
     parser.add_argument(
@@ -76,8 +94,86 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-new-tokens", type=int, default=256, help="default cap on an answer's tokens")
     serve.add_argument("--no-few-shot", action="store_true", help="do not put approved examples into prompts by default")
     serve.add_argument("--threads", type=int, default=None, help="torch CPU threads for generation")
+    serve.add_argument(
+        "--seed-examples",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="start a data dir from a file of examples (any import format); applied once, skipped once seeded",
+    )
     serve.set_defaults(handler=cmd_serve)
+
+    from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
+
+    importer = commands.add_parser(
+        "import",
+        help="import examples from a file (all records or, on any bad one, none)",
+        description="Import examples: every record is checked first; a bad one is named by its line and nothing is stored.",
+        epilog=IMPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common(importer)
+    importer.add_argument("file", type=Path, help="the file (or Hugging Face dataset folder) to import")
+    importer.add_argument(
+        "--format", choices=IMPORT_FORMATS, default=None, help="the file's format (default: guessed from the file)"
+    )
+    importer.add_argument(
+        "--status",
+        choices=("approved", "pending"),
+        default=None,
+        help="give every example this status; 'pending' sends the file through the review queue "
+        "(default: as the records say, else approved)",
+    )
+    importer.set_defaults(handler=cmd_import)
+
+    exporter = commands.add_parser(
+        "export",
+        help="export examples to a file",
+        description="Export examples, oldest first. Importing the file into a fresh data dir restores them.",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common(exporter)
+    exporter.add_argument("file", type=Path, help="the file to write (for --format hf, a new folder)")
+    exporter.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="the format to write")
+    exporter.add_argument(
+        "--status",
+        choices=("approved", "pending", "rejected", "all"),
+        default="all",
+        help="which examples (default all: every one not superseded by a newer output)",
+    )
+    exporter.set_defaults(handler=cmd_export)
     return parser
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a file of examples into the data dir's database."""
+    from core.config import ServeConfig
+    from storage import Store
+    from storage.exchange import import_file
+
+    store = Store(ServeConfig(data_dir=args.data_dir).db_path)
+    try:
+        ids = import_file(store, args.file, args.format, status=args.status, actor="cli")
+    finally:
+        store.close()
+    print(f"Imported {len(ids)} examples from {args.file} (ids {ids[0]}–{ids[-1]}).")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the data dir's examples to a file."""
+    from core.config import ServeConfig
+    from storage import Store
+    from storage.exchange import export_file
+
+    store = Store(ServeConfig(data_dir=args.data_dir).db_path)
+    try:
+        count = export_file(store, args.file, args.format, selection=args.status)
+    finally:
+        store.close()
+    print(f"Exported {count} {args.format} records to {args.file}.")
+    return 0
 
 
 def serve_config(args: argparse.Namespace) -> Any:
@@ -107,6 +203,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from storage import Store
 
     store = Store(config.db_path)
+    if args.seed_examples:
+        from storage.exchange import seed_examples
+
+        seeded = seed_examples(store, args.seed_examples)
+        print(f"Seeded {seeded} examples from {args.seed_examples}." if seeded else "Seed examples already applied.")
     password = config.admin_password
     generated = password is None
     if generated:

@@ -31,7 +31,7 @@ def import_file(
     return store.add_examples(rows, actor=actor)
 
 
-def examples_for_export(store: Store, selection: str = "approved") -> list[dict[str, Any]]:
+def examples_for_export(store: Store, selection: str = "all") -> list[dict[str, Any]]:
     """The examples an export holds, oldest first: one status, or 'all' (every one not superseded)."""
     if selection not in EXPORT_SELECTIONS:
         raise ValidationError(f"export selection must be one of {', '.join(EXPORT_SELECTIONS)}, not {selection!r}")
@@ -40,7 +40,7 @@ def examples_for_export(store: Store, selection: str = "approved") -> list[dict[
     return [row for row in rows if row["status"] != "superseded"]
 
 
-def export_file(store: Store, path: str | Path, fmt: str, *, selection: str = "approved") -> int:
+def export_file(store: Store, path: str | Path, fmt: str, *, selection: str = "all") -> int:
     """Write the selected examples to `path` in `fmt` (for 'hf', a new folder); return the records written."""
     if fmt not in EXPORT_FORMATS:
         raise ValidationError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")

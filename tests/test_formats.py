@@ -91,8 +91,9 @@ def test_export_formats_hold_the_right_records(filled):
     kto = export_records(rows, "kto")
     assert [r["label"] for r in kto] == [True, True, False, True, True, False, True]
     assert kto[2]["completion"][0]["content"] == "No, never.  " and kto[2]["prompt"] == kto[1]["prompt"]
-    assert export_records(examples_for_export(filled), "jsonl")[0]["status"] == "approved"
-    assert len(examples_for_export(filled)) == 3  # by default approved only
+    assert len(examples_for_export(filled)) == 5  # by default every example not superseded
+    assert {r["status"] for r in export_records(examples_for_export(filled, "approved"), "jsonl")} == {"approved"}
+    assert len(examples_for_export(filled, "approved")) == 3
 
 
 # -- each import format -----------------------------------------------------------
