@@ -1,20 +1,361 @@
-"""The Admin tab's review queue (being built): pending examples, approve/reject/edit."""
+"""The Admin tab's examples section: the review queue (the original answer and
+the correction side by side; approve, reject, edit, move between splits, one
+at a time or in bulk), adding an example by hand, and import/export of files.
+
+Every handler checks the admin password first: all of them are reachable
+through Gradio's API whether or not the tab is shown. Nothing here is loaded
+through a component's `value=` function, which would be a public endpoint.
+Every change is recorded with who made it and when (the example history).
+"""
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
+from core.errors import ExemplarError, ValidationError
 from storage import Store
+from storage.exchange import EXPORT_SELECTIONS, export_file, import_file
+from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
+from storage.store import SOURCES, SPLITS, STATUSES
+
+ANY = "any"
+AUTO = "guess from the file"
+AS_IN_FILE = "as the file says"
+MAX_IDS = 1000
+TABLE_ROWS = 200
+COLUMNS = ["id", "status", "source", "split", "question", "original answer", "output", "created", "updated"]
+HISTORY_COLUMNS = ["at", "actor", "field", "old value", "new value"]
+
+
+def parse_ids(text: str | None) -> list[int]:
+    """Example ids from '3, 5, 7-9' (commas or spaces; ranges with a hyphen), in order, without repeats."""
+    ids: list[int] = []
+    for part in re.split(r"[,\s]+", (text or "").strip()):
+        if not part:
+            continue
+        match = re.fullmatch(r"#?(\d+)(?:-#?(\d+))?", part)
+        if not match:
+            raise ValidationError(f"'{part}' is not an example id: write ids like 3, 5, 7-9")
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if high < low or high - low >= MAX_IDS:
+            raise ValidationError(f"the range {part} is empty or longer than {MAX_IDS} ids")
+        ids.extend(range(low, high + 1))
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        raise ValidationError("Give one or more example ids (click a row, or write ids like 3, 5, 7-9)")
+    if len(ids) > MAX_IDS:
+        raise ValidationError(f"{len(ids)} ids at once; the limit is {MAX_IDS}")
+    return ids
+
+
+def day(text: str | None, *, what: str, next_day: bool = False) -> str | None:
+    """A YYYY-MM-DD filter as the ISO prefix stored times compare against (the day after, for an inclusive 'until')."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = date.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(f"{what} must be a date written YYYY-MM-DD, not {text!r}") from None
+    return (value + timedelta(days=1) if next_day else value).isoformat()
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _when(stamp: str | None) -> str:
+    return (stamp or "")[:19].replace("T", " ")
+
+
+def conversation_markdown(messages: list[dict[str, str]]) -> str:
+    """An example's input, one turn a paragraph."""
+    return "\n\n".join(f"**{m['role']}:** {m['content']}" for m in messages)
+
+
+class ReviewHandlers:
+    """The section's event handlers, apart from the layout so tests can call them directly.
+    Each takes the admin password first and checks it before anything else."""
+
+    def __init__(
+        self, store: Store, check_admin: Callable[[str], None], actor_fn: Callable[[Any], str] | None = None
+    ):
+        self.store = store
+        self.check_admin = check_admin
+        self.actor_fn = actor_fn
+
+    def _actor(self, request: Any) -> str:
+        return self.actor_fn(request) if self.actor_fn else "admin"
+
+    # -- the queue -----------------------------------------------------------
+
+    def table(
+        self, password: str, status: str, source: str, split: str, since: str, until: str
+    ) -> tuple[pd.DataFrame, str]:
+        """The examples matching the filters, newest first, and a line saying how many."""
+        self.check_admin(password)
+        try:
+            filters = {
+                "status": None if status in (ANY, None) else status,
+                "source": None if source in (ANY, None) else source,
+                "split": None if split in (ANY, None) else split,
+                "since": day(since, what="From"),
+                "until": day(until, what="To", next_day=True),
+            }
+            rows = self.store.list_examples(**filters, limit=TABLE_ROWS)
+            total = self.store.count_examples(**filters)
+        except ExemplarError as exc:
+            raise gr.Error(str(exc)) from exc
+        frame = pd.DataFrame(
+            [
+                [
+                    e["id"], e["status"], e["source"], e["split"], _short(e["input_text"]), _short(e["rejected"]),
+                    _short(e["output"]), _when(e["created_at"]), _when(e["updated_at"]),
+                ]
+                for e in rows
+            ],
+            columns=COLUMNS,
+        )
+        shown = f"{total} example{'s' if total != 1 else ''}"
+        if total > len(rows):
+            shown += f" (the newest {len(rows)} shown; narrow the filters to see others)"
+        return frame, shown
+
+    def pick(self, password: str, table: Any, event: gr.SelectData) -> str:
+        """A click on a table row selects that example."""
+        self.check_admin(password)
+        row = event.row_value if event.row_value is not None else table.iloc[event.index[0]].tolist()
+        return str(row[0])
+
+    def pick_all(self, password: str, table: Any) -> str:
+        """Select every example the table shows."""
+        self.check_admin(password)
+        ids = [] if table is None or len(table) == 0 else [str(int(v)) for v in table["id"] if str(v).strip()]
+        if not ids:
+            raise gr.Error("The table is empty: load examples first")
+        return ", ".join(ids)
+
+    def details(self, password: str, ids_text: str) -> tuple[str, str, str, pd.DataFrame]:
+        """The first selected example in full: its conversation, original answer, output and history."""
+        self.check_admin(password)
+        try:
+            ids = parse_ids(ids_text)
+            example = self.store.get_example(ids[0])
+            history = self.store.example_history(example["id"])
+        except ExemplarError as exc:
+            raise gr.Error(str(exc)) from exc
+        heading = (
+            f"#### Example #{example['id']} · {example['status']} · {example['source']} · {example['split']}"
+            + (f" · {len(ids) - 1} more selected" if len(ids) > 1 else "")
+            + ("" if example["superseded_by"] is None else f" · superseded by #{example['superseded_by']}")
+        )
+        frame = pd.DataFrame(
+            [[_when(h["at"]), h["actor"], h["field"], h["old_value"], h["new_value"]] for h in history],
+            columns=HISTORY_COLUMNS,
+        )
+        body = heading + "\n\n" + conversation_markdown(example["input"])
+        return body, example["rejected"] or "", example["output"], frame
+
+    def _change(self, password: str, ids_text: str, request: Any, done: str, **change: Any) -> str:
+        self.check_admin(password)
+        try:
+            ids = parse_ids(ids_text)
+            self.store.update_examples(ids, actor=self._actor(request), **change)
+        except ExemplarError as exc:
+            raise gr.Error(str(exc)) from exc
+        listed = ", ".join(f"#{i}" for i in ids[:20]) + (" …" if len(ids) > 20 else "")
+        return f"{done} {len(ids)} example{'s' if len(ids) != 1 else ''}: {listed}."
+
+    def approve(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+        """Approve the selected examples: few-shot uses them at once, training next time."""
+        return self._change(password, ids_text, request, "Approved", status="approved")
+
+    def reject(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+        """Reject the selected examples: neither few-shot nor training uses them."""
+        return self._change(password, ids_text, request, "Rejected", status="rejected")
+
+    def to_pending(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+        """Send the selected examples back to the queue."""
+        return self._change(password, ids_text, request, "Returned to review", status="pending")
+
+    def to_train(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+        """Move the selected examples to the train split."""
+        return self._change(password, ids_text, request, "Moved to train", split="train")
+
+    def to_test(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+        """Move the selected examples to the held-out test split."""
+        return self._change(password, ids_text, request, "Moved to test", split="test")
+
+    def save_output(self, password: str, ids_text: str, output: str, request: gr.Request = None) -> str:
+        """Replace the output of the one selected example with the edited text."""
+        self.check_admin(password)
+        try:
+            ids = parse_ids(ids_text)
+        except ExemplarError as exc:
+            raise gr.Error(str(exc)) from exc
+        if len(ids) != 1:
+            raise gr.Error("Edit one example at a time: select a single id")
+        return self._change(password, str(ids[0]), request, "Saved the edited output of", output=output)
+
+    # -- adding, importing and exporting ------------------------------------
+
+    def add(self, password: str, question: str, answer: str, split: str, request: gr.Request = None) -> tuple[str, str, str]:
+        """Store an example written by hand, approved (an admin wrote it); clear the boxes."""
+        self.check_admin(password)
+        try:
+            example_id = self.store.add_example(
+                question or "", answer or "", source="admin", status="approved",
+                split=None if split in (ANY, "auto", None) else split, actor=self._actor(request),
+            )
+        except ExemplarError as exc:
+            raise gr.Error(str(exc)) from exc
+        split_now = self.store.get_example(example_id)["split"]
+        return f"Added example #{example_id} (approved, {split_now} split).", "", ""
+
+    def import_upload(self, password: str, upload: Any, fmt: str, status: str, request: gr.Request = None) -> str:
+        """Import an uploaded file: every record, or (on any bad one) none, naming its line."""
+        self.check_admin(password)
+        if not upload:
+            raise gr.Error("Choose a file to import first")
+        path = Path(upload if isinstance(upload, str) else getattr(upload, "name", upload))
+        try:
+            ids = import_file(
+                self.store, path, None if fmt in (AUTO, None) else fmt,
+                status=None if status in (AS_IN_FILE, None) else status, actor=self._actor(request),
+            )
+        except ExemplarError as exc:
+            raise gr.Error(f"Nothing was imported. {exc}") from exc
+        return f"Imported {len(ids)} examples (#{ids[0]}–#{ids[-1]}) from {path.name}."
+
+    def export(self, password: str, fmt: str, selection: str) -> tuple[str, str]:
+        """Write an export file to download (a dataset folder comes zipped)."""
+        self.check_admin(password)
+        folder = Path(tempfile.mkdtemp(prefix="exemplar-export-"))
+        name = {"jsonl": "examples.jsonl", "dpo": "preference.jsonl", "kto": "unpaired.jsonl", "hf": "dataset"}[fmt]
+        try:
+            count = export_file(self.store, folder / name, fmt, selection=selection)
+        except ExemplarError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise gr.Error(str(exc)) from exc
+        path = folder / name
+        if fmt == "hf":
+            path = Path(shutil.make_archive(str(folder / "dataset"), "zip", root_dir=folder, base_dir=name))
+        return str(path), f"Exported {count} {fmt} records ({selection})."
 
 
 def build_review_section(
     store: Store,
     check_admin: Callable[[str], None],
     password: gr.Textbox,
-    actor_fn: Callable[..., str] | None = None,
-) -> None:
-    """Lay out the review queue inside the current Admin tab."""
-    gr.Markdown("### Review queue\n\n_Coming soon._")
+    actor_fn: Callable[[Any], str] | None = None,
+) -> ReviewHandlers:
+    """Lay out the examples section inside the open Admin tab and attach its events.
+
+    `check_admin(password)` raises gr.Error unless the password is right;
+    `actor_fn(request)` names who is acting, recorded in each change's history
+    (default "admin").
+    """
+    handlers = ReviewHandlers(store, check_admin, actor_fn)
+    private = {"api_visibility": "private"}
+
+    gr.Markdown("### Examples and review queue")
+    with gr.Row():
+        status = gr.Dropdown([ANY, *STATUSES], value="pending", label="Status", elem_id="review-filter-status")
+        source = gr.Dropdown([ANY, *SOURCES], value=ANY, label="Source", elem_id="review-filter-source")
+        split = gr.Dropdown([ANY, *SPLITS], value=ANY, label="Split", elem_id="review-filter-split")
+        since = gr.Textbox(label="From (YYYY-MM-DD)", elem_id="review-filter-since")
+        until = gr.Textbox(label="To (YYYY-MM-DD)", elem_id="review-filter-until")
+    with gr.Row():
+        load = gr.Button("Load examples", variant="primary", elem_id="review-load")
+        select_all = gr.Button("Select all shown", elem_id="review-select-all")
+    count = gr.Markdown("Enter the admin password, then load the examples.", elem_id="review-count")
+    table = gr.Dataframe(
+        headers=COLUMNS, interactive=False, show_search="search", max_height=420, elem_id="review-table", wrap=True
+    )
+    ids = gr.Textbox(
+        label="Selected example ids",
+        placeholder="Click a row, or write ids like 3, 5, 7-9",
+        elem_id="review-ids",
+    )
+    details = gr.Markdown("", elem_id="review-details")
+    with gr.Row():
+        original = gr.Textbox(label="Original answer (rejected)", interactive=False, lines=5, elem_id="review-original")
+        output = gr.Textbox(label="Correction / output (editable)", lines=5, elem_id="review-output")
+    with gr.Row():
+        approve = gr.Button("Approve", variant="primary", elem_id="review-approve")
+        reject = gr.Button("Reject", variant="stop", elem_id="review-reject")
+        pending = gr.Button("Back to pending", elem_id="review-pending")
+        save = gr.Button("Save edited output", elem_id="review-save")
+        to_train = gr.Button("Move to train", elem_id="review-to-train")
+        to_test = gr.Button("Move to test", elem_id="review-to-test")
+    result = gr.Markdown("", elem_id="review-result")
+    with gr.Accordion("History of the selected example", open=False):
+        history = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="review-history")
+
+    with gr.Accordion("Add an example by hand", open=False):
+        question = gr.Textbox(label="Question", lines=2, elem_id="add-question")
+        answer = gr.Textbox(label="Answer", lines=3, elem_id="add-answer")
+        add_split = gr.Radio(["auto", *SPLITS], value="auto", label="Split (auto: a stable 80/20 by question)")
+        add = gr.Button("Add example", elem_id="add-example")
+
+    with gr.Accordion("Import and export", open=False):
+        with gr.Row():
+            upload = gr.File(label="File to import", file_types=[".jsonl", ".json", ".csv", ".txt"], elem_id="import-file")
+            with gr.Column():
+                import_format = gr.Dropdown([AUTO, *[f for f in IMPORT_FORMATS if f != "hf"]], value=AUTO, label="Format")
+                import_status = gr.Dropdown(
+                    [AS_IN_FILE, "pending", "approved"], value=AS_IN_FILE, label="Status of imported examples"
+                )
+                do_import = gr.Button("Import", elem_id="import-button")
+        with gr.Row():
+            export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Export format")
+            export_selection = gr.Dropdown(list(EXPORT_SELECTIONS), value="all", label="Examples")
+            do_export = gr.Button("Export", elem_id="export-button")
+        download = gr.File(label="Download", interactive=False, elem_id="export-file")
+
+    filters = [password, status, source, split, since, until]
+    listing = [table, count]
+    password.submit(handlers.table, filters, listing, **private)
+    load.click(handlers.table, filters, listing, **private)
+    for control in (status, source, split):
+        control.input(handlers.table, filters, listing, **private)
+    table.select(handlers.pick, [password, table], ids, **private).success(
+        handlers.details, [password, ids], [details, original, output, history], **private
+    )
+    select_all.click(handlers.pick_all, [password, table], ids, **private)
+    ids.submit(handlers.details, [password, ids], [details, original, output, history], **private)
+
+    def after_change(event: Any) -> None:
+        # Refresh the table and the details once a change is stored.
+        event.success(handlers.table, filters, listing, **private).then(
+            handlers.details, [password, ids], [details, original, output, history], **private
+        )
+
+    for button, action in (
+        (approve, handlers.approve),
+        (reject, handlers.reject),
+        (pending, handlers.to_pending),
+        (to_train, handlers.to_train),
+        (to_test, handlers.to_test),
+    ):
+        after_change(button.click(action, [password, ids], result, **private))
+    after_change(save.click(handlers.save_output, [password, ids, output], result, **private))
+    add.click(handlers.add, [password, question, answer, add_split], [result, question, answer], **private).success(
+        handlers.table, filters, listing, **private
+    )
+    do_import.click(handlers.import_upload, [password, upload, import_format, import_status], result, **private).success(
+        handlers.table, filters, listing, **private
+    )
+    do_export.click(handlers.export, [password, export_format, export_selection], [download, result], **private)
+    return handlers

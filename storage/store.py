@@ -376,6 +376,13 @@ class Store:
                 self._supersede_older(example_id, current["input_key"], actor, stamp)
         return self.get_example(example_id)
 
+    def update_examples(
+        self, example_ids: Sequence[int], *, actor: str | None = None, **changes: Any
+    ) -> list[dict[str, Any]]:
+        """Make the same change (status, output or split) to several examples in one transaction: all or none."""
+        with self._lock, self.db.atomic():
+            return [self.update_example(example_id, actor=actor, **changes) for example_id in example_ids]
+
     def _example_filters(
         self,
         status: str | None = None,

@@ -1,0 +1,183 @@
+"""The review queue's handlers, driven directly: the password check, filters,
+side-by-side details, bulk changes with history, adding, import and export."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import zipfile
+from datetime import date, timedelta
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from bot.admin_review import ReviewHandlers, build_review_section, parse_ids
+from core.errors import ValidationError
+
+PASSWORD = "right-password"
+FILTERS = ("pending", "any", "any", "", "")  # status, source, split, since, until
+
+
+def check_admin(password):
+    if password != PASSWORD:
+        raise gr.Error("The admin password is wrong")
+
+
+@pytest.fixture
+def handlers(store):
+    return ReviewHandlers(store, check_admin, actor_fn=lambda request: "alice")
+
+
+@pytest.fixture
+def queue(store):
+    """Two pending corrections, one approved admin example, one pending upvote in the test split."""
+    ids = [
+        store.add_example("What is the capital of Zorvania?", "Velmora.", source="correction", status="pending",
+                          rejected="Paris.", split="train"),
+        store.add_example("Who founded the Quillon Institute?", "Maren Astley.", source="correction", status="pending",
+                          rejected="Albert Einstein.", split="train"),
+        store.add_example("How tall is Mount Terevant?", "4,312 metres.", source="admin", split="train"),
+        store.add_example("What is Tidepool?", "A calendar app.", source="upvote", status="pending", split="test"),
+    ]
+    return ids
+
+
+def test_every_handler_checks_the_password_before_anything(handlers, store, queue):
+    calls = {
+        "table": FILTERS,
+        "pick": (None, gr.SelectData(None, {"index": [0, 0], "value": 1, "row_value": [1]})),
+        "pick_all": (None,),
+        "details": ("1",),
+        "approve": ("1",),
+        "reject": ("1",),
+        "to_pending": ("3",),
+        "to_train": ("4",),
+        "to_test": ("1",),
+        "save_output": ("1", "Hacked."),
+        "add": ("Q?", "A.", "auto"),
+        "import_upload": ("/etc/passwd", "jsonl", "approved"),
+        "export": ("jsonl", "all"),
+    }
+    public = {name for name, _ in inspect.getmembers(ReviewHandlers, inspect.isfunction) if not name.startswith("_")}
+    assert public == set(calls), "a new handler needs a line here"
+    before = [(e["status"], e["split"], e["output"]) for e in store.list_examples(limit=None)]
+    for name, args in calls.items():
+        for wrong in ("", "wrong", None):
+            with pytest.raises(gr.Error, match="password"):
+                getattr(handlers, name)(wrong, *args)
+    assert [(e["status"], e["split"], e["output"]) for e in store.list_examples(limit=None)] == before
+    assert store.count_examples() == 4
+
+
+def test_every_event_of_the_section_is_a_checked_handler(store):
+    with gr.Blocks() as demo:
+        password = gr.Textbox()
+        handlers = build_review_section(store, check_admin, password)
+    functions = [block_fn.fn for block_fn in demo.fns.values() if block_fn.fn is not None]
+    assert len(functions) >= 12
+    assert all(getattr(fn, "__self__", None) is handlers for fn in functions)
+    assert all(block_fn.api_visibility == "private" for block_fn in demo.fns.values())
+    # No component loads data through a value function (that would be a public endpoint).
+    assert not any(callable(getattr(block, "value", None)) for block in demo.blocks.values())
+
+
+def test_the_table_filters_by_status_source_split_and_date(handlers, queue):
+    frame, count = handlers.table(PASSWORD, *FILTERS)
+    assert list(frame["id"]) == [queue[3], queue[1], queue[0]] and count == "3 examples"
+    assert list(frame.columns)[:4] == ["id", "status", "source", "split"]
+    assert frame.loc[frame["id"] == queue[0], "original answer"].item() == "Paris."
+    assert list(handlers.table(PASSWORD, "pending", "correction", "any", "", "")[0]["id"]) == [queue[1], queue[0]]
+    assert list(handlers.table(PASSWORD, "any", "any", "test", "", "")[0]["id"]) == [queue[3]]
+    today, yesterday = date.today().isoformat(), (date.today() - timedelta(days=1)).isoformat()
+    assert len(handlers.table(PASSWORD, "any", "any", "any", today, today)[0]) == 4  # 'to' includes its day
+    assert handlers.table(PASSWORD, "any", "any", "any", "", yesterday)[1] == "0 examples"
+    with pytest.raises(gr.Error, match="YYYY-MM-DD"):
+        handlers.table(PASSWORD, "any", "any", "any", "last week", "")
+
+
+def test_picking_rows_and_the_side_by_side_details(handlers, store, queue):
+    frame, _ = handlers.table(PASSWORD, *FILTERS)
+    event = gr.SelectData(None, {"index": [2, 4], "value": "x", "row_value": frame.iloc[2].tolist()})
+    assert handlers.pick(PASSWORD, frame, event) == str(queue[0])
+    assert handlers.pick_all(PASSWORD, frame) == f"{queue[3]}, {queue[1]}, {queue[0]}"
+    body, original, output, history = handlers.details(PASSWORD, str(queue[0]))
+    assert "What is the capital of Zorvania?" in body and "pending" in body
+    assert (original, output) == ("Paris.", "Velmora.")
+    assert list(history["field"]) == ["created"]
+    with pytest.raises(gr.Error, match="does not exist"):
+        handlers.details(PASSWORD, "999")
+
+
+def test_parse_ids():
+    assert parse_ids("3, 5 7-9,#12, 3") == [3, 5, 7, 8, 9, 12]
+    for bad in ("", "abc", "9-3", "1-5000"):
+        with pytest.raises(ValidationError):
+            parse_ids(bad)
+
+
+def test_bulk_approve_records_who_and_when_and_is_all_or_nothing(handlers, store, queue):
+    with pytest.raises(gr.Error, match="999 does not exist"):
+        handlers.approve(PASSWORD, f"{queue[0]}, 999")
+    assert store.get_example(queue[0])["status"] == "pending"  # nothing changed
+
+    message = handlers.approve(PASSWORD, f"{queue[0]}-{queue[1]}")
+    assert message.startswith("Approved 2 examples")
+    for example_id in queue[:2]:
+        assert store.get_example(example_id)["status"] == "approved"
+        last = store.example_history(example_id)[-1]
+        assert (last["field"], last["old_value"], last["new_value"], last["actor"]) == ("status", "pending", "approved", "alice")
+        assert last["at"]
+    handlers.reject(PASSWORD, str(queue[3]))
+    assert store.get_example(queue[3])["status"] == "rejected"
+    handlers.to_pending(PASSWORD, str(queue[3]))
+    assert store.get_example(queue[3])["status"] == "pending"
+
+
+def test_edit_one_output_and_move_between_splits(handlers, store, queue):
+    handlers.save_output(PASSWORD, str(queue[0]), "  The capital of Zorvania is   Velmora. ")
+    assert store.get_example(queue[0])["output"] == "The capital of Zorvania is Velmora."
+    change = store.example_history(queue[0])[-1]
+    assert (change["field"], change["old_value"], change["actor"]) == ("output", "Velmora.", "alice")
+    with pytest.raises(gr.Error, match="one example at a time"):
+        handlers.save_output(PASSWORD, f"{queue[0]}, {queue[1]}", "x")
+    with pytest.raises(gr.Error, match="empty"):
+        handlers.save_output(PASSWORD, str(queue[0]), "   ")
+    handlers.to_test(PASSWORD, f"{queue[0]} {queue[1]}")
+    assert [store.get_example(i)["split"] for i in queue[:2]] == ["test", "test"]
+    handlers.to_train(PASSWORD, str(queue[1]))
+    assert store.get_example(queue[1])["split"] == "train"
+
+
+def test_add_an_example_by_hand(handlers, store):
+    message, question, answer = handlers.add(PASSWORD, "Does Tidepool have a dark mode?", "Yes: Settings > Appearance.", "test")
+    assert message.startswith("Added example #1 (approved, test split)") and (question, answer) == ("", "")
+    example = store.get_example(1)
+    assert (example["source"], example["status"], example["split"]) == ("admin", "approved", "test")
+    assert store.example_history(1)[0]["actor"] == "alice"
+    with pytest.raises(gr.Error, match="empty"):
+        handlers.add(PASSWORD, "A question?", "", "auto")
+
+
+def test_import_an_uploaded_file_all_or_nothing(handlers, store, tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"instruction": f"Q{i}?", "output": f"A{i}."}) + "\n" for i in range(3)))
+    assert handlers.import_upload(PASSWORD, str(good), "guess from the file", "pending").startswith("Imported 3 examples")
+    assert store.count_examples(status="pending", source="import") == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "Q?", "output": "A."}) + "\n" + '{"instruction": "Q?"}\n')
+    with pytest.raises(gr.Error, match="Nothing was imported. line 2"):
+        handlers.import_upload(PASSWORD, str(bad), "alpaca", "as the file says")
+    assert store.count_examples() == 3
+    with pytest.raises(gr.Error, match="Choose a file"):
+        handlers.import_upload(PASSWORD, None, "jsonl", "approved")
+
+
+def test_export_to_download(handlers, store, queue):
+    path, message = handlers.export(PASSWORD, "dpo", "all")
+    records = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert [r["chosen"][0]["content"] for r in records] == ["Velmora.", "Maren Astley."]
+    assert message == "Exported 2 dpo records (all)."
+    path, _ = handlers.export(PASSWORD, "hf", "approved")
+    with zipfile.ZipFile(path) as archive:
+        assert "dataset/state.json" in archive.namelist()
