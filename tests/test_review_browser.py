@@ -1,0 +1,77 @@
+"""A real browser against a real server with the bundled model, under the manual
+review policy: a correction waits in the review queue, an admin approves it
+there, and the next answer to the same question is guided by it."""
+
+import sqlite3
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+QUESTION = "What is the capital of Zorvania?"
+CORRECTION = "The capital of Zorvania is Velmora."
+
+
+def wait_for_text(page, selector, text, timeout=60_000):
+    page.wait_for_function(
+        "([s, t]) => { const el = document.querySelector(s); return el && el.innerText.includes(t); }",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+
+
+def ask(page, question):
+    box = page.locator("#chat-input textarea")
+    box.fill(question)
+    box.press("Enter")
+    wait_for_text(page, "#answer-info", "Answer #", timeout=120_000)
+
+
+def test_approving_a_pending_correction_guides_the_next_answer(live_server_factory, browser):
+    server = live_server_factory("--review-policy", "manual")
+    page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    page.goto(server.url + "/")
+
+    ask(page, QUESTION)
+    assert "Velmora" not in page.locator("#chatbot").inner_text()
+    page.locator("#correction-input textarea").fill(CORRECTION)
+    page.locator("#correction-button").click()
+    wait_for_text(page, "#feedback-status", "pending")
+
+    # The Admin tab: the password loads the queue (pending examples by default).
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#review-policy").wait_for()
+    assert "manual" in page.locator("#review-policy").inner_text()
+    password = page.locator("#admin-password input")
+    password.fill(server.password)
+    password.press("Enter")
+    wait_for_text(page, "#review-count", "1 example")
+    # Click the row (the grid also renders a hidden copy of each cell, for measuring).
+    page.locator("#review-table").get_by_text(CORRECTION).locator("visible=true").first.click()
+    page.wait_for_function("document.querySelector('#review-original textarea').value.length > 0", timeout=20_000)
+    original = page.locator("#review-original textarea").input_value()
+    assert page.locator("#review-output textarea").input_value() == CORRECTION
+    assert original and "Velmora" not in original  # the model's own answer, beside the correction
+
+    page.locator("#review-approve").click()
+    wait_for_text(page, "#review-result", "Approved 1 example")
+    wait_for_text(page, "#review-count", "0 examples")  # the pending queue is empty now
+
+    # Back in the chat, a fresh conversation: the same question is answered with the correction.
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_label("Clear").first.click()
+    page.wait_for_function("!document.querySelector('#answer-info').innerText.includes('Answer #')", timeout=20_000)
+    ask(page, QUESTION)
+    wait_for_text(page, "#answer-info", "guided by 1 example")
+    assert "Velmora" in page.locator("#chatbot").inner_text()
+
+    db = sqlite3.connect(server.data_dir / "exemplar.db")
+    db.row_factory = sqlite3.Row
+    (example,) = db.execute("select * from examples where source = 'correction'").fetchall()
+    assert example["status"] == "approved" and example["output"] == CORRECTION
+    approval = db.execute(
+        "select * from example_history where example_id = ? and field = 'status'", [example["id"]]
+    ).fetchone()
+    assert (approval["old_value"], approval["new_value"], approval["actor"]) == ("pending", "approved", "admin")
+    last = db.execute("select few_shot_ids from messages where role = 'assistant' order by id desc").fetchone()
+    assert last["few_shot_ids"] == f"[{example['id']}]"
