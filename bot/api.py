@@ -47,7 +47,10 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
     by_field: dict[str, list[str]] = {}
     for e in errors:
         # Union branches show up in the location as type tags ("str", "list[TextPart]"): drop them.
-        loc = [str(p) for p in e.get("loc", ()) if p != "body" and not _is_type_tag(p)]
+        loc = list(e.get("loc", ()))
+        if loc and loc[0] in ("body", "path", "query", "header"):
+            loc = loc[1:]
+        loc = [str(p) for p in loc if not _is_type_tag(p)]
         where = ".".join(loc) if loc else "body"
         if where == "body" and e.get("type") == "missing":
             message = "the request body is missing: send a JSON object"
@@ -63,7 +66,9 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
 
 
 def _is_type_tag(part: Any) -> bool:
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part)
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "none") or "[" in part or part.startswith("constrained-")
+    )
 
 
 class BodyLimit:
@@ -125,6 +130,9 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: A
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, message = describe_validation_errors(list(exc.errors()))
+        content_type = request.headers.get("content-type", "")
+        if message == "the request body must be a JSON object" and "json" not in content_type:
+            message = f"send the body as JSON with the header 'Content-Type: application/json' (not {content_type!r})"
         return error_response(status, message)
 
     @app.exception_handler(StarletteHTTPException)

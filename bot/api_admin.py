@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.admin import AdminGuard
+from bot.api_chat import MAX_ID, RowId
 from bot.service import ChatService
 from core.errors import ConflictError
 
@@ -115,7 +116,7 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         since: str | None = Query(None, description="ISO time: created at or after"),
         until: str | None = Query(None, description="ISO time: created before"),
         limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_ID),
     ) -> dict[str, Any]:
         """Examples, newest first, with the total that match the filters."""
         filters = {"status": status, "source": source, "split": split, "since": since, "until": until}
@@ -134,7 +135,7 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         return store.get_example(example_id)
 
     @router.patch("/examples/{example_id}", response_model=Example)
-    def patch_example(example_id: int, body: ExamplePatch) -> dict[str, Any]:
+    def patch_example(example_id: RowId, body: ExamplePatch) -> dict[str, Any]:
         """Change an example's status, output or split (each change is kept in its history)."""
         return store.update_example(example_id, status=body.status, output=body.output, split=body.split, actor=ACTOR)
 
@@ -215,12 +216,12 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         return {"job_id": need_trainer().start(params or None, reason="api")}
 
     @router.get("/jobs/{job_id}", response_model=JobView)
-    def get_job(job_id: int) -> dict[str, Any]:
+    def get_job(job_id: RowId) -> dict[str, Any]:
         """A job's status, progress, losses, metrics, and the version it produced."""
         return need_trainer().job_view(job_id)
 
     @router.delete("/jobs/{job_id}", response_model=JobView)
-    def cancel_job(job_id: int) -> dict[str, Any]:
+    def cancel_job(job_id: RowId) -> dict[str, Any]:
         """Ask a queued or running job to stop; answers the job as it is now."""
         runner = need_trainer()
         runner.cancel(job_id)

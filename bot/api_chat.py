@@ -23,6 +23,9 @@ from bot.service import Answer, ChatService
 from core.errors import ExemplarError, ValidationError
 
 MODEL_ID = "exemplar"
+# Ids are SQLite integers: anything larger cannot name a row (and would overflow the driver).
+MAX_ID = 2**63 - 1
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 DISCONNECT_POLL_SECONDS = 0.25
 
 
@@ -115,7 +118,7 @@ class ModelList(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    message_id: Annotated[int, Strict()] | str = Field(description="A chat completion's `id` (a string) or the message id as a number.")
+    message_id: Annotated[int, Strict(), Field(ge=1, le=MAX_ID)] | str = Field(description="A chat completion's `id` (a string) or the message id as a number.")
     rating: Literal["up", "down"] | None = Field(None, description="Thumbs up, thumbs down, or null to withdraw a rating.")
     reason: str | None = Field(None, max_length=2000, description="Why the answer was rated so.")
     comment: str | None = Field(None, max_length=2000)
@@ -133,7 +136,7 @@ def parse_message_id(value: int | str) -> int:
     if isinstance(value, int):
         return value
     text = value.strip()
-    if not text.isdigit():
+    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
         raise ValidationError(f"message_id must be a chat completion id such as '42', not {value!r}")
     return int(text)
 

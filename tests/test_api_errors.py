@@ -125,6 +125,12 @@ def test_bad_chat_requests(client, case, body, status, words):
     assert_error(post_raw(client, "/v1/chat/completions", raw), status, *words)
 
 
+def test_a_body_that_is_not_sent_as_json_says_so(client):
+    body = json.dumps({"messages": USER})
+    response = client.post("/v1/chat/completions", content=body, headers={"content-type": "text/plain"})
+    assert_error(response, 422, "content-type: application/json")
+
+
 def test_bad_streaming_request_fails_before_the_stream_starts(client):
     response = client.post("/v1/chat/completions", json={"messages": [], "stream": True})
     assert_error(response, 422, "messages")
@@ -150,6 +156,9 @@ FEEDBACK_CASES = [
     ("unknown message id as string", {"message_id": "999999", "rating": "down"}, 404, ["999999"]),
     ("message id not a number", {"message_id": "chat-abc", "rating": "up"}, 400, ["message_id"]),
     ("message id a boolean", {"message_id": True, "rating": "up"}, 422, ["message_id"]),
+    ("message id beyond any row", {"message_id": 10**30, "rating": "up"}, 422, ["message_id"]),
+    ("message id string beyond any row", {"message_id": "9" * 30, "rating": "up"}, 400, ["message_id"]),
+    ("message id zero", {"message_id": 0, "rating": "up"}, 422, ["message_id"]),
     ("unknown rating", {"message_id": "{answer}", "rating": "meh"}, 422, ["rating"]),
     ("rating as bool", {"message_id": "{answer}", "rating": True}, 422, ["rating"]),
     ("empty correction", {"message_id": "{answer}", "correction": "  \n "}, 400, ["correction", "empty"]),
@@ -212,8 +221,12 @@ ADMIN_CASES = [
     ("PATCH", "/api/examples/{example}", {"status": "superb"}, 422, ["status"]),
     ("PATCH", "/api/examples/{example}", {"output": ""}, 400, ["output"]),
     ("GET", "/api/examples/export?format=xml", None, 422, ["format"]),
-    ("POST", "/api/examples/import?format=csv", None, 422, ["format"]),
+    ("POST", "/api/examples/import?format=xml", None, 422, ["format"]),
+    ("POST", "/api/examples/import?format=hf", None, 422, ["format"]),  # a folder: the CLI only
     ("GET", "/api/jobs/abc", None, 422, ["job_id"]),
+    ("GET", "/api/jobs/" + "9" * 30, None, 422, ["job_id"]),
+    ("PATCH", "/api/examples/" + "9" * 30, {"status": "approved"}, 422, ["example_id"]),
+    ("GET", "/api/examples?offset=" + "9" * 30, None, 422, ["offset"]),
     ("GET", "/api/jobs/77", None, 404, ["77"]),
     ("DELETE", "/api/jobs/77", None, 404, ["77"]),
     ("POST", "/api/models/v99/activate", None, 404, ["v99"]),
@@ -299,3 +312,18 @@ def test_openapi_schema_describes_every_route(client):
     assert {"messages", "max_tokens", "temperature", "top_p", "stop", "stream", "few_shot"} <= set(request)
     assert "exemplar" in schema["components"]["schemas"]["ChatCompletion"]["properties"]
     assert paths["/api/examples"]["get"]["security"]  # the bearer scheme is declared
+
+
+def test_max_tokens_beyond_the_context_window_is_400_with_a_real_engine(store, tiny_model, tokenizer):
+    from bot.engine import Engine
+
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
+    app = FastAPI()
+    add_api(app, ChatService(engine, store, ServeConfig(max_new_tokens=16)), AdminGuard(PASSWORD))
+    client = TestClient(app, raise_server_exceptions=False)
+    for stream in (False, True):
+        response = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 5000, "stream": stream})
+        assert_error(response, 400, "max_tokens 5000", "fewer tokens")
+    assert store.db["conversations"].count == 0  # refused before anything was stored
+    ok = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 3})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 3
