@@ -327,3 +327,32 @@ def test_max_tokens_beyond_the_context_window_is_400_with_a_real_engine(store, t
     assert store.db["conversations"].count == 0  # refused before anything was stored
     ok = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 3})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 3
+
+
+ODD_VALUES = [None, "", "x" * 5000, [], [None], {}, {"role": "user"}, -1, 0, 10**30, 1.5, True, "NaN"]
+FIELD_ROUTES = [
+    ("POST", "/v1/chat/completions", {"messages": USER, "max_tokens": 4, "temperature": 0.5, "top_p": 0.9,
+                                      "stop": ["\n"], "stream": False, "few_shot": True, "n": 1, "model": "x",
+                                      "stream_options": {"include_usage": True}, "max_completion_tokens": 4}),
+    ("POST", "/api/feedback", {"message_id": "{answer}", "rating": "down", "reason": "r", "comment": "c",
+                               "correction": "Paris."}),
+    ("POST", "/api/examples", {"input": "Q?", "output": "A.", "split": "train", "status": "pending"}),
+    ("PATCH", "/api/examples/{example}", {"status": "approved", "output": "B.", "split": "test"}),
+    ("POST", "/api/train", {"epochs": 1}),
+]
+
+
+@pytest.mark.parametrize("method,path,base", FIELD_ROUTES, ids=[f"{m} {p}" for m, p, _ in FIELD_ROUTES])
+def test_odd_values_in_any_field_never_cause_a_5xx(store, answer_id, method, path, base):
+    client, _ = make_client(store, trainer=RecordingTrainer())
+    example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
+    path = path.format(example=example_id)
+    for field in base:
+        for value in ODD_VALUES:
+            body = {k: (v.format(answer=answer_id) if isinstance(v, str) and "{" in v else v) for k, v in base.items()}
+            body[field] = value
+            response = client.request(method, path, json=body, headers=ADMIN)
+            assert response.status_code < 500, (field, value, response.text)
+            if response.status_code >= 400:
+                assert set(response.json()) == {"error"}, response.text
+            client.delete("/api/jobs/1", headers=ADMIN)  # let the next /api/train start
