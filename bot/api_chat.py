@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
@@ -239,8 +240,10 @@ async def stream_events(answer: Answer, request: Request, body: ChatCompletionRe
 
     yield chunk({"role": "assistant", "content": ""})
     try:
-        async for piece in pieces(answer, request):
-            yield chunk({"content": piece})
+        # aclosing: when the client leaves, closing this stream closes `pieces` at once, which cancels.
+        async with aclosing(pieces(answer, request)) as stream:
+            async for piece in stream:
+                yield chunk({"content": piece})
     except ExemplarError as exc:
         yield sse({"error": str(exc)})
         yield sse("[DONE]")
@@ -294,8 +297,9 @@ def chat_router(service: ChatService) -> APIRouter:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        async for _ in pieces(answer, request):
-            pass
+        async with aclosing(pieces(answer, request)) as stream:
+            async for _ in stream:
+                pass
         return {
             "id": str(answer.message_id),
             "object": "chat.completion",
