@@ -238,16 +238,22 @@ async def stream_events(answer: Answer, request: Request, body: ChatCompletionRe
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return sse({**base, "model": model, "choices": [choice], **extra})
 
-    yield chunk({"role": "assistant", "content": ""})
+    # The role chunk waits for the first piece: by then the generation knows its model version.
+    opened = False
     try:
         # aclosing: when the client leaves, closing this stream closes `pieces` at once, which cancels.
         async with aclosing(pieces(answer, request)) as stream:
             async for piece in stream:
+                if not opened:
+                    opened = True
+                    yield chunk({"role": "assistant", "content": ""})
                 yield chunk({"content": piece})
     except ExemplarError as exc:
         yield sse({"error": str(exc)})
         yield sse("[DONE]")
         return
+    if not opened:
+        yield chunk({"role": "assistant", "content": ""})
     yield chunk({}, answer.generation.finish_reason, usage=usage_of(answer), exemplar=exemplar_of(answer))
     if body.stream_options and body.stream_options.include_usage:
         model = served_model(answer.model_version)

@@ -126,6 +126,7 @@ def test_stream_sends_openai_chunks_all_carrying_the_stored_id(client, engine, s
     assert len(ids) == 1
     message_id = int(ids.pop())
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert {c["model"] for c in chunks} == {"exemplar-base"}
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == "Paris is lovely in spring."
