@@ -56,7 +56,9 @@ class ExampleList(BaseModel):
 class NewExample(BaseModel):
     input: str | list[ExampleMessage] = Field(description="A question, or chat messages ending with a user turn.")
     output: str
-    split: Literal["train", "test"] | None = Field(None, description="Held out ('test') or trained on; derived from the input if absent.")
+    split: Literal["train", "test"] | None = Field(
+        None, description="Held out ('test') or trained on; derived from the input if absent."
+    )
     status: Literal["pending", "approved", "rejected"] = "approved"
 
 
@@ -189,7 +191,8 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         source: Literal["correction", "upvote", "import", "admin", "seed"] | None = None,
         split: Literal["train", "test"] | None = None,
     ) -> Response:
-        """Export examples as JSONL: `jsonl` (chat messages), `dpo` (prompt/chosen/rejected), `kto` (prompt/completion/label).
+        """Export examples as JSONL: `jsonl` (chat messages), `dpo` (prompt/chosen/rejected) or
+        `kto` (prompt/completion/label).
 
         Without a `status` filter every current example is exported (pending, approved and
         rejected; superseded outputs are history and stay behind), oldest first, so importing

@@ -59,7 +59,9 @@ class ChatCompletionRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation, ending with a user message.")
     model: str | None = Field(None, description=f"Ignored: the server answers with its active model ({MODEL_ID}).")
-    max_tokens: int | None = Field(None, ge=1, description="Cap on the answer's tokens; the server's default if absent.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Cap on the answer's tokens; the server's default if absent."
+    )
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
     temperature: float | None = Field(None, ge=0, le=5, description="0 means greedy decoding.")
     top_p: float | None = Field(None, gt=0, le=1)
@@ -119,8 +121,12 @@ class ModelList(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    message_id: Annotated[int, Strict(), Field(ge=1, le=MAX_ID)] | str = Field(description="A chat completion's `id` (a string) or the message id as a number.")
-    rating: Literal["up", "down"] | None = Field(None, description="Thumbs up, thumbs down, or null to withdraw a rating.")
+    message_id: Annotated[int, Strict(), Field(ge=1, le=MAX_ID)] | str = Field(
+        description="A chat completion's `id` (a string) or the message id as a number."
+    )
+    rating: Literal["up", "down"] | None = Field(
+        None, description="Thumbs up, thumbs down, or null to withdraw a rating."
+    )
     reason: str | None = Field(None, max_length=2000, description="Why the answer was rated so.")
     comment: str | None = Field(None, max_length=2000)
     correction: str | None = Field(None, description="The text the answer should have been.")
@@ -288,7 +294,12 @@ def chat_router(service: ChatService) -> APIRouter:
         "/v1/chat/completions",
         response_model=ChatCompletion,
         tags=["openai"],
-        responses={200: {"content": {"text/event-stream": {}}, "description": "A completion, or SSE chunks when `stream` is true."}},
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "A completion, or SSE chunks when `stream` is true.",
+            }
+        },
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """Answer a conversation (OpenAI-compatible). The answer is stored; its `id` is the message id."""
