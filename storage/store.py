@@ -486,6 +486,17 @@ class Store:
                     [version, example_id],
                 )
 
+    def count_training_changes(self, since: str | None = None) -> int:
+        """Approved train-split examples added or changed after `since` (all of them when None):
+        what a training run started at `since` has not seen."""
+        sql = "select count(*) from examples where status = 'approved' and split = 'train'"
+        params: list[Any] = []
+        if since:
+            sql += " and updated_at > ?"
+            params.append(since)
+        with self._lock:
+            return self.db.execute(sql, params).fetchone()[0]
+
     # -- model versions ------------------------------------------------------
 
     def next_version_name(self) -> str:
