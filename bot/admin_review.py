@@ -94,6 +94,7 @@ class ReviewHandlers:
         self.store = store
         self.check_admin = check_admin
         self.actor_fn = actor_fn
+        self._last_export: Path | None = None
 
     def _actor(self, request: Any) -> str:
         return self.actor_fn(request) if self.actor_fn else "admin"
@@ -241,8 +242,13 @@ class ReviewHandlers:
     def export(self, password: str, fmt: str, selection: str) -> tuple[str, str]:
         """Write an export file to download (a dataset folder comes zipped)."""
         self.check_admin(password)
-        folder = Path(tempfile.mkdtemp(prefix="exemplar-export-"))
-        name = {"jsonl": "examples.jsonl", "dpo": "preference.jsonl", "kto": "unpaired.jsonl", "hf": "dataset"}[fmt]
+        name = {"jsonl": "examples.jsonl", "dpo": "preference.jsonl", "kto": "unpaired.jsonl", "hf": "dataset"}.get(fmt)
+        if name is None:
+            raise gr.Error(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+        # Gradio copies a returned file into its cache, so only the latest export needs keeping.
+        if self._last_export is not None:
+            shutil.rmtree(self._last_export, ignore_errors=True)
+        folder = self._last_export = Path(tempfile.mkdtemp(prefix="exemplar-export-"))
         try:
             count = export_file(self.store, folder / name, fmt, selection=selection)
         except ExemplarError as exc:

@@ -1,8 +1,10 @@
 """A real browser against a real server with the bundled model, under the manual
-review policy: a correction waits in the review queue, an admin approves it
-there, and the next answer to the same question is guided by it."""
+review policy and seeded with the shipped help-desk examples: a correction waits
+in the review queue, an admin approves it there, and the next answer to the same
+question is guided by it."""
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 QUESTION = "What is the capital of Zorvania?"
 CORRECTION = "The capital of Zorvania is Velmora."
+SEED = Path(__file__).resolve().parent.parent / "examples" / "help_desk.jsonl"
 
 
 def wait_for_text(page, selector, text, timeout=60_000):
@@ -28,7 +31,7 @@ def ask(page, question):
 
 
 def test_approving_a_pending_correction_guides_the_next_answer(live_server_factory, browser):
-    server = live_server_factory("--review-policy", "manual")
+    server = live_server_factory("--review-policy", "manual", "--seed-examples", str(SEED))
     page = browser.new_page(viewport={"width": 1300, "height": 1100})
     page.goto(server.url + "/")
 
@@ -57,6 +60,15 @@ def test_approving_a_pending_correction_guides_the_next_answer(live_server_facto
     wait_for_text(page, "#review-result", "Approved 1 example")
     wait_for_text(page, "#review-count", "0 examples")  # the pending queue is empty now
 
+    # Export from the Admin tab: a file to download.
+    page.get_by_text("Import and export").click()
+    page.locator("#export-button").click()
+    wait_for_text(page, "#review-result", "Exported 21 jsonl records")
+    link = page.locator("#export-file a[download='examples.jsonl']")
+    link.wait_for()
+    exported = page.request.get(link.get_attribute("href")).text().splitlines()
+    assert len(exported) == 21 and CORRECTION in exported[-1]
+
     # Back in the chat, a fresh conversation: the same question is answered with the correction.
     page.get_by_role("tab", name="Chat").click()
     page.get_by_label("Clear").first.click()
@@ -67,6 +79,8 @@ def test_approving_a_pending_correction_guides_the_next_answer(live_server_facto
 
     db = sqlite3.connect(server.data_dir / "exemplar.db")
     db.row_factory = sqlite3.Row
+    # The seed file was applied at start (approved, so not in the pending queue, and not relevant here).
+    assert db.execute("select count(*) from examples where source = 'seed' and status = 'approved'").fetchone()[0] == 20
     (example,) = db.execute("select * from examples where source = 'correction'").fetchall()
     assert example["status"] == "approved" and example["output"] == CORRECTION
     approval = db.execute(
