@@ -38,10 +38,14 @@ def demonstration_turns(demonstrations: Sequence[dict[str, Any]]) -> list[Messag
 
 
 def prompt_messages(messages: Sequence[Message], demonstrations: Sequence[dict[str, Any]] = ()) -> list[Message]:
-    """System message(s) first, then the demonstrations, then the rest of the conversation."""
+    """System message(s) first, then the demonstrations, then the rest of the conversation.
+
+    `demonstrations` come best first; they are laid out in reverse, so the most
+    relevant sits right before the question, where a small model leans on it most.
+    """
     system = [dict(m) for m in messages if m["role"] == "system"]
     rest = [dict(m) for m in messages if m["role"] != "system"]
-    return [*system, *demonstration_turns(demonstrations), *rest]
+    return [*system, *demonstration_turns(list(demonstrations)[::-1]), *rest]
 
 
 def render_prompt(

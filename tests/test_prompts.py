@@ -18,6 +18,12 @@ def test_demonstrations_go_after_the_system_prompt_and_before_the_conversation()
     ]
 
 
+def test_the_most_relevant_demonstration_sits_next_to_the_question():
+    second = {"id": 8, "input": [{"role": "user", "content": "Parking?"}], "output": "Lot B."}
+    laid_out = prompt_messages([{"role": "user", "content": "When do you open?"}], [DEMO, second])
+    assert [m["content"] for m in laid_out] == ["Parking?", "Lot B.", "Office hours?", "9 to 5.", "When do you open?"]
+
+
 def test_training_pair_prompt_is_a_prefix_of_the_full_text(tokenizer):
     messages = [{"role": "user", "content": "Office hours?"}]
     prompt, full = render_training_pair(tokenizer, messages, "9 to 5.")
