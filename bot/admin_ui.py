@@ -50,8 +50,10 @@ def build_admin_tab(service: ChatService, guard: AdminGuard, *, trainer: Any = N
         ),
         elem_id="review-policy",
     )
-    build_review_section(service.store, check_admin, password)
+    with gr.Tab("Examples"):
+        build_review_section(service.store, check_admin, password)
     if trainer is not None:
         from bot.admin_training import build_training_section
 
-        build_training_section(trainer, service.store, check_admin, password)
+        with gr.Tab("Training"):
+            build_training_section(trainer, service.store, check_admin, password)
