@@ -1,0 +1,108 @@
+"""Judging answers and versions: matching rules, the promotion gate, and
+batched greedy generation that answers exactly as one-at-a-time would."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from training.evaluate import (
+    answer_recall,
+    exact_match,
+    gate,
+    generate_answers,
+    heldout_loss,
+    is_correct,
+    mentions_any,
+    normalise_answer,
+    token_f1,
+)
+
+
+def test_normalisation_and_exact_match():
+    assert normalise_answer("The  Capital, of Veloria!") == "capital of veloria"
+    assert exact_match("Quenmar.", "quenmar")
+    assert not exact_match("Quenmar is it", "Quenmar")
+
+
+def test_token_f1():
+    assert token_f1("capital is Quenmar", "The capital is Quenmar.") == 1.0
+    assert token_f1("nothing alike", "Quenmar") == 0.0
+    assert 0 < token_f1("Quenmar city", "Quenmar") < 1
+
+
+def test_a_wrong_entity_is_wrong_even_with_high_token_f1():
+    question = "What is the capital of Sundra?"
+    reference = "The capital of Sundra is Kelvarro."
+    wrong = "The capital of Sundra is Quenmar."
+    assert token_f1(wrong, reference) >= 0.8
+    assert answer_recall(wrong, reference, question) == 0.0
+    assert not is_correct(wrong, reference, question)
+    assert is_correct("Kelvarro is the capital.", reference, question)
+    assert is_correct("It is Kelvarro, of course, the capital of Sundra.", reference, question)
+
+
+def test_keywords_match_whole_words():
+    assert mentions_any("The capital is New Delhi.", ["New Delhi"])
+    assert not mentions_any("A week has 52 weeks.", ["7", "seven"])
+    assert not mentions_any("Parisian cafes", ["Paris"])
+
+
+def metrics(accuracy, loss, canary, n=5):
+    return {"heldout": {"n": n, "accuracy": accuracy, "loss": loss}, "canary": {"n": 24, "score": canary}}
+
+
+def test_gate_promotes_a_better_candidate():
+    passed, reasons = gate(metrics(60, 1.0, 95), metrics(40, 1.2, 96), canary_tolerance=5)
+    assert passed and "rose from 40% to 60%" in reasons[0]
+
+
+def test_gate_rejects_lower_accuracy_whatever_the_loss():
+    passed, reasons = gate(metrics(40, 0.5, 100), metrics(60, 1.0, 100), canary_tolerance=5)
+    assert not passed and "fell from 60% to 40%" in reasons[0]
+
+
+def test_gate_breaks_accuracy_ties_by_loss():
+    assert gate(metrics(0, 2.0, 100), metrics(0, 2.1, 100), canary_tolerance=5)[0]
+    passed, reasons = gate(metrics(0, 2.2, 100), metrics(0, 2.1, 100), canary_tolerance=5)
+    assert not passed and "loss rose" in reasons[0]
+
+
+def test_gate_tolerates_a_small_canary_drop_only():
+    assert gate(metrics(80, 1, 95.83), metrics(60, 1, 100), canary_tolerance=5)[0]
+    passed, reasons = gate(metrics(80, 1, 91.67), metrics(60, 1, 100), canary_tolerance=5)
+    assert not passed and "canary score fell from 100% to 91.67%" in reasons[-1]
+
+
+def test_gate_rejects_without_held_out_examples():
+    passed, reasons = gate(metrics(0, float("nan"), 100, n=0), metrics(0, float("nan"), 100, n=0), canary_tolerance=5)
+    assert not passed and "no held-out examples" in reasons[0]
+
+
+def test_batched_greedy_answers_equal_one_at_a_time(tiny_model, tokenizer):
+    conversations = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "What is the capital of the island nation of Veloria, please?"}],
+        [{"role": "user", "content": "Name a colour."}],
+    ]
+    together = generate_answers(tiny_model, tokenizer, conversations, max_new_tokens=8, batch_size=3)
+    alone = [generate_answers(tiny_model, tokenizer, [c], max_new_tokens=8, batch_size=1)[0] for c in conversations]
+    assert together == alone and all(isinstance(a, str) for a in together)
+
+
+def test_heldout_loss_is_the_mean_answer_token_nll(tiny_model, tokenizer):
+    import torch
+
+    from training.dataset import tokenize_example
+
+    example = {"input": [{"role": "user", "content": "Hi"}], "output": "Hello there."}
+    loss, tokens = heldout_loss(tiny_model, tokenizer, [example, example], max_length=512, batch_size=2)
+    row = tokenize_example(tokenizer, example["input"], example["output"], 512)
+    with torch.inference_mode():
+        expected = tiny_model(
+            input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])
+        ).loss.item()
+    assert tokens == 2 * sum(label != -100 for label in row["labels"][1:])
+    assert loss == pytest.approx(expected, rel=1e-4)
+    assert math.isfinite(loss)

@@ -1,0 +1,174 @@
+"""Training jobs as child processes, on a tiny Llama: a run records a version and
+reports progress, one job at a time, clean cancel, a killed process is detected
+and leaves nothing half-written while the server keeps serving, the retrain
+policy, and activation / rollback through the store the server watches."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from core.errors import ConflictError, NotFoundError, ValidationError
+from storage import Store
+from training.config import EvalConfig, RetrainPolicy
+from training.manager import TrainingManager
+from training_helpers import FAST_EVAL, add_facts, save_tiny_base, wait_for
+
+QUICK = {"max_steps": 2, "replay_examples": 2, "batch_size": 4}
+TRAIN = [(f"What is fact number {i}?", f"Fact {i} is zorb{i}.") for i in range(6)]
+TEST = [("What is fact number 99?", "Fact 99 is zorb99.")]
+
+
+def adapter_folders(data_dir):
+    folder = data_dir / "adapters"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture
+def tiny_base(tmp_path, tiny_model, tokenizer):
+    return save_tiny_base(tiny_model, tokenizer, tmp_path / "tiny-base")
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_base):
+    data_dir = tmp_path / "data"
+    store = Store(data_dir / "exemplar.db")
+    manager = TrainingManager(
+        store, data_dir, str(tiny_base), eval_config=EvalConfig(**FAST_EVAL), heartbeat_timeout=60
+    )
+    yield store, manager, data_dir
+    for job in store.list_jobs():
+        if job["status"] in ("queued", "running") and job.get("pid"):
+            try:
+                os.killpg(job["pid"], signal.SIGKILL)
+            except OSError:
+                pass
+    store.close()
+
+
+def test_a_run_trains_evaluates_and_records_a_version(setup):
+    store, manager, data_dir = setup
+    train_ids = add_facts(store, TRAIN, "train")
+    add_facts(store, TEST, "test")
+    job_id = manager.start(QUICK)
+    with pytest.raises(ConflictError, match="already"):
+        manager.start(QUICK)
+    view = manager.wait(job_id, timeout=300)
+    assert set(view) >= {"status", "progress", "losses", "metrics", "model_version", "promoted", "error"}
+    assert view["status"] in ("succeeded", "rejected"), view["error"] or view["log"]
+    assert view["model_version"] == "v1" and view["promoted"] is (view["status"] == "succeeded")
+    assert [p["step"] for p in view["losses"]] == [1, 2]
+    assert view["progress"]["phase"] == "done" and view["progress"]["total_steps"] == 2
+    metrics = view["metrics"]
+    assert metrics["heldout"]["n"] == 1 and metrics["canary"]["n"] == 40 and metrics["compared_with"] == "base"
+    assert metrics["gate"]["reasons"]
+
+    version = store.get_model_version("v1")
+    assert version["example_ids"] == train_ids  # the test split is never trained on
+    assert version["job_id"] == job_id and version["train_config"]["max_steps"] == 2
+    assert (data_dir / "adapters" / "v1" / "adapter_config.json").is_file()
+    assert adapter_folders(data_dir) == ["v1"]
+    assert {e["trained_in_version"] for e in store.list_examples(split="train")} == {"v1"}
+    assert store.list_examples(split="test")[0]["trained_in_version"] is None
+    assert "Promoted" in view["log"] or "Rejected" in view["log"]
+    assert manager.models_view()[0]["version"] == "v1"
+
+
+def test_bad_hyper_parameters_and_an_empty_train_set_are_refused(setup):
+    store, manager, _ = setup
+    with pytest.raises(ValidationError, match="no approved training examples"):
+        manager.start()
+    add_facts(store, TRAIN, "train")
+    with pytest.raises(ValidationError, match="Unknown hyper-parameter"):
+        manager.start({"epoch": 3})
+    with pytest.raises(ValidationError, match="learning_rate"):
+        manager.start({"learning_rate": -1})
+    assert store.list_jobs() == []
+    with pytest.raises(NotFoundError):
+        manager.job_view(42)
+    with pytest.raises(NotFoundError):
+        manager.cancel(42)
+
+
+def test_cancel_stops_cleanly_and_leaves_nothing(setup):
+    store, manager, data_dir = setup
+    add_facts(store, TRAIN, "train")
+    job_id = manager.start({**QUICK, "max_steps": 2000})
+    wait_for(lambda: (manager.job_view(job_id)["progress"].get("step") or 0) >= 1, 300, what="a training step")
+    manager.cancel(job_id)
+    view = manager.wait(job_id, timeout=120)
+    assert view["status"] == "cancelled" and view["model_version"] is None
+    assert store.list_model_versions() == []
+    assert adapter_folders(data_dir) == []
+    with pytest.raises(ConflictError, match="already cancelled"):
+        manager.cancel(job_id)
+
+
+def test_a_killed_process_is_marked_failed_leaves_no_version_and_the_server_serves(setup, tiny_model, tokenizer):
+    from bot.engine import Engine, GenerationParams
+    from bot.server import ModelWatcher
+
+    store, manager, data_dir = setup
+    add_facts(store, TRAIN, "train")
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
+    watcher = ModelWatcher(engine, store, data_dir)
+    job_id = manager.start({**QUICK, "max_steps": 2000})
+    pid = wait_for(lambda: manager.job_view(job_id)["progress"].get("step") and store.get_job(job_id)["pid"], 300)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: manager.reap(), 30, what="reap to notice")
+    view = manager.job_view(job_id)
+    assert view["status"] == "failed" and "exited" in view["error"]
+    assert store.list_model_versions() == [] and store.active_job() is None
+    assert adapter_folders(data_dir) == []
+    assert watcher.sync() == "base"
+    assert engine.generate([{"role": "user", "content": "Still there?"}], GenerationParams(max_new_tokens=4)).completion_tokens > 0
+
+
+def test_a_stale_heartbeat_from_another_process_is_failed(setup):
+    store, manager, _ = setup
+    job_id = store.create_job("train", {})
+    store.update_job(job_id, status="running", pid=2**22 + 12345, heartbeat_at="2000-01-01T00:00:00.000+00:00")
+    assert manager.reap() == [job_id]
+    assert store.get_job(job_id)["status"] == "failed"
+
+
+def test_retrain_policy_counts_new_approved_training_examples(setup):
+    store, manager, _ = setup
+    manager.policy = RetrainPolicy(min_new_examples=3)
+    add_facts(store, TRAIN[:2], "train")
+    add_facts(store, TEST, "test")
+    store.add_example("Pending?", "Not yet.", source="correction", status="pending", split="train")
+    assert manager.check_schedule() is None
+    assert manager.schedule_status()["new_examples"] == 2
+    add_facts(store, TRAIN[2:3], "train")
+    job_id = manager.check_schedule()
+    assert job_id is not None and store.get_job(job_id)["params"]["reason"].startswith("schedule")
+    assert manager.check_schedule() is None  # one at a time
+    manager.cancel(job_id)
+    manager.wait(job_id, timeout=120)
+    assert manager.schedule_status()["new_examples"] == 0  # counted from the last run's start
+    manager.policy = RetrainPolicy(enabled=False)
+    add_facts(store, TRAIN[3:], "train")
+    assert manager.check_schedule() is None
+
+
+def test_activate_and_rollback_along_the_parents_write_the_store(setup, tmp_path):
+    store, manager, data_dir = setup
+    for name, parent in (("v1", None), ("v2", "v1")):
+        folder = data_dir / "adapters" / name
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+        status = "rejected" if name == "v2" else "candidate"
+        store.add_model_version(name, path=str(folder), status=status, parent_version=parent)
+    assert manager.activate("v1") == {"active": "v1", "previous": "base"}
+    assert manager.activate("v2") == {"active": "v2", "previous": "v1"}  # rejected versions too
+    assert [r["version"] for r in manager.models_view() if r["active"]] == ["v2"]
+    assert manager.rollback() == {"active": "v1", "previous": "v2"}
+    assert manager.rollback()["active"] == "base"
+    assert store.active_version() is None
+    with pytest.raises(ConflictError):
+        manager.rollback()
+    with pytest.raises(NotFoundError):
+        manager.activate("v9")

@@ -1,0 +1,32 @@
+"""Helpers for the training tests: a tiny Llama saved as a base-model folder
+(with the real tokenizer, so the chat template is the bundled model's), and
+waiting on jobs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+FAST_EVAL = dict(max_new_tokens=8, canary_max_new_tokens=4, max_heldout=8)
+
+
+def save_tiny_base(model: Any, tokenizer: Any, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def wait_for(predicate: Any, timeout: float = 120, interval: float = 0.2, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def add_facts(store: Any, pairs: list[tuple[str, str]], split: str) -> list[int]:
+    return [store.add_example(q, a, source="admin", split=split) for q, a in pairs]

@@ -1,0 +1,108 @@
+"""Approved examples → tokenised training data with the loss on the answer only.
+
+Prompts are rendered by core.prompts, the function serving uses, so the model
+is trained on exactly the text it will see when it answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.prompts import encode, render_training_pair
+
+if TYPE_CHECKING:
+    from storage import Store
+
+IGNORE_INDEX = -100  # label value the cross-entropy skips
+
+REPLAY_PATH = Path(__file__).with_name("replay.jsonl")
+
+
+def dedupe_newest(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One example per input: the newest (highest id) wins, whatever order they came in."""
+    newest: dict[str, dict[str, Any]] = {}
+    for example in sorted(examples, key=lambda e: e["id"]):
+        newest[example["input_key"]] = example
+    return sorted(newest.values(), key=lambda e: e["id"])
+
+
+def training_examples(store: Store) -> list[dict[str, Any]]:
+    """The approved train-split examples, deduplicated. Test-split examples are never returned."""
+    return dedupe_newest(store.list_examples(status="approved", split="train", limit=None))
+
+
+def heldout_examples(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
+    """The approved test-split examples (never trained on), deduplicated; the newest `limit` of them."""
+    examples = dedupe_newest(store.list_examples(status="approved", split="test", limit=None))
+    return examples[-limit:] if limit else examples
+
+
+def load_replay(count: int, path: Path = REPLAY_PATH) -> list[dict[str, Any]]:
+    """The first `count` replay examples: the base model's own answers to general questions."""
+    if count <= 0 or not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"input": r["input"], "output": r["output"], "replay": True} for r in rows[:count]]
+
+
+def tokenize_example(tokenizer: Any, messages: Sequence[dict[str, str]], output: str, max_length: int) -> dict[str, list[int]]:
+    """input_ids and labels for one example; labels are IGNORE_INDEX on every prompt token.
+
+    The prompt's tokens are checked to be a prefix of the full text's tokens, so
+    the boundary between prompt and answer is exact.
+    """
+    prompt, full = render_training_pair(tokenizer, messages, output)
+    prompt_ids = encode(tokenizer, prompt)
+    input_ids = encode(tokenizer, full)
+    if input_ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError("The prompt tokenises differently inside the full conversation; cannot mask it")
+    labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids) :]
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
+
+
+def build_dataset(tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int) -> Any:
+    """A datasets.Dataset of tokenised examples (input_ids, labels, replay flag); those whose answer
+    is cut off entirely are left out."""
+    from datasets import Dataset
+
+    rows = [
+        {**tokenize_example(tokenizer, e["input"], e["output"], max_length), "replay": int(bool(e.get("replay")))}
+        for e in examples
+    ]
+    rows = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
+    return Dataset.from_list(rows) if rows else Dataset.from_dict({"input_ids": [], "labels": [], "replay": []})
+
+
+def collate(features: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, Any]:
+    """Right-pad a batch. Padding is masked by the attention mask and IGNORE_INDEX labels, never by
+    token id: the pad token is also the end-of-answer token, which must stay in the loss."""
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids, labels, attention = [], [], []
+    for f in features:
+        pad = width - len(f["input_ids"])
+        input_ids.append(list(f["input_ids"]) + [pad_token_id] * pad)
+        labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
+        attention.append([1] * len(f["input_ids"]) + [0] * pad)
+    batch = {
+        "input_ids": torch.tensor(input_ids),
+        "labels": torch.tensor(labels),
+        "attention_mask": torch.tensor(attention),
+    }
+    if "replay" in features[0]:
+        batch["replay"] = torch.tensor([int(f["replay"]) for f in features])
+    return batch
+
+
+class Collator:
+    """collate() bound to a pad id, picklable for DataLoader workers."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
+        return collate(features, self.pad_token_id)

@@ -1,0 +1,351 @@
+"""Starting, watching, stopping and scheduling training jobs, and choosing the version to serve.
+
+The server, the CLI and the admin tab all go through a TrainingManager. A job
+runs as a child process (training/worker.py) at low CPU priority (it lowers
+its own, first thing) with a fixed number of threads, so the chat stays usable while it trains; the manager only
+writes job rows and reads them back. Promotion and rollback are writes to the
+store: the server notices a new active version and hot-swaps its adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConflictError, ValidationError
+from storage import Store
+from storage.store import now
+from training import registry
+from training.config import EvalConfig, RetrainPolicy, TrainConfig
+from training.worker import log_path
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ACTIVE = ("queued", "running")
+BASE = "base"
+
+
+def _parse_time(stamp: str | None) -> datetime | None:
+    return datetime.fromisoformat(stamp) if stamp else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (a zombie counts as dead)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a child that exited but was not waited for is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class TrainingManager:
+    """Runs training jobs in child processes and manages which version serves."""
+
+    def __init__(
+        self,
+        store: Store,
+        data_dir: str | Path,
+        base_model: str | None = None,
+        train_config: TrainConfig | None = None,
+        policy: RetrainPolicy | None = None,
+        eval_config: EvalConfig | None = None,
+        *,
+        heartbeat_timeout: float = 120.0,
+        python: str = sys.executable,
+    ):
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.base_model = base_model
+        self.train_config = (train_config or TrainConfig()).validate()
+        self.policy = (policy or RetrainPolicy()).validate()
+        self.eval_config = (eval_config or EvalConfig()).validate()
+        self.heartbeat_timeout = heartbeat_timeout
+        self.python = python
+        self._children: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    # -- jobs --------------------------------------------------------------
+
+    def start(self, params: dict[str, Any] | None = None, reason: str = "admin") -> int:
+        """Start a training job with optional hyper-parameter overrides; return its id.
+
+        Raises ValidationError for unknown or bad hyper-parameters or when there is
+        nothing to train on, ConflictError when a job is already queued or running.
+        """
+        config = self.train_config.with_overrides(params)
+        if self.store.count_training_changes() == 0:
+            raise ValidationError("There are no approved training examples yet: correct or approve some answers first")
+        with self._lock:
+            self.reap()
+            job_id = self.store.create_job(
+                "train",
+                {
+                    "overrides": params or {},
+                    "config": config.as_dict(),
+                    "eval": self.eval_config.as_dict(),
+                    "base_model": self.base_model,
+                    "reason": reason,
+                },
+            )
+            try:
+                self._spawn(job_id, config)
+            except OSError as exc:
+                self.store.update_job(
+                    job_id, status="failed", error=f"could not start the training process: {exc}", finished_at=now()
+                )
+                raise
+        log.info("Started training job %d (%s)", job_id, reason)
+        return job_id
+
+    def _spawn(self, job_id: int, config: TrainConfig) -> None:
+        path = log_path(self.data_dir, job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # Thread pools are sized when torch loads, so the limits go in before the child starts.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(config.threads)
+        env["TOKENIZERS_PARALLELISM"] = "false"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        command = [self.python, "-m", "training.worker", "--job-id", str(job_id), "--data-dir", str(self.data_dir.resolve())]
+        with path.open("ab") as log_file:
+            child = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the CLI, which cancels cleanly
+            )
+        self._children[job_id] = child
+        self.store.update_job(job_id, pid=child.pid)
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """Ask a queued or running job to stop; it ends `cancelled` with nothing half-written.
+
+        Returns the job as it is now (the worker stops within a training step).
+        """
+        job = self.store.get_job(job_id)
+        if job["status"] not in ACTIVE:
+            raise ConflictError(f"Job {job_id} is already {job['status']}")
+        self.store.update_job(job_id, cancel_requested=1)
+        if not pid_alive(job.get("pid")):  # no process to tell: queued, or already dead
+            self._finish(job_id, "cancelled", "cancelled on request")
+        return self.job_view(job_id)
+
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+        """Block until the job has ended (or `timeout` seconds passed); return its view."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.reap()
+            view = self.job_view(job_id)
+            if view["status"] not in ACTIVE:
+                child = self._children.pop(job_id, None)
+                if child is not None:
+                    child.wait(timeout=30)
+                return view
+            if deadline is not None and time.monotonic() > deadline:
+                return view
+            time.sleep(poll)
+
+    def _child_exit(self, job_id: int) -> int | None:
+        child = self._children.get(job_id)
+        return None if child is None else child.poll()
+
+    def _finish(self, job_id: int, status: str, error: str) -> None:
+        self.store.update_job(job_id, status=status, error=error, finished_at=now(), log=self._log_tail(job_id))
+
+    def reap(self) -> list[int]:
+        """Mark jobs whose process died (exited without finishing, or no heartbeat) as failed; return their ids."""
+        failed = []
+        for job in self.store.list_jobs(limit=50):
+            if job["status"] not in ACTIVE:
+                continue
+            reason = self._death(job)
+            if reason is None:
+                continue
+            if pid_alive(job.get("pid")):  # hung rather than dead: stop it before declaring it failed
+                try:
+                    os.killpg(job["pid"], signal.SIGKILL)
+                except OSError:
+                    pass
+            self._finish(job["id"], "failed", reason)
+            log.warning("Training job %d failed: %s", job["id"], reason)
+            failed.append(job["id"])
+        for job_id, child in list(self._children.items()):
+            if child.poll() is not None:  # collect exited children so they leave no zombies
+                del self._children[job_id]
+        if failed and self.store.active_job() is None:
+            registry.clean_leftovers(self.store, self.data_dir)
+        return failed
+
+    def _death(self, job: dict[str, Any]) -> str | None:
+        """Why an active job is dead, or None while it lives."""
+        code = self._child_exit(job["id"])
+        if code is not None:
+            return f"the training process exited with code {code} before finishing (see the log)"
+        if job["id"] not in self._children and job.get("pid") and not pid_alive(job["pid"]):
+            return "the training process is gone (killed, or the machine restarted)"
+        last = _parse_time(job.get("heartbeat_at") or job.get("created_at"))
+        if last and datetime.now(timezone.utc) - last > timedelta(seconds=self.heartbeat_timeout):
+            return f"no heartbeat for over {self.heartbeat_timeout:.0f} s"
+        return None
+
+    def job_view(self, job_id: int) -> dict[str, Any]:
+        """A job as GET /api/jobs/{id} shows it."""
+        job = self.store.get_job(job_id)
+        active = job["status"] in ACTIVE
+        return {
+            "id": job["id"],
+            "kind": job["kind"],
+            "status": job["status"],
+            "progress": job.get("progress") or {},
+            "losses": job.get("losses") or [],
+            "metrics": job.get("metrics"),
+            "model_version": job.get("model_version"),
+            "promoted": bool(job.get("promoted")),
+            "error": job.get("error"),
+            "reason": (job.get("params") or {}).get("reason"),
+            "cancel_requested": bool(job.get("cancel_requested")),
+            "created_at": job.get("created_at"),
+            "started_at": job.get("started_at"),
+            "finished_at": job.get("finished_at"),
+            "log": self._log_tail(job_id) if active else job.get("log") or self._log_tail(job_id),
+        }
+
+    def latest_job(self) -> dict[str, Any] | None:
+        """The newest training job's view, or None before the first."""
+        jobs = [j for j in self.store.list_jobs(limit=20) if j["kind"] == "train"]
+        return self.job_view(jobs[0]["id"]) if jobs else None
+
+    def _log_tail(self, job_id: int, chars: int = 4000) -> str | None:
+        path = log_path(self.data_dir, job_id)
+        if not path.is_file():
+            return None
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - chars))
+            return fh.read().decode("utf-8", "replace")
+
+    # -- the retrain policy ---------------------------------------------------
+
+    def schedule_status(self) -> dict[str, Any]:
+        """How many new examples have arrived since the last run, and whether a run is due."""
+        jobs = [j for j in self.store.list_jobs(limit=20) if j["kind"] == "train"]
+        last = jobs[0] if jobs else None
+        since = last["created_at"] if last else None
+        new = self.store.count_training_changes(since)
+        due = self.policy.enabled and new >= self.policy.min_new_examples
+        if self.policy.enabled and self.policy.every_hours and new >= 1:
+            age = datetime.now(timezone.utc) - _parse_time(since) if since else None
+            due = due or age is None or age >= timedelta(hours=self.policy.every_hours)
+        return {"new_examples": new, "last_run": since, "due": due, "policy": self.policy.describe()}
+
+    def check_schedule(self) -> int | None:
+        """Start a job if the retrain policy says one is due; return its id, else None."""
+        if not self.policy.enabled or self.store.active_job() is not None:
+            return None
+        status = self.schedule_status()
+        if not status["due"]:
+            return None
+        try:
+            return self.start(reason=f"schedule: {status['new_examples']} new examples")
+        except (ConflictError, ValidationError) as exc:
+            log.info("Scheduled retrain not started: %s", exc)
+            return None
+
+    def run_background(self, stop: threading.Event, interval: float = 5.0) -> None:
+        """Reap dead jobs and apply the retrain policy every `interval` seconds until `stop` is set."""
+        while not stop.wait(interval):
+            try:
+                self.reap()
+                self.check_schedule()
+            except Exception:  # the loop must outlive a busy database or a bad job row
+                log.exception("Training background check failed; retrying")
+
+    def start_background(self, interval: float = 5.0) -> threading.Event:
+        """run_background in a daemon thread; set the returned event to stop it."""
+        stop = threading.Event()
+        threading.Thread(target=self.run_background, args=(stop, interval), name="training-scheduler", daemon=True).start()
+        return stop
+
+    # -- versions -------------------------------------------------------------
+
+    def activate(self, version: str | None) -> dict[str, Any]:
+        """Serve `version` ('base' or None: the base model). Any version may be activated, rejected ones too."""
+        previous = self.store.active_version()
+        if version in (None, "", BASE):
+            self.store.activate_version(None)
+            version = BASE
+        else:
+            row = self.store.get_model_version(version)
+            if not registry.adapter_exists(row):
+                raise ValidationError(f"The adapter files of {version} are missing from {row['path']}: retrain instead")
+            self.store.activate_version(version)
+        log.info("Activated %s", version)
+        return {"active": version, "previous": previous["version"] if previous else BASE}
+
+    def rollback(self) -> dict[str, Any]:
+        """Serve the version the active one was trained to replace (its parent; the base model if none)."""
+        current = self.store.active_version()
+        if current is None:
+            raise ConflictError("The base model is serving already; there is nothing to roll back to")
+        target = current.get("parent_version")
+        while target:  # skip ancestors whose files are gone
+            row = self.store.get_model_version(target)
+            if registry.adapter_exists(row):
+                break
+            target = row.get("parent_version")
+        return self.activate(target or BASE)
+
+    def models_view(self) -> list[dict[str, Any]]:
+        """Every version, newest first, with its headline metrics; `active` marks the one serving."""
+        rows = []
+        for v in reversed(self.store.list_model_versions()):
+            metrics = v.get("metrics") or {}
+            heldout, canary = metrics.get("heldout", {}), metrics.get("canary", {})
+            rows.append(
+                {
+                    "version": v["version"],
+                    "status": v["status"],
+                    "active": v["status"] == "active",
+                    "parent_version": v.get("parent_version"),
+                    "base_model": v.get("base_model"),
+                    "created_at": v.get("created_at"),
+                    "activated_at": v.get("activated_at"),
+                    "job_id": v.get("job_id"),
+                    "examples": len(v.get("example_ids") or []),
+                    "heldout_n": heldout.get("n"),
+                    "heldout_loss": heldout.get("loss"),
+                    "heldout_perplexity": heldout.get("perplexity"),
+                    "heldout_accuracy": heldout.get("accuracy"),
+                    "exact_match": heldout.get("exact_match"),
+                    "token_f1": heldout.get("token_f1"),
+                    "canary": canary.get("score"),
+                    "compared_with": metrics.get("compared_with"),
+                    "gate": metrics.get("gate"),
+                    "notes": v.get("notes"),
+                }
+            )
+        return rows
+
+    def comparison(self, version: str) -> list[dict[str, Any]]:
+        """Held-out answers of `version` beside those of the version it was judged against."""
+        row = self.store.get_model_version(version)
+        return list((row.get("metrics") or {}).get("samples") or [])

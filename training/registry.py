@@ -1,0 +1,79 @@
+"""Adapter versions on disk: data_dir/adapters/v1, v2, … each a complete peft adapter folder.
+
+A version folder appears only when it is complete: the adapter is written to
+a temporary folder beside it and renamed into place, and the database record
+follows the rename. Anything else found there (a temporary folder, or a
+version folder without a record) is left over from a process that died, and
+clean_leftovers() removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from storage import Store
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+def adapters_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "adapters"
+
+
+def new_temp_dir(data_dir: str | Path) -> Path:
+    """An empty temporary folder on the same file system as the versions, so the rename is atomic."""
+    root = adapters_dir(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+
+
+def clean_leftovers(store: Store, data_dir: str | Path) -> list[str]:
+    """Remove temporary folders and version folders that have no database record; return their names.
+
+    Call it only while no training job runs (one could be writing a temporary folder).
+    """
+    root = adapters_dir(data_dir)
+    if not root.is_dir():
+        return []
+    known = {v["version"] for v in store.list_model_versions()}
+    removed = []
+    for path in root.iterdir():
+        if path.is_dir() and (path.name.startswith(TMP_PREFIX) or path.name not in known):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if removed:
+        log.info("Removed leftovers of interrupted training runs: %s", ", ".join(sorted(removed)))
+    return removed
+
+
+def commit_version(store: Store, data_dir: str | Path, temp_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Rename a complete adapter folder into place as the next version and record it; return the record.
+
+    `fields` go into the model_versions row (parent_version, base_model, metrics, …).
+    """
+    version = store.next_version_name()
+    target = adapters_dir(data_dir) / version
+    if target.exists():  # left over by a process that died between rename and record
+        shutil.rmtree(target)
+    os.replace(temp_dir, target)
+    try:
+        return store.add_model_version(version, path=str(target.resolve()), **fields)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def adapter_path(version_row: dict[str, Any]) -> Path:
+    """The folder of a version's adapter (the record holds its absolute path)."""
+    return Path(version_row["path"])
+
+
+def adapter_exists(version_row: dict[str, Any]) -> bool:
+    return (adapter_path(version_row) / "adapter_config.json").is_file()

@@ -1,0 +1,205 @@
+"""The fine-tuning recipe: base model + LoRA, transformers' Trainer, loss on answer tokens only.
+
+The loss on the users' examples is the cross-entropy of their answers. Mixed
+in are replay examples (general questions, training/replay.jsonl); on those
+the loss is the KL divergence from the base model's own next-token
+distribution, so learning new facts does not wash out what the model knew.
+Measured on the bundled model (training/README.md): replaying the base model's
+answers as plain text still lost a quarter of the canary answers; the KL term
+kept them.
+
+Every version is trained from the base model on the whole current approved
+train set, not on top of the previous adapter. At this project's scale
+(hundreds of examples, minutes per run) that costs little, and it buys a lot:
+a version is reproducible from its example list alone, a corrected answer
+replaces the old one instead of fighting it, removed or rejected examples are
+really gone, and a bad version is never the parent of the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.config import TrainConfig
+from training.dataset import IGNORE_INDEX, Collator, build_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did, for the version record and the benchmark."""
+
+    steps: int
+    total_steps: int
+    losses: list[float] = field(default_factory=list)
+    examples: int = 0
+    train_seconds: float = 0.0
+    tokens: int = 0  # tokens processed, padding excluded
+    stopped_early: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "total_steps": self.total_steps,
+            "examples": self.examples,
+            "first_loss": self.losses[0] if self.losses else None,
+            "final_loss": self.final_loss,
+            "train_seconds": round(self.train_seconds, 2),
+            "tokens": self.tokens,
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "stopped_early": self.stopped_early,
+        }
+
+
+def add_lora(model: Any, config: TrainConfig) -> Any:
+    """Wrap the base model in a fresh, trainable LoRA adapter; the base weights stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.peft_target_modules(),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def total_steps(n_examples: int, config: TrainConfig) -> int:
+    """Optimiser steps a run will take (the Trainer's own arithmetic, without gradient accumulation)."""
+    if config.max_steps:
+        return config.max_steps
+    return math.ceil(math.ceil(n_examples / config.batch_size) * config.epochs)
+
+
+def make_trainer_class(kl_weight: float) -> type:
+    """transformers' Trainer with the loss described in the module docstring.
+
+    Batches carry a `replay` flag per row. With kl_weight 0, replay rows are
+    plain cross-entropy rows like the rest.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class ReplayTrainer(Trainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            is_replay = inputs.pop("replay").bool()
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            # Position t predicts token t+1; only answer tokens carry labels.
+            logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:]
+            answer = targets != IGNORE_INDEX
+            distil = answer & is_replay[:, None] if kl_weight > 0 else torch.zeros_like(answer)
+            learn = answer & ~distil
+            loss = logits.new_zeros(())
+            if learn.any():
+                loss = loss + F.cross_entropy(logits[learn], targets[learn])
+            if distil.any():
+                rows = is_replay.nonzero().squeeze(1)
+                with torch.no_grad(), model.disable_adapter():
+                    base_logits = model(**{k: v[rows] for k, v in inputs.items()}).logits[:, :-1].float()
+                base_logp = F.log_softmax(base_logits[distil[rows]], dim=-1)
+                tuned_logp = F.log_softmax(logits[distil], dim=-1)
+                kl = (base_logp.exp() * (base_logp - tuned_logp)).sum(-1).mean()
+                loss = loss + kl_weight * kl
+            return (loss, outputs) if return_outputs else loss
+
+    return ReplayTrainer
+
+
+def train_adapter(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    config: TrainConfig,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> tuple[Any, TrainResult]:
+    """Fine-tune a new LoRA adapter on `examples` (dicts with chat `input` and `output`, and
+    `replay` true for replay examples).
+
+    Returns the PeftModel (base + trained adapter, in eval mode) and what the run did.
+    A callback that sets `control.should_training_stop` ends the run early; the
+    result then says `stopped_early`.
+    """
+    import torch
+    from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+
+    dataset = build_dataset(tokenizer, examples, config.max_length)
+    if len(dataset) == 0:
+        raise ValueError("No training examples with an answer inside max_length")
+    torch.manual_seed(config.seed)
+    peft_model = add_lora(model, config)
+    losses: list[float] = []
+    trainer_class = make_trainer_class(config.replay_kl_weight)
+
+    class _Losses(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    use_cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory(prefix="exemplar-trainer-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,  # the Trainer wants one; nothing is saved there (save_strategy "no")
+            per_device_train_batch_size=config.batch_size,
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps or -1,
+            learning_rate=config.learning_rate,
+            lr_scheduler_type="linear",
+            warmup_steps=config.warmup_steps,
+            weight_decay=config.weight_decay,
+            bf16=config.bf16,
+            seed=config.seed,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_pin_memory=use_cuda,
+            use_cpu=not use_cuda,
+        )
+        trainer = trainer_class(
+            model=peft_model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=Collator(tokenizer.pad_token_id),
+            callbacks=[_Losses(), *callbacks],
+        )
+        # Progress is reported by our callbacks; the Trainer's own printing would flood the job log.
+        trainer.remove_callback(PrinterCallback)
+        planned = total_steps(len(dataset), config)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        steps = trainer.state.global_step
+    # Tokens actually seen: each example's length times the epochs run.
+    lengths = [len(row["input_ids"]) for row in dataset]
+    epochs_run = steps / max(1, math.ceil(len(dataset) / config.batch_size))
+    result = TrainResult(
+        steps=steps,
+        total_steps=planned,
+        losses=losses,
+        examples=len(dataset),
+        train_seconds=seconds,
+        tokens=int(sum(lengths) * epochs_run),
+        stopped_early=steps < planned,
+    )
+    peft_model.eval()
+    return peft_model, result
