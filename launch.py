@@ -225,9 +225,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if generated:
         # Printed once, to the console only, as Jupyter does with its token.
         print(f"Admin password (generated for this run): {password}", flush=True)
+    # Reaps dead training jobs and starts retrains when the policy says so.
+    scheduler = trainer.start_background()
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     finally:
+        scheduler.set()
         watcher.stop()
         store.close()
     return 0
@@ -237,8 +240,7 @@ def make_trainer(store: Any, config: Any) -> Any:
     """The training manager the server uses to start, watch and schedule jobs."""
     from training.manager import TrainingManager
 
-    manager = TrainingManager(store, config.data_dir, config.base_model)
-    return manager
+    return TrainingManager(store, config.data_dir, config.base_model)
 
 
 def main(argv: list[str] | None = None) -> int:
