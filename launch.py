@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which examples (default all: every one not superseded by a newer output)",
     )
     exporter.set_defaults(handler=cmd_export)
+
+    from training.commands import add_parsers as add_training_parsers
+
+    add_training_parsers(commands, add_common)  # train, eval, models
     return parser
 
 

@@ -30,3 +30,29 @@ def wait_for(predicate: Any, timeout: float = 120, interval: float = 0.2, what: 
 
 def add_facts(store: Any, pairs: list[tuple[str, str]], split: str) -> list[int]:
     return [store.add_example(q, a, source="admin", split=split) for q, a in pairs]
+
+
+def learnable_tiny_llama(tokenizer: Any) -> Any:
+    """A 2-layer Llama that LoRA can teach a few answers in tens of steps.
+
+    conftest's tiny_model (hidden 32, initializer range 0.02) starts with near-uniform
+    logits that a LoRA barely moves; larger initial weights make its outputs learnable.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()

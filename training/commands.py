@@ -7,6 +7,7 @@ launch.py to turn into a message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -245,3 +246,66 @@ def evaluate(
         print("held-out: no approved test-split examples yet", file=out)
     print(f"canary ({canary['n']}): {canary.get('score')}%", file=out)
     return 0
+
+
+def add_parsers(commands: Any, add_common: Any) -> None:
+    """Add `train`, `eval` and `models` to launch.py's subcommands (`add_common` adds --data-dir etc.)."""
+    import argparse
+
+    raw = argparse.RawDescriptionHelpFormatter
+    trainer = commands.add_parser(
+        "train",
+        help="retrain from the base model on every approved example; promote if it beats the serving version",
+        description="Train a new version in a child process (low priority, one thread by default), judge it "
+        "against the serving version on held-out examples and the canary set, and promote it if it is at "
+        "least as good. Ctrl-C stops the job cleanly.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=raw,
+    )
+    add_common(trainer)
+    trainer.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        dest="overrides",
+        help="override a hyper-parameter for this run (repeatable); names: "
+        + ", ".join(f.name for f in dataclasses.fields(TrainConfig)),
+    )
+    trainer.add_argument("--no-progress", action="store_true", help="print phases only, no progress bar")
+    trainer.set_defaults(
+        handler=lambda a: train(a.data_dir, a.base_model, parse_overrides(a.overrides), progress=not a.no_progress)
+    )
+
+    evaluator = commands.add_parser(
+        "eval",
+        help="judge a version on the held-out examples and the canary set",
+        description="Measure held-out loss, perplexity and accuracy and the canary score of one version.",
+        epilog=EVAL_EXAMPLES,
+        formatter_class=raw,
+    )
+    add_common(evaluator)
+    evaluator.add_argument("--version", default=None, help="a version such as v2, or 'base' (default: the active one)")
+    evaluator.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    evaluator.set_defaults(handler=lambda a: evaluate(a.data_dir, a.base_model, a.version, threads=a.threads))
+
+    models = commands.add_parser(
+        "models",
+        help="list trained versions, or activate one (promote or roll back)",
+        description="Without arguments, list the versions with their metrics; the serving one is starred.",
+        epilog=MODELS_EXAMPLES,
+        formatter_class=raw,
+    )
+    add_common(models)
+    models.add_argument("action", nargs="?", choices=("list", "activate"), default="list", help="list (the default) or activate")
+    models.add_argument("version", nargs="?", help="with activate: the version to serve, e.g. v3, or 'base'")
+    models.set_defaults(
+        handler=lambda a: activate(a.data_dir, _version_or_error(a.version)) if a.action == "activate" else list_models(a.data_dir)
+    )
+
+
+def _version_or_error(version: str | None) -> str:
+    from core.errors import ValidationError
+
+    if not version:
+        raise ValidationError("models activate needs a VERSION, e.g.: python launch.py models activate v2")
+    return version

@@ -141,7 +141,8 @@ class EvalConfig:
     )
     answer_threshold: float = _help(
         "An answer counts as correct when it matches the reference exactly (normalised), contains it, "
-        "or holds this share of the reference's information-carrying words (those not in the question).",
+        "or holds this share of the reference's information-carrying words (not in the question; only the rare "
+        "ones, those the tokenizer splits, when there are any).",
         default=0.6,
     )
     canary_max_new_tokens: int = _help(

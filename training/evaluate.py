@@ -19,7 +19,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,25 +71,48 @@ _STOPWORDS = frozenset(
 )
 
 
-def answer_words(reference: str, question: str = "") -> list[str]:
-    """The words that carry a reference answer's information: those not in the question, stopwords left out.
+def answer_words(reference: str, question: str = "", is_rare: Callable[[str], bool] | None = None) -> list[str]:
+    """The words that carry a reference answer's information: those not in the question, stopwords left out;
+    of those, only the rare ones when `is_rare` is given and some are.
 
     For "The capital of Sundra is Kelvarro." asked as "What is the capital of Sundra?" that is ["kelvarro"].
+    Asked as "Which city is the seat of government of Sundra?" it is ["capital", "kelvarro"], and with a
+    rarity test (a word the tokenizer splits is rare) ["kelvarro"] again: a paraphrased answer need not
+    repeat the reference's common words.
     """
     asked = set(normalise_answer(question).split())
-    return [w for w in normalise_answer(reference).split() if w not in asked and w not in _STOPWORDS]
+    words = [w for w in normalise_answer(reference).split() if w not in asked and w not in _STOPWORDS]
+    if is_rare is not None:
+        rare = [w for w in words if is_rare(w)]
+        if rare:
+            return rare
+    return words
 
 
-def answer_recall(prediction: str, reference: str, question: str = "") -> float:
+def rarity_test(tokenizer: Any) -> Callable[[str], bool]:
+    """is_rare(word): the tokenizer needs more than one token for it (names, numbers, made-up words)."""
+    return lambda word: len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) > 1
+
+
+def answer_recall(
+    prediction: str, reference: str, question: str = "", is_rare: Callable[[str], bool] | None = None
+) -> float:
     """Share of the reference's information-carrying words that the prediction contains."""
-    needed = answer_words(reference, question)
+    needed = answer_words(reference, question, is_rare)
     if not needed:
         return token_f1(prediction, reference)
     said = set(normalise_answer(prediction).split())
     return sum(w in said for w in needed) / len(needed)
 
 
-def is_correct(prediction: str, reference: str, question: str = "", *, threshold: float = 0.6) -> bool:
+def is_correct(
+    prediction: str,
+    reference: str,
+    question: str = "",
+    *,
+    threshold: float = 0.6,
+    is_rare: Callable[[str], bool] | None = None,
+) -> bool:
     """An answer is correct when it equals or contains the reference, or holds at least `threshold` of
     the reference's information-carrying words.
 
@@ -99,7 +122,7 @@ def is_correct(prediction: str, reference: str, question: str = "", *, threshold
     return (
         exact_match(prediction, reference)
         or contains_phrase(prediction, reference)
-        or answer_recall(prediction, reference, question) >= threshold
+        or answer_recall(prediction, reference, question, is_rare) >= threshold
     )
 
 
@@ -191,8 +214,10 @@ def evaluate_model(
             model, tokenizer, [e["input"] for e in heldout], max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
         )
         questions = [e["input"][-1]["content"] for e in heldout]
+        rare = rarity_test(tokenizer)
         correct = [
-            is_correct(a, e["output"], q, threshold=config.answer_threshold) for a, e, q in zip(answers, heldout, questions)
+            is_correct(a, e["output"], q, threshold=config.answer_threshold, is_rare=rare)
+            for a, e, q in zip(answers, heldout, questions)
         ]
         metrics["heldout"].update(
             loss=round(loss, 4),
@@ -201,7 +226,7 @@ def evaluate_model(
             exact_match=_percent(sum(exact_match(a, e["output"]) for a, e in zip(answers, heldout)), len(heldout)),
             token_f1=_percent(sum(token_f1(a, e["output"]) for a, e in zip(answers, heldout)), len(heldout)),
             answer_recall=_percent(
-                sum(answer_recall(a, e["output"], q) for a, e, q in zip(answers, heldout, questions)), len(heldout)
+                sum(answer_recall(a, e["output"], q, rare) for a, e, q in zip(answers, heldout, questions)), len(heldout)
             ),
             accuracy=_percent(sum(correct), len(heldout)),
         )
@@ -216,7 +241,10 @@ def evaluate_model(
             batch_size=config.batch_size,
         )
         hits = [mentions_any(a, c["keywords"]) for a, c in zip(answers, canary)]
-        metrics["canary"].update(score=_percent(sum(hits), len(canary)))
+        metrics["canary"].update(
+            score=_percent(sum(hits), len(canary)),
+            misses=[{"question": c["question"], "answer": a} for a, c, hit in zip(answers, canary, hits) if not hit],
+        )
         metrics["canary_answers"] = answers
         metrics["canary_hits"] = hits
     return metrics
