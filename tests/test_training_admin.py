@@ -1,0 +1,103 @@
+"""The Admin tab's training section, driven through its handlers with a real
+TrainingManager over a temp store: every handler demands the admin password,
+the overview shows the policy, versions and the serving one, and activation,
+rollback and the side-by-side comparison work on recorded versions."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from bot.admin_training import TrainingHandlers, build_training_section, describe_job
+from storage import Store
+from training.manager import TrainingManager
+
+PASSWORD = "right-password"
+
+
+def check_admin(password: str) -> None:
+    if password != PASSWORD:
+        raise gr.Error("Wrong admin password")
+
+
+@pytest.fixture
+def handlers(tmp_path):
+    store = Store(tmp_path / "exemplar.db")
+    manager = TrainingManager(store, tmp_path)
+    for name, parent in (("v1", None), ("v2", "v1")):
+        folder = tmp_path / "adapters" / name
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+        metrics = {
+            "heldout": {"n": 1, "accuracy": 50.0, "loss": 1.5},
+            "canary": {"n": 40, "score": 97.5},
+            "compared_with": parent or "base",
+            "samples": [
+                {"example_id": 7, "question": "Capital of Veloria?", "reference": "Quenmar.", "candidate": "Quenmar.",
+                 "candidate_correct": True, "current": "Paris.", "current_correct": False}
+            ],
+        }
+        store.add_model_version(name, path=str(folder), parent_version=parent, metrics=metrics, example_ids=[1, 2])
+    yield TrainingHandlers(manager, store, check_admin)
+    store.close()
+
+
+def test_every_handler_demands_the_password(handlers):
+    calls = [
+        lambda pw: handlers.overview(pw),
+        lambda pw: handlers.retrain(pw, ""),
+        lambda pw: handlers.poll(pw, None),
+        lambda pw: handlers.stop(pw, None),
+        lambda pw: handlers.activate(pw, "v1"),
+        lambda pw: handlers.rollback(pw),
+        lambda pw: handlers.compare(pw, "v1"),
+    ]
+    for call in calls:
+        with pytest.raises(gr.Error, match="Wrong admin password"):
+            call("guess")
+    assert handlers.store.active_version() is None and handlers.store.list_jobs() == []
+
+
+def test_overview_activate_rollback_and_compare(handlers):
+    policy, status, curve, log, job_id, timer, versions, chosen, compare_choices = handlers.overview(PASSWORD)
+    assert "20 new approved" in policy and status == "No training run yet." and job_id is None
+    assert list(versions["version"]) == ["v2", "v1", "base"]
+    assert list(versions["serving"]) == ["", "", "▶"]
+    assert list(versions["canary %"])[:2] == [97.5, 97.5]
+
+    message, versions = handlers.activate(PASSWORD, "v2")
+    assert "Now serving **v2**" in message and list(versions["serving"]) == ["▶", "", ""]
+    message, versions = handlers.rollback(PASSWORD)
+    assert "now serving **v1**" in message and handlers.store.active_version()["version"] == "v1"
+
+    title, table = handlers.compare(PASSWORD, "v2")
+    assert "against **v1**" in title
+    assert table.iloc[0]["candidate"] == "Quenmar." and table.iloc[0]["✓"] == "✓"
+
+
+def test_refusals_become_messages(handlers):
+    with pytest.raises(gr.Error, match="no approved training examples"):
+        handlers.retrain(PASSWORD, "")
+    with pytest.raises(gr.Error, match="must be JSON"):
+        handlers.retrain(PASSWORD, "{epochs: 3")
+    with pytest.raises(gr.Error, match="no training job"):
+        handlers.stop(PASSWORD, None)
+    with pytest.raises(gr.Error, match="does not exist"):
+        handlers.activate(PASSWORD, "v9")
+
+
+def test_job_description_shows_progress_and_the_gate():
+    running = {"id": 3, "status": "running", "reason": "admin", "cancel_requested": False,
+               "progress": {"phase": "training", "step": 5, "total_steps": 10, "percent": 50.0, "loss": 0.7, "eta_seconds": 65}}
+    text = describe_job(running)
+    assert "step 5/10" in text and "1:05 left" in text and "█" in text
+    done = {"id": 3, "status": "rejected", "model_version": "v2", "promoted": False, "error": "Not promoted: x",
+            "metrics": {"gate": {"reasons": ["canary score fell from 100% to 80%"]}}, "progress": {}}
+    assert "v2 not promoted" in describe_job(done) and "canary score fell" in describe_job(done)
+
+
+def test_the_section_builds_inside_a_tab(handlers):
+    with gr.Blocks() as demo, gr.Tab("Admin"):
+        password = gr.Textbox()
+        build_training_section(handlers.manager, handlers.store, check_admin, password)
+    assert demo is not None

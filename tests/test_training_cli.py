@@ -1,0 +1,64 @@
+"""`python launch.py train | eval | models`, through the functions launch.py calls:
+a run with progress and an exit code that says promoted / not promoted, the
+versions table, activation, and the flags' errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.errors import ValidationError
+from storage import Store
+from training import commands
+from training_helpers import learnable_tiny_llama, save_tiny_base
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = ["max_steps=3", "replay_examples=0", "batch_size=4", "target_modules=\"all-linear\""]
+
+
+def test_overrides_are_parsed_as_json_values():
+    assert commands.parse_overrides(["epochs=6", "bf16=true", "target_modules=q_proj,v_proj"]) == {
+        "epochs": 6, "bf16": True, "target_modules": "q_proj,v_proj"}
+    with pytest.raises(ValidationError, match="NAME=VALUE"):
+        commands.parse_overrides(["epochs"])
+
+
+def test_train_then_list_and_activate(tmp_path, tokenizer):
+    base = save_tiny_base(learnable_tiny_llama(tokenizer), tokenizer, tmp_path / "tiny")
+    data_dir = tmp_path / "data"
+    store = Store(data_dir / "exemplar.db")
+    for i in range(4):
+        store.add_example(f"Question {i}?", f"Answer {i}.", source="admin", split="train")
+    store.add_example("Question 9?", "Answer 9.", source="admin", split="test")
+    store.close()
+
+    out = io.StringIO()
+    code = commands.train(data_dir, str(base), commands.parse_overrides(RECIPE), progress=True, out=out, poll=0.2)
+    text = out.getvalue()
+    assert code in (commands.EXIT_PROMOTED, commands.EXIT_REJECTED), text
+    assert "Started training job 1" in text and "v1: held-out accuracy" in text
+    assert ("Promoted v1" in text) == (code == commands.EXIT_PROMOTED)
+
+    out = io.StringIO()
+    assert commands.activate(data_dir, "v1", out=out) == 0
+    out = io.StringIO()
+    assert commands.list_models(data_dir, out=out) == 0
+    listing = out.getvalue().splitlines()
+    assert listing[1].startswith("  base") and listing[2].startswith("* v1 ")
+
+
+def test_launch_py_wires_the_commands(tmp_path):
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "launch.py"), *args, "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    listed = run("models")
+    assert listed.returncode == 0 and "* base" in listed.stdout
+    refused = run("train")
+    assert refused.returncode == 2 and "no approved training examples" in refused.stderr
+    missing = run("models", "activate", "v7")
+    assert missing.returncode == 1 and "v7 does not exist" in missing.stderr
+    assert "exit codes" in run("train", "--help").stdout
