@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import ValidationError
-from storage.store import SOURCES, SPLITS, Store, normalise_text, validate_messages
+from storage.store import SOURCES, SPLITS, validate_messages, validate_output
 
 IMPORT_FORMATS = ("jsonl", "sharegpt", "alpaca", "csv", "dpo", "kto", "hf")
 EXPORT_FORMATS = ("jsonl", "dpo", "kto", "hf")
@@ -211,14 +211,7 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
 def _output(value: Any, what: str) -> str:
     if value is None:
         raise ValidationError(f"{what} is missing or empty")
-    if not isinstance(value, str):
-        raise ValidationError(f"{what} must be a string")
-    text = normalise_text(value)
-    if not text:
-        raise ValidationError(f"{what} is empty")
-    if len(text) > Store.max_output_chars:
-        raise ValidationError(f"{what} is {len(text)} characters; the limit is {Store.max_output_chars}")
-    return text
+    return validate_output(value, what=what)
 
 
 def _rejected(value: Any, key: str = "rejected") -> str | None:

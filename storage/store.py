@@ -34,6 +34,7 @@ ACTIVE_JOB_STATUSES = ("queued", "running")
 # Share of examples held out for evaluation. The split is derived from a hash
 # of the input, so it is stable and a duplicate input never straddles splits.
 TEST_SHARE_PERCENT = 20
+MAX_OUTPUT_CHARS = 20_000
 
 _JSON_COLUMNS = {
     "messages": ("context", "gen_params", "few_shot_ids"),
@@ -78,6 +79,18 @@ def validate_messages(messages: Any, *, what: str = "input") -> list[dict[str, s
     return clean
 
 
+def validate_output(output: Any, *, what: str = "output", limit: int = MAX_OUTPUT_CHARS) -> str:
+    """Check an example's output and return it normalised; raise ValidationError naming the problem."""
+    if not isinstance(output, str):
+        raise ValidationError(f"{what} must be a string")
+    output = normalise_text(output)
+    if not output:
+        raise ValidationError(f"{what} is empty")
+    if len(output) > limit:
+        raise ValidationError(f"{what} is {len(output)} characters; the limit is {limit}")
+    return output
+
+
 def input_key(messages: Sequence[dict[str, str]]) -> str:
     """A hash of a normalised input conversation: equal inputs have equal keys."""
     canonical = json.dumps(
@@ -94,7 +107,7 @@ def split_for(key: str) -> str:
 class Store:
     """Exemplar's database. Thread-safe: one connection guarded by a lock."""
 
-    max_output_chars = 20_000
+    max_output_chars = MAX_OUTPUT_CHARS
 
     def __init__(self, path: str | Path = ":memory:"):
         self.path = str(path)
@@ -247,14 +260,7 @@ class Store:
     # -- examples ------------------------------------------------------------
 
     def validate_output(self, output: Any, *, what: str = "output") -> str:
-        if not isinstance(output, str):
-            raise ValidationError(f"{what} must be a string")
-        output = normalise_text(output)
-        if not output:
-            raise ValidationError(f"{what} is empty")
-        if len(output) > self.max_output_chars:
-            raise ValidationError(f"{what} is {len(output)} characters; the limit is {self.max_output_chars}")
-        return output
+        return validate_output(output, what=what, limit=self.max_output_chars)
 
     def add_example(
         self,
