@@ -24,6 +24,8 @@ SERVE_EXAMPLES = """examples:
   python launch.py serve --port 8000 --data-dir ~/exemplar
   python launch.py serve --host 0.0.0.0 --admin-password 'a-long-secret'
   python launch.py serve --base-model ./my-checkpoint
+  python launch.py serve --retrain-min-new-examples 50 --train-epochs 8
+  EXEMPLAR_PORT=8000 python launch.py serve           every flag has an environment variable
 """
 
 
@@ -46,19 +48,29 @@ EXPORT_EXAMPLES = """examples:
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    """Options every subcommand takes."""
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("EXEMPLAR_DATA_DIR", "data")),
-        help="folder for the database, the converted base model and adapters (env EXEMPLAR_DATA_DIR; default ./data)",
-    )
-    parser.add_argument(
-        "--base-model",
-        default=os.environ.get("EXEMPLAR_BASE_MODEL") or None,
-        help="Hugging Face model id or local folder (env EXEMPLAR_BASE_MODEL); default: the bundled SmolLM2-135M-Instruct",
-    )
+    """Options every subcommand takes: --data-dir and --base-model (from ServeConfig) and -v."""
+    from core.config import ServeConfig
+    from core.flags import add_flags
+
+    add_flags(parser, ServeConfig, only=("data_dir", "base_model"))
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+
+
+def add_settings(parser: argparse.ArgumentParser, *, serve: bool = True, train: bool = True, evaluate: bool = True,
+                 retrain: bool = True) -> None:
+    """One group of flags per config dataclass, generated from its fields (see core/flags.py)."""
+    from core.config import ServeConfig
+    from core.flags import add_group
+    from training.config import EvalConfig, RetrainPolicy, TrainConfig
+
+    if serve:
+        add_group(parser, ServeConfig, title="serving")
+    if train:
+        add_group(parser, TrainConfig, "train", title="training (flags --train-NAME; `train --set NAME=VALUE` too)")
+    if evaluate:
+        add_group(parser, EvalConfig, "eval", title="evaluation (flags --eval-NAME)")
+    if retrain:
+        add_group(parser, RetrainPolicy, "retrain", title="retrain policy (flags --retrain-NAME)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,34 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve the chat UI and the HTTP API (the default command)",
-        description="Serve the chat UI (Chat and Admin tabs) and the HTTP API on one port.",
+        description="Serve the chat UI (Chat and Admin tabs) and the HTTP API on one port. Every setting below "
+        "can also be given as the environment variable named beside it.",
         epilog=SERVE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_common(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
-    serve.add_argument(
-        "--admin-password",
-        default=os.environ.get("EXEMPLAR_ADMIN_PASSWORD") or None,
-        help="admin password (env EXEMPLAR_ADMIN_PASSWORD); on a loopback bind one is generated and printed if unset",
-    )
-    serve.add_argument(
-        "--review-policy",
-        choices=("auto", "manual"),
-        default=None,
-        help="auto approves new examples at once; manual waits for an admin (default: auto on loopback, else manual)",
-    )
-    serve.add_argument("--max-new-tokens", type=int, default=256, help="default cap on an answer's tokens")
-    serve.add_argument("--no-few-shot", action="store_true", help="do not put approved examples into prompts by default")
-    serve.add_argument("--threads", type=int, default=None, help="torch CPU threads for generation")
-    serve.add_argument(
-        "--seed-examples",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="start a data dir from a file of examples (any import format); applied once, skipped once seeded",
-    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    add_settings(serve)
     serve.set_defaults(handler=cmd_serve)
 
     from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
@@ -180,38 +171,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_config(args: argparse.Namespace) -> Any:
-    from core.config import ServeConfig
+def serve_configs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """ServeConfig, TrainConfig, EvalConfig and RetrainPolicy from the flags, every problem reported at once."""
+    from core.config import ServeConfig, validate_all
+    from core.flags import from_args
+    from training.config import EvalConfig, RetrainPolicy, TrainConfig
 
-    return ServeConfig(
-        data_dir=args.data_dir,
-        base_model=args.base_model,
-        host=args.host,
-        port=args.port,
-        admin_password=args.admin_password,
-        review_policy=args.review_policy,
-        max_new_tokens=args.max_new_tokens,
-        few_shot=not args.no_few_shot,
-        threads=args.threads,
-    ).validate()
+    return validate_all(
+        from_args(args, ServeConfig),
+        from_args(args, TrainConfig, "train"),
+        from_args(args, EvalConfig, "eval"),
+        from_args(args, RetrainPolicy, "retrain"),
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Validate the config, load the model, and serve until interrupted."""
-    config = serve_config(args)
+    config, train_config, eval_config, policy = serve_configs(args)
     import uvicorn
 
     from bot.admin import generate_password
     from bot.engine import Engine
     from bot.server import build_server
     from storage import Store
+    from training.manager import TrainingManager
 
     store = Store(config.db_path)
-    if args.seed_examples:
+    if config.seed_examples:
         from storage.exchange import seed_examples
 
-        seeded = seed_examples(store, args.seed_examples)
-        print(f"Seeded {seeded} examples from {args.seed_examples}." if seeded else "Seed examples already applied.")
+        seeded = seed_examples(store, config.seed_examples)
+        print(f"Seeded {seeded} examples from {config.seed_examples}." if seeded else "Seed examples already applied.")
     password = config.admin_password
     generated = password is None
     if generated:
@@ -222,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.threads)
     print(f"Loading the base model {config.base_model or '(bundled SmolLM2-135M-Instruct)'}…", flush=True)
     engine = Engine.load(config.base_model, config.data_dir, max_context_tokens=config.max_context_tokens)
-    trainer = make_trainer(store, config)
+    trainer = TrainingManager(store, config.data_dir, config.base_model, train_config, policy, eval_config)
     app, watcher = build_server(engine, store, config, password, trainer=trainer)
     url = f"http://{config.host}:{config.port}/"
     print(f"Exemplar is serving {engine.version} of {engine.base_name} at {url}", flush=True)
@@ -238,13 +228,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watcher.stop()
         store.close()
     return 0
-
-
-def make_trainer(store: Any, config: Any) -> Any:
-    """The training manager the server uses to start, watch and schedule jobs."""
-    from training.manager import TrainingManager
-
-    return TrainingManager(store, config.data_dir, config.base_model)
 
 
 def main(argv: list[str] | None = None) -> int:

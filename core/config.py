@@ -1,10 +1,14 @@
 """Typed serving configuration: defaults, help text, and validation that
-reports every problem at once, before any model loads."""
+reports every problem at once, before any model loads.
+
+Every field declared with `_help` becomes a flag of `python launch.py serve`
+(and an EXEMPLAR_* environment variable) with its help text as `--help`;
+core/flags.py generates them, so adding a field here is all it takes."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +17,9 @@ from core.errors import ConfigError
 REVIEW_POLICIES = ("auto", "manual")
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def _help(text: str, *, default: Any, **metadata: Any) -> Any:
+    """A field with its help text; core/flags.py makes it a command-line flag (see there for the metadata)."""
+    return field(default=default, metadata={"help": text, **metadata})
 
 
 def is_loopback(host: str) -> bool:
@@ -40,11 +45,13 @@ class ServeConfig:
     admin_password: str | None = _help(
         "Password for the Admin tab and admin HTTP routes; generated at start on a loopback bind if empty.",
         default=None,
+        secret=True,
     )
     review_policy: str | None = _help(
         "'auto' approves new examples at once, 'manual' waits for an admin; empty follows the bind address "
         "(auto on loopback, manual otherwise).",
         default=None,
+        choices=REVIEW_POLICIES,
     )
     max_new_tokens: int = _help("Default cap on the tokens of one answer.", default=256)
     temperature: float = _help("Default sampling temperature; 0 means greedy decoding.", default=0.0)
@@ -55,6 +62,11 @@ class ServeConfig:
     few_shot: bool = _help("Put similar approved examples into the prompt by default.", default=True)
     few_shot_k: int = _help("How many approved examples to put into the prompt at most.", default=3)
     threads: int | None = _help("Torch CPU threads for generation; empty leaves torch's default.", default=None)
+    seed_examples: Path | None = _help(
+        "Start a data dir from a file of examples (any import format); applied once, skipped once seeded.",
+        default=None,
+        metavar="FILE",
+    )
 
     @property
     def db_path(self) -> Path:
@@ -106,9 +118,15 @@ class ServeConfig:
         return self
 
 
-def help_for(config_class: type, name: str) -> str:
-    """The help text of one config field, for CLI flags."""
-    for f in fields(config_class):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(name)
+
+def validate_all(*configs: Any) -> tuple[Any, ...]:
+    """Validate several configs; raise one ConfigError with every problem of all of them."""
+    problems: list[str] = []
+    for config in configs:
+        try:
+            config.validate()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return configs

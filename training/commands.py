@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from core.config import validate_all
+from core.flags import add_group, from_args
 from storage import Store
 from training.config import EvalConfig, TrainConfig
 from training.manager import BASE, TrainingManager
@@ -95,6 +97,8 @@ def train(
     params: dict[str, Any] | None = None,
     progress: bool = True,
     *,
+    train_config: TrainConfig | None = None,
+    eval_config: EvalConfig | None = None,
     out: TextIO = sys.stdout,
     poll: float = 1.0,
 ) -> int:
@@ -103,7 +107,7 @@ def train(
     Ctrl-C asks the job to stop and waits for it to end cleanly.
     """
     store = open_store(data_dir)
-    manager = TrainingManager(store, data_dir, base_model)
+    manager = TrainingManager(store, data_dir, base_model, train_config, eval_config=eval_config)
     try:
         job_id = manager.start(params, reason="cli")
         print(f"Started training job {job_id} (log: {Path(data_dir) / 'logs' / f'job-{job_id}.log'})", file=out)
@@ -208,6 +212,7 @@ def evaluate(
     version: str | None = None,
     *,
     threads: int | None = None,
+    eval_config: EvalConfig | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Judge a version (default: the active one; 'base' for the base model) on the held-out set and canaries."""
@@ -223,7 +228,7 @@ def evaluate(
     store = open_store(data_dir)
     try:
         row = store.active_version() if version is None else None if version == BASE else store.get_model_version(version)
-        eval_config = EvalConfig()
+        eval_config = (eval_config or EvalConfig()).validate()
         heldout = heldout_examples(store, limit=eval_config.max_heldout)
         model, tokenizer = load_base_model(resolve_base_model(base_model, data_dir))
         if row is not None:
@@ -272,8 +277,16 @@ def add_parsers(commands: Any, add_common: Any) -> None:
         + ", ".join(f.name for f in dataclasses.fields(TrainConfig)),
     )
     trainer.add_argument("--no-progress", action="store_true", help="print phases only, no progress bar")
+    add_group(trainer, TrainConfig, "train", title="training")
+    add_group(trainer, EvalConfig, "eval", title="evaluation")
     trainer.set_defaults(
-        handler=lambda a: train(a.data_dir, a.base_model, parse_overrides(a.overrides), progress=not a.no_progress)
+        handler=lambda a: train(
+            a.data_dir,
+            a.base_model,
+            parse_overrides(a.overrides),
+            progress=not a.no_progress,
+            **_configs(a, train_config=(TrainConfig, "train"), eval_config=(EvalConfig, "eval")),
+        )
     )
 
     evaluator = commands.add_parser(
@@ -286,7 +299,12 @@ def add_parsers(commands: Any, add_common: Any) -> None:
     add_common(evaluator)
     evaluator.add_argument("--version", default=None, help="a version such as v2, or 'base' (default: the active one)")
     evaluator.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    evaluator.set_defaults(handler=lambda a: evaluate(a.data_dir, a.base_model, a.version, threads=a.threads))
+    add_group(evaluator, EvalConfig, "eval", title="evaluation")
+    evaluator.set_defaults(
+        handler=lambda a: evaluate(
+            a.data_dir, a.base_model, a.version, threads=a.threads, **_configs(a, eval_config=(EvalConfig, "eval"))
+        )
+    )
 
     models = commands.add_parser(
         "models",
@@ -301,6 +319,13 @@ def add_parsers(commands: Any, add_common: Any) -> None:
     models.set_defaults(
         handler=lambda a: activate(a.data_dir, _version_or_error(a.version)) if a.action == "activate" else list_models(a.data_dir)
     )
+
+
+def _configs(args: Any, **wanted: tuple[type, str]) -> dict[str, Any]:
+    """The configs the flags describe, validated together so every problem is reported at once."""
+    configs = {key: from_args(args, cls, prefix) for key, (cls, prefix) in wanted.items()}
+    validate_all(*configs.values())
+    return configs
 
 
 def _version_or_error(version: str | None) -> str:
