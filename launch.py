@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(serve)
     serve.set_defaults(handler=cmd_serve)
 
+    from storage.exchange import EXPORT_SELECTIONS, IMPORT_STATUSES
     from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
 
     importer = commands.add_parser(
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     importer.add_argument(
         "--status",
-        choices=("approved", "pending"),
+        choices=IMPORT_STATUSES,
         default=None,
         help="give every example this status; 'pending' sends the file through the review queue "
         "(default: as the records say, else approved)",
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="the format to write")
     exporter.add_argument(
         "--status",
-        choices=("approved", "pending", "rejected", "all"),
+        choices=EXPORT_SELECTIONS,
         default="all",
         help="which examples (default all: every one not superseded by a newer output)",
     )

@@ -25,7 +25,7 @@ from core.errors import ExemplarError, ValidationError
 from storage import Store
 from storage.exchange import EXPORT_SELECTIONS, export_file, import_file
 from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
-from storage.store import SOURCES, SPLITS, STATUSES
+from storage.vocabulary import ExampleSource, ExampleStatus, Split
 
 ANY = "any"
 AUTO = "guess from the file"
@@ -180,23 +180,23 @@ class ReviewHandlers:
 
     def approve(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Approve the selected examples: few-shot uses them at once, training next time."""
-        return self._change(password, ids_text, request, "Approved", status="approved")
+        return self._change(password, ids_text, request, "Approved", status=ExampleStatus.APPROVED)
 
     def reject(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Reject the selected examples: neither few-shot nor training uses them."""
-        return self._change(password, ids_text, request, "Rejected", status="rejected")
+        return self._change(password, ids_text, request, "Rejected", status=ExampleStatus.REJECTED)
 
     def to_pending(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Send the selected examples back to the queue."""
-        return self._change(password, ids_text, request, "Returned to review", status="pending")
+        return self._change(password, ids_text, request, "Returned to review", status=ExampleStatus.PENDING)
 
     def to_train(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Move the selected examples to the train split."""
-        return self._change(password, ids_text, request, "Moved to train", split="train")
+        return self._change(password, ids_text, request, "Moved to train", split=Split.TRAIN)
 
     def to_test(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Move the selected examples to the held-out test split."""
-        return self._change(password, ids_text, request, "Moved to test", split="test")
+        return self._change(password, ids_text, request, "Moved to test", split=Split.TEST)
 
     def save_output(self, password: str, ids_text: str, output: str, request: gr.Request = None) -> str:
         """Replace the output of the one selected example with the edited text."""
@@ -216,7 +216,7 @@ class ReviewHandlers:
         self.check_admin(password)
         try:
             example_id = self.store.add_example(
-                question or "", answer or "", source="admin", status="approved",
+                question or "", answer or "", source=ExampleSource.ADMIN, status=ExampleStatus.APPROVED,
                 split=None if split in (ANY, "auto", None) else split, actor=self._actor(request),
             )
         except ExemplarError as exc:
@@ -277,9 +277,11 @@ def build_review_section(
 
     gr.Markdown("### Examples and review queue")
     with gr.Row():
-        status = gr.Dropdown([ANY, *STATUSES], value="pending", label="Status", elem_id="review-filter-status")
-        source = gr.Dropdown([ANY, *SOURCES], value=ANY, label="Source", elem_id="review-filter-source")
-        split = gr.Dropdown([ANY, *SPLITS], value=ANY, label="Split", elem_id="review-filter-split")
+        status = gr.Dropdown(
+            [ANY, *ExampleStatus.values()], value=ExampleStatus.PENDING.value, label="Status", elem_id="review-filter-status"
+        )
+        source = gr.Dropdown([ANY, *ExampleSource.values()], value=ANY, label="Source", elem_id="review-filter-source")
+        split = gr.Dropdown([ANY, *Split.values()], value=ANY, label="Split", elem_id="review-filter-split")
         since = gr.Textbox(label="From (YYYY-MM-DD)", elem_id="review-filter-since")
         until = gr.Textbox(label="To (YYYY-MM-DD)", elem_id="review-filter-until")
     with gr.Row():
@@ -312,7 +314,7 @@ def build_review_section(
     with gr.Accordion("Add an example by hand", open=False):
         question = gr.Textbox(label="Question", lines=2, elem_id="add-question")
         answer = gr.Textbox(label="Answer", lines=3, elem_id="add-answer")
-        add_split = gr.Radio(["auto", *SPLITS], value="auto", label="Split (auto: a stable 80/20 by question)")
+        add_split = gr.Radio(["auto", *Split.values()], value="auto", label="Split (auto: a stable 80/20 by question)")
         add = gr.Button("Add example", elem_id="add-example")
 
     with gr.Accordion("Import and export", open=False):
@@ -321,7 +323,7 @@ def build_review_section(
             with gr.Column():
                 import_format = gr.Dropdown([AUTO, *[f for f in IMPORT_FORMATS if f != "hf"]], value=AUTO, label="Format")
                 import_status = gr.Dropdown(
-                    [AS_IN_FILE, "pending", "approved"], value=AS_IN_FILE, label="Status of imported examples"
+                    [AS_IN_FILE, ExampleStatus.PENDING.value, ExampleStatus.APPROVED.value], value=AS_IN_FILE, label="Status of imported examples"
                 )
                 do_import = gr.Button("Import", elem_id="import-button")
         with gr.Row():

@@ -18,9 +18,9 @@ import pandas as pd
 
 from core.errors import ExemplarError, ValidationError
 from storage import Store
+from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
+from storage.vocabulary import BASE_VERSION as BASE
 
-BASE = "base"
-ACTIVE = ("queued", "running")
 VERSION_COLUMNS = ["serving", "version", "status", "examples", "held-out accuracy %", "held-out loss", "canary %", "created", "notes"]
 COMPARE_COLUMNS = ["question", "reference", "candidate", "✓", "judged against", "✓ ", "example"]
 LOSS_COLUMNS = ["step", "loss"]

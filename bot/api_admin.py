@@ -19,6 +19,14 @@ from bot.admin import AdminGuard
 from bot.api_chat import MAX_ID, RowId
 from bot.service import ChatService
 from core.errors import ConflictError
+from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
+from storage.vocabulary import ExampleSource, ExampleStatus, JobStatus, Role, Split
+
+# The subsets of the vocabulary a route accepts (superseded is the store's to set; a folder cannot be posted).
+ReviewStatus = Literal[ExampleStatus.PENDING, ExampleStatus.APPROVED, ExampleStatus.REJECTED]
+ImportStatus = Literal[ExampleStatus.APPROVED, ExampleStatus.PENDING]
+ImportFormat = Literal[tuple(f for f in IMPORT_FORMATS if f != "hf")]  # type: ignore[valid-type]
+ExportFormat = Literal[tuple(f for f in EXPORT_FORMATS if f != "hf")]  # type: ignore[valid-type]
 
 ACTOR = "api"
 NO_TRAINER = (
@@ -28,7 +36,7 @@ NO_TRAINER = (
 
 
 class ExampleMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: str
 
 
@@ -41,9 +49,9 @@ class Example(BaseModel):
     input: list[ExampleMessage] = Field(description="The conversation up to the user's turn.")
     output: str
     rejected: str | None = Field(None, description="For a correction, the answer it replaced.")
-    source: Literal["correction", "upvote", "import", "admin", "seed"]
-    status: Literal["pending", "approved", "rejected", "superseded"]
-    split: Literal["train", "test"]
+    source: ExampleSource
+    status: ExampleStatus
+    split: Split
     created_at: str
     updated_at: str
 
@@ -56,16 +64,14 @@ class ExampleList(BaseModel):
 class NewExample(BaseModel):
     input: str | list[ExampleMessage] = Field(description="A question, or chat messages ending with a user turn.")
     output: str
-    split: Literal["train", "test"] | None = Field(
-        None, description="Held out ('test') or trained on; derived from the input if absent."
-    )
-    status: Literal["pending", "approved", "rejected"] = "approved"
+    split: Split | None = Field(None, description="Held out ('test') or trained on; derived from the input if absent.")
+    status: ReviewStatus = ExampleStatus.APPROVED
 
 
 class ExamplePatch(BaseModel):
-    status: Literal["pending", "approved", "rejected"] | None = None
+    status: ReviewStatus | None = None
     output: str | None = None
-    split: Literal["train", "test"] | None = None
+    split: Split | None = None
 
 
 class ImportResult(BaseModel):
@@ -80,7 +86,7 @@ class JobAccepted(BaseModel):
 class JobView(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    status: Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+    status: JobStatus
     progress: Any = None
     losses: Any = None
     metrics: Any = None
@@ -112,9 +118,9 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
 
     @router.get("/examples", response_model=ExampleList)
     def list_examples(
-        status: Literal["pending", "approved", "rejected", "superseded"] | None = None,
-        source: Literal["correction", "upvote", "import", "admin", "seed"] | None = None,
-        split: Literal["train", "test"] | None = None,
+        status: ExampleStatus | None = None,
+        source: ExampleSource | None = None,
+        split: Split | None = None,
         since: str | None = Query(None, description="ISO time: created at or after"),
         until: str | None = Query(None, description="ISO time: created before"),
         limit: int = Query(100, ge=1, le=1000),
@@ -132,7 +138,7 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         """Add an example by hand (source `admin`)."""
         example_input = body.input if isinstance(body.input, str) else [m.model_dump() for m in body.input]
         example_id = store.add_example(
-            example_input, body.output, source="admin", status=body.status, split=body.split, actor=ACTOR
+            example_input, body.output, source=ExampleSource.ADMIN, status=body.status, split=body.split, actor=ACTOR
         )
         return store.get_example(example_id)
 
@@ -155,10 +161,8 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
     )
     async def import_examples(
         request: Request,
-        format: Literal["jsonl", "sharegpt", "alpaca", "csv", "dpo", "kto"] | None = Query(
-            None, description="Guessed from the records' keys if absent."
-        ),
-        status: Literal["approved", "pending"] | None = Query(
+        format: ImportFormat | None = Query(None, description="Guessed from the records' keys if absent."),
+        status: ImportStatus | None = Query(
             None, description="Give every record this status ('pending' sends an untrusted file to review)."
         ),
     ) -> dict[str, Any]:
@@ -167,17 +171,10 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         A bad record answers 400 naming its line; records exported by GET /api/examples/export
         keep their source, status and split.
         """
-        from storage.formats import parse_examples
+        from storage.exchange import import_data
 
         data = await request.body()
-
-        def work() -> list[int]:
-            rows = parse_examples(data, format)
-            if status is not None:
-                rows = [{**row, "status": status} for row in rows]
-            return store.add_examples(rows, actor=ACTOR)
-
-        ids = await run_in_threadpool(work)
+        ids = await run_in_threadpool(lambda: import_data(store, data, format, status=status, actor=ACTOR))
         return {"imported": len(ids), "ids": ids}
 
     @router.get(
@@ -186,10 +183,10 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         responses={200: {"content": {"application/x-ndjson": {}}, "description": "One example per line."}},
     )
     def export_examples(
-        format: Literal["jsonl", "dpo", "kto"] = Query("jsonl"),
-        status: Literal["pending", "approved", "rejected", "superseded"] | None = None,
-        source: Literal["correction", "upvote", "import", "admin", "seed"] | None = None,
-        split: Literal["train", "test"] | None = None,
+        format: ExportFormat = Query("jsonl"),
+        status: ExampleStatus | None = None,
+        source: ExampleSource | None = None,
+        split: Split | None = None,
     ) -> Response:
         """Export examples as JSONL: `jsonl` (chat messages), `dpo` (prompt/chosen/rejected) or
         `kto` (prompt/completion/label).
@@ -198,11 +195,10 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -
         rejected; superseded outputs are history and stay behind), oldest first, so importing
         the file into a fresh data directory reproduces the same examples.
         """
+        from storage.exchange import ALL, examples_for_export
         from storage.formats import export_examples as render
 
-        rows = store.list_examples(status=status, source=source, split=split, limit=None, newest_first=False)
-        if status is None:
-            rows = [row for row in rows if row["status"] != "superseded"]
+        rows = examples_for_export(store, status or ALL, source=source, split=split)
         return Response(
             render(rows, format),
             media_type="application/x-ndjson",

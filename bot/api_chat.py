@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 from bot.engine import GenerationParams
 from bot.service import Answer, ChatService
 from core.errors import ExemplarError, ValidationError
+from storage.vocabulary import ExampleStatus, Rating, Role
 
 MODEL_ID = "exemplar"
 # Ids are SQLite integers: anything larger cannot name a row (and would overflow the driver).
@@ -39,7 +40,7 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: str | list[TextPart] = Field(description="The text, or OpenAI-style text parts (joined).")
 
     def text(self) -> str:
@@ -124,7 +125,7 @@ class FeedbackRequest(BaseModel):
     message_id: Annotated[int, Strict(), Field(ge=1, le=MAX_ID)] | str = Field(
         description="A chat completion's `id` (a string) or the message id as a number."
     )
-    rating: Literal["up", "down"] | None = Field(
+    rating: Rating | None = Field(
         None, description="Thumbs up, thumbs down, or null to withdraw a rating."
     )
     reason: str | None = Field(None, max_length=2000, description="Why the answer was rated so.")
@@ -135,7 +136,9 @@ class FeedbackRequest(BaseModel):
 class FeedbackResult(BaseModel):
     feedback_id: int
     example_id: int | None = Field(description="The example created, if any (a correction or a thumbs-up).")
-    status: Literal["pending", "approved"] | None = Field(description="The new example's review status.")
+    status: Literal[ExampleStatus.PENDING, ExampleStatus.APPROVED] | None = Field(
+        description="The new example's review status."
+    )
 
 
 def parse_message_id(value: int | str) -> int:

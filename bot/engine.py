@@ -18,10 +18,9 @@ from typing import Any
 
 from core.errors import ModelLoadError, ValidationError
 from core.prompts import FittedPrompt, Message, fit_prompt
+from storage.vocabulary import BASE_VERSION  # the version name of the base model, for bot's callers too
 
 log = logging.getLogger(__name__)
-
-BASE_VERSION = "base"
 
 
 @dataclass

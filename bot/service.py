@@ -12,7 +12,8 @@ from bot.fewshot import retrieve
 from core.config import ServeConfig
 from core.errors import ValidationError
 from storage import Store
-from storage.store import normalise_text, validate_messages
+from storage.examples import normalise_text, validate_messages
+from storage.vocabulary import ExampleStatus
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGES = 200
@@ -124,7 +125,7 @@ class ChatService:
 
     def review_status(self) -> str:
         """The status a new example gets under the review policy."""
-        return "approved" if self.config.effective_review_policy == "auto" else "pending"
+        return ExampleStatus.APPROVED if self.config.effective_review_policy == "auto" else ExampleStatus.PENDING
 
     def record_feedback(
         self,

@@ -7,12 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import ValidationError
+from storage.examples import check_choice
 from storage.formats import EXPORT_FORMATS, export_examples, parse_examples, write_hf_dataset
 from storage.store import Store
+from storage.vocabulary import REVIEW_STATUSES, ExampleSource, ExampleStatus
 
 # What an export holds. Superseded outputs are history: the newer output of
 # the same input is exported instead (and an import could not restore them).
-EXPORT_SELECTIONS = ("approved", "pending", "rejected", "all")
+ALL = "all"
+EXPORT_SELECTIONS = (*REVIEW_STATUSES, ALL)
+# The statuses an import may give every record; 'pending' sends a file through review.
+IMPORT_STATUSES = (ExampleStatus.APPROVED, ExampleStatus.PENDING)
 
 
 def import_file(
@@ -23,21 +28,30 @@ def import_file(
     `status` ('approved' or 'pending') overrides the status records carry:
     'pending' sends an untrusted file through the review queue.
     """
-    rows = parse_examples(Path(path), fmt)
+    return import_data(store, Path(path), fmt, status=status, actor=actor)
+
+
+def import_data(
+    store: Store, data: bytes | str | Path, fmt: str | None = None, *, status: str | None = None, actor: str = "import"
+) -> list[int]:
+    """import_file for data already read (an HTTP body) or a path: every record, or none."""
+    rows = parse_examples(data, fmt)
     if status is not None:
-        if status not in ("approved", "pending"):
-            raise ValidationError(f"status must be 'approved' or 'pending', not {status!r}")
+        check_choice("status", status, IMPORT_STATUSES)
         rows = [{**row, "status": status} for row in rows]
     return store.add_examples(rows, actor=actor)
 
 
-def examples_for_export(store: Store, selection: str = "all") -> list[dict[str, Any]]:
-    """The examples an export holds, oldest first: one status, or 'all' (every one not superseded)."""
-    if selection not in EXPORT_SELECTIONS:
-        raise ValidationError(f"export selection must be one of {', '.join(EXPORT_SELECTIONS)}, not {selection!r}")
-    status = None if selection == "all" else selection
-    rows = store.list_examples(status=status, limit=None, newest_first=False)
-    return [row for row in rows if row["status"] != "superseded"]
+def examples_for_export(
+    store: Store, selection: str = ALL, *, source: str | None = None, split: str | None = None
+) -> list[dict[str, Any]]:
+    """The examples an export holds, oldest first: one status, or 'all' (every one not superseded),
+    optionally of one source and split."""
+    if selection != ALL:
+        check_choice("export selection", selection, (*ExampleStatus, ALL))
+        return store.list_examples(status=selection, source=source, split=split, limit=None, newest_first=False)
+    rows = store.list_examples(source=source, split=split, limit=None, newest_first=False)
+    return [row for row in rows if row["status"] != ExampleStatus.SUPERSEDED]
 
 
 def export_file(store: Store, path: str | Path, fmt: str, *, selection: str = "all") -> int:
@@ -59,7 +73,7 @@ def export_file(store: Store, path: str | Path, fmt: str, *, selection: str = "a
 def seed_examples(store: Store, path: str | Path, fmt: str | None = None) -> int:
     """Start a data dir from a file of examples, once: if no seed example is stored yet, store the
     file's examples with source 'seed' and return how many; otherwise store nothing and return 0."""
-    if store.count_examples(source="seed"):
+    if store.count_examples(source=ExampleSource.SEED):
         return 0
-    rows = [{**row, "source": "seed"} for row in parse_examples(Path(path), fmt)]
+    rows = [{**row, "source": ExampleSource.SEED} for row in parse_examples(Path(path), fmt)]
     return len(store.add_examples(rows, actor="seed"))

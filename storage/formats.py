@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import ValidationError
-from storage.store import SOURCES, SPLITS, validate_messages, validate_output
+from storage.examples import check_choice, validate_messages, validate_output
+from storage.vocabulary import REVIEW_STATUSES, ExampleSource, ExampleStatus, Split
 
 IMPORT_FORMATS = ("jsonl", "sharegpt", "alpaca", "csv", "dpo", "kto", "hf")
 EXPORT_FORMATS = ("jsonl", "dpo", "kto", "hf")
@@ -40,7 +41,6 @@ FORMAT_HELP = {
     "kto": "TRL unpaired JSONL: {'prompt', 'completion', 'label'}",
     "hf": "a Hugging Face dataset folder written by save_to_disk",
 }
-IMPORT_STATUSES = ("pending", "approved", "rejected")
 _ROLES_SHAREGPT = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -139,7 +139,7 @@ def _hf_rows(folder: Path) -> Iterator[tuple[int, Any]]:
             for row in part:
                 number += 1
                 # A DatasetDict's train/test parts become those splits, unless a row says otherwise.
-                if name in SPLITS and row.get("split") is None:
+                if name in Split.values() and row.get("split") is None:
                     row = {**row, "split": name}
                 yield number, row
     else:
@@ -196,15 +196,11 @@ def _parse_records(records: Iterable[tuple[int, Any]], fmt: str | None, *, where
 
 def _metadata(record: dict[str, Any]) -> dict[str, Any]:
     """source, status and split from a record's extra keys, checked; defaults for an import."""
-    source = record.get("source") or "import"
-    if source not in SOURCES:
-        raise ValidationError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
-    status = record.get("status") or "approved"
-    if status not in IMPORT_STATUSES:
-        raise ValidationError(f"status must be one of {', '.join(IMPORT_STATUSES)}, not {status!r}")
+    source = check_choice("source", record.get("source") or ExampleSource.IMPORT, ExampleSource)
+    status = check_choice("status", record.get("status") or ExampleStatus.APPROVED, REVIEW_STATUSES)
     split = record.get("split") or None
-    if split is not None and split not in SPLITS:
-        raise ValidationError(f"split must be 'train' or 'test', not {split!r}")
+    if split is not None:
+        check_choice("split", split, Split)
     return {"source": source, "status": status, "split": split}
 
 

@@ -6,9 +6,7 @@ never see SQL or serialised strings.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -19,22 +17,27 @@ from typing import Any
 from sqlite_utils import Database
 
 from storage.errors import ConflictError, NotFoundError, ValidationError
+from storage.examples import (
+    MAX_OUTPUT_CHARS,
+    check_choice,
+    input_key,
+    split_for,
+    validate_messages,
+    validate_output,
+)
 from storage.migrations import migrations
 from storage.search import idf, query_words, relevance, terms
-
-ROLES = ("system", "user", "assistant")
-SOURCES = ("correction", "upvote", "import", "admin", "seed")
-STATUSES = ("pending", "approved", "rejected", "superseded")
-SPLITS = ("train", "test")
-RATINGS = ("up", "down")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "rejected", "cancelled")
-VERSION_STATUSES = ("candidate", "active", "retired", "rejected")
-ACTIVE_JOB_STATUSES = ("queued", "running")
-
-# Share of examples held out for evaluation. The split is derived from a hash
-# of the input, so it is stable and a duplicate input never straddles splits.
-TEST_SHARE_PERCENT = 20
-MAX_OUTPUT_CHARS = 20_000
+from storage.vocabulary import (
+    ACTIVE_JOB_STATUSES,
+    REVIEW_STATUSES,
+    ExampleSource,
+    ExampleStatus,
+    JobStatus,
+    Rating,
+    Role,
+    Split,
+    VersionStatus,
+)
 
 _JSON_COLUMNS = {
     "messages": ("context", "gen_params", "few_shot_ids"),
@@ -47,61 +50,6 @@ _JSON_COLUMNS = {
 def now() -> str:
     """The current UTC time as an ISO 8601 string (sortable as text)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def normalise_text(text: str) -> str:
-    """Trim, unify line endings and collapse runs of spaces; keeps paragraph breaks."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = [re.sub(r"[ \t\f\v]+", " ", line).strip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def validate_messages(messages: Any, *, what: str = "input") -> list[dict[str, str]]:
-    """Check a chat-message list and return it normalised; raise ValidationError naming the problem."""
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    if not isinstance(messages, list) or not messages:
-        raise ValidationError(f"{what} must be a non-empty list of chat messages or a string")
-    clean = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ValidationError(f"{what}[{i}] must be an object with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise ValidationError(f"{what}[{i}].role must be one of {', '.join(ROLES)}, not {role!r}")
-        if not isinstance(content, str):
-            raise ValidationError(f"{what}[{i}].content must be a string")
-        clean.append({"role": role, "content": normalise_text(content)})
-    if clean[-1]["role"] != "user":
-        raise ValidationError(f"{what} must end with a user message")
-    if not clean[-1]["content"]:
-        raise ValidationError(f"{what}: the last user message is empty")
-    return clean
-
-
-def validate_output(output: Any, *, what: str = "output", limit: int = MAX_OUTPUT_CHARS) -> str:
-    """Check an example's output and return it normalised; raise ValidationError naming the problem."""
-    if not isinstance(output, str):
-        raise ValidationError(f"{what} must be a string")
-    output = normalise_text(output)
-    if not output:
-        raise ValidationError(f"{what} is empty")
-    if len(output) > limit:
-        raise ValidationError(f"{what} is {len(output)} characters; the limit is {limit}")
-    return output
-
-
-def input_key(messages: Sequence[dict[str, str]]) -> str:
-    """A hash of a normalised input conversation: equal inputs have equal keys."""
-    canonical = json.dumps(
-        [[m["role"], normalise_text(m["content"]).casefold()] for m in messages], ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def split_for(key: str) -> str:
-    """The stable default split of an input key."""
-    return "test" if int(key[:8], 16) % 100 < TEST_SHARE_PERCENT else "train"
 
 
 class Store:
@@ -171,8 +119,7 @@ class Store:
         few_shot_ids: list[int] | None = None,
     ) -> int:
         """Store one turn; assistant turns carry the context they answered and how."""
-        if role not in ROLES:
-            raise ValidationError(f"role must be one of {', '.join(ROLES)}")
+        check_choice("role", role, Role)
         row = {
             "conversation_id": conversation_id,
             "role": role,
@@ -227,7 +174,7 @@ class Store:
         actor: str | None = None,
     ) -> int:
         """Record a rating (or un-rating, rating=None) and/or a correction of an assistant message."""
-        if rating is not None and rating not in RATINGS:
+        if rating is not None and rating not in Rating.values():
             raise ValidationError(f"rating must be 'up', 'down' or null, not {rating!r}")
         with self._lock:
             message = self.get_message(message_id)
@@ -268,7 +215,7 @@ class Store:
         output: str,
         *,
         source: str,
-        status: str = "approved",
+        status: str = ExampleStatus.APPROVED,
         split: str | None = None,
         rejected: str | None = None,
         message_id: int | None = None,
@@ -278,15 +225,10 @@ class Store:
         """Validate and store an input/output example; return its id."""
         messages = validate_messages(input)
         output = self.validate_output(output)
-        if source not in SOURCES:
-            raise ValidationError(f"source must be one of {', '.join(SOURCES)}")
-        if status not in ("pending", "approved", "rejected"):
-            raise ValidationError("status must be pending, approved or rejected")
+        check_choice("source", source, ExampleSource)
+        check_choice("status", status, REVIEW_STATUSES)
         key = input_key(messages)
-        if split is None:
-            split = split_for(key)
-        elif split not in SPLITS:
-            raise ValidationError(f"split must be 'train' or 'test', not {split!r}")
+        split = split_for(key) if split is None else check_choice("split", split, Split)
         stamp = now()
         row = {
             "input": messages,
@@ -305,7 +247,7 @@ class Store:
         with self._lock, self.db.atomic():
             example_id = self.db["examples"].insert(self._encode("examples", row)).last_pk
             self._history(example_id, "created", None, status, actor, stamp)
-            if status == "approved":
+            if status == ExampleStatus.APPROVED:
                 self._supersede_older(example_id, key, actor, stamp)
         return example_id
 
@@ -331,15 +273,14 @@ class Store:
 
     def _supersede_older(self, example_id: int, key: str, actor: str | None, at: str) -> None:
         # The newest approved output for an input wins; older ones stay as history.
+        approved, superseded = ExampleStatus.APPROVED, ExampleStatus.SUPERSEDED
         older = self.db.execute(
-            "select id from examples where input_key = ? and status = 'approved' and id != ?",
-            [key, example_id],
+            "select id from examples where input_key = ? and status = ? and id != ?",
+            [key, approved, example_id],
         ).fetchall()
         for (old_id,) in older:
-            self.db["examples"].update(
-                old_id, {"status": "superseded", "superseded_by": example_id, "updated_at": at}
-            )
-            self._history(old_id, "status", "approved", "superseded", actor, at)
+            self.db["examples"].update(old_id, {"status": superseded, "superseded_by": example_id, "updated_at": at})
+            self._history(old_id, "status", approved, superseded, actor, at)
 
     def get_example(self, example_id: int) -> dict[str, Any]:
         return self._get("examples", example_id, "Example")
@@ -356,15 +297,11 @@ class Store:
         """Change an example's status, output or split, recording each old value; return the new row."""
         changes: dict[str, Any] = {}
         if status is not None:
-            if status not in ("pending", "approved", "rejected"):
-                raise ValidationError(f"status must be pending, approved or rejected, not {status!r}")
-            changes["status"] = status
+            changes["status"] = check_choice("status", status, REVIEW_STATUSES)
         if output is not None:
             changes["output"] = self.validate_output(output)
         if split is not None:
-            if split not in SPLITS:
-                raise ValidationError(f"split must be 'train' or 'test', not {split!r}")
-            changes["split"] = split
+            changes["split"] = check_choice("split", split, Split)
         if not changes:
             raise ValidationError("Nothing to change: give status, output or split")
         with self._lock, self.db.atomic():
@@ -375,10 +312,10 @@ class Store:
                 self._history(example_id, field, current[field], value, actor, stamp)
             if changed:
                 changed["updated_at"] = stamp
-                if changed.get("status") and changed["status"] != "superseded":
+                if changed.get("status") and changed["status"] != ExampleStatus.SUPERSEDED:
                     changed["superseded_by"] = None
                 self.db["examples"].update(example_id, changed)
-            if changed.get("status") == "approved":
+            if changed.get("status") == ExampleStatus.APPROVED:
                 self._supersede_older(example_id, current["input_key"], actor, stamp)
         return self.get_example(example_id)
 
@@ -399,13 +336,12 @@ class Store:
     ) -> tuple[str, list[Any]]:
         clauses, params = [], []
         for column, value, allowed in (
-            ("status", status, STATUSES),
-            ("source", source, SOURCES),
-            ("split", split, SPLITS),
+            ("status", status, ExampleStatus),
+            ("source", source, ExampleSource),
+            ("split", split, Split),
         ):
             if value:
-                if value not in allowed:
-                    raise ValidationError(f"{column} must be one of {', '.join(allowed)}, not {value!r}")
+                check_choice(column, value, allowed)
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if since:
@@ -460,11 +396,11 @@ class Store:
         match = " OR ".join(f'"{w}"' for w in words)
         sql = (
             "select examples.* from examples_fts join examples on examples.rowid = examples_fts.rowid "
-            "where examples_fts match ? and examples.status = 'approved' order by bm25(examples_fts) limit ?"
+            "where examples_fts match ? and examples.status = ? order by bm25(examples_fts) limit ?"
         )
         excluded = set(exclude_ids)
         with self._lock:
-            cursor = self.db.execute(sql, [match, candidates + len(excluded)])
+            cursor = self.db.execute(sql, [match, ExampleStatus.APPROVED, candidates + len(excluded)])
             columns = [d[0] for d in cursor.description]
             found = [row for row in (dict(zip(columns, r)) for r in cursor.fetchall()) if row["id"] not in excluded]
             query_terms = terms(query)
@@ -495,8 +431,8 @@ class Store:
     def count_training_changes(self, since: str | None = None) -> int:
         """Approved train-split examples added or changed after `since` (all of them when None):
         what a training run started at `since` has not seen."""
-        sql = "select count(*) from examples where status = 'approved' and split = 'train'"
-        params: list[Any] = []
+        sql = "select count(*) from examples where status = ? and split = ?"
+        params: list[Any] = [ExampleStatus.APPROVED, Split.TRAIN]
         if since:
             sql += " and updated_at > ?"
             params.append(since)
@@ -512,7 +448,7 @@ class Store:
 
     def add_model_version(self, version: str, **fields: Any) -> dict[str, Any]:
         number = int(version.lstrip("v"))
-        row = {"version": version, "number": number, "status": "candidate", "created_at": now(), **fields}
+        row = {"version": version, "number": number, "status": VersionStatus.CANDIDATE, "created_at": now(), **fields}
         with self._lock:
             self.db["model_versions"].insert(self._encode("model_versions", row))
         return self.get_model_version(version)
@@ -533,7 +469,7 @@ class Store:
     def active_version(self) -> dict[str, Any] | None:
         """The active adapter version, or None when the base model serves."""
         with self._lock:
-            rows = list(self.db["model_versions"].rows_where("status = 'active'", limit=1))
+            rows = list(self.db["model_versions"].rows_where("status = ?", [VersionStatus.ACTIVE], limit=1))
         return self._decode("model_versions", rows[0]) if rows else None
 
     def activate_version(self, version: str | None) -> None:
@@ -541,9 +477,11 @@ class Store:
         with self._lock, self.db.atomic():
             if version is not None:
                 self.get_model_version(version)
-            self.db.execute("update model_versions set status = 'retired' where status = 'active'")
+            self.db.execute(
+                "update model_versions set status = ? where status = ?", [VersionStatus.RETIRED, VersionStatus.ACTIVE]
+            )
             if version is not None:
-                self.db["model_versions"].update(version, {"status": "active", "activated_at": now()})
+                self.db["model_versions"].update(version, {"status": VersionStatus.ACTIVE, "activated_at": now()})
 
     # -- jobs ----------------------------------------------------------------
 
@@ -558,7 +496,7 @@ class Store:
                     "jobs",
                     {
                         "kind": kind,
-                        "status": "queued",
+                        "status": JobStatus.QUEUED,
                         "params": params or {},
                         "losses": [],
                         "cancel_requested": 0,
@@ -568,8 +506,8 @@ class Store:
             ).last_pk
 
     def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
-        if "status" in fields and fields["status"] not in JOB_STATUSES:
-            raise ValidationError(f"job status must be one of {', '.join(JOB_STATUSES)}")
+        if "status" in fields:
+            check_choice("job status", fields["status"], JobStatus)
         with self._lock:
             self.db["jobs"].update(job_id, self._encode("jobs", fields))
         return self.get_job(job_id)
@@ -579,7 +517,9 @@ class Store:
 
     def active_job(self) -> dict[str, Any] | None:
         with self._lock:
-            rows = list(self.db["jobs"].rows_where("status in ('queued', 'running')", order_by="id", limit=1))
+            rows = list(
+                self.db["jobs"].rows_where("status in (?, ?)", list(ACTIVE_JOB_STATUSES), order_by="id", limit=1)
+            )
         return self._decode("jobs", rows[0]) if rows else None
 
     def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:

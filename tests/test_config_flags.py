@@ -16,6 +16,7 @@ from core.config import ServeConfig, _help
 from core.flags import add_flags, config_flags, from_args
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 
+
 class Colour(str, enum.Enum):
     RED = "red"
     BLUE = "blue"

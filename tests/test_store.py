@@ -5,8 +5,8 @@ import sqlite3
 import pytest
 
 from storage import ConflictError, NotFoundError, Store, ValidationError
+from storage.examples import input_key, split_for
 from storage.migrations import migrations
-from storage.store import input_key, split_for
 
 
 def test_migrations_create_every_table_on_a_blank_database(tmp_path):

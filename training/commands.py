@@ -17,8 +17,9 @@ from typing import Any, TextIO
 from core.config import validate_all
 from core.flags import add_group, from_args
 from storage import Store
+from storage.vocabulary import ACTIVE_JOB_STATUSES, BASE_VERSION, JobStatus
 from training.config import EvalConfig, TrainConfig
-from training.manager import BASE, TrainingManager
+from training.manager import TrainingManager
 
 EXIT_PROMOTED = 0
 EXIT_FAILED = 1
@@ -115,7 +116,7 @@ def train(
         try:
             while True:
                 view = manager.wait(job_id, timeout=poll)
-                if view["status"] not in ("queued", "running"):
+                if view["status"] not in ACTIVE_JOB_STATUSES:
                     break
                 line = progress_line(view)
                 if progress and out.isatty():
@@ -138,7 +139,7 @@ def report(view: dict[str, Any], out: TextIO = sys.stdout) -> int:
     """Print how a job ended; return the exit code for it."""
     status = view["status"]
     metrics = view.get("metrics") or {}
-    if status in ("succeeded", "rejected"):
+    if status in (JobStatus.SUCCEEDED, JobStatus.REJECTED):
         held, canary = metrics.get("heldout", {}), metrics.get("canary", {})
         current = metrics.get("current", {})
         print(
@@ -150,17 +151,17 @@ def report(view: dict[str, Any], out: TextIO = sys.stdout) -> int:
         )
         for reason in (metrics.get("gate") or {}).get("reasons", []):
             print(f"  - {reason}", file=out)
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         print(f"Promoted {view['model_version']}; a running server serves it within seconds.", file=out)
         return EXIT_PROMOTED
-    if status == "rejected":
+    if status == JobStatus.REJECTED:
         print(
             f"Not promoted: {view['model_version']} is kept as rejected "
             f"(serve it anyway with: python launch.py models activate {view['model_version']}).",
             file=out,
         )
         return EXIT_REJECTED
-    if status == "cancelled":
+    if status == JobStatus.CANCELLED:
         print(f"Job {view['id']} was cancelled; nothing was saved.", file=out)
         return EXIT_CANCELLED
     print(f"Job {view['id']} failed: {view.get('error')}", file=out)
@@ -175,12 +176,12 @@ def list_models(data_dir: Path, *, out: TextIO = sys.stdout) -> int:
     try:
         manager = TrainingManager(store, data_dir)
         rows = manager.models_view()
-        active = next((r["version"] for r in rows if r["active"]), BASE)
+        active = next((r["version"] for r in rows if r["active"]), BASE_VERSION)
     finally:
         store.close()
     header = f"{'':2}{'version':8} {'status':10} {'examples':>8} {'held-out acc':>12} {'loss':>7} {'canary':>7}  created"
     print(header, file=out)
-    print(f"{'*' if active == BASE else ' ':2}{'base':8} {'(base model)':10}", file=out)
+    print(f"{'*' if active == BASE_VERSION else ' ':2}{BASE_VERSION:8} {'(base model)':10}", file=out)
     for r in rows:
 
         def cell(value: Any, suffix: str = "") -> str:
@@ -227,7 +228,7 @@ def evaluate(
         torch.set_num_threads(threads)
     store = open_store(data_dir)
     try:
-        row = store.active_version() if version is None else None if version == BASE else store.get_model_version(version)
+        row = store.active_version() if version is None else None if version == BASE_VERSION else store.get_model_version(version)
         eval_config = (eval_config or EvalConfig()).validate()
         heldout = heldout_examples(store, limit=eval_config.max_heldout)
         model, tokenizer = load_base_model(resolve_base_model(base_model, data_dir))
@@ -235,7 +236,7 @@ def evaluate(
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(registry.adapter_path(row)))
-        name = row["version"] if row else BASE
+        name = row["version"] if row else BASE_VERSION
         print(f"Evaluating {name} on {len(heldout)} held-out examples and the canary set…", file=out, flush=True)
         metrics = evaluate_model(model, tokenizer, heldout, load_canary(), eval_config, max_length=TrainConfig().max_length)
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.prompts import encode, render_training_pair
+from storage.vocabulary import ExampleStatus, Split
 
 if TYPE_CHECKING:
     from storage import Store
@@ -31,12 +32,12 @@ def dedupe_newest(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def training_examples(store: Store) -> list[dict[str, Any]]:
     """The approved train-split examples, deduplicated. Test-split examples are never returned."""
-    return dedupe_newest(store.list_examples(status="approved", split="train", limit=None))
+    return dedupe_newest(store.list_examples(status=ExampleStatus.APPROVED, split=Split.TRAIN, limit=None))
 
 
 def heldout_examples(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
     """The approved test-split examples (never trained on), deduplicated; the newest `limit` of them."""
-    examples = dedupe_newest(store.list_examples(status="approved", split="test", limit=None))
+    examples = dedupe_newest(store.list_examples(status=ExampleStatus.APPROVED, split=Split.TEST, limit=None))
     return examples[-limit:] if limit else examples
 
 

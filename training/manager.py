@@ -23,6 +23,9 @@ from typing import Any
 from core.errors import ConflictError, ValidationError
 from storage import Store
 from storage.store import now
+from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
+from storage.vocabulary import BASE_VERSION as BASE
+from storage.vocabulary import JobStatus, VersionStatus
 from training import registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 from training.worker import log_path
@@ -30,8 +33,6 @@ from training.worker import log_path
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ACTIVE = ("queued", "running")
-BASE = "base"
 
 
 def _parse_time(stamp: str | None) -> datetime | None:
@@ -108,7 +109,7 @@ class TrainingManager:
                 self._spawn(job_id, config)
             except OSError as exc:
                 self.store.update_job(
-                    job_id, status="failed", error=f"could not start the training process: {exc}", finished_at=now()
+                    job_id, status=JobStatus.FAILED, error=f"could not start the training process: {exc}", finished_at=now()
                 )
                 raise
         log.info("Started training job %d (%s)", job_id, reason)
@@ -147,7 +148,7 @@ class TrainingManager:
             raise ConflictError(f"Job {job_id} is already {job['status']}")
         self.store.update_job(job_id, cancel_requested=1)
         if not pid_alive(job.get("pid")):  # no process to tell: queued, or already dead
-            self._finish(job_id, "cancelled", "cancelled on request")
+            self._finish(job_id, JobStatus.CANCELLED, "cancelled on request")
         return self.job_view(job_id)
 
     def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
@@ -186,7 +187,7 @@ class TrainingManager:
                     os.killpg(job["pid"], signal.SIGKILL)
                 except OSError:
                     pass
-            self._finish(job["id"], "failed", reason)
+            self._finish(job["id"], JobStatus.FAILED, reason)
             log.warning("Training job %d failed: %s", job["id"], reason)
             failed.append(job["id"])
         for job_id, child in list(self._children.items()):
@@ -324,7 +325,7 @@ class TrainingManager:
                 {
                     "version": v["version"],
                     "status": v["status"],
-                    "active": v["status"] == "active",
+                    "active": v["status"] == VersionStatus.ACTIVE,
                     "parent_version": v.get("parent_version"),
                     "base_model": v.get("base_model"),
                     "created_at": v.get("created_at"),

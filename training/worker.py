@@ -25,6 +25,7 @@ from typing import Any
 
 from storage import Store
 from storage.store import now
+from storage.vocabulary import ACTIVE_JOB_STATUSES, JobStatus
 
 log = logging.getLogger("training.worker")
 
@@ -142,10 +143,10 @@ class TrainingJob:
     def run(self) -> str:
         store, job_id = self.store, self.job_id
         job = store.get_job(job_id)
-        if job["status"] not in ("queued", "running"):
+        if job["status"] not in ACTIVE_JOB_STATUSES:
             log.warning("Job %d is already %s; nothing to do", job_id, job["status"])
             return job["status"]
-        store.update_job(job_id, status="running", pid=os.getpid(), started_at=now(), heartbeat_at=now())
+        store.update_job(job_id, status=JobStatus.RUNNING, pid=os.getpid(), started_at=now(), heartbeat_at=now())
         reporter = JobReporter(store, job_id)
         reporter.start()
         try:
@@ -153,11 +154,11 @@ class TrainingJob:
             status = self._run(job["params"] or {}, reporter)
         except Cancelled:
             log.info("Cancelled on request")
-            status = "cancelled"
+            status = JobStatus.CANCELLED
             store.update_job(job_id, status=status, error="cancelled on request")
         except Exception as exc:
             log.exception("Training failed")
-            status = "failed"
+            status = JobStatus.FAILED
             store.update_job(job_id, status=status, error=f"{type(exc).__name__}: {exc}")
         finally:
             reporter.stop()
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         status = run_job(store, Path(args.data_dir), args.job_id)
     finally:
         store.close()
-    return 0 if status in ("succeeded", "rejected") else 1
+    return 0 if status in (JobStatus.SUCCEEDED, JobStatus.REJECTED) else 1
 
 
 if __name__ == "__main__":
