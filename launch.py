@@ -144,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Import a file of examples into the data dir's database."""
-    from core.config import ServeConfig
+    from core.datadir import DataDir
     from storage import Store
     from storage.exchange import import_file
 
-    store = Store(ServeConfig(data_dir=args.data_dir).db_path)
+    store = Store(DataDir(args.data_dir).db)
     try:
         ids = import_file(store, args.file, args.format, status=args.status, actor="cli")
     finally:
@@ -159,11 +159,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export the data dir's examples to a file."""
-    from core.config import ServeConfig
+    from core.datadir import DataDir
     from storage import Store
     from storage.exchange import export_file
 
-    store = Store(ServeConfig(data_dir=args.data_dir).db_path)
+    store = Store(DataDir(args.data_dir).db)
     try:
         count = export_file(store, args.file, args.format, selection=args.status)
     finally:
@@ -197,7 +197,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from storage import Store
     from training.manager import TrainingManager
 
-    store = Store(config.db_path)
+    store = Store(config.paths.db)
     if config.seed_examples:
         from storage.exchange import seed_examples
 

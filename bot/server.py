@@ -17,6 +17,7 @@ from fastapi import FastAPI  # noqa: E402
 from bot.admin import AdminGuard  # noqa: E402
 from bot.engine import BASE_VERSION, Engine  # noqa: E402
 from bot.service import ChatService  # noqa: E402
+from core.datadir import DataDir  # noqa: E402
 from core.errors import ModelLoadError  # noqa: E402
 from storage import Store  # noqa: E402
 
@@ -42,9 +43,7 @@ class ModelWatcher:
         wanted = active["version"] if active else BASE_VERSION
         if wanted != self.engine.version:
             try:
-                path = Path(active["path"]) if active else None
-                if path is not None and not path.is_absolute():
-                    path = self.data_dir / path
+                path = DataDir(self.data_dir).resolve(active["path"]) if active else None
                 seconds = self.engine.activate(wanted, path)
                 log.info("Swapped to %s in %.2f s", wanted, seconds)
                 self.last_error = None

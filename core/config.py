@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.datadir import DataDir
 from core.errors import ConfigError
 
 REVIEW_POLICIES = ("auto", "manual")
@@ -69,8 +70,9 @@ class ServeConfig:
     )
 
     @property
-    def db_path(self) -> Path:
-        return Path(self.data_dir) / "exemplar.db"
+    def paths(self) -> DataDir:
+        """The files inside data_dir (database, base models, adapters, logs)."""
+        return DataDir(self.data_dir)
 
     @property
     def effective_review_policy(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.datadir import DataDir
 from core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def bundled_gguf_path() -> Path:
 
 
 def converted_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "base" / BUNDLED_NAME
+    return DataDir(data_dir).base / BUNDLED_NAME
 
 
 def ensure_bundled_checkpoint(data_dir: Path) -> Path:

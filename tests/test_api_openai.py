@@ -27,11 +27,11 @@ def server(tmp_path_factory, real_engine):
     from storage import Store
 
     config = ServeConfig(data_dir=tmp_path_factory.mktemp("openai-data"))
-    store = Store(config.db_path)
+    store = Store(config.paths.db)
     app, watcher = build_server(real_engine, store, config, PASSWORD)
     try:
         with serve_in_thread(app) as url:
-            yield SimpleNamespace(url=url, password=PASSWORD, db_path=config.db_path)
+            yield SimpleNamespace(url=url, password=PASSWORD, db_path=config.paths.db)
     finally:
         watcher.stop()
         store.close()

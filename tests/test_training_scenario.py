@@ -54,7 +54,7 @@ def test_corrected_facts_are_learned_promoted_and_served(tmp_path, bundled_check
     from training.manager import TrainingManager
 
     config = ServeConfig(data_dir=tmp_path / "data", base_model=str(bundled_checkpoint))
-    store = Store(config.db_path)
+    store = Store(config.paths.db)
     engine = Engine.load(config.base_model, config.data_dir)  # our own: the test swaps its adapter
     manager = TrainingManager(store, config.data_dir, config.base_model)
     app, watcher = build_server(engine, store, config, PASSWORD, trainer=manager)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from core.config import validate_all
+from core.datadir import DataDir
 from core.flags import add_group, from_args
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES, BASE_VERSION, JobStatus
@@ -47,7 +47,7 @@ EVAL_EXAMPLES = """examples:
 
 
 def open_store(data_dir: Path) -> Store:
-    return Store(Path(data_dir) / "exemplar.db")
+    return Store(DataDir(data_dir).db)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def train(
     manager = TrainingManager(store, data_dir, base_model, train_config, eval_config=eval_config)
     try:
         job_id = manager.start(params, reason="cli")
-        print(f"Started training job {job_id} (log: {Path(data_dir) / 'logs' / f'job-{job_id}.log'})", file=out)
+        print(f"Started training job {job_id} (log: {DataDir(data_dir).job_log(job_id)})", file=out)
         shown = ""
         try:
             while True:

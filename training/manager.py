@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from core.datadir import DataDir
 from core.errors import ConflictError, ValidationError
 from storage import Store
 from storage.store import now
@@ -28,7 +29,7 @@ from storage.vocabulary import BASE_VERSION as BASE
 from storage.vocabulary import JobStatus, VersionStatus
 from training import registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
-from training.worker import log_path
+from training.worker import log_tail
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class TrainingManager:
         return job_id
 
     def _spawn(self, job_id: int, config: TrainConfig) -> None:
-        path = log_path(self.data_dir, job_id)
+        path = DataDir(self.data_dir).job_log(job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # Thread pools are sized when torch loads, so the limits go in before the child starts.
@@ -171,7 +172,7 @@ class TrainingManager:
         return None if child is None else child.poll()
 
     def _finish(self, job_id: int, status: str, error: str) -> None:
-        self.store.update_job(job_id, status=status, error=error, finished_at=now(), log=self._log_tail(job_id))
+        self.store.update_job(job_id, status=status, error=error, finished_at=now(), log=log_tail(self.data_dir, job_id))
 
     def reap(self) -> list[int]:
         """Mark jobs whose process died (exited without finishing, or no heartbeat) as failed; return their ids."""
@@ -228,21 +229,13 @@ class TrainingManager:
             "created_at": job.get("created_at"),
             "started_at": job.get("started_at"),
             "finished_at": job.get("finished_at"),
-            "log": self._log_tail(job_id) if active else job.get("log") or self._log_tail(job_id),
+            "log": log_tail(self.data_dir, job_id) if active else job.get("log") or log_tail(self.data_dir, job_id),
         }
 
     def latest_job(self) -> dict[str, Any] | None:
         """The newest training job's view, or None before the first."""
         jobs = [j for j in self.store.list_jobs(limit=20) if j["kind"] == "train"]
         return self.job_view(jobs[0]["id"]) if jobs else None
-
-    def _log_tail(self, job_id: int, chars: int = 4000) -> str | None:
-        path = log_path(self.data_dir, job_id)
-        if not path.is_file():
-            return None
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - chars))
-            return fh.read().decode("utf-8", "replace")
 
     # -- the retrain policy ---------------------------------------------------
 

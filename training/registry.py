@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.datadir import DataDir
 from storage import Store
 
 log = logging.getLogger(__name__)
@@ -23,13 +24,9 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 
 
-def adapters_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "adapters"
-
-
 def new_temp_dir(data_dir: str | Path) -> Path:
     """An empty temporary folder on the same file system as the versions, so the rename is atomic."""
-    root = adapters_dir(data_dir)
+    root = DataDir(data_dir).adapters
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
 
@@ -39,7 +36,7 @@ def clean_leftovers(store: Store, data_dir: str | Path) -> list[str]:
 
     Call it only while no training job runs (one could be writing a temporary folder).
     """
-    root = adapters_dir(data_dir)
+    root = DataDir(data_dir).adapters
     if not root.is_dir():
         return []
     known = {v["version"] for v in store.list_model_versions()}
@@ -59,7 +56,7 @@ def commit_version(store: Store, data_dir: str | Path, temp_dir: Path, **fields:
     `fields` go into the model_versions row (parent_version, base_model, metrics, …).
     """
     version = store.next_version_name()
-    target = adapters_dir(data_dir) / version
+    target = DataDir(data_dir).adapters / version
     if target.exists():  # left over by a process that died between rename and record
         shutil.rmtree(target)
     os.replace(temp_dir, target)

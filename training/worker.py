@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.datadir import DataDir
 from storage import Store
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES, JobStatus
@@ -164,7 +165,7 @@ class TrainingJob:
             reporter.stop()
             if self.temp_dir is not None:
                 shutil.rmtree(self.temp_dir, ignore_errors=True)
-            store.update_job(job_id, finished_at=now(), log=_log_tail(self.data_dir, job_id))
+            store.update_job(job_id, finished_at=now(), log=log_tail(self.data_dir, job_id))
         return status
 
     def _run(self, params: dict[str, Any], reporter: JobReporter) -> str:
@@ -292,13 +293,9 @@ class TrainingJob:
         return "rejected"
 
 
-def log_path(data_dir: Path, job_id: int) -> Path:
-    """Where a job's process writes its log."""
-    return Path(data_dir) / "logs" / f"job-{job_id}.log"
-
-
-def _log_tail(data_dir: Path, job_id: int) -> str | None:
-    path = log_path(data_dir, job_id)
+def log_tail(data_dir: str | Path, job_id: int) -> str | None:
+    """The last LOG_TAIL_CHARS of a job's log, or None when it has none."""
+    path = DataDir(data_dir).job_log(job_id)
     if not path.is_file():
         return None
     with path.open("rb") as fh:
@@ -314,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    store = Store(Path(args.data_dir) / "exemplar.db")
+    store = Store(DataDir(args.data_dir).db)
     try:
         # Lower the priority before any heavy work, so the chat server wins every contest for a core.
         nice = ((store.get_job(args.job_id).get("params") or {}).get("config") or {}).get("nice", 0)
