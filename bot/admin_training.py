@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from bot.contracts import TrainingController
 from core.errors import ExemplarError, ValidationError
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
@@ -75,7 +76,7 @@ def loss_frame(view: dict[str, Any] | None) -> pd.DataFrame:
 class TrainingHandlers:
     """The section's event handlers, separate from the layout so tests can drive them."""
 
-    def __init__(self, manager: Any, store: Store, check_admin: Callable[[str], None]):
+    def __init__(self, manager: TrainingController, store: Store, check_admin: Callable[[str], None]):
         self.manager = manager
         self.store = store
         self.check_admin = check_admin
@@ -214,7 +215,7 @@ class TrainingHandlers:
         return pd.DataFrame(table, columns=VERSION_COLUMNS), [r["version"] for r in rows] + [BASE]
 
 
-def build_training_section(manager: Any, store: Store, check_admin: Callable[[str], None], password: gr.Textbox) -> None:
+def build_training_section(manager: TrainingController, store: Store, check_admin: Callable[[str], None], password: gr.Textbox) -> None:
     """Lay out the training section inside the current (Admin tab) context."""
     handlers = TrainingHandlers(manager, store, check_admin)
     private = {"api_visibility": "private"}

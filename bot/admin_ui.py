@@ -7,11 +7,11 @@ API), so each admin handler takes the password as an input and checks it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import gradio as gr
 
 from bot.admin import AdminGuard
+from bot.contracts import TrainingController
 from bot.service import ChatService
 from core.errors import AuthError
 
@@ -28,7 +28,7 @@ def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
     return check_admin
 
 
-def build_admin_tab(service: ChatService, guard: AdminGuard, *, trainer: Any = None) -> None:
+def build_admin_tab(service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> None:
     """Lay out the Admin tab inside the current Blocks context."""
     from bot.admin_review import build_review_section
 

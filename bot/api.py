@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bot.admin import AdminGuard
 from bot.api_admin import admin_router
 from bot.api_chat import chat_router
+from bot.contracts import TrainingController
 from bot.service import ChatService
 from core.errors import AuthError, ExemplarError
 
@@ -119,7 +120,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: Any = None) -> None:
+def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> None:
     """Register the routes, the body-size limit and the JSON error handlers on `app`."""
 
     @app.exception_handler(ExemplarError)

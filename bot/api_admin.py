@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.admin import AdminGuard
 from bot.api_chat import MAX_ID, RowId
+from bot.contracts import TrainingController
 from bot.service import ChatService
 from core.errors import ConflictError
 from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
@@ -100,14 +101,14 @@ class ModelVersions(BaseModel):
     models: list[dict[str, Any]] = Field(description="Every trained version with its metrics and status.")
 
 
-def admin_router(service: ChatService, guard: AdminGuard, trainer: Any = None) -> APIRouter:
+def admin_router(service: ChatService, guard: AdminGuard, trainer: TrainingController | None = None) -> APIRouter:
     store = service.store
     bearer = HTTPBearer(auto_error=False, description="The admin password.")
 
     def require_admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         guard.check_bearer(request.headers.get("authorization"))
 
-    def need_trainer() -> Any:
+    def need_trainer() -> TrainingController:
         if trainer is None:
             raise ConflictError(NO_TRAINER)
         return trainer

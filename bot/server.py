@@ -15,11 +15,12 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from bot.admin import AdminGuard  # noqa: E402
-from bot.engine import BASE_VERSION, Engine  # noqa: E402
+from bot.contracts import ChatEngine, TrainingController  # noqa: E402
 from bot.service import ChatService  # noqa: E402
 from core.datadir import DataDir  # noqa: E402
 from core.errors import ModelLoadError  # noqa: E402
 from storage import Store  # noqa: E402
+from storage.vocabulary import BASE_VERSION  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class ModelWatcher:
     """Keeps the engine on the store's active version. Training runs in another
     process and promotes by writing the store; this notices and swaps."""
 
-    def __init__(self, engine: Engine, store: Store, data_dir: Path, interval: float = 1.0):
+    def __init__(self, engine: ChatEngine, store: Store, data_dir: Path, interval: float = 1.0):
         self.engine = engine
         self.store = store
         self.data_dir = Path(data_dir)
@@ -74,7 +75,7 @@ def create_app(
     service: ChatService,
     guard: AdminGuard,
     *,
-    trainer: Any = None,
+    trainer: TrainingController | None = None,
     watcher: ModelWatcher | None = None,
 ) -> FastAPI:
     """The FastAPI app: HTTP API routes, then the Gradio UI mounted at /."""
@@ -94,12 +95,12 @@ def create_app(
 
 
 def build_server(
-    engine: Engine,
+    engine: ChatEngine,
     store: Store,
     config: Any,
     admin_password: str,
     *,
-    trainer: Any = None,
+    trainer: TrainingController | None = None,
     watch_interval: float = 1.0,
 ) -> tuple[FastAPI, ModelWatcher]:
     """Wire engine, store and trainer into an app; the watcher is started."""

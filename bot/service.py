@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.engine import Engine, Generation, GenerationParams
+from bot.contracts import AnswerStream, ChatEngine
+from bot.engine import GenerationParams
 from bot.fewshot import retrieve
 from core.config import ServeConfig
 from core.errors import ValidationError
@@ -38,7 +39,7 @@ class Answer:
     `message_id` is known before the first piece (an API stream's chunks carry it);
     the text is filled in when iteration ends, or the row removed if generation fails."""
 
-    generation: Generation
+    generation: AnswerStream
     conversation_id: int
     context: list[dict[str, str]]
     store: Store
@@ -83,7 +84,7 @@ class Answer:
 class ChatService:
     """Answers conversations and turns ratings and corrections into examples."""
 
-    def __init__(self, engine: Engine, store: Store, config: ServeConfig):
+    def __init__(self, engine: ChatEngine, store: Store, config: ServeConfig):
         self.engine = engine
         self.store = store
         self.config = config

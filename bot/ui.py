@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from bot.admin import AdminGuard
+from bot.contracts import TrainingController
 from bot.engine import GenerationParams
 from bot.service import ChatService
 from core.errors import ExemplarError
@@ -327,7 +328,7 @@ def build_chat_tab(service: ChatService) -> None:
     correct.click(handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], api_visibility="private")
 
 
-def build_ui(service: ChatService, guard: AdminGuard, *, trainer: Any = None) -> gr.Blocks:
+def build_ui(service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> gr.Blocks:
     """The whole UI: Chat and Admin tabs."""
     from bot.admin_ui import build_admin_tab
 

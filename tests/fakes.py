@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.contracts import AnswerStream, ChatEngine
 from bot.engine import BASE_VERSION, GenerationParams
 
 
@@ -17,7 +18,9 @@ class FakePrompt:
     notices: list[str] = field(default_factory=list)
 
 
-class FakeGeneration:
+class FakeGeneration(AnswerStream):
+    """Streams its canned reply word by word."""
+
     def __init__(self, reply: str, version: str, params: GenerationParams, prompt: FakePrompt):
         self._reply = reply
         self.params = params
@@ -46,8 +49,11 @@ class FakeGeneration:
             yield piece
 
 
-class FakeEngine:
-    """Answers with queued replies (or echoes the question); records every call."""
+class FakeEngine(ChatEngine):
+    """Answers with queued replies (or echoes the question); records every call.
+
+    It declares the ChatEngine contract, and tests/test_contracts.py checks that it and
+    bot.engine.Engine both match it, so a change to Engine breaks this fake's tests."""
 
     def __init__(self, version: str = BASE_VERSION):
         self.version = version
