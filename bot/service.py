@@ -14,7 +14,7 @@ from core.config import ServeConfig
 from core.errors import ValidationError
 from storage import Store
 from storage.examples import normalise_text, validate_messages
-from storage.vocabulary import ExampleStatus
+from storage.vocabulary import ExampleStatus, Role
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGES = 200
@@ -108,20 +108,26 @@ class ChatService:
         params = (params or self.default_params()).validate()
         use_few_shot = self.config.few_shot if few_shot is None else few_shot
         demos = retrieve(self.store, context, k=self.config.few_shot_k) if use_few_shot else []
-        generation = self.engine.stream(context, params, demos)
+        # The rows are written first, so a failed write starts no decode that nobody would cancel.
+        new_conversation = conversation_id is None
         if conversation_id is None:
             system = next((m["content"] for m in context if m["role"] == "system"), None)
             conversation_id = self.store.create_conversation(source=source, system_prompt=system)
-        self.store.add_message(conversation_id, "user", context[-1]["content"])
+        user_id = self.store.add_message(conversation_id, Role.USER, context[-1]["content"])
         message_id = self.store.add_message(
-            conversation_id,
-            "assistant",
-            "",
-            context=context,
-            model_version=self.engine.version,
-            gen_params=generation.params.as_dict(),
-            few_shot_ids=generation.few_shot_ids,
+            conversation_id, Role.ASSISTANT, "", context=context, model_version=self.engine.version,
+            gen_params=params.as_dict(),
         )
+        try:
+            generation = self.engine.stream(context, params, demos)
+        except BaseException:  # refused (e.g. the prompt does not fit): leave no trace of the turn
+            self.store.discard_turn([message_id, user_id], conversation_id=conversation_id if new_conversation else None)
+            raise
+        try:  # which demonstrations fit is known once the prompt is built
+            self.store.update_message(message_id, few_shot_ids=generation.few_shot_ids)
+        except BaseException:
+            generation.cancel()
+            raise
         return Answer(generation, conversation_id, context, self.store, message_id, few_shot_examples=demos)
 
     def review_status(self) -> str:

@@ -155,6 +155,17 @@ class Store:
             self.db.execute("delete from messages where id = ?", [message_id])
             return True
 
+    def discard_turn(self, message_ids: Sequence[int], *, conversation_id: int | None = None) -> None:
+        """Remove the rows stored for an answer that never started: its turns and, when
+        `conversation_id` is given and the conversation is left empty, the conversation."""
+        with self._lock, self.db.atomic():
+            for message_id in message_ids:
+                self.db.execute("delete from messages where id = ?", [message_id])
+            if conversation_id is not None and not self.db.execute(
+                "select 1 from messages where conversation_id = ?", [conversation_id]
+            ).fetchone():
+                self.db.execute("delete from conversations where id = ?", [conversation_id])
+
     def conversation_messages(self, conversation_id: int) -> list[dict[str, Any]]:
         with self._lock:
             rows = self.db["messages"].rows_where("conversation_id = ?", [conversation_id], order_by="id")
