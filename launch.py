@@ -174,16 +174,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def serve_configs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """ServeConfig, TrainConfig, EvalConfig and RetrainPolicy from the flags, every problem reported at once."""
-    from core.config import ServeConfig, validate_all
+    from core.config import VLLM_DEFAULT_MAX_LORA_RANK, ServeConfig, validate_all
     from core.flags import from_args
     from training.config import EvalConfig, RetrainPolicy, TrainConfig
 
-    return validate_all(
-        from_args(args, ServeConfig),
-        from_args(args, TrainConfig, "train"),
-        from_args(args, EvalConfig, "eval"),
-        from_args(args, RetrainPolicy, "retrain"),
-    )
+    serve, train = from_args(args, ServeConfig), from_args(args, TrainConfig, "train")
+    if serve.backend == "openai-upstream" and train.max_lora_rank is None:
+        # An adapter above the upstream's --max-lora-rank could never be served: refuse it before training.
+        train.max_lora_rank = VLLM_DEFAULT_MAX_LORA_RANK
+    return validate_all(serve, train, from_args(args, EvalConfig, "eval"), from_args(args, RetrainPolicy, "retrain"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -212,7 +211,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(config.threads)
     print(f"Loading the base model {config.base_model or '(bundled SmolLM2-135M-Instruct)'}…", flush=True)
-    engine = Engine.load(config.base_model, config.data_dir, max_context_tokens=config.max_context_tokens)
+    if config.backend == "openai-upstream":
+        from bot.upstream import UpstreamEngine
+
+        engine = UpstreamEngine.load(config)
+        print(f"Generation goes to the upstream model server at {engine.client.url}", flush=True)
+    else:
+        engine = Engine.load(config.base_model, config.data_dir, max_context_tokens=config.max_context_tokens)
     trainer = TrainingManager(store, config.data_dir, config.base_model, train_config, policy, eval_config)
     app, watcher = build_server(engine, store, config, password, trainer=trainer)
     url = f"http://{config.host}:{config.port}/"

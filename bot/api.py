@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bot.admin import AdminGuard
 from bot.api_admin import admin_router
 from bot.api_chat import chat_router
+from bot.api_lora import LoraSlots, lora_router
 from bot.contracts import TrainingController
 from bot.service import ChatService
 from core.errors import AuthError, ExemplarError
@@ -150,10 +151,17 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: T
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
-        """Liveness, and the model version now serving."""
-        return {"status": "ok", "model_version": service.engine.version}
+        """Liveness, the model version now serving, and (with an upstream backend) the upstream's state."""
+        health = {"status": "ok", "model_version": service.engine.version}
+        upstream_health = getattr(service.engine, "health", None)
+        if upstream_health is not None:
+            health["upstream"] = upstream_health()
+            if health["upstream"]["status"] != "ok":
+                health["status"] = "degraded"
+        return health
 
-    routers = [chat_router(service), admin_router(service, guard, trainer)]
+    slots = LoraSlots(service.engine, getattr(app.state, "watcher", None))
+    routers = [chat_router(service, slots), admin_router(service, guard, trainer), lora_router(service, guard, slots)]
     for router in routers:
         app.include_router(router)
     api_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]

@@ -59,7 +59,11 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation, ending with a user message.")
-    model: str | None = Field(None, description=f"Ignored: the server answers with its active model ({MODEL_ID}).")
+    model: str | None = Field(
+        None,
+        description=f"The name of an adapter loaded with POST /v1/load_lora_adapter; anything else "
+        f"is answered by the active version ({MODEL_ID}).",
+    )
     max_tokens: int | None = Field(
         None, ge=1, description="Cap on the answer's tokens; the server's default if absent."
     )
@@ -113,6 +117,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    parent: str | None = Field(None, description="For a LoRA adapter loaded by name: the model it adapts (as vLLM).")
+    root: str | None = Field(None, description="For a LoRA adapter loaded by name: its folder (as vLLM).")
     exemplar: dict[str, Any]
 
 
@@ -273,7 +279,8 @@ async def stream_events(answer: Answer, request: Request, body: ChatCompletionRe
 # -- routes ---------------------------------------------------------------------
 
 
-def chat_router(service: ChatService) -> APIRouter:
+def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
+    """`lora` (bot.api_lora.LoraSlots) lets `"model": "<lora_name>"` pick an adapter loaded by name."""
     router = APIRouter()
 
     @router.get("/v1/models", response_model=ModelList, tags=["openai"])
@@ -289,7 +296,8 @@ def chat_router(service: ChatService) -> APIRouter:
                     "created": 0,
                     "owned_by": "exemplar",
                     "exemplar": {"model_version": engine.version, "base_model": engine.base_name},
-                }
+                },
+                *(lora.model_cards() if lora is not None else []),
             ],
         }
 
@@ -308,9 +316,13 @@ def chat_router(service: ChatService) -> APIRouter:
         """Answer a conversation (OpenAI-compatible). The answer is stored; its `id` is the message id."""
         params = generation_params(service, body)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        answer = await run_in_threadpool(
-            service.answer, messages, params=params, few_shot=body.few_shot, source="api"
-        )
+
+        def start() -> Answer:
+            if lora is not None:
+                lora.select(body.model)
+            return service.answer(messages, params=params, few_shot=body.few_shot, source="api")
+
+        answer = await run_in_threadpool(start)
         if body.stream:
             return StreamingResponse(
                 stream_events(answer, request, body),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ModelLoadError, ValidationError
-from core.prompts import FittedPrompt, Message, fit_prompt
+from core.prompts import FittedPrompt, Message, encode, fit_prompt
 from storage.vocabulary import BASE_VERSION  # the version name of the base model, for bot's callers too
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,18 @@ class Engine:
         """Start generating an answer; iterate the result for text as it comes."""
         params = (params or GenerationParams()).validate()
         return Generation(self, self.prepare(messages, params, demonstrations), params)
+
+    def stream_prompt(self, prompt: str, params: GenerationParams | None = None) -> Generation:
+        """Start generating after an already-rendered prompt (POST /v1/completions, when this server
+        is another Exemplar's upstream); the prompt must fit the context window as it is."""
+        params = (params or GenerationParams()).validate()
+        ids = encode(self.tokenizer, prompt)
+        if not ids or len(ids) + params.max_new_tokens > self.max_context_tokens:
+            raise ValidationError(
+                f"The prompt takes {len(ids)} tokens and max_tokens {params.max_new_tokens} more; the context "
+                f"window is {self.max_context_tokens} tokens: send a shorter prompt or ask for fewer tokens"
+            )
+        return Generation(self, FittedPrompt(prompt, ids, [], []), params)
 
     def generate(
         self,

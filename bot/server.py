@@ -35,6 +35,10 @@ class ModelWatcher:
         self.data_dir = Path(data_dir)
         self.interval = interval
         self.last_error: str | None = None
+        # The version this watcher last put into service. Compared with the store, not with
+        # engine.version: when this server is another Exemplar's upstream, requests may switch
+        # the engine to a loaded LoRA by name, and that is not the watcher's to undo.
+        self.serving: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -42,10 +46,11 @@ class ModelWatcher:
         """Swap to the store's active version if the engine serves another; return the version served."""
         active = self.store.active_version()
         wanted = active["version"] if active else BASE_VERSION
-        if wanted != self.engine.version:
+        if wanted != self.serving:
             try:
                 path = DataDir(self.data_dir).resolve(active["path"]) if active else None
                 seconds = self.engine.activate(wanted, path)
+                self.serving = wanted
                 log.info("Swapped to %s in %.2f s", wanted, seconds)
                 self.last_error = None
             except ModelLoadError as exc:
@@ -54,6 +59,11 @@ class ModelWatcher:
                     log.error("Cannot serve %s: %s", wanted, exc)
                 self.last_error = str(exc)
         return self.engine.version
+
+    def resync(self) -> str:
+        """Serve the store's active version again, whatever the engine serves now."""
+        self.serving = None
+        return self.sync()
 
     def start(self) -> None:
         def loop() -> None:

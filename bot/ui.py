@@ -96,9 +96,12 @@ class ChatHandlers:
             )
         except ExemplarError as exc:
             raise _ui_error(exc) from exc
-        for _piece in answer:
-            shown = [*history, {"role": "assistant", "content": answer.generation.text}]
-            yield shown, answer.conversation_id, ids, gr.skip()
+        try:
+            for _piece in answer:
+                shown = [*history, {"role": "assistant", "content": answer.generation.text}]
+                yield shown, answer.conversation_id, ids, gr.skip()
+        except ExemplarError as exc:  # e.g. the upstream model server went away mid-answer
+            raise _ui_error(exc) from exc
         shown = [*history, {"role": "assistant", "content": answer.text}]
         new_ids = [*ids[: len(history)], *([None] * (len(history) - len(ids))), answer.message_id]
         yield shown, answer.conversation_id, new_ids, self.describe(answer)

@@ -16,6 +16,9 @@ from core.datadir import DataDir
 from core.errors import ConfigError
 
 REVIEW_POLICIES = ("auto", "manual")
+BACKENDS = ("local", "openai-upstream")
+# vLLM's default --max-lora-rank, assumed when serving through an upstream and no limit is given.
+VLLM_DEFAULT_MAX_LORA_RANK = 16
 
 
 def _help(text: str, *, default: Any, **metadata: Any) -> Any:
@@ -68,6 +71,39 @@ class ServeConfig:
         default=None,
         metavar="FILE",
     )
+    backend: str = _help(
+        "Where answers are generated: 'local' (the model in this process) or 'openai-upstream' (an "
+        "OpenAI-compatible server such as vLLM, or another Exemplar; each version's adapter is loaded there). "
+        "With an upstream, --train-max-lora-rank is the upstream's --max-lora-rank (vLLM's default 16 if unset).",
+        default="local",
+        choices=BACKENDS,
+    )
+    upstream_url: str | None = _help(
+        "With backend openai-upstream: the upstream's base URL, e.g. http://10.0.0.5:8000 (without /v1).",
+        default=None,
+    )
+    upstream_model: str | None = _help(
+        "The upstream's name for the base model (what `vllm serve` was given); it answers while the base "
+        "version serves. Empty: the first model the upstream lists. --base-model must name the same model "
+        "here, for its tokenizer and chat template.",
+        default=None,
+    )
+    upstream_api_key: str | None = _help(
+        "Sent as `Authorization: Bearer` to the upstream (vLLM's --api-key; for an Exemplar upstream, its admin "
+        "password). Empty sends none.",
+        default=None,
+        secret=True,
+    )
+    upstream_timeout: float = _help(
+        "Seconds to wait for the upstream to connect, to start answering, or to send the next piece of an "
+        "answer; past it the user gets an error instead of a hang.",
+        default=30.0,
+    )
+    upstream_adapter_dir: str | None = _help(
+        "The folder where the upstream sees this server's adapters (DATA_DIR/adapters), if it mounts the shared "
+        "volume at another path, e.g. /mnt/exemplar/adapters. Empty: the same path as here.",
+        default=None,
+    )
 
     @property
     def paths(self) -> DataDir:
@@ -109,6 +145,15 @@ class ServeConfig:
                 f"--host {self.host} exposes the server beyond this machine: set --admin-password "
                 "(or EXEMPLAR_ADMIN_PASSWORD) so the Admin tab is protected"
             )
+        if self.backend not in BACKENDS:
+            problems.append(f"backend {self.backend!r} is unknown: use 'local' or 'openai-upstream'")
+        elif self.backend == "openai-upstream":
+            if not self.upstream_url or not self.upstream_url.startswith(("http://", "https://")):
+                problems.append(
+                    "--backend openai-upstream needs --upstream-url, e.g. http://127.0.0.1:8000 (the vLLM server)"
+                )
+        if not self.upstream_timeout > 0:
+            problems.append("--upstream-timeout must be a positive number of seconds, e.g. 30")
         data_dir = Path(self.data_dir)
         if data_dir.exists() and not data_dir.is_dir():
             problems.append(f"--data-dir {data_dir} is a file: give a folder")

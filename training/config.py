@@ -85,6 +85,11 @@ class TrainConfig:
         "How much to lower the training process's CPU priority (0-19); the chat server wins any contest for a core.",
         default=19,
     )
+    max_lora_rank: int | None = _help(
+        "The highest LoRA rank the serving upstream accepts (vLLM's --max-lora-rank), set by a server with "
+        "backend openai-upstream; a larger lora_r is refused before training. Empty: no limit (local serving).",
+        default=None,
+    )
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError listing every invalid setting and its fix; return self when all is well."""
@@ -119,6 +124,12 @@ class TrainConfig:
             problems.append("threads must be at least 1")
         if not (0 <= self.nice <= 19):
             problems.append(f"nice={self.nice}: give 0 (normal priority) to 19 (lowest)")
+        if self.max_lora_rank is not None and self.lora_r > self.max_lora_rank:
+            problems.append(
+                f"lora_r={self.lora_r} is above the upstream's --max-lora-rank {self.max_lora_rank}: the upstream "
+                f"could not load this adapter. Train with lora_r={self.max_lora_rank} or less, or restart vLLM "
+                f"with --max-lora-rank {self.lora_r} (and --upstream-max-lora-rank {self.lora_r} here)"
+            )
         if problems:
             raise ConfigError(problems)
         return self

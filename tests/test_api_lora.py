@@ -1,0 +1,120 @@
+"""vLLM's runtime LoRA routes and /v1/completions on Exemplar's own API: admin-only,
+vLLM's request shapes, and `"model": "<lora_name>"` picks the adapter that answers."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bot.admin import AdminGuard
+from bot.engine import Engine
+from bot.server import ModelWatcher, create_app
+from bot.service import ChatService
+from core.config import ServeConfig
+from core.prompts import render_prompt
+
+PASSWORD = "correct-horse-battery"
+ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
+
+
+def save_adapter(model, folder, seed: int) -> None:
+    """A LoRA adapter with non-zero random weights, so it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["gate_proj", "up_proj", "down_proj"],
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(20)
+    peft_model.save_pretrained(folder)
+    peft_model.unload()
+
+
+@pytest.fixture
+def server(tmp_path, store, tiny_model, tokenizer):
+    adapter = tmp_path / "adapters" / "a1"
+    save_adapter(tiny_model, adapter, seed=1)
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
+    watcher = ModelWatcher(engine, store, tmp_path)
+    watcher.sync()
+    app = create_app(ChatService(engine, store, ServeConfig(data_dir=tmp_path)), AdminGuard(PASSWORD), watcher=watcher)
+    return TestClient(app, raise_server_exceptions=False), engine, adapter
+
+
+def complete(client, tokenizer, model=None, **extra):
+    prompt = render_prompt(tokenizer, [{"role": "user", "content": "Hello there"}])
+    body = {"prompt": prompt, "max_tokens": 6, "temperature": 0, **extra}
+    if model:
+        body["model"] = model
+    return client.post("/v1/completions", json=body, headers=ADMIN)
+
+
+def test_lora_routes_need_the_admin_password(server, tokenizer):
+    client, _, adapter = server
+    for path, body in (("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(adapter)}),
+                       ("/v1/unload_lora_adapter", {"lora_name": "x"}),
+                       ("/v1/completions", {"prompt": "Hi"})):
+        response = client.post(path, json=body)
+        assert response.status_code == 401, path
+        assert "error" in response.json()
+
+
+def test_load_select_and_unload_an_adapter_by_name(server, tokenizer):
+    client, engine, adapter = server
+    base = complete(client, tokenizer)
+    assert base.status_code == 200, base.text
+    base_text = base.json()["choices"][0]["text"]
+
+    loaded = client.post("/v1/load_lora_adapter", json={"lora_name": "exemplar-v7", "lora_path": str(adapter)},
+                         headers=ADMIN)
+    assert loaded.status_code == 200 and "added successfully" in loaded.text
+    again = client.post("/v1/load_lora_adapter", json={"lora_name": "exemplar-v7", "lora_path": str(adapter)},
+                        headers=ADMIN)
+    assert again.status_code == 400 and "already" in again.json()["error"]
+    listed = client.get("/v1/models").json()["data"]
+    assert (listed[1]["id"], listed[1]["root"], listed[1]["parent"]) == ("exemplar-v7", str(adapter), "exemplar")
+
+    tuned = complete(client, tokenizer, model="exemplar-v7").json()
+    assert tuned["model"] == "exemplar-v7"
+    assert tuned["choices"][0]["text"] != base_text  # the adapter answered
+    # A request that names no adapter is answered by the active version (the base model here).
+    plain = complete(client, tokenizer).json()
+    assert plain["choices"][0]["text"] == base_text and engine.version == "base"
+    chat = client.post("/v1/chat/completions", headers=ADMIN, json={
+        "model": "exemplar-v7", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 6})
+    assert chat.json()["exemplar"]["model_version"] == "exemplar-v7"
+
+    assert client.post("/v1/unload_lora_adapter", json={"lora_name": "exemplar-v7"}, headers=ADMIN).status_code == 200
+    assert engine.version == "base"
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["exemplar"]
+    gone = client.post("/v1/unload_lora_adapter", json={"lora_name": "exemplar-v7"}, headers=ADMIN)
+    assert gone.status_code == 404 and "cannot be found" in gone.json()["error"]
+
+
+def test_completions_stream_in_openai_chunks(server, tokenizer):
+    client, _, _ = server
+    with client.stream("POST", "/v1/completions", headers=ADMIN, json={
+        "prompt": render_prompt(tokenizer, [{"role": "user", "content": "Hi"}]), "max_tokens": 5, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True}}) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    import json
+
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert lines[-1] == "data: [DONE]"
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == 5 and chunks[-1]["choices"] == []
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_bad_adapter_paths_and_names_are_refused(server, tmp_path):
+    client, _, _ = server
+    missing = client.post("/v1/load_lora_adapter", json={"lora_name": "v9", "lora_path": str(tmp_path / "nope")},
+                          headers=ADMIN)
+    assert missing.status_code == 400 and "adapter_config.json" in missing.json()["error"]
+    odd = client.post("/v1/load_lora_adapter", json={"lora_name": "../x", "lora_path": str(tmp_path)}, headers=ADMIN)
+    assert odd.status_code == 422
+    too_long = client.post("/v1/completions", json={"prompt": "word " * 600, "max_tokens": 8}, headers=ADMIN)
+    assert too_long.status_code == 400 and "context window" in too_long.json()["error"]
