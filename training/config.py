@@ -128,7 +128,7 @@ class TrainConfig:
             problems.append(
                 f"lora_r={self.lora_r} is above the upstream's --max-lora-rank {self.max_lora_rank}: the upstream "
                 f"could not load this adapter. Train with lora_r={self.max_lora_rank} or less, or restart vLLM "
-                f"with --max-lora-rank {self.lora_r} (and --upstream-max-lora-rank {self.lora_r} here)"
+                f"with --max-lora-rank {self.lora_r} (and --train-max-lora-rank {self.lora_r} here)"
             )
         if problems:
             raise ConfigError(problems)
