@@ -229,3 +229,36 @@ def test_the_upstream_rank_limit_is_checked_before_training():
     assert TrainConfig(lora_r=8, max_lora_rank=8).validate().lora_r == 8
     with pytest.raises(Exception, match="max-lora-rank 8"):
         TrainConfig(max_lora_rank=8).with_overrides({"lora_r": 32})
+
+
+def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_engine(store, tiny_model, tokenizer):
+    """Through an in-process Exemplar upstream, the answer is the one the local engine gives for the same
+    conversation: the front renders the prompt with the one renderer, the upstream continues it as is."""
+    from bot.admin import AdminGuard
+    from bot.contracts import AnswerStream, ChatEngine
+    from bot.engine import Engine, GenerationParams
+    from bot.server import create_app
+    from bot.service import ChatService
+    from bot.upstream import UpstreamClient, UpstreamEngine
+    from core.config import ServeConfig
+    from live_app import serve_in_thread
+    from test_contracts import check
+
+    local = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
+    app = create_app(ChatService(local, store, ServeConfig()), AdminGuard(UPSTREAM_PASSWORD))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the printer?"}]
+    demos = [{"id": 7, "input": [{"role": "user", "content": "Where is the coffee?"}], "output": "In the kitchen."}]
+    params = GenerationParams(max_new_tokens=12)
+    expected = local.generate(messages, params, demos)
+    with serve_in_thread(app) as url:
+        engine = UpstreamEngine(tokenizer, UpstreamClient(url, api_key=UPSTREAM_PASSWORD), base_name="tiny",
+                                max_context_tokens=512)
+        check(ChatEngine, UpstreamEngine, engine)
+        generation = engine.stream(messages, params, demos)
+        pieces = list(generation)
+        check(AnswerStream, type(generation), generation)
+    assert len(pieces) >= 2
+    assert generation.text == expected.text
+    assert (generation.prompt_tokens, generation.completion_tokens) == (expected.prompt_tokens, expected.completion_tokens)
+    assert generation.few_shot_ids == [7] and generation.model_version == "base"
+    assert generation.finish_reason == expected.finish_reason == "length"
