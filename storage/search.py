@@ -5,16 +5,19 @@ FTS5 finds the candidates; this module decides which of them are relevant.
 bm25 alone cannot: its scores depend on how many examples there are (with one
 or two examples every idf is tiny), and it rewards a shared "what is the" as
 readily as a shared name. The score here is a cosine between the two sets of
-content words (stopwords removed, Porter stems), each word weighted by its
+content words (stopwords removed, stemmed by FTS5's own Porter tokenizer), each word weighted by its
 rarity among the approved examples, so it means the same with 1 example and
 with 1,000, and 0 means nothing in common.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterable, Mapping
+import sqlite3
+import threading
+from collections.abc import Mapping
 
 # Function words, question words and chat filler. They say how a question is
 # asked, not what it is about, so they never make an example relevant.
@@ -56,8 +59,8 @@ def terms(text: str) -> dict[str, float]:
     """Stem -> emphasis for each meaningful word: NAME_EMPHASIS for a name, else 1."""
     out: dict[str, float] = {}
     for word, is_name in _meaningful(text):
-        stem = porter_stem(word.casefold())
-        out[stem] = max(out.get(stem, 1.0), NAME_EMPHASIS if is_name else 1.0)
+        for stem in _STEMS.of(word.casefold()):
+            out[stem] = max(out.get(stem, 1.0), NAME_EMPHASIS if is_name else 1.0)
     return out
 
 
@@ -100,118 +103,38 @@ def relevance(query: Mapping[str, float], doc: Mapping[str, float], weights: Map
     return shared / norm if norm else 0.0
 
 
-# -- the Porter stemmer (M. F. Porter, 1980), as SQLite's FTS5 "porter" tokenizer applies it ----------
+# -- stems, from SQLite's own Porter tokenizer --------------------------------------------
 
 
-def _is_consonant(word: str, i: int) -> bool:
-    ch = word[i]
-    if ch in "aeiou":
-        return False
-    if ch == "y":
-        return i == 0 or not _is_consonant(word, i - 1)
-    return True
+class _Fts5Stems:
+    """The stems FTS5's "porter" tokenizer gives a word, read from a private in-memory FTS5 table.
+
+    Asking SQLite rather than re-implementing Porter means retrieval and the
+    examples_fts index (migrations.m002_examples_fts, tokenize="porter") cannot
+    disagree, diacritics and all: "Café" is the index's "cafe".
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.execute(f"create virtual table words using fts5(word, tokenize='{FTS_TOKENIZER}')")
+        self._db.execute("create virtual table stems using fts5vocab(words, 'instance')")
+        self._lock = threading.Lock()
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 (one instance, kept for the process's life)
+    def of(self, word: str) -> tuple[str, ...]:
+        """The index terms of one word: usually one stem; none for a word FTS5 does not index."""
+        with self._lock:
+            self._db.execute("insert into words(rowid, word) values (1, ?)", [word])
+            found = tuple(term for (term,) in self._db.execute("select term from stems order by offset"))
+            self._db.execute("delete from words")
+        return found
 
 
-def _measure(stem: str) -> int:
-    """m in [C](VC)^m[V]: how many vowel-consonant sequences the stem has."""
-    m, previous_vowel = 0, False
-    for i in range(len(stem)):
-        vowel = not _is_consonant(stem, i)
-        if previous_vowel and not vowel:
-            m += 1
-        previous_vowel = vowel
-    return m
-
-
-def _has_vowel(stem: str) -> bool:
-    return any(not _is_consonant(stem, i) for i in range(len(stem)))
-
-
-def _double_consonant(word: str) -> bool:
-    return len(word) >= 2 and word[-1] == word[-2] and _is_consonant(word, len(word) - 1)
-
-
-def _cvc(word: str) -> bool:
-    """Ends consonant-vowel-consonant, the last not w, x or y (as in hop, not in hoop or snow)."""
-    n = len(word)
-    return (
-        n >= 3
-        and _is_consonant(word, n - 3)
-        and not _is_consonant(word, n - 2)
-        and _is_consonant(word, n - 1)
-        and word[-1] not in "wxy"
-    )
-
-
-def _replace(word: str, rules: Iterable[tuple[str, str]], min_measure: int) -> str:
-    """Apply the first rule whose suffix the word ends with, if the stem's measure allows."""
-    for suffix, replacement in rules:
-        if word.endswith(suffix):
-            stem = word[: len(word) - len(suffix)]
-            return stem + replacement if _measure(stem) > min_measure else word
-    return word
-
-
-_STEP2 = (
-    ("ational", "ate"), ("tional", "tion"), ("enci", "ence"), ("anci", "ance"), ("izer", "ize"),
-    ("bli", "ble"), ("alli", "al"), ("entli", "ent"), ("eli", "e"), ("ousli", "ous"),
-    ("ization", "ize"), ("ation", "ate"), ("ator", "ate"), ("alism", "al"), ("iveness", "ive"),
-    ("fulness", "ful"), ("ousness", "ous"), ("aliti", "al"), ("iviti", "ive"), ("biliti", "ble"),
-    ("logi", "log"),
-)  # fmt: skip
-_STEP3 = (
-    ("icate", "ic"), ("ative", ""), ("alize", "al"), ("iciti", "ic"), ("ical", "ic"), ("ful", ""), ("ness", ""),
-)  # fmt: skip
-_STEP4 = (
-    "al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent", "ion", "ou", "ism",
-    "ate", "iti", "ous", "ive", "ize",
-)  # fmt: skip
+# The tokenizer of the examples_fts index (storage/migrations.py m002); the stems must come from the same one.
+FTS_TOKENIZER = "porter"
+_STEMS = _Fts5Stems()
 
 
 def porter_stem(word: str) -> str:
-    """The Porter stem of a lower-case word: connect, connected, connecting, connection → connect."""
-    if len(word) <= 2 or not word.isalpha():
-        return word
-    # Step 1a: plurals.
-    if word.endswith("sses"):
-        word = word[:-2]
-    elif word.endswith("ies"):
-        word = word[:-2]
-    elif word.endswith("s") and not word.endswith("ss"):
-        word = word[:-1]
-    # Step 1b: -eed, -ed, -ing.
-    if word.endswith("eed"):
-        if _measure(word[:-3]) > 0:
-            word = word[:-1]
-    else:
-        for suffix in ("ed", "ing"):
-            if word.endswith(suffix) and _has_vowel(word[: -len(suffix)]):
-                word = word[: -len(suffix)]
-                if word.endswith(("at", "bl", "iz")):
-                    word += "e"
-                elif _double_consonant(word) and word[-1] not in "lsz":
-                    word = word[:-1]
-                elif _measure(word) == 1 and _cvc(word):
-                    word += "e"
-                break
-    # Step 1c: a final y after a vowel-bearing stem becomes i.
-    if word.endswith("y") and _has_vowel(word[:-1]):
-        word = word[:-1] + "i"
-    word = _replace(word, _STEP2, 0)
-    word = _replace(word, _STEP3, 0)
-    # Step 4: strip a suffix from a long enough stem (-ion only after s or t).
-    for suffix in _STEP4:
-        if word.endswith(suffix):
-            stem = word[: -len(suffix)]
-            if _measure(stem) > 1 and (suffix != "ion" or stem.endswith(("s", "t"))):
-                word = stem
-            break
-    # Step 5: a final e, and a final double l.
-    if word.endswith("e"):
-        stem = word[:-1]
-        m = _measure(stem)
-        if m > 1 or (m == 1 and not _cvc(stem)):
-            word = stem
-    if word.endswith("ll") and _measure(word) > 1:
-        word = word[:-1]
-    return word
+    """The Porter stem of one word, exactly as the FTS5 index holds it (space-separated if it holds several)."""
+    return " ".join(_STEMS.of(word.casefold()))
