@@ -90,7 +90,7 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app: HTTP API routes, then the Gradio UI mounted at /."""
     from bot.api import add_api
-    from bot.ui import build_ui
+    from bot.ui import CSS, build_ui
 
     app = FastAPI(
         title="Exemplar",
@@ -101,7 +101,7 @@ def create_app(
     app.state.watcher = watcher
     add_api(app, service, guard, trainer=trainer)
     blocks = build_ui(service, guard, trainer=trainer)
-    return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])
+    return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS)
 
 
 def build_server(

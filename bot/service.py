@@ -143,6 +143,7 @@ class ChatService:
         comment: Any = None,
         correction: Any = None,
         actor: str | None = None,
+        rater: str | None = None,
     ) -> dict[str, Any]:
         """Store a rating and/or correction of an assistant message, creating an example where due.
 
@@ -170,7 +171,8 @@ class ChatService:
         status = self.review_status()
         with self.store.db.atomic():
             feedback_id = self.store.add_feedback(
-                message_id, rating=rating, reason=reason, comment=comment, correction=correction, actor=actor
+                message_id, rating=rating, reason=reason, comment=comment, correction=correction, actor=actor,
+                rater=rater,
             )
             example_id = None
             if rating != "up" or correction is not None:
@@ -199,6 +201,10 @@ class ChatService:
             if example_id is not None:
                 self.store.set_feedback_example(feedback_id, example_id)
         return {"feedback_id": feedback_id, "example_id": example_id, "status": status if example_id else None}
+
+    def current_ratings(self, message_ids: Sequence[int], *, rater: str | None) -> dict[int, dict[str, Any]]:
+        """Each answer's current rating by one rater (what the chat's thumbs show)."""
+        return self.store.current_ratings(message_ids, rater)
 
     def _withdraw_upvotes(self, message_id: int, actor: str | None) -> None:
         for row in self.store.message_feedback(message_id):

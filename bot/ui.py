@@ -8,6 +8,8 @@ correction always points at what the model really said and in what context.
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,10 +24,36 @@ from core.errors import ExemplarError
 log = logging.getLogger(__name__)
 
 DISLIKE_REASONS = ("Wrong fact", "Unhelpful", "Too long", "Unsafe")
+ANSWERING = "_Answering…_"
+CONTINUE_PROMPT = "Please continue where you stopped."
+GREEDY_RETRY = (
+    "Temperature is 0 (greedy), so Retry gives the same answer unless the model or its examples changed: "
+    "raise the temperature in Settings to vary it."
+)
+RATER_ID = re.compile(r"[0-9a-f]{32}")
+# Send turns into Stop while an answer streams, and back when it ends.
+# (Send, Stop, Continue): Continue shows only under an answer cut at the token limit.
+BUSY = (gr.update(visible=False), gr.update(visible=True), gr.update(visible=False))
+IDLE = (gr.update(visible=True), gr.update(visible=False), gr.skip())
 
 CSS = """
 #answer-info { font-size: 0.85em; opacity: 0.85; }
+#chatbot textarea.edit-textarea { width: 100% !important; min-width: 100% !important; }
 """
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or ""
+
+
+def _option(rating: dict[str, Any] | None) -> str | None:
+    """A stored rating as the chatbot's feedback option: Like, Dislike, or the dislike reason."""
+    if not rating or not rating.get("rating"):
+        return None
+    if rating["rating"] == "up":
+        return "Like"
+    reason = (rating.get("reason") or "").lower()
+    return next((r for r in DISLIKE_REASONS if r.lower() == reason), "Dislike")
 
 
 def text_of(content: Any) -> str:
@@ -61,6 +89,10 @@ class ChatHandlers:
 
     def __init__(self, service: ChatService):
         self.service = service
+        # The answer each browser session is streaming, so its Stop button can end it.
+        self._active: dict[str, Any] = {}
+        self._stopped: dict[int, bool] = {}
+        self._cut: dict[str, bool] = {}
 
     # -- answering -----------------------------------------------------------
 
@@ -81,33 +113,62 @@ class ChatHandlers:
         few_shot: bool,
         temperature: float | None,
         max_tokens: float | None,
+        rater: str | None = None,
+        request: gr.Request | None = None,
     ) -> Iterator[tuple[Any, ...]]:
-        """Answer the last user message of `history`, yielding (history, conversation_id, ids, info)."""
+        """Answer the last user message of `history`, yielding (history, conversation_id, ids, info).
+
+        The answer's id is known before its first piece and goes out with the first
+        yield, so it can be rated (or stopped) while it streams. The last yield sets
+        every answer's thumb from the store, so ratings stay visible for the whole chat.
+        """
         messages = list(history)
         if system_prompt and system_prompt.strip():
             messages = [{"role": "system", "content": system_prompt.strip()}, *messages]
+        params = self._params(temperature, max_tokens)
         try:
             answer = self.service.answer(
-                messages,
-                params=self._params(temperature, max_tokens),
-                few_shot=bool(few_shot),
-                conversation_id=conversation_id,
-                source="ui",
+                messages, params=params, few_shot=bool(few_shot), conversation_id=conversation_id, source="ui"
             )
         except ExemplarError as exc:
             raise _ui_error(exc) from exc
+        new_ids = [*ids[: len(history)], *([None] * (len(history) - len(ids))), answer.message_id]
+        key = _session(request)
+        self._active[key] = answer
         try:
+            yield history, answer.conversation_id, new_ids, ANSWERING
             for _piece in answer:
                 shown = [*history, {"role": "assistant", "content": answer.generation.text}]
-                yield shown, answer.conversation_id, ids, gr.skip()
+                yield shown, answer.conversation_id, new_ids, gr.skip()
         except ExemplarError as exc:  # e.g. the upstream model server went away mid-answer
             raise _ui_error(exc) from exc
+        finally:
+            if self._active.get(key) is answer:
+                del self._active[key]
+        stopped = self._stopped.pop(id(answer), False)
+        self._cut[key] = not stopped and getattr(answer.generation, "finish_reason", None) == "length"
         shown = [*history, {"role": "assistant", "content": answer.text}]
-        new_ids = [*ids[: len(history)], *([None] * (len(history) - len(ids))), answer.message_id]
-        yield shown, answer.conversation_id, new_ids, self.describe(answer)
+        chatbot = gr.update(value=shown, feedback_value=self.feedback_values(shown, new_ids, rater))
+        yield chatbot, answer.conversation_id, new_ids, self.describe(answer, params=params, stopped=stopped)
 
-    def describe(self, answer: Any) -> str:
-        """The line under the chat that says which model answered and which examples guided it."""
+    def stop(self, request: gr.Request | None = None) -> Any:
+        """The Stop button: end this browser session's answer; the text so far is kept."""
+        answer = self._active.get(_session(request))
+        if answer is None:
+            return gr.skip()
+        self._stopped[id(answer)] = True
+        answer.cancel()
+        return "Stopping…"
+
+    def feedback_values(self, history: list[dict[str, str]], ids: list[int | None], rater: str | None) -> list[str | None]:
+        """The thumb or reason each answer of the chat shows: this person's current rating in the store."""
+        answer_ids = [ids[i] if i < len(ids) else None for i, m in enumerate(history) if m["role"] == "assistant"]
+        current = self.service.current_ratings([i for i in answer_ids if i is not None], rater=rater)
+        return [_option(current.get(i)) for i in answer_ids]
+
+    def describe(self, answer: Any, *, params: GenerationParams | None = None, stopped: bool = False) -> str:
+        """The line under the chat that says which model answered and which examples guided it,
+        and whether the answer was stopped or cut at the token limit."""
         parts = [f"Answer #{answer.message_id} by model **{answer.model_version}**"]
         examples = answer.few_shot_examples and [
             e for e in answer.few_shot_examples if e["id"] in set(answer.few_shot_ids)
@@ -115,8 +176,16 @@ class ChatHandlers:
         if examples:
             parts.append(f"guided by {len(examples)} example{'s' if len(examples) != 1 else ''}")
         text = " · ".join(parts)
-        if answer.notices:
-            text += "\n\n_" + " ".join(answer.notices) + "_"
+        notices = list(answer.notices)
+        if stopped:
+            notices.append("Stopped: the answer so far is kept.")
+        elif getattr(answer.generation, "finish_reason", None) == "length":
+            limit = params.max_new_tokens if params else "the"
+            notices.append(
+                f"Cut at the {limit}-token limit: press Continue, or raise Max new tokens in Settings."
+            )
+        if notices:
+            text += "\n\n_" + " ".join(notices) + "_"
         if examples:
             lines = [
                 f"- **#{e['id']}** {e['input'][-1]['content'][:200]} → {e['output'][:300]}" for e in examples
@@ -134,16 +203,18 @@ class ChatHandlers:
         few_shot: bool,
         temperature: float | None,
         max_tokens: float | None,
+        rater: str | None = None,
+        request: gr.Request | None = None,
     ) -> Iterator[tuple[Any, ...]]:
-        """A new user message: clear the box, then stream the answer."""
+        """A new user message: clear the box, turn Send into Stop, then stream the answer."""
         if not message or not message.strip():
             raise gr.Error("Type a message first")
         history = [*normalise_history(history), {"role": "user", "content": message.strip()}]
-        yield "", history, conversation_id, ids, gr.skip()
+        yield "", history, conversation_id, ids, gr.skip(), *BUSY
         for shown, conv, new_ids, info in self._stream(
-            history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens
+            history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens, rater, request
         ):
-            yield gr.skip(), shown, conv, new_ids, info
+            yield gr.skip(), shown, conv, new_ids, info, *BUSY
 
     def retry(
         self,
@@ -155,18 +226,54 @@ class ChatHandlers:
         few_shot: bool,
         temperature: float | None,
         max_tokens: float | None,
+        rater: str | None = None,
+        request: gr.Request | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """Answer the user message at data.index again (the old answer stays stored)."""
         history = normalise_history(history)[: data.index + 1]
-        yield from self._stream(history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens)
+        greedy = self._params(temperature, max_tokens).temperature == 0
+        for shown, conv, new_ids, info in self._stream(
+            history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens, rater, request
+        ):
+            if greedy and isinstance(info, str) and info != ANSWERING:
+                info += "\n\n_" + GREEDY_RETRY + "_"
+            yield shown, conv, new_ids, info, *BUSY
+
+    def continue_answer(
+        self,
+        history: list[Any],
+        ids: list[int | None],
+        conversation_id: int | None,
+        system_prompt: str | None,
+        few_shot: bool,
+        temperature: float | None,
+        max_tokens: float | None,
+        rater: str | None = None,
+        request: gr.Request | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The Continue button under an answer cut at the token limit: ask for the rest."""
+        yield from self.submit(
+            CONTINUE_PROMPT, history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens,
+            rater, request,
+        )
 
     def undo(self, data: gr.UndoData, history: list[Any], ids: list[int | None]) -> tuple[Any, ...]:
-        """Take back the last exchange; its user text returns to the input box."""
+        """Take back the last exchange; its user text returns to the input box, the info line clears."""
         history = normalise_history(history)[: data.index]
-        return history, ids[: data.index], text_of(data.value)
+        return history, ids[: data.index], text_of(data.value), ""
 
     def clear(self) -> tuple[Any, ...]:
-        return None, [], "", ""
+        return gr.update(feedback_value=[]), None, [], "", ""
+
+    def idle(self, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """After an answer (or an error): Stop turns back into Send; Continue shows if the answer was cut."""
+        cut = self._cut.pop(_session(request), False)
+        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=cut)
+
+    @staticmethod
+    def new_rater(rater: str | None) -> str:
+        """This browser's rater id: kept in its local storage, made once."""
+        return rater if isinstance(rater, str) and RATER_ID.fullmatch(rater) else uuid.uuid4().hex
 
     # -- feedback ------------------------------------------------------------
 
@@ -177,8 +284,17 @@ class ChatHandlers:
             raise gr.Error("That message cannot be rated: only answers given in this chat can")
         return ids[index]
 
-    def like(self, data: gr.LikeData, ids: list[int | None], comment: str | None) -> tuple[str, str]:
-        """Thumbs up/down, a dislike reason from the flag menu, or un-rate (the thumb clicked again)."""
+    def like(
+        self,
+        data: gr.LikeData,
+        history: list[Any],
+        ids: list[int | None],
+        comment: str | None,
+        rater: str | None = None,
+    ) -> tuple[Any, ...]:
+        """Thumbs up/down, a dislike reason from the flag menu, or un-rate (the thumb clicked again).
+        One rating per answer per person: the latest replaces the earlier one. Returns the status
+        line, the emptied comment box, and the thumbs of the whole chat as stored."""
         message_id = self._message_id(ids, data.index)
         if data.liked is True:
             rating, reason = "up", None
@@ -190,7 +306,12 @@ class ChatHandlers:
             rating, reason = None, None
         try:
             result = self.service.record_feedback(
-                message_id, rating=rating, reason=reason, comment=(comment or "").strip() or None, actor="ui"
+                message_id,
+                rating=rating,
+                reason=reason,
+                comment=(comment or "").strip() or None,
+                actor="ui",
+                rater=rater or None,
             )
         except ExemplarError as exc:
             raise _ui_error(exc) from exc
@@ -199,7 +320,10 @@ class ChatHandlers:
             said += f" ({reason})"
         if result["example_id"]:
             said += f": stored as example #{result['example_id']} ({result['status']})"
-        return f"{said} for answer #{message_id}.", ""
+        elif result.get("withdrawn"):
+            said += f": example #{result['withdrawn']} withdrawn"
+        thumbs = gr.update(feedback_value=self.feedback_values(normalise_history(history), ids, rater))
+        return f"{said} for answer #{message_id}.", "", thumbs
 
     def _correct(self, ids: list[int | None], index: int, previous: str, corrected: str) -> dict[str, Any]:
         message_id = self._message_id(ids, index)
@@ -218,6 +342,8 @@ class ChatHandlers:
         few_shot: bool,
         temperature: float | None,
         max_tokens: float | None,
+        rater: str | None = None,
+        request: gr.Request | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """An edited answer is a correction; an edited question is answered again from there."""
         history = normalise_history(history)
@@ -225,17 +351,17 @@ class ChatHandlers:
         new_text, old_text = text_of(data.value), text_of(data.previous_value)
         if history[index]["role"] == "assistant":
             if new_text.strip() == old_text.strip():
-                yield history, conversation_id, ids, gr.skip(), gr.skip()
+                yield history, conversation_id, ids, gr.skip(), gr.skip(), *IDLE
                 return
             result = self._correct(ids, index, old_text, new_text)
-            yield history, conversation_id, ids, gr.skip(), self._correction_note(result)
+            yield history, conversation_id, ids, gr.skip(), self._correction_note(result), *IDLE
             return
         history = history[: index + 1]
         history[index] = {"role": "user", "content": new_text}
         for shown, conv, new_ids, info in self._stream(
-            history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens
+            history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens, rater, request
         ):
-            yield shown, conv, new_ids, info, gr.skip()
+            yield shown, conv, new_ids, info, gr.skip(), *BUSY
 
     def correct_last(self, corrected: str, history: list[Any], ids: list[int | None]) -> tuple[Any, ...]:
         """The "Correct this answer" box: replace the last answer with the corrected text."""
@@ -257,12 +383,14 @@ class ChatHandlers:
         )
 
 
-def build_chat_tab(service: ChatService) -> None:
-    """Lay out the Chat tab inside the current Blocks context and attach its events."""
+def build_chat_tab(service: ChatService) -> Any:
+    """Lay out the Chat tab inside the current Blocks context and attach its events.
+    Returns the browser-stored rater id, which the page load fills in."""
     handlers = ChatHandlers(service)
     config = service.config
     conversation_id = gr.State(None)
     ids = gr.State([])
+    rater = gr.BrowserState("", storage_key="exemplar-rater")
     chatbot = gr.Chatbot(
         label="Exemplar",
         elem_id="chatbot",
@@ -275,9 +403,15 @@ def build_chat_tab(service: ChatService) -> None:
     info = gr.Markdown("", elem_id="answer-info")
     with gr.Row():
         message = gr.Textbox(
-            placeholder="Ask a question…", show_label=False, scale=8, elem_id="chat-input", autofocus=True
+            placeholder="Ask a question… (Enter sends; while an answer streams, it is sent next)",
+            show_label=False,
+            scale=8,
+            elem_id="chat-input",
+            autofocus=True,
         )
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send-button")
+        stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="stop-button")
+        more = gr.Button("Continue", scale=1, visible=False, elem_id="continue-button")
     with gr.Row():
         correction = gr.Textbox(
             label="Correct this answer",
@@ -300,35 +434,48 @@ def build_chat_tab(service: ChatService) -> None:
         with gr.Row():
             temperature = gr.Slider(0, 2, value=config.temperature, step=0.05, label="Temperature (0 = greedy)")
             max_tokens = gr.Slider(16, 1024, value=config.max_new_tokens, step=16, label="Max new tokens")
-    settings = [system_prompt, few_shot, temperature, max_tokens]
+    settings = [system_prompt, few_shot, temperature, max_tokens, rater]
+    buttons = [send, stop, more]
+    private = {"api_visibility": "private"}
 
+    # A message sent while an answer streams waits and is answered next (always_last), never dropped.
     gr.on(
         [message.submit, send.click],
         handlers.submit,
         [message, chatbot, ids, conversation_id, *settings],
-        [message, chatbot, conversation_id, ids, info],
+        [message, chatbot, conversation_id, ids, info, *buttons],
         api_name="chat",
         concurrency_id="generate",
         concurrency_limit=4,
-    )
+        trigger_mode="always_last",
+    ).then(handlers.idle, None, buttons, **private)
+    more.click(
+        handlers.continue_answer,
+        [chatbot, ids, conversation_id, *settings],
+        [message, chatbot, conversation_id, ids, info, *buttons],
+        concurrency_id="generate",
+        **private,
+    ).then(handlers.idle, None, buttons, **private)
+    stop.click(handlers.stop, None, info, queue=False, **private)
     chatbot.retry(
         handlers.retry,
         [chatbot, ids, conversation_id, *settings],
-        [chatbot, conversation_id, ids, info],
-        api_visibility="private",
+        [chatbot, conversation_id, ids, info, *buttons],
         concurrency_id="generate",
-    )
-    chatbot.undo(handlers.undo, [chatbot, ids], [chatbot, ids, message], api_visibility="private")
-    chatbot.clear(handlers.clear, None, [conversation_id, ids, info, status], api_visibility="private")
-    chatbot.like(handlers.like, [ids, comment], [status, comment], api_visibility="private")
+        **private,
+    ).then(handlers.idle, None, buttons, **private)
+    chatbot.undo(handlers.undo, [chatbot, ids], [chatbot, ids, message, info], **private)
+    chatbot.clear(handlers.clear, None, [chatbot, conversation_id, ids, info, status], **private)
+    chatbot.like(handlers.like, [chatbot, ids, comment, rater], [status, comment, chatbot], **private)
     chatbot.edit(
         handlers.edit,
         [chatbot, ids, conversation_id, *settings],
-        [chatbot, conversation_id, ids, info, status],
-        api_visibility="private",
+        [chatbot, conversation_id, ids, info, status, *buttons],
         concurrency_id="generate",
-    )
-    correct.click(handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], api_visibility="private")
+        **private,
+    ).then(handlers.idle, None, buttons, **private)
+    correct.click(handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], **private)
+    return rater, handlers
 
 
 def build_ui(service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> gr.Blocks:
@@ -338,8 +485,9 @@ def build_ui(service: ChatService, guard: AdminGuard, *, trainer: TrainingContro
     with gr.Blocks(title="Exemplar") as demo:
         gr.Markdown("## Exemplar · a chat bot that learns from your corrections")
         with gr.Tab("Chat"):
-            build_chat_tab(service)
+            rater, handlers = build_chat_tab(service)
         with gr.Tab("Admin"):
             build_admin_tab(service, guard, trainer=trainer)
+        demo.load(handlers.new_rater, rater, rater, api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo

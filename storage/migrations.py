@@ -127,3 +127,11 @@ def m003_examples_fts_vocab(db: Database) -> None:
     # How many examples hold each (Porter-stemmed) term: the rarity weights of
     # few-shot relevance (storage/search.py) come from here in one query.
     db.execute("create virtual table examples_fts_vocab using fts5vocab(examples_fts, 'row')")
+
+
+@migrations()
+def m004_feedback_rater(db: Database) -> None:
+    # Who rated: a browser's id (the UI keeps one per browser) or an API client's
+    # `user`. One rating per answer per rater is current; older rows stay as history.
+    db["feedback"].add_column("rater", str)
+    db["feedback"].create_index(["message_id", "rater"])

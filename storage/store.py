@@ -39,6 +39,8 @@ from storage.vocabulary import (
     VersionStatus,
 )
 
+MAX_RATED_IDS = 500  # a chat's answers; bounds the placeholders in one query
+
 _JSON_COLUMNS = {
     "messages": ("context", "gen_params", "few_shot_ids"),
     "examples": ("input",),
@@ -183,6 +185,7 @@ class Store:
         correction: str | None = None,
         example_id: int | None = None,
         actor: str | None = None,
+        rater: str | None = None,
     ) -> int:
         """Record a rating (or un-rating, rating=None) and/or a correction of an assistant message."""
         if rating is not None and rating not in Rating.values():
@@ -200,6 +203,7 @@ class Store:
                     "correction": correction,
                     "example_id": example_id,
                     "actor": actor,
+                    "rater": rater,
                     "created_at": now(),
                 }
             ).last_pk
@@ -214,6 +218,88 @@ class Store:
     def message_feedback(self, message_id: int) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.db["feedback"].rows_where("message_id = ?", [message_id], order_by="id"))
+
+    def current_rating(self, message_id: int, rater: str | None) -> dict[str, Any] | None:
+        """A rater's latest rating of an answer (corrections aside), or None if never rated."""
+        return self.current_ratings([message_id], rater).get(message_id)
+
+    def current_ratings(self, message_ids: Sequence[int], rater: str | None) -> dict[int, dict[str, Any]]:
+        """Each answer's latest rating by one rater (a row whose rating may be null: un-rated)."""
+        ids = [int(i) for i in message_ids][:MAX_RATED_IDS]
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        with self._lock:
+            rows = self.db.execute(
+                f"""select * from feedback where id in (
+                      select max(id) from feedback
+                      where message_id in ({marks}) and rater is ? and correction is null
+                      group by message_id)""",
+                [*ids, rater],
+            ).fetchall()
+            columns = [c.name for c in self.db["feedback"].columns]
+        return {row[columns.index("message_id")]: dict(zip(columns, row)) for row in rows}
+
+    def list_feedback(
+        self,
+        *,
+        rating: str | None = None,
+        reason: str | None = None,
+        model_version: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        text: str | None = None,
+        current_only: bool = True,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Ratings with their answer, question, model version and example, newest first.
+
+        `current_only` keeps each rater's latest rating of an answer (the one that
+        counts); otherwise every click is listed (the history). Filters: rating
+        ('up', 'down' or 'none' for withdrawn), reason, model version, ISO time
+        bounds, and a text search in the question, answer and comment."""
+        where, params = ["f.correction is null"], []
+        if current_only:
+            where.append(
+                "f.id in (select max(id) from feedback where correction is null group by message_id, rater)"
+            )
+        if rating == "none":
+            where.append("f.rating is null")
+        elif rating:
+            where.append("f.rating = ?")
+            params.append(rating)
+        if reason:
+            where.append("lower(f.reason) = lower(?)")
+            params.append(reason)
+        if model_version:
+            where.append("m.model_version = ?")
+            params.append(model_version)
+        if since:
+            where.append("f.created_at >= ?")
+            params.append(since)
+        if until:
+            where.append("f.created_at < ?")
+            params.append(until)
+        if text:
+            where.append("(m.content like ? or m.context like ? or f.comment like ?)")
+            params.extend([f"%{text}%"] * 3)
+        sql = f"""select f.id, f.message_id, f.rating, f.reason, f.comment, f.rater, f.actor, f.created_at,
+                         f.example_id, m.content as answer, m.context, m.model_version, m.conversation_id,
+                         e.status as example_status, e.source as example_source
+                  from feedback f join messages m on m.id = f.message_id
+                  left join examples e on e.id = f.example_id
+                  where {" and ".join(where)} order by f.id desc"""
+        if limit:
+            sql += " limit ?"
+            params.append(int(limit))
+        with self._lock:
+            cursor = self.db.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+        for row in rows:
+            context = json.loads(row.pop("context") or "[]")
+            row["question"] = next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
+        return rows
 
     # -- examples ------------------------------------------------------------
 

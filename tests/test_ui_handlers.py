@@ -4,7 +4,7 @@ import gradio as gr
 import pytest
 
 from bot.service import ChatService
-from bot.ui import ChatHandlers, normalise_history
+from bot.ui import ANSWERING, ChatHandlers, normalise_history
 from core.config import ServeConfig
 from tests.fakes import FakeEngine
 
@@ -21,10 +21,15 @@ def make(store, engine, **config):
     return service, ChatHandlers(service)
 
 
-def ask(handlers, question, history=None, ids=None, conv=None, settings=SETTINGS):
-    outputs = list(handlers.submit(question, history or [], ids or [], conv, *settings))
-    _, shown, conv, ids, info = outputs[-1]
-    return shown, ids, conv, info, outputs
+def shown_of(chatbot):
+    """The history a chatbot output shows (the last yield is an update that also sets the thumbs)."""
+    return chatbot["value"] if isinstance(chatbot, dict) else chatbot
+
+
+def ask(handlers, question, history=None, ids=None, conv=None, settings=SETTINGS, rater=None):
+    outputs = list(handlers.submit(question, history or [], ids or [], conv, *settings, rater))
+    _, shown, conv, ids, info, *_buttons = outputs[-1]
+    return shown_of(shown), ids, conv, info, outputs
 
 
 def test_submit_streams_the_answer_and_stores_both_turns(store, engine):
@@ -32,7 +37,8 @@ def test_submit_streams_the_answer_and_stores_both_turns(store, engine):
     engine.enqueue("The capital of France is Lyon.")
     shown, ids, conv, info, outputs = ask(handlers, "What is the capital of France?")
     assert outputs[0][0] == ""  # the input box is cleared first
-    partials = [o[1][-1]["content"] for o in outputs[1:]]
+    assert outputs[1][4] == ANSWERING and outputs[1][3][1] == ids[1]  # the id goes out before the first piece
+    partials = [shown_of(o[1])[-1]["content"] for o in outputs[2:]]
     assert partials[0] != partials[-1] and partials[-1] == "The capital of France is Lyon."
     assert ids[0] is None and isinstance(ids[1], int)
     stored = store.get_message(ids[1])
@@ -52,8 +58,12 @@ def test_multi_turn_keeps_one_conversation_and_system_prompt(store, engine):
     assert store.get_message(ids[3])["context"][-1]["content"] == "And again"
 
 
-def like(handlers, ids, index, liked, comment=""):
-    return handlers.like(gr.LikeData(target=None, data={"index": index, "value": "x", "liked": liked}), ids, comment)
+def like(handlers, ids, index, liked, comment="", rater=None, history=None):
+    history = history or [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(len(ids))]
+    status, box, _thumbs = handlers.like(
+        gr.LikeData(target=None, data={"index": index, "value": "x", "liked": liked}), history, ids, comment, rater
+    )
+    return status, box
 
 
 def test_thumbs_up_stores_an_upvote_example_and_unrate_withdraws_it(store, engine):
@@ -89,7 +99,7 @@ def test_editing_an_answer_stores_a_correction_with_the_rejected_original(store,
     (example,) = store.list_examples(source="correction")
     assert example["output"] == "Paris is the capital of France." and example["rejected"] == "Lyon."
     assert example["input"] == [{"role": "user", "content": "Capital of France?"}]
-    assert example["message_id"] == ids[1] and "stored as example" in last[-1]
+    assert example["message_id"] == ids[1] and "stored as example" in last[4]
 
 
 def test_editing_a_question_answers_it_again(store, engine):
@@ -98,7 +108,7 @@ def test_editing_a_question_answers_it_again(store, engine):
     edited = [{"role": "user", "content": "Capital of Italy?"}, shown[1]]
     data = gr.EditData(target=None, data={"index": 0, "value": "Capital of Italy?", "previous_value": "Capital of Spain?"})
     *_, last = handlers.edit(data, edited, ids, conv, *SETTINGS)
-    assert last[0][-1]["content"] == "You said: Capital of Italy?"
+    assert shown_of(last[0])[-1]["content"] == "You said: Capital of Italy?"
     assert store.count_examples() == 0
 
 
@@ -119,11 +129,13 @@ def test_retry_and_undo_keep_ids_aligned(store, engine):
     engine.enqueue("First.", "Second.")
     shown, ids, conv, _, _ = ask(handlers, "Hello?")
     retry = gr.RetryData(target=None, data={"index": 0, "value": "Hello?"})
-    *_, (shown2, conv2, ids2, _) = handlers.retry(retry, shown, ids, conv, *SETTINGS)
+    *_, (shown2, conv2, ids2, info, *_buttons) = handlers.retry(retry, shown, ids, conv, *SETTINGS, None)
+    shown2 = shown_of(shown2)
     assert shown2[-1]["content"] == "Second." and ids2[1] != ids[1] and len(ids2) == 2
+    assert "Temperature is 0" in info  # a greedy retry says why it cannot vary
     undo = gr.UndoData(target=None, data={"index": 0, "value": "Hello?"})
-    history, ids3, text = handlers.undo(undo, shown2, ids2)
-    assert history == [] and ids3 == [] and text == "Hello?"
+    history, ids3, text, info = handlers.undo(undo, shown2, ids2)
+    assert history == [] and ids3 == [] and text == "Hello?" and info == ""
 
 
 def test_errors_become_gradio_errors(store, engine):
