@@ -10,6 +10,8 @@ reachable through Gradio's API whether or not the tab is shown.
 from __future__ import annotations
 
 import json
+import math
+from html import escape
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,6 @@ from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
 
 VERSION_COLUMNS = ["serving", "version", "status", "examples", "held-out accuracy %", "held-out loss", "canary %", "created", "notes"]
-COMPARE_COLUMNS = ["question", "reference", "candidate", "✓", "judged against", "✓ ", "example"]
 LOSS_COLUMNS = ["step", "loss"]
 
 
@@ -69,8 +70,54 @@ def describe_job(view: dict[str, Any] | None) -> str:
 
 
 def loss_frame(view: dict[str, Any] | None) -> pd.DataFrame:
-    rows = [{"step": p["step"], "loss": p["loss"]} for p in (view or {}).get("losses") or []]
-    return pd.DataFrame(rows, columns=LOSS_COLUMNS)
+    """The job's loss curve with numeric columns, even when empty.
+
+    The plot fixes its axis types from the first frame it gets: an empty frame
+    of object columns made the loss axis categorical (each value a label,
+    upside down) until the page was resized."""
+    points = []
+    for point in (view or {}).get("losses") or []:
+        try:
+            step, loss = int(point["step"]), float(point["loss"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(loss):
+            points.append((step, loss))
+    return pd.DataFrame(
+        {
+            "step": pd.Series([p[0] for p in points], dtype="int64"),
+            "loss": pd.Series([p[1] for p in points], dtype="float64"),
+        }
+    )
+
+
+def comparison_html(samples: list[dict[str, Any]], version: str, against: str) -> str:
+    """Each held-out question with its reference, then the two versions' answers side by side,
+    each with its verdict: cards that wrap, so nothing needs scrolling sideways."""
+    if not samples:
+        return "<p>This version has no held-out answers to compare.</p>"
+
+    def answer(title: str, text: Any, correct: Any) -> str:
+        verdict = "✓ right" if correct else "✗ wrong"
+        css = "ok" if correct else "bad"
+        return (
+            f'<div class="cmp-answer {css}"><div class="cmp-head">{escape(title)} · '
+            f'<span class="cmp-verdict">{verdict}</span></div><div class="cmp-text">{escape(str(text or ""))}</div></div>'
+        )
+
+    cards = []
+    for s in samples:
+        example = f' <span class="cmp-example">example #{escape(str(s["example_id"]))}</span>' if s.get("example_id") else ""
+        cards.append(
+            '<div class="cmp-card">'
+            f'<div class="cmp-question"><b>Question</b>{example}<div class="cmp-text">{escape(str(s.get("question") or ""))}</div></div>'
+            f'<div class="cmp-reference"><b>Reference</b><div class="cmp-text">{escape(str(s.get("reference") or ""))}</div></div>'
+            '<div class="cmp-pair">'
+            + answer(f"{version} (candidate)", s.get("candidate"), s.get("candidate_correct"))
+            + answer(f"{against} (current)", s.get("current"), s.get("current_correct"))
+            + "</div></div>"
+        )
+    return '<div class="cmp-list">' + "".join(cards) + "</div>"
 
 
 class TrainingHandlers:
@@ -125,8 +172,17 @@ class TrainingHandlers:
         self.check_admin(password)
         view = self._job(job_id)
         running = view is not None and view["status"] in ACTIVE
-        versions = gr.skip() if running else self._versions()[0]
-        return describe_job(view), loss_frame(view), (view or {}).get("log") or "", gr.Timer(active=running), versions
+        if running:
+            listing: tuple[Any, ...] = (gr.skip(), gr.skip(), gr.skip())
+        else:  # the job's version (if any) joins the tables and the choices
+            versions, choices = self._versions()
+            trained = [c for c in choices if c != BASE]
+            listing = (
+                versions,
+                gr.Dropdown(choices=choices),
+                gr.Dropdown(choices=trained, value=(view or {}).get("model_version") if trained else None),
+            )
+        return describe_job(view), loss_frame(view), (view or {}).get("log") or "", gr.Timer(active=running), *listing
 
     def stop(self, password: str, job_id: Any) -> str:
         self.check_admin(password)
@@ -159,7 +215,7 @@ class TrainingHandlers:
         versions, _ = self._versions()
         return f"Rolled back: now serving **{result['active']}** (was {result['previous']}).", versions
 
-    def compare(self, password: str, version: str | None) -> tuple[str, pd.DataFrame]:
+    def compare(self, password: str, version: str | None) -> tuple[str, str]:
         """A version's held-out answers beside those of the version it was judged against."""
         self.check_admin(password)
         if not version:
@@ -170,23 +226,12 @@ class TrainingHandlers:
         except (ExemplarError, ValidationError) as exc:
             raise gr.Error(str(exc)) from exc
         against = (row.get("metrics") or {}).get("compared_with") or BASE
-        frame = pd.DataFrame(
-            [
-                [
-                    s["question"],
-                    s["reference"],
-                    s["candidate"],
-                    "✓" if s["candidate_correct"] else "✗",
-                    s["current"],
-                    "✓" if s["current_correct"] else "✗",
-                    s["example_id"],
-                ]
-                for s in samples
-            ],
-            columns=COMPARE_COLUMNS,
+        right = sum(1 for x in samples if x.get("candidate_correct")), sum(1 for x in samples if x.get("current_correct"))
+        title = (
+            f"**{version}** against **{against}** on {len(samples)} held-out examples (never trained on): "
+            f"{right[0]} right against {right[1]}."
         )
-        title = f"**{version}** against **{against}** on {len(samples)} held-out examples (never trained on)."
-        return title, frame
+        return title, comparison_html(samples, version, against)
 
     def _policy(self) -> str:
         status = self.manager.schedule_status()
@@ -233,7 +278,10 @@ def build_training_section(manager: TrainingController, store: Store, check_admi
     )
     status = gr.Markdown("Enter the admin password and press Refresh.", elem_id="training-status")
     with gr.Row():
-        curve = gr.LinePlot(pd.DataFrame(columns=LOSS_COLUMNS), x="step", y="loss", title="Training loss", height=260)
+        curve = gr.LinePlot(
+            loss_frame(None), x="step", y="loss", title="Training loss", height=260, y_lim=[0, None],
+            x_title="step", y_title="loss", elem_id="training-loss",
+        )
         log = gr.Textbox(label="Log", lines=12, max_lines=12, interactive=False, autoscroll=True, elem_id="training-log")
     timer = gr.Timer(1.0, active=False)
 
@@ -252,12 +300,14 @@ def build_training_section(manager: TrainingController, store: Store, check_admi
         compare_version = gr.Dropdown(label="Trained version", choices=[], value=None, elem_id="training-compare-version")
         compare = gr.Button("Compare", elem_id="training-compare")
     compare_title = gr.Markdown()
-    comparison = gr.Dataframe(pd.DataFrame(columns=COMPARE_COLUMNS), interactive=False, wrap=True)
+    comparison = gr.HTML("", elem_id="training-comparison")
 
     overview_outputs = [policy, status, curve, log, job_id, timer, versions, chosen, compare_version]
     refresh.click(handlers.overview, [password], overview_outputs, **private)
     retrain.click(handlers.retrain, [password, params], [status, curve, log, job_id, timer], **private)
-    timer.tick(handlers.poll, [password, job_id], [status, curve, log, timer, versions], **private)
+    timer.tick(
+        handlers.poll, [password, job_id], [status, curve, log, timer, versions, chosen, compare_version], **private
+    )
     stop.click(handlers.stop, [password, job_id], [status], **private)
     activate.click(handlers.activate, [password, chosen], [result, versions], **private)
     rollback.click(handlers.rollback, [password], [result, versions], **private)

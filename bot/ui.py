@@ -39,6 +39,16 @@ IDLE = (gr.update(visible=True), gr.update(visible=False), gr.skip())
 CSS = """
 #answer-info { font-size: 0.85em; opacity: 0.85; }
 #chatbot textarea.edit-textarea { width: 100% !important; min-width: 100% !important; }
+.cmp-list { display: flex; flex-direction: column; gap: 12px; }
+.cmp-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px 12px; }
+.cmp-question, .cmp-reference { margin-bottom: 6px; }
+.cmp-pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 10px; }
+.cmp-answer { border-radius: 6px; padding: 6px 8px; background: var(--background-fill-secondary); }
+.cmp-answer.ok { border-left: 4px solid #16a34a; }
+.cmp-answer.bad { border-left: 4px solid #dc2626; }
+.cmp-head { font-weight: 600; margin-bottom: 4px; }
+.cmp-text { white-space: pre-wrap; overflow-wrap: anywhere; }
+.cmp-example { opacity: 0.7; font-size: 0.85em; }
 """
 
 
@@ -119,8 +129,7 @@ class ChatHandlers:
         """Answer the last user message of `history`, yielding (history, conversation_id, ids, info).
 
         The answer's id is known before its first piece and goes out with the first
-        yield, so it can be rated (or stopped) while it streams. The last yield sets
-        every answer's thumb from the store, so ratings stay visible for the whole chat.
+        yield, so it can be rated (or stopped) while it streams.
         """
         messages = list(history)
         if system_prompt and system_prompt.strip():
@@ -148,8 +157,7 @@ class ChatHandlers:
         stopped = self._stopped.pop(id(answer), False)
         self._cut[key] = not stopped and getattr(answer.generation, "finish_reason", None) == "length"
         shown = [*history, {"role": "assistant", "content": answer.text}]
-        chatbot = gr.update(value=shown, feedback_value=self.feedback_values(shown, new_ids, rater))
-        yield chatbot, answer.conversation_id, new_ids, self.describe(answer, params=params, stopped=stopped)
+        yield shown, answer.conversation_id, new_ids, self.describe(answer, params=params, stopped=stopped)
 
     def stop(self, request: gr.Request | None = None) -> Any:
         """The Stop button: end this browser session's answer; the text so far is kept."""
@@ -265,10 +273,14 @@ class ChatHandlers:
     def clear(self) -> tuple[Any, ...]:
         return gr.update(feedback_value=[]), None, [], "", ""
 
-    def idle(self, request: gr.Request | None = None) -> tuple[Any, ...]:
-        """After an answer (or an error): Stop turns back into Send; Continue shows if the answer was cut."""
+    def idle(
+        self, history: list[Any], ids: list[int | None], rater: str | None = None, request: gr.Request | None = None
+    ) -> tuple[Any, ...]:
+        """After an answer (or an error): every answer's thumb is set from the store, so ratings
+        stay visible for the whole chat; Stop turns back into Send; Continue shows if the answer was cut."""
         cut = self._cut.pop(_session(request), False)
-        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=cut)
+        thumbs = gr.update(feedback_value=self.feedback_values(normalise_history(history), ids or [], rater))
+        return thumbs, gr.update(visible=True), gr.update(visible=False), gr.update(visible=cut)
 
     @staticmethod
     def new_rater(rater: str | None) -> str:
@@ -436,6 +448,7 @@ def build_chat_tab(service: ChatService) -> Any:
             max_tokens = gr.Slider(16, 1024, value=config.max_new_tokens, step=16, label="Max new tokens")
     settings = [system_prompt, few_shot, temperature, max_tokens, rater]
     buttons = [send, stop, more]
+    after_answer = (handlers.idle, [chatbot, ids, rater], [chatbot, *buttons])
     private = {"api_visibility": "private"}
 
     # A message sent while an answer streams waits and is answered next (always_last), never dropped.
@@ -448,14 +461,14 @@ def build_chat_tab(service: ChatService) -> Any:
         concurrency_id="generate",
         concurrency_limit=4,
         trigger_mode="always_last",
-    ).then(handlers.idle, None, buttons, **private)
+    ).then(*after_answer, **private)
     more.click(
         handlers.continue_answer,
         [chatbot, ids, conversation_id, *settings],
         [message, chatbot, conversation_id, ids, info, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(handlers.idle, None, buttons, **private)
+    ).then(*after_answer, **private)
     stop.click(handlers.stop, None, info, queue=False, **private)
     chatbot.retry(
         handlers.retry,
@@ -463,7 +476,7 @@ def build_chat_tab(service: ChatService) -> Any:
         [chatbot, conversation_id, ids, info, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(handlers.idle, None, buttons, **private)
+    ).then(*after_answer, **private)
     chatbot.undo(handlers.undo, [chatbot, ids], [chatbot, ids, message, info], **private)
     chatbot.clear(handlers.clear, None, [chatbot, conversation_id, ids, info, status], **private)
     chatbot.like(handlers.like, [chatbot, ids, comment, rater], [status, comment, chatbot], **private)
@@ -473,7 +486,7 @@ def build_chat_tab(service: ChatService) -> Any:
         [chatbot, conversation_id, ids, info, status, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(handlers.idle, None, buttons, **private)
+    ).then(*after_answer, **private)
     correct.click(handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], **private)
     return rater, handlers
 

@@ -44,6 +44,8 @@ class FakeGeneration(AnswerStream):
 
     def __iter__(self) -> Iterator[str]:
         for word in self._reply.split(" "):
+            if self.cancelled:  # as the real engine: a cancelled answer ends at the next piece
+                return
             piece = word if not self.text else " " + word
             self.text += piece
             yield piece

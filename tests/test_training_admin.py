@@ -70,9 +70,19 @@ def test_overview_activate_rollback_and_compare(handlers):
     message, versions = handlers.rollback(PASSWORD)
     assert "now serving **v1**" in message and handlers.store.active_version()["version"] == "v1"
 
-    title, table = handlers.compare(PASSWORD, "v2")
-    assert "against **v1**" in title
-    assert table.iloc[0]["candidate"] == "Quenmar." and table.iloc[0]["✓"] == "✓"
+    title, html = handlers.compare(PASSWORD, "v2")
+    assert "against **v1**" in title and "1 right against 0" in title
+    assert "Capital of Veloria?" in html and "Quenmar." in html and "Paris." in html
+    assert "v2 (candidate)" in html and "v1 (current)" in html and "✓ right" in html and "✗ wrong" in html
+
+
+def test_the_loss_curve_is_numeric_even_when_empty():
+    from bot.admin_training import loss_frame
+
+    empty = loss_frame(None)
+    assert str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"
+    frame = loss_frame({"losses": [{"step": 1, "loss": "3.4"}, {"step": 2, "loss": 0.27}, {"step": 3, "loss": float("nan")}]})
+    assert list(frame["loss"]) == [3.4, 0.27] and str(frame["loss"].dtype) == "float64"
 
 
 def test_refusals_become_messages(handlers):

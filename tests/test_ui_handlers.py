@@ -4,7 +4,7 @@ import gradio as gr
 import pytest
 
 from bot.service import ChatService
-from bot.ui import ANSWERING, ChatHandlers, normalise_history
+from bot.ui import ANSWERING, BUSY, ChatHandlers, normalise_history
 from core.config import ServeConfig
 from tests.fakes import FakeEngine
 
@@ -150,3 +150,61 @@ def test_history_normalisation_accepts_gradio_parts():
     history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}], "metadata": None},
                {"role": "assistant", "content": "Hello", "options": None}]
     assert normalise_history(history) == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+class Request:
+    """What the handlers read of gr.Request: the browser session."""
+
+    def __init__(self, session_hash):
+        self.session_hash = session_hash
+
+
+def test_ratings_stay_on_every_answer_of_the_chat(store, engine):
+    _, handlers = make(store, engine)
+    shown, ids, conv, _, _ = ask(handlers, "One?", rater="a" * 32)
+    like(handlers, ids, 1, True, rater="a" * 32)
+    shown, ids, conv, _, _ = ask(handlers, "Two?", shown, ids, conv, rater="a" * 32)
+    like(handlers, ids, 3, "Too long", rater="a" * 32)
+    thumbs, send, stop, more = handlers.idle(shown, ids, "a" * 32)
+    assert thumbs["feedback_value"] == ["Like", "Too long"]
+    assert send["visible"] is True and stop["visible"] is False and more["visible"] is False
+    # Another person sees their own ratings, not this one's.
+    assert handlers.idle(shown, ids, "b" * 32)[0]["feedback_value"] == [None, None]
+    like(handlers, ids, 1, "", rater="a" * 32)  # the thumb clicked again: un-rated
+    assert handlers.idle(shown, ids, "a" * 32)[0]["feedback_value"] == [None, "Too long"]
+
+
+def test_stop_ends_the_answer_and_keeps_the_text_so_far(store, engine):
+    _, handlers = make(store, engine)
+    engine.enqueue("one two three four five six seven eight")
+    request = Request("session-1")
+    outputs = []
+    for output in handlers.submit("Count?", [], [], None, *SETTINGS, None, request):
+        outputs.append(output)
+        if len(outputs) == 4:
+            assert handlers.stop(Request("someone-else")) is not None  # another tab's Stop: nothing to stop
+            assert "Stopping" in handlers.stop(request)
+    _, shown, _, ids, info, *_ = outputs[-1]
+    assert shown[-1]["content"] == "one two" and "Stopped" in info
+    assert store.get_message(ids[1])["content"] == "one two"
+    assert outputs[1][5:7] == BUSY[:2]  # Send became Stop while answering
+
+
+def test_an_answer_cut_at_the_token_limit_offers_continue(store, engine):
+    _, handlers = make(store, engine)
+    engine.enqueue("A long answer")
+    request = Request("s")
+    original = engine.stream
+
+    def cut(*args, **kwargs):
+        generation = original(*args, **kwargs)
+        generation.finish_reason = "length"
+        return generation
+
+    engine.stream = cut
+    *_, last = handlers.submit("Tell me everything", [], [], None, *SETTINGS, None, request)
+    assert "Cut at the 64-token limit" in last[4]
+    assert handlers.idle(last[1], last[3], None, request)[3]["visible"] is True
+    engine.stream = original
+    *_, after = handlers.continue_answer(last[1], last[3], last[2], *SETTINGS, None, request)
+    assert engine.calls[-1]["messages"][-1]["content"] == "Please continue where you stopped."
