@@ -1,6 +1,6 @@
 """The Admin tab's training section: retrain now, live progress and loss curve,
 log tail and Stop, the versions table, candidate-vs-current answers side by
-side, and Activate / Rollback.
+side, Activate / Rollback, and "Did it learn this?" per correction.
 
 The section receives the training manager from the server (bot never imports
 training). Every handler checks the admin password first: all of them are
@@ -24,8 +24,9 @@ from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
 
-VERSION_COLUMNS = ["serving", "version", "status", "examples", "held-out accuracy %", "held-out loss", "canary %", "created", "notes"]
+VERSION_COLUMNS = ["serving", "version", "status", "examples", "corrections learned", "held-out accuracy %", "canary %", "created", "notes"]
 LOSS_COLUMNS = ["step", "loss"]
+LEARNED_COLUMNS = ["example", "question", "correction", "serving", "candidate", "margin base", "margin serving", "margin candidate", "why not learned"]
 
 
 def _bar(percent: float | None, width: int = 30) -> str:
@@ -64,6 +65,7 @@ def describe_job(view: dict[str, Any] | None) -> str:
     lines = [head]
     gate = (view.get("metrics") or {}).get("gate") or {}
     lines += [f"- {reason}" for reason in gate.get("reasons", [])]
+    lines += [f"- **Next:** {step}" for step in gate.get("next_steps", [])]
     if view.get("error") and not gate:
         lines.append(f"- {view['error']}")
     return "\n".join(lines)
@@ -149,6 +151,7 @@ class TrainingHandlers:
             versions,
             gr.Dropdown(choices=choices, value=choices[0] if choices else None),
             gr.Dropdown(choices=[c for c in choices if c != BASE], value=None),
+            gr.Dropdown(choices=[c for c in choices if c != BASE], value=choices[0] if len(choices) > 1 else None),
         )
 
     def retrain(self, password: str, params_text: str) -> tuple[Any, ...]:
@@ -233,6 +236,32 @@ class TrainingHandlers:
         )
         return title, comparison_html(samples, version, against)
 
+    def learning(self, password: str, version: str | None, not_learned_only: bool) -> tuple[str, pd.DataFrame]:
+        """"Did it learn this?": every approved correction under a version and the one it was judged against."""
+        self.check_admin(password)
+        if not version:
+            raise gr.Error("Choose a trained version")
+        try:
+            report = self.manager.learning_report(version, not_learned_only=bool(not_learned_only))
+        except ExemplarError as exc:
+            raise gr.Error(str(exc)) from exc
+        mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
+        frame = pd.DataFrame(
+            [
+                [i["example_id"], i["question"], i["reference"], mark(i["serving_learned"]), mark(i["candidate_learned"]),
+                 i["margin_base"], i["margin_serving"], i["margin_candidate"], i.get("reason") or ""]
+                for i in report["items"]
+            ],
+            columns=LEARNED_COLUMNS,
+        )
+        title = (
+            f"**{report['version']}** answers **{report['learned']} of {report['n']}** corrections with few-shot off "
+            f"({report['compared_with']}: {report['serving_learned']}). Margin: log p(correction) − log p(the answer it replaced)."
+            if report["n"] is not None
+            else f"{report['version']} was trained before per-correction reports existed."
+        )
+        return title, frame
+
     def _policy(self) -> str:
         status = self.manager.schedule_status()
         return (
@@ -248,8 +277,8 @@ class TrainingHandlers:
                 r["version"],
                 r["status"],
                 r["examples"],
+                None if r.get("learned") is None else f"{r['learned']}/{r['learned_of']}",
                 r["heldout_accuracy"],
-                r["heldout_loss"],
                 r["canary"],
                 (r["created_at"] or "")[:19].replace("T", " "),
                 r["notes"] or "",
@@ -302,7 +331,15 @@ def build_training_section(manager: TrainingController, store: Store, check_admi
     compare_title = gr.Markdown()
     comparison = gr.HTML("", elem_id="training-comparison")
 
-    overview_outputs = [policy, status, curve, log, job_id, timer, versions, chosen, compare_version]
+    gr.Markdown("### Did it learn this?")
+    with gr.Row():
+        learned_version = gr.Dropdown(label="Trained version", choices=[], value=None, elem_id="training-learned-version")
+        only_missing = gr.Checkbox(label="Only not learned", value=False, elem_id="training-not-learned")
+        learned_button = gr.Button("Show", elem_id="training-learned")
+    learned_title = gr.Markdown()
+    learned_table = gr.Dataframe(pd.DataFrame(columns=LEARNED_COLUMNS), interactive=False, wrap=True)
+
+    overview_outputs = [policy, status, curve, log, job_id, timer, versions, chosen, compare_version, learned_version]
     refresh.click(handlers.overview, [password], overview_outputs, **private)
     retrain.click(handlers.retrain, [password, params], [status, curve, log, job_id, timer], **private)
     timer.tick(
@@ -312,3 +349,6 @@ def build_training_section(manager: TrainingController, store: Store, check_admi
     activate.click(handlers.activate, [password, chosen], [result, versions], **private)
     rollback.click(handlers.rollback, [password], [result, versions], **private)
     compare.click(handlers.compare, [password, compare_version], [compare_title, comparison], **private)
+    learned_button.click(
+        handlers.learning, [password, learned_version, only_missing], [learned_title, learned_table], **private
+    )

@@ -101,6 +101,20 @@ class ModelVersions(BaseModel):
     models: list[dict[str, Any]] = Field(description="Every trained version with its metrics and status.")
 
 
+class LearningReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    version: str = Field(description="The version reported on.")
+    compared_with: str = Field(description="The version it was judged against when it was trained.")
+    learned: int | None = Field(None, description="Approved corrections it answers with few-shot off.")
+    serving_learned: int | None = Field(None, description="Those that `compared_with` answered.")
+    n: int | None = Field(None, description="Approved corrections judged.")
+    items: list[dict[str, Any]] = Field(
+        description="Per correction: example_id, question, reference, rejected, serving_answer, serving_learned, "
+        "candidate_answer, candidate_learned, margin_base, margin_serving, margin_candidate, reason."
+    )
+
+
 def admin_router(service: ChatService, guard: AdminGuard, trainer: TrainingController | None = None) -> APIRouter:
     store = service.store
     bearer = HTTPBearer(auto_error=False, description="The admin password.")
@@ -232,6 +246,16 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: TrainingContr
         """Every trained version with its metrics, and the one serving."""
         models = trainer.models_view() if trainer is not None else store.list_model_versions()
         return {"serving": service.engine.version, "models": models}
+
+    @router.get("/learning", response_model=LearningReport)
+    def learning(
+        version: str | None = Query(None, description="A trained version such as v3 (default: the one serving)."),
+        not_learned: bool = Query(False, description="Only the corrections the version does not answer."),
+    ) -> dict[str, Any]:
+        """"Did it learn this?": per approved correction, learned or not (few-shot off) under the version and
+        under the one it was judged against, with the margins log p(correction) − log p(replaced answer)
+        under the base model, that version and this one, and why a correction was not learned."""
+        return need_trainer().learning_report(version, not_learned_only=not_learned)
 
     @router.post("/models/{version}/activate")
     def activate(version: str) -> dict[str, Any]:

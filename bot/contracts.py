@@ -111,3 +111,7 @@ class TrainingController(Protocol):
     def comparison(self, version: str) -> list[dict[str, Any]]:
         """Held-out answers of `version` beside those of the version it was judged against."""
         ...
+
+    def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> dict[str, Any]:
+        """"Did it learn this?": per approved correction, learned or not and the margins (training/manager.py)."""
+        ...

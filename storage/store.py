@@ -526,10 +526,10 @@ class Store:
                 )
 
     def count_training_changes(self, since: str | None = None) -> int:
-        """Approved train-split examples added or changed after `since` (all of them when None):
-        what a training run started at `since` has not seen."""
-        sql = "select count(*) from examples where status = ? and split = ?"
-        params: list[Any] = [ExampleStatus.APPROVED, Split.TRAIN]
+        """Approved examples (both splits: every one is trained on) added or changed after `since`
+        (all of them when None): what a training run started at `since` has not seen."""
+        sql = "select count(*) from examples where status = ?"
+        params: list[Any] = [ExampleStatus.APPROVED]
         if since:
             sql += " and updated_at > ?"
             params.append(since)

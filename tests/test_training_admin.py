@@ -32,6 +32,16 @@ def handlers(tmp_path):
             "heldout": {"n": 1, "accuracy": 50.0, "loss": 1.5},
             "canary": {"n": 40, "score": 97.5},
             "compared_with": parent or "base",
+            "learned": {"n": 2, "candidate": 1, "serving": 0},
+            "not_learned": [{"example_id": 8, "reason": "contradicts #7: the same question with a different answer"}],
+            "items": [
+                {"example_id": 7, "question": "Capital of Veloria?", "reference": "Quenmar.", "rejected": "Paris.",
+                 "serving_answer": "Paris.", "serving_learned": False, "candidate_answer": "Quenmar.",
+                 "candidate_learned": True, "margin_base": -3.2, "margin_serving": -3.2, "margin_candidate": 4.1},
+                {"example_id": 8, "question": "capital of veloria", "reference": "Dravenport.", "rejected": "Paris.",
+                 "serving_answer": "Paris.", "serving_learned": False, "candidate_answer": "Quenmar.",
+                 "candidate_learned": False, "margin_base": -3.0, "margin_serving": -3.0, "margin_candidate": -1.0},
+            ],
             "samples": [
                 {"example_id": 7, "question": "Capital of Veloria?", "reference": "Quenmar.", "candidate": "Quenmar.",
                  "candidate_correct": True, "current": "Paris.", "current_correct": False}
@@ -51,6 +61,7 @@ def test_every_handler_demands_the_password(handlers):
         lambda pw: handlers.activate(pw, "v1"),
         lambda pw: handlers.rollback(pw),
         lambda pw: handlers.compare(pw, "v1"),
+        lambda pw: handlers.learning(pw, "v1", False),
     ]
     for call in calls:
         with pytest.raises(gr.Error, match="Wrong admin password"):
@@ -59,7 +70,7 @@ def test_every_handler_demands_the_password(handlers):
 
 
 def test_overview_activate_rollback_and_compare(handlers):
-    policy, status, curve, log, job_id, timer, versions, chosen, compare_choices = handlers.overview(PASSWORD)
+    policy, status, curve, log, job_id, timer, versions, chosen, compare_choices, learned_choices = handlers.overview(PASSWORD)
     assert "20 new approved" in policy and status == "No training run yet." and job_id is None
     assert list(versions["version"]) == ["v2", "v1", "base"]
     assert list(versions["serving"]) == ["", "", "▶"]
@@ -83,6 +94,17 @@ def test_the_loss_curve_is_numeric_even_when_empty():
     assert str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"
     frame = loss_frame({"losses": [{"step": 1, "loss": "3.4"}, {"step": 2, "loss": 0.27}, {"step": 3, "loss": float("nan")}]})
     assert list(frame["loss"]) == [3.4, 0.27] and str(frame["loss"].dtype) == "float64"
+
+
+def test_did_it_learn_this_lists_every_correction_and_filters_to_not_learned(handlers):
+    title, table = handlers.learning(PASSWORD, "v2", False)
+    assert "answers **1 of 2** corrections" in title and "(v1: 0)" in title
+    assert list(table["example"]) == [7, 8] and list(table["candidate"]) == ["✓", "✗"]
+    assert table.iloc[0]["margin candidate"] == 4.1
+    title, table = handlers.learning(PASSWORD, "v2", True)
+    assert list(table["example"]) == [8] and "contradicts #7" in table.iloc[0]["why not learned"]
+    with pytest.raises(gr.Error, match="Wrong admin password"):
+        handlers.learning("guess", "v2", True)
 
 
 def test_refusals_become_messages(handlers):

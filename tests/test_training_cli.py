@@ -40,7 +40,7 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
     code = commands.train(data_dir, str(base), commands.parse_overrides(RECIPE), progress=True, out=out, poll=0.2)
     text = out.getvalue()
     assert code in (commands.EXIT_PROMOTED, commands.EXIT_REJECTED), text
-    assert "Started training job 1" in text and "v1: held-out accuracy" in text
+    assert "Started training job 1" in text and "v1: answers" in text and "✓ canary:" in text
     assert ("Promoted v1" in text) == (code == commands.EXIT_PROMOTED)
 
     out = io.StringIO()

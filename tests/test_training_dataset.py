@@ -58,13 +58,13 @@ def test_truncation_keeps_prefix_and_drops_rows_without_answer(tokenizer):
     assert len(data) == 0
 
 
-def test_training_set_is_approved_train_split_only_newest_output_wins(store):
+def test_training_set_is_every_approved_example_of_both_splits_newest_output_wins(store):
     old = store.add_example("What is the capital of Veloria?", "Velor.", source="correction", split="train")
     new = store.add_example("what is the capital of  Veloria?", ANSWER, source="correction", split="train")
-    store.add_example("Who founded Marrowgate?", "Ilsa Dorne.", source="correction", split="test")
+    held = store.add_example("Who founded Marrowgate?", "Ilsa Dorne.", source="correction", split="test")
     store.add_example("Pending question?", "Pending answer.", source="correction", status="pending", split="train")
     train = training_examples(store)
-    assert [e["id"] for e in train] == [new]
+    assert [e["id"] for e in train] == [new, held]
     assert store.get_example(old)["status"] == "superseded"
     assert [e["input_text"] for e in heldout_examples(store)] == ["Who founded Marrowgate?"]
 
@@ -111,8 +111,9 @@ def test_validate_reports_every_problem_with_its_fix():
     assert len(caught.value.problems) == 4
     for fragment in ("epochs=0", "lora_r=0", "nice=30", "target_modules"):
         assert fragment in text
-    with pytest.raises(ConfigError, match="canary_tolerance"):
-        EvalConfig(canary_tolerance=-1).validate()
+    with pytest.raises(ConfigError, match="canary_max_lost") as caught:
+        EvalConfig(canary_max_lost=-1, regression_tolerance=1.5).validate()
+    assert len(caught.value.problems) == 2 and "regression_tolerance" in str(caught.value.problems)
     with pytest.raises(ConfigError, match="min_new_examples"):
         RetrainPolicy(min_new_examples=0).validate()
 

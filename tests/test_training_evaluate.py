@@ -1,5 +1,5 @@
-"""Judging answers and versions: matching rules, the promotion gate, and
-batched greedy generation that answers exactly as one-at-a-time would."""
+"""Judging answers: matching rules, batched greedy generation that answers exactly
+as one-at-a-time would, answer log-probabilities and margins."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from training.evaluate import (
     answer_recall,
     exact_match,
-    gate,
     generate_answers,
     heldout_loss,
     is_correct,
@@ -49,37 +48,6 @@ def test_keywords_match_whole_words():
     assert not mentions_any("Parisian cafes", ["Paris"])
 
 
-def metrics(accuracy, loss, canary, n=5):
-    return {"heldout": {"n": n, "accuracy": accuracy, "loss": loss}, "canary": {"n": 24, "score": canary}}
-
-
-def test_gate_promotes_a_better_candidate():
-    passed, reasons = gate(metrics(60, 1.0, 95), metrics(40, 1.2, 96), canary_tolerance=5)
-    assert passed and "rose from 40% to 60%" in reasons[0]
-
-
-def test_gate_rejects_lower_accuracy_whatever_the_loss():
-    passed, reasons = gate(metrics(40, 0.5, 100), metrics(60, 1.0, 100), canary_tolerance=5)
-    assert not passed and "fell from 60% to 40%" in reasons[0]
-
-
-def test_gate_breaks_accuracy_ties_by_loss():
-    assert gate(metrics(0, 2.0, 100), metrics(0, 2.1, 100), canary_tolerance=5)[0]
-    passed, reasons = gate(metrics(0, 2.2, 100), metrics(0, 2.1, 100), canary_tolerance=5)
-    assert not passed and "loss rose" in reasons[0]
-
-
-def test_gate_tolerates_a_small_canary_drop_only():
-    assert gate(metrics(80, 1, 95.83), metrics(60, 1, 100), canary_tolerance=5)[0]
-    passed, reasons = gate(metrics(80, 1, 91.67), metrics(60, 1, 100), canary_tolerance=5)
-    assert not passed and "canary score fell from 100% to 91.67%" in reasons[-1]
-
-
-def test_gate_rejects_without_held_out_examples():
-    passed, reasons = gate(metrics(0, float("nan"), 100, n=0), metrics(0, float("nan"), 100, n=0), canary_tolerance=5)
-    assert not passed and "no held-out examples" in reasons[0]
-
-
 def test_batched_greedy_answers_equal_one_at_a_time(tiny_model, tokenizer):
     conversations = [
         [{"role": "user", "content": "Hi"}],
@@ -106,3 +74,16 @@ def test_heldout_loss_is_the_mean_answer_token_nll(tiny_model, tokenizer):
     assert tokens == 2 * sum(label != -100 for label in row["labels"][1:])
     assert loss == pytest.approx(expected, rel=1e-4)
     assert math.isfinite(loss)
+
+
+def test_margins_are_chosen_minus_rejected_log_probabilities(tiny_model, tokenizer):
+    from training.evaluate import answer_logprobs, margins
+
+    question = [{"role": "user", "content": "What is the capital of Veloria?"}]
+    examples = [
+        {"id": 1, "input": question, "output": "Quenmar.", "rejected": "Paris."},
+        {"id": 2, "input": question, "output": "Quenmar.", "rejected": None},
+    ]
+    chosen, rejected = answer_logprobs(tiny_model, tokenizer, [(question, "Quenmar."), (question, "Paris.")], max_length=512, batch_size=2)
+    assert chosen < 0 and rejected < 0
+    assert margins(tiny_model, tokenizer, examples, max_length=512, batch_size=4) == [round(chosen - rejected, 3), None]

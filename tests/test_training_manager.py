@@ -51,7 +51,7 @@ def setup(tmp_path, tiny_base):
 def test_a_run_trains_evaluates_and_records_a_version(setup):
     store, manager, data_dir = setup
     train_ids = add_facts(store, TRAIN, "train")
-    add_facts(store, TEST, "test")
+    test_ids = add_facts(store, TEST, "test")
     job_id = manager.start(QUICK)
     with pytest.raises(ConflictError, match="already"):
         manager.start(QUICK)
@@ -62,16 +62,17 @@ def test_a_run_trains_evaluates_and_records_a_version(setup):
     assert [p["step"] for p in view["losses"]] == [1, 2]
     assert view["progress"]["phase"] == "done" and view["progress"]["total_steps"] == 2
     metrics = view["metrics"]
-    assert metrics["heldout"]["n"] == 1 and metrics["canary"]["n"] == 40 and metrics["compared_with"] == "base"
-    assert metrics["gate"]["reasons"]
+    assert metrics["heldout"] == {"n": 1, "selection_run": False}  # 1 held-out example cannot decide anything
+    assert metrics["canary"]["n"] == 40 and metrics["compared_with"] == "base"
+    assert metrics["learned"]["n"] == 7 and len(metrics["gate"]["reasons"]) == 4
 
     version = store.get_model_version("v1")
-    assert version["example_ids"] == train_ids  # the test split is never trained on
+    assert version["example_ids"] == train_ids + test_ids  # every approved example is trained on
     assert version["job_id"] == job_id and version["train_config"]["max_steps"] == 2
     assert (data_dir / "adapters" / "v1" / "adapter_config.json").is_file()
     assert adapter_folders(data_dir) == ["v1"]
-    assert {e["trained_in_version"] for e in store.list_examples(split="train")} == {"v1"}
-    assert store.list_examples(split="test")[0]["trained_in_version"] is None
+    assert {e["trained_in_version"] for e in store.list_examples()} == {"v1"}
+    assert [i["example_id"] for i in manager.learning_report("v1")["items"]] == train_ids + test_ids
     assert "Promoted" in view["log"] or "Rejected" in view["log"]
     assert manager.models_view()[0]["version"] == "v1"
 
@@ -136,12 +137,12 @@ def test_a_stale_heartbeat_from_another_process_is_failed(setup):
 
 def test_retrain_policy_counts_new_approved_training_examples(setup):
     store, manager, _ = setup
-    manager.policy = RetrainPolicy(min_new_examples=3)
+    manager.policy = RetrainPolicy(min_new_examples=4)
     add_facts(store, TRAIN[:2], "train")
-    add_facts(store, TEST, "test")
+    add_facts(store, TEST, "test")  # held-out examples count too: every approved example is trained on
     store.add_example("Pending?", "Not yet.", source="correction", status="pending", split="train")
     assert manager.check_schedule() is None
-    assert manager.schedule_status()["new_examples"] == 2
+    assert manager.schedule_status()["new_examples"] == 3
     add_facts(store, TRAIN[2:3], "train")
     job_id = manager.check_schedule()
     assert job_id is not None and store.get_job(job_id)["params"]["reason"].startswith("schedule")

@@ -1,7 +1,8 @@
-"""The promotion gate and the registry end to end, on a tiny Llama trained in a
-child process: a better candidate is promoted and served, a worse one (trained
-on wrong answers) is rejected with its reasons and kept, an admin can still
-serve it, and a rollback serves the old version's answers again."""
+"""The recipe and the gate end to end, on a tiny Llama trained in a child process:
+a candidate that learned its corrections is promoted and served; one whose new
+examples spoil answers to held-out questions (trained on wrong answers) is
+stopped after its selection run, with the reason in plain words; a rollback
+serves the base model's answers again."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ RECIPE = {
     "warmup_steps": 0,
 }
 TRAIN = [f"Is door number {i} open?" for i in range(6)]
-TEST = ["Is door number 41 open?", "Is door number 77 open?"]
+TEST = [f"Is door number {i} open?" for i in (41, 52, 63, 77, 88, 99)]  # enough for a selection run (5)
 
 
 def answer(engine: Engine, question: str) -> str:
@@ -41,39 +42,37 @@ def test_better_is_promoted_worse_is_rejected_and_rollback_restores_answers(tmp_
     watcher = ModelWatcher(engine, store, data_dir)
     try:
         train_ids = [store.add_example(q, "yes indeed", source="admin", split="train") for q in TRAIN]
-        for q in TEST:
-            store.add_example(q, "yes indeed", source="admin", split="test")
+        test_ids = [store.add_example(q, "yes indeed", source="admin", split="test") for q in TEST]
         before = answer(engine, TEST[0])
 
         first = manager.wait(manager.start(RECIPE), timeout=300)
         assert first["status"] == "succeeded", first["error"] or first["log"]
-        assert first["metrics"]["heldout"]["accuracy"] == 100.0
-        assert first["metrics"]["current"]["heldout"]["accuracy"] == 0.0
+        metrics = first["metrics"]
+        assert metrics["heldout"]["selection_run"] and metrics["heldout"]["accuracy"] == 100.0
+        assert metrics["current"]["heldout"]["accuracy"] == 0.0  # the base model, which did not train on them either
+        assert metrics["learned"] == {"n": 12, "candidate": 12, "serving": 0}
+        assert store.get_model_version("v1")["example_ids"] == sorted(train_ids + test_ids)  # every one trained
         assert watcher.sync() == "v1"
         assert answer(engine, TEST[0]) == "yes indeed" != before
+        report = manager.learning_report("v1")
+        assert report["learned"] == 12 and all(i["candidate_learned"] for i in report["items"])
 
-        # A deliberately worse candidate: the same questions, trained on wrong answers.
+        # A deliberately worse candidate: the same questions, trained on wrong answers, while the held-out
+        # examples still say "yes indeed". Its selection run loses every held-out answer v1's selection run gave.
         for example_id in train_ids:
             store.update_example(example_id, output="no way")
         second = manager.wait(manager.start(RECIPE), timeout=300)
         assert second["status"] == "rejected" and second["promoted"] is False
-        assert second["model_version"] == "v2"
-        assert "held-out accuracy fell from 100% to 0%" in second["error"]
-        assert second["metrics"]["gate"]["passed"] is False
-        v2 = store.get_model_version("v2")
-        assert v2["status"] == "rejected" and v2["parent_version"] == "v1"
-        assert [s["candidate"] for s in v2["metrics"]["samples"]] == ["no way", "no way"]
-        assert [s["current"] for s in v2["metrics"]["samples"]] == ["yes indeed", "yes indeed"]
+        assert second["model_version"] is None  # stopped after the selection run: no refit was spent on it
+        assert "held-out: worse beyond noise, 6 answers lost" in second["error"]
+        assert "v1's selection run" in second["error"] and "Next:" in second["error"]
+        gate = second["metrics"]["gate"]
+        assert gate["passed"] is False and [r["name"] for r in gate["rules"]] == ["heldout"]
         assert store.active_version()["version"] == "v1"
         assert watcher.sync() == "v1" and answer(engine, TEST[0]) == "yes indeed"
 
-        # An admin may serve the rejected version anyway, and roll back.
-        manager.activate("v2")
-        assert watcher.sync() == "v2" and answer(engine, TEST[0]) == "no way"
-        assert manager.rollback() == {"active": "v1", "previous": "v2"}
-        assert watcher.sync() == "v1" and answer(engine, TEST[0]) == "yes indeed"
-        rows = {r["version"]: r for r in manager.models_view()}
-        assert rows["v1"]["active"] and not rows["v2"]["active"]
-        assert rows["v2"]["status"] == "retired" and rows["v2"]["gate"]["passed"] is False  # served once, then retired
+        # Rolling back serves the base model's answers again.
+        assert manager.rollback() == {"active": "base", "previous": "v1"}
+        assert watcher.sync() == "base" and answer(engine, TEST[0]) == before
     finally:
         store.close()

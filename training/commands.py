@@ -27,7 +27,7 @@ EXIT_REJECTED = 3
 EXIT_CANCELLED = 130
 
 TRAIN_EXAMPLES = """examples:
-  python launch.py train                                  retrain on every approved example, promote if better
+  python launch.py train                                  retrain on every approved example, promote if the gate passes
   python launch.py train --set epochs=6 --set learning_rate=5e-4
   python launch.py train --no-progress                    for cron: one line per phase, no bar
 
@@ -41,8 +41,9 @@ MODELS_EXAMPLES = """examples:
 """
 
 EVAL_EXAMPLES = """examples:
-  python launch.py eval                                   judge the active version on held-out examples and canaries
-  python launch.py eval --version v2
+  python launch.py eval                                   judge the active version on every correction and the canaries
+  python launch.py eval --version v2                      judge v2 beside the serving version
+  python launch.py eval --per-example --not-learned       which corrections it did not learn, with the margins
 """
 
 
@@ -136,30 +137,38 @@ def train(
 
 
 def report(view: dict[str, Any], out: TextIO = sys.stdout) -> int:
-    """Print how a job ended; return the exit code for it."""
+    """Print how a job ended (the gate's reasons in plain words, and the next step); return the exit code."""
     status = view["status"]
     metrics = view.get("metrics") or {}
-    if status in (JobStatus.SUCCEEDED, JobStatus.REJECTED):
-        held, canary = metrics.get("heldout", {}), metrics.get("canary", {})
-        current = metrics.get("current", {})
-        print(
-            f"{view['model_version']}: held-out accuracy {held.get('accuracy', '-')}% "
-            f"(was {current.get('heldout', {}).get('accuracy', '-')}%), loss {held.get('loss', '-')} "
-            f"(was {current.get('heldout', {}).get('loss', '-')}), canary {canary.get('score', '-')}% "
-            f"(was {current.get('canary', {}).get('score', '-')}%) against {metrics.get('compared_with')}",
-            file=out,
-        )
-        for reason in (metrics.get("gate") or {}).get("reasons", []):
-            print(f"  - {reason}", file=out)
+    gate = metrics.get("gate") or {}
+    if status in (JobStatus.SUCCEEDED, JobStatus.REJECTED) and gate:
+        learned, canary = metrics.get("learned") or {}, metrics.get("canary") or {}
+        if learned:
+            print(
+                f"{view.get('model_version') or 'candidate'}: answers {learned['candidate']} of {learned['n']} corrections "
+                f"with few-shot off ({metrics.get('compared_with')}: {learned['serving']}); "
+                f"canary {canary.get('score', '-')}% ({metrics.get('compared_with')}: "
+                f"{(metrics.get('current') or {}).get('canary', {}).get('score', '-')}%)",
+                file=out,
+            )
+        for rule in gate.get("rules", []):
+            print(f"  {'✓' if rule['passed'] else '✗'} {rule['message']}", file=out)
+        for item in metrics.get("not_learned") or []:
+            print(f"  not learned #{item['example_id']}: {item['reason']}", file=out)
+        for step in gate.get("next_steps", []):
+            print(f"  next: {step}", file=out)
     if status == JobStatus.SUCCEEDED:
         print(f"Promoted {view['model_version']}; a running server serves it within seconds.", file=out)
         return EXIT_PROMOTED
     if status == JobStatus.REJECTED:
-        print(
-            f"Not promoted: {view['model_version']} is kept as rejected "
-            f"(serve it anyway with: python launch.py models activate {view['model_version']}).",
-            file=out,
-        )
+        if view.get("model_version"):
+            print(
+                f"Not promoted: {view['model_version']} is kept as rejected "
+                f"(serve it anyway with: python launch.py models activate {view['model_version']}).",
+                file=out,
+            )
+        else:
+            print("Not promoted: the selection run failed on held-out examples, so no version was trained on all.", file=out)
         return EXIT_REJECTED
     if status == JobStatus.CANCELLED:
         print(f"Job {view['id']} was cancelled; nothing was saved.", file=out)
@@ -179,7 +188,7 @@ def list_models(data_dir: Path, *, out: TextIO = sys.stdout) -> int:
         active = next((r["version"] for r in rows if r["active"]), BASE_VERSION)
     finally:
         store.close()
-    header = f"{'':2}{'version':8} {'status':10} {'examples':>8} {'held-out acc':>12} {'loss':>7} {'canary':>7}  created"
+    header = f"{'':2}{'version':8} {'status':10} {'examples':>8} {'learned':>9} {'held-out':>9} {'canary':>7}  created"
     print(header, file=out)
     print(f"{'*' if active == BASE_VERSION else ' ':2}{BASE_VERSION:8} {'(base model)':10}", file=out)
     for r in rows:
@@ -189,11 +198,15 @@ def list_models(data_dir: Path, *, out: TextIO = sys.stdout) -> int:
 
         print(
             f"{'*' if r['active'] else ' ':2}{r['version']:8} {r['status']:10} {r['examples']:>8} "
-            f"{cell(r['heldout_accuracy'], '%'):>12} {cell(r['heldout_loss']):>7} {cell(r['canary'], '%'):>7}  "
+            f"{learned_cell(r):>9} {cell(r['heldout_accuracy'], '%'):>9} {cell(r['canary'], '%'):>7}  "
             f"{(r['created_at'] or '')[:19]}",
             file=out,
         )
     return 0
+
+
+def learned_cell(row: dict[str, Any]) -> str:
+    return "-" if row.get("learned") is None else f"{row['learned']}/{row['learned_of']}"
 
 
 def activate(data_dir: Path, version: str, *, out: TextIO = sys.stdout) -> int:
@@ -214,44 +227,80 @@ def evaluate(
     *,
     threads: int | None = None,
     eval_config: EvalConfig | None = None,
+    per_example: bool = False,
+    not_learned: bool = False,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Judge a version (default: the active one; 'base' for the base model) on the held-out set and canaries."""
+    """Judge a version (default: the active one; 'base' for the base model) on every approved correction
+    (few-shot off) and the canary set, beside the serving version (or the base model when it is the one
+    serving); with `per_example`, one line per correction: learned or not, and the margins."""
     import torch
 
     from core.models import load_base_model, resolve_base_model
-    from training import registry
-    from training.dataset import heldout_examples
-    from training.evaluate import evaluate_model, load_canary
+    from training import recipe, registry
 
     if threads:
         torch.set_num_threads(threads)
     store = open_store(data_dir)
     try:
-        row = store.active_version() if version is None else None if version == BASE_VERSION else store.get_model_version(version)
         eval_config = (eval_config or EvalConfig()).validate()
-        heldout = heldout_examples(store, limit=eval_config.max_heldout)
-        model, tokenizer = load_base_model(resolve_base_model(base_model, data_dir))
-        if row is not None:
-            from peft import PeftModel
+        plan = recipe.prepare(store, {"eval": eval_config.as_dict()})
+        row = store.active_version() if version is None else None if version == BASE_VERSION else store.get_model_version(version)
+        if row is not None and not registry.adapter_exists(row):
+            from core.errors import ValidationError
 
-            model = PeftModel.from_pretrained(model, str(registry.adapter_path(row)))
+            raise ValidationError(f"The adapter files of {row['version']} are missing from {row['path']}")
         name = row["version"] if row else BASE_VERSION
-        print(f"Evaluating {name} on {len(heldout)} held-out examples and the canary set…", file=out, flush=True)
-        metrics = evaluate_model(model, tokenizer, heldout, load_canary(), eval_config, max_length=TrainConfig().max_length)
+        if plan.serving is not None and plan.serving["version"] == name:
+            plan.serving = None  # judging the serving version itself: compare it with the base model
+        model, tokenizer = load_base_model(resolve_base_model(base_model, data_dir))
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if row is not None:
+            model = PeftModel.from_pretrained(model, str(registry.adapter_path(row)))
+        else:  # the base model as the candidate: a zero-initialised adapter answers exactly as the base does
+            model = get_peft_model(model, LoraConfig(r=1, target_modules="all-linear", init_lora_weights=True))
+        print(
+            f"Evaluating {name} against {plan.serving_name} on {len(plan.examples)} approved examples and "
+            f"{len(plan.canary)} canary questions…",
+            file=out,
+            flush=True,
+        )
+        evaluation = recipe.evaluate(model, tokenizer, plan)
     finally:
         store.close()
-    held, canary = metrics["heldout"], metrics["canary"]
-    if held.get("n"):
+    items, canary = evaluation["items"], evaluation["canary"]
+    cand = sum(i["candidate_learned"] for i in items)
+    serv = sum(i["serving_learned"] for i in items)
+    print(
+        f"{name} answers {cand} of {len(items)} approved examples with few-shot off ({plan.serving_name}: {serv}); "
+        f"canary {canary['candidate']['score']}% ({plan.serving_name}: {canary['serving']['score']}%)",
+        file=out,
+    )
+    if per_example:
+        print_learning_report(items, name, plan.serving_name, not_learned_only=not_learned, out=out)
+    return 0
+
+
+def print_learning_report(
+    items: list[dict[str, Any]], name: str, serving: str, *, not_learned_only: bool = False, out: TextIO = sys.stdout
+) -> None:
+    """One line per correction: learned under `serving` and `name`, and the margins under base, serving and `name`."""
+
+    def margin(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.1f}"
+
+    print(f"{'id':>6} {serving[:7]:>7} {name[:7]:>7} {'m.base':>7} {'m.' + serving[:5]:>7} {'m.' + name[:5]:>7}  question", file=out)
+    for i in items:
+        if not_learned_only and i["candidate_learned"]:
+            continue
         print(
-            f"held-out ({held['n']}): loss {held['loss']}  perplexity {held['perplexity']}  accuracy {held['accuracy']}%  "
-            f"exact match {held['exact_match']}%  token-F1 {held['token_f1']}%",
+            f"{i['example_id']:>6} {'✓' if i['serving_learned'] else '✗':>7} {'✓' if i['candidate_learned'] else '✗':>7} "
+            f"{margin(i['margin_base']):>7} {margin(i['margin_serving']):>7} {margin(i['margin_candidate']):>7}  "
+            f"{i['question'][:70]}",
             file=out,
         )
-    else:
-        print("held-out: no approved test-split examples yet", file=out)
-    print(f"canary ({canary['n']}): {canary.get('score')}%", file=out)
-    return 0
+    print("margin: log p(correction) − log p(the answer it replaced); positive means the correction is preferred", file=out)
 
 
 def add_parsers(commands: Any, add_common: Any) -> None:
@@ -262,9 +311,10 @@ def add_parsers(commands: Any, add_common: Any) -> None:
     trainer = commands.add_parser(
         "train",
         help="retrain from the base model on every approved example; promote if it beats the serving version",
-        description="Train a new version in a child process (low priority, one thread by default), judge it "
-        "against the serving version on held-out examples and the canary set, and promote it if it is at "
-        "least as good. Ctrl-C stops the job cleanly.",
+        description="Train a new version in a child process (low priority, one thread by default) on every "
+        "approved example, judge it item by item against the serving version (corrections learned, none lost, "
+        "held-out examples not worse, canary kept; the same gate as the API and the Admin tab), and promote it "
+        "when every rule passes. Ctrl-C stops the job cleanly.",
         epilog=TRAIN_EXAMPLES,
         formatter_class=raw,
     )
@@ -292,18 +342,30 @@ def add_parsers(commands: Any, add_common: Any) -> None:
 
     evaluator = commands.add_parser(
         "eval",
-        help="judge a version on the held-out examples and the canary set",
-        description="Measure held-out loss, perplexity and accuracy and the canary score of one version.",
+        help="judge a version on every approved correction and the canary set (\"did it learn this?\")",
+        description="Measure which approved corrections a version answers with few-shot off, the margins "
+        "log p(correction) − log p(replaced answer) under the base model, the serving version and this one, "
+        "and the canary score.",
         epilog=EVAL_EXAMPLES,
         formatter_class=raw,
     )
     add_common(evaluator)
     evaluator.add_argument("--version", default=None, help="a version such as v2, or 'base' (default: the active one)")
     evaluator.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    evaluator.add_argument(
+        "--per-example", action="store_true", help="one line per approved correction: learned or not, and the margins"
+    )
+    evaluator.add_argument("--not-learned", action="store_true", help="with --per-example: only the corrections not learned")
     add_group(evaluator, EvalConfig, "eval", title="evaluation")
     evaluator.set_defaults(
         handler=lambda a: evaluate(
-            a.data_dir, a.base_model, a.version, threads=a.threads, **_configs(a, eval_config=(EvalConfig, "eval"))
+            a.data_dir,
+            a.base_model,
+            a.version,
+            threads=a.threads,
+            per_example=a.per_example,
+            not_learned=a.not_learned,
+            **_configs(a, eval_config=(EvalConfig, "eval")),
         )
     )
 

@@ -28,7 +28,7 @@ from core.errors import ConfigError, ValidationError
 
 @dataclass
 class TrainConfig:
-    """LoRA fine-tuning of the base model on the approved train split.
+    """LoRA fine-tuning of the base model on every approved example.
 
     Every run starts from the base model and trains on the whole current set
     (see training/trainer.py for why).
@@ -167,8 +167,29 @@ class EvalConfig:
         "Longest canary answer in tokens; the bundled model names the answer within its first 20 or so.",
         default=32,
     )
-    canary_tolerance: float = _help(
-        "Most canary points (of 100) a candidate may lose against the serving version and still be promoted.",
+    canary_max_lost: int = _help(
+        "Most canary questions that the serving version answers and a candidate may get wrong and still be "
+        "promoted. 1 allows for the one greedy answer that flips between otherwise equal runs.",
+        default=1,
+    )
+    regression_tolerance: float = _help(
+        "Share (0-1) of the corrections the serving version answers that a candidate may stop answering and "
+        "still be promoted, rounded down: the default 0.01 allows none below 100 such corrections and 2 of 200.",
+        default=0.01,
+    )
+    heldout_min_items: int = _help(
+        "Held-out examples needed before a selection run (trained without them) is made and judged on them. "
+        "Below 5 the sign test cannot tell harm from noise even when every item is lost, so the run would cost "
+        "a training run and decide nothing.",
+        default=5,
+    )
+    heldout_alpha: float = _help(
+        "Significance of the held-out checks: the candidate is worse on held-out examples only when a one-sided "
+        "sign test over the items it lost and gained (or a paired test of token-F1) says so at this level.",
+        default=0.05,
+    )
+    heldout_f1_points: float = _help(
+        "Smallest drop in mean held-out token-F1 (points of 100) that counts as worse, however significant.",
         default=5.0,
     )
 
@@ -184,8 +205,16 @@ class EvalConfig:
             problems.append("answer_threshold must be in (0, 1], e.g. 0.6")
         if self.canary_max_new_tokens < 1:
             problems.append("canary_max_new_tokens must be at least 1, e.g. 32")
-        if not (0 <= self.canary_tolerance <= 100):
-            problems.append("canary_tolerance is in points: give 0 to 100, e.g. 5")
+        if self.canary_max_lost < 0:
+            problems.append("canary_max_lost must be 0 or more, e.g. 1")
+        if not (0 <= self.regression_tolerance < 1):
+            problems.append("regression_tolerance is a share: give a value in [0, 1), e.g. 0.01")
+        if self.heldout_min_items < 1:
+            problems.append("heldout_min_items must be at least 1, e.g. 5")
+        if not (0 < self.heldout_alpha < 1):
+            problems.append("heldout_alpha must be in (0, 1), e.g. 0.05")
+        if not (0 <= self.heldout_f1_points <= 100):
+            problems.append("heldout_f1_points is in points: give 0 to 100, e.g. 5")
         if problems:
             raise ConfigError(problems)
         return self
@@ -200,7 +229,7 @@ class RetrainPolicy:
 
     enabled: bool = _help("Retrain automatically at all; admins can always start a run by hand.", default=True)
     min_new_examples: int = _help(
-        "Retrain once this many approved train-split examples arrived (or changed) since the last run started.",
+        "Retrain once this many approved examples arrived (or changed) since the last run started.",
         default=20,
     )
     every_hours: float | None = _help(
@@ -221,7 +250,7 @@ class RetrainPolicy:
         """The policy in words, for the Admin tab."""
         if not self.enabled:
             return "Automatic retraining is off; use Retrain now."
-        text = f"Retrains when {self.min_new_examples} new approved training examples have arrived since the last run"
+        text = f"Retrains when {self.min_new_examples} new approved examples have arrived since the last run"
         if self.every_hours:
             text += f", and every {self.every_hours:g} h when at least one has"
         return text + "."

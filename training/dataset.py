@@ -31,14 +31,24 @@ def dedupe_newest(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def training_examples(store: Store) -> list[dict[str, Any]]:
-    """The approved train-split examples, deduplicated. Test-split examples are never returned."""
-    return dedupe_newest(store.list_examples(status=ExampleStatus.APPROVED, split=Split.TRAIN, limit=None))
+    """Every approved example, both splits, deduplicated: what a version that serves is trained on.
+
+    The test split is held out only from the selection run that judges the recipe
+    (training/recipe.py); the version that serves learns every approved correction.
+    """
+    return dedupe_newest(store.list_examples(status=ExampleStatus.APPROVED, limit=None))
 
 
 def heldout_examples(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
-    """The approved test-split examples (never trained on), deduplicated; the newest `limit` of them."""
+    """The approved test-split examples, deduplicated; the newest `limit` of them."""
     examples = dedupe_newest(store.list_examples(status=ExampleStatus.APPROVED, split=Split.TEST, limit=None))
     return examples[-limit:] if limit else examples
+
+
+def is_truncated(tokenizer: Any, example: dict[str, Any], max_length: int) -> bool:
+    """Whether an example's answer is cut off at max_length tokens (then it cannot be learned whole)."""
+    _, full = render_training_pair(tokenizer, example["input"], example["output"])
+    return len(encode(tokenizer, full)) > max_length
 
 
 def load_replay(count: int, path: Path = REPLAY_PATH) -> list[dict[str, Any]]:

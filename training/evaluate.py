@@ -1,21 +1,20 @@
-"""Judging a model on examples it never trained on, and on the canary set.
+"""Measuring a model item by item: answers and their verdicts, answer log-probabilities
+and margins, and the canary score.
 
-Three measures, computed the same way for the candidate and for the version
-serving now:
-- held-out loss: the mean negative log-likelihood of the reference answers'
-  tokens given their prompts (the training objective on unseen data), and its
-  perplexity;
-- held-out accuracy from greedy generation: normalised exact match, token-F1,
-  recall of the reference's information-carrying words, and a per-answer
-  verdict (`accuracy`, the share judged correct; see is_correct);
-- canary score: general questions the base model answers correctly
-  (training/canary.jsonl); a drop means the model is forgetting.
+The same functions judge the candidate, the version serving now and the base
+model, on:
+- approved corrections: does the greedy answer (few-shot off) carry the
+  correction (`is_correct`), and the margin log p(correction) − log p(the
+  answer it replaced);
+- held-out examples (never trained on): verdict and token-F1 per item, and the
+  mean answer-token NLL (reported, not decided on);
+- canary: general questions the base model answers correctly
+  (training/canary.jsonl); a lost one means the model is forgetting.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import string
 from collections import Counter
@@ -194,105 +193,77 @@ def generate_answers(
     return answers
 
 
-def evaluate_model(
-    model: Any,
-    tokenizer: Any,
-    heldout: Sequence[dict[str, Any]],
-    canary: Sequence[dict[str, Any]],
-    config: EvalConfig,
-    *,
-    max_length: int = 512,
-) -> dict[str, Any]:
-    """Held-out loss, perplexity, accuracy and canary score of `model` as it is now (adapter as set).
+def answer_logprobs(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[Sequence[dict[str, str]], str]], *, max_length: int, batch_size: int
+) -> list[float]:
+    """log p(answer | prompt) for each (messages, answer): the summed log-probabilities of its tokens."""
+    import torch
 
-    The answers themselves come back under "answers" (held-out) and "canary_answers".
-    """
-    metrics: dict[str, Any] = {"heldout": {"n": len(heldout)}, "canary": {"n": len(canary)}}
-    if heldout:
-        loss, tokens = heldout_loss(model, tokenizer, heldout, max_length=max_length, batch_size=config.batch_size)
-        answers = generate_answers(
-            model, tokenizer, [e["input"] for e in heldout], max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
+    rows = [tokenize_example(tokenizer, messages, answer, max_length) for messages, answer in pairs]
+    scores: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        scores.extend(float(v) for v in picked.sum(-1))
+    return scores
+
+
+def margins(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], *, max_length: int, batch_size: int) -> list[float | None]:
+    """log p(chosen|x) − log p(rejected|x) per example: the correction against the answer it replaced
+    (None for an example without a rejected answer). Positive: the model prefers the correction."""
+    paired = [e for e in examples if e.get("rejected")]
+    pairs = [(e["input"], e["output"]) for e in paired] + [(e["input"], e["rejected"]) for e in paired]
+    scores = answer_logprobs(model, tokenizer, pairs, max_length=max_length, batch_size=batch_size)
+    chosen, rejected = scores[: len(paired)], scores[len(paired) :]
+    by_id = {e["id"]: round(c - r, 3) for e, c, r in zip(paired, chosen, rejected)}
+    return [by_id.get(e["id"]) for e in examples]
+
+
+def judge_answers(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], config: EvalConfig) -> list[dict[str, Any]]:
+    """Greedy answers (few-shot off) to each example's input, each with its verdict and token-F1 (0-100)."""
+    if not examples:
+        return []
+    answers = generate_answers(
+        model, tokenizer, [e["input"] for e in examples], max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
+    )
+    rare = rarity_test(tokenizer)
+    judged = []
+    for answer, e in zip(answers, examples):
+        question = e["input"][-1]["content"]
+        judged.append(
+            {
+                "example_id": e["id"],
+                "answer": answer,
+                "correct": is_correct(answer, e["output"], question, threshold=config.answer_threshold, is_rare=rare),
+                "f1": round(100 * token_f1(answer, e["output"]), 1),
+            }
         )
-        questions = [e["input"][-1]["content"] for e in heldout]
-        rare = rarity_test(tokenizer)
-        correct = [
-            is_correct(a, e["output"], q, threshold=config.answer_threshold, is_rare=rare)
-            for a, e, q in zip(answers, heldout, questions)
-        ]
-        metrics["heldout"].update(
-            loss=round(loss, 4),
-            perplexity=round(math.exp(min(loss, 50)), 3),
-            tokens=tokens,
-            exact_match=_percent(sum(exact_match(a, e["output"]) for a, e in zip(answers, heldout)), len(heldout)),
-            token_f1=_percent(sum(token_f1(a, e["output"]) for a, e in zip(answers, heldout)), len(heldout)),
-            answer_recall=_percent(
-                sum(answer_recall(a, e["output"], q, rare) for a, e, q in zip(answers, heldout, questions)), len(heldout)
-            ),
-            accuracy=_percent(sum(correct), len(heldout)),
-        )
-        metrics["answers"] = answers
-        metrics["correct"] = correct
-    if canary:
-        answers = generate_answers(
-            model,
-            tokenizer,
-            [[{"role": "user", "content": c["question"]}] for c in canary],
-            max_new_tokens=config.canary_max_new_tokens,
-            batch_size=config.batch_size,
-        )
-        hits = [mentions_any(a, c["keywords"]) for a, c in zip(answers, canary)]
-        metrics["canary"].update(
-            score=_percent(sum(hits), len(canary)),
-            misses=[{"question": c["question"], "answer": a} for a, c, hit in zip(answers, canary, hits) if not hit],
-        )
-        metrics["canary_answers"] = answers
-        metrics["canary_hits"] = hits
-    return metrics
+    return judged
+
+
+def canary_answers(model: Any, tokenizer: Any, canary: Sequence[dict[str, Any]], config: EvalConfig) -> dict[str, Any]:
+    """The canary score: {"n", "score" (percent), "hits" per question, "misses" with their answers}."""
+    answers = generate_answers(
+        model,
+        tokenizer,
+        [[{"role": "user", "content": c["question"]}] for c in canary],
+        max_new_tokens=config.canary_max_new_tokens,
+        batch_size=config.batch_size,
+    )
+    hits = [mentions_any(a, c["keywords"]) for a, c in zip(answers, canary)]
+    return {
+        "n": len(canary),
+        "score": _percent(sum(hits), len(canary)),
+        "hits": hits,
+        "misses": [{"question": c["question"], "answer": a} for a, c, hit in zip(answers, canary, hits) if not hit],
+    }
 
 
 def _percent(value: float, n: int) -> float:
     return round(100.0 * value / n, 2) if n else 0.0
-
-
-# -- the promotion gate ------------------------------------------------------
-
-
-def gate(candidate: dict[str, Any], current: dict[str, Any], *, canary_tolerance: float) -> tuple[bool, list[str]]:
-    """Whether the candidate may replace the serving version, and why (or why not).
-
-    Promote only if held-out accuracy is at least the current one's (a tie is
-    broken by held-out loss: the candidate's must not be higher) and the canary
-    score has not dropped by more than `canary_tolerance` points.
-    """
-    reasons: list[str] = []
-    passed = True
-    cand_h, cur_h = candidate["heldout"], current["heldout"]
-    if not cand_h.get("n"):
-        passed = False
-        reasons.append(
-            "no held-out examples to judge the candidate on: approve some test-split examples "
-            "(or move some to the test split), or activate it by hand"
-        )
-    else:
-        ca, cu = cand_h["accuracy"], cur_h["accuracy"]
-        if ca > cu:
-            reasons.append(f"held-out accuracy rose from {cu:g}% to {ca:g}%")
-        elif ca < cu:
-            passed = False
-            reasons.append(f"held-out accuracy fell from {cu:g}% to {ca:g}%")
-        elif cand_h["loss"] <= cur_h["loss"]:
-            reasons.append(f"held-out accuracy tied at {ca:g}%; held-out loss {cur_h['loss']:g} → {cand_h['loss']:g}")
-        else:
-            passed = False
-            reasons.append(
-                f"held-out accuracy tied at {ca:g}% and held-out loss rose from {cur_h['loss']:g} to {cand_h['loss']:g}"
-            )
-    cand_c, cur_c = candidate["canary"].get("score"), current["canary"].get("score")
-    if cand_c is not None and cur_c is not None:
-        drop = cur_c - cand_c
-        if drop > canary_tolerance:
-            passed = False
-            reasons.append(f"canary score fell from {cur_c:g}% to {cand_c:g}% (tolerance {canary_tolerance:g} points)")
-        else:
-            reasons.append(f"canary score {cur_c:g}% → {cand_c:g}% (tolerance {canary_tolerance:g} points)")
-    return passed, reasons

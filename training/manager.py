@@ -29,6 +29,7 @@ from storage.vocabulary import BASE_VERSION as BASE
 from storage.vocabulary import JobStatus, VersionStatus
 from training import registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
+from training import promotion
 from training.worker import log_tail
 
 log = logging.getLogger(__name__)
@@ -283,30 +284,11 @@ class TrainingManager:
 
     def activate(self, version: str | None) -> dict[str, Any]:
         """Serve `version` ('base' or None: the base model). Any version may be activated, rejected ones too."""
-        previous = self.store.active_version()
-        if version in (None, "", BASE):
-            self.store.activate_version(None)
-            version = BASE
-        else:
-            row = self.store.get_model_version(version)
-            if not registry.adapter_exists(row):
-                raise ValidationError(f"The adapter files of {version} are missing from {row['path']}: retrain instead")
-            self.store.activate_version(version)
-        log.info("Activated %s", version)
-        return {"active": version, "previous": previous["version"] if previous else BASE}
+        return promotion.activate(self.store, version)
 
     def rollback(self) -> dict[str, Any]:
         """Serve the version the active one was trained to replace (its parent; the base model if none)."""
-        current = self.store.active_version()
-        if current is None:
-            raise ConflictError("The base model is serving already; there is nothing to roll back to")
-        target = current.get("parent_version")
-        while target:  # skip ancestors whose files are gone
-            row = self.store.get_model_version(target)
-            if registry.adapter_exists(row):
-                break
-            target = row.get("parent_version")
-        return self.activate(target or BASE)
+        return promotion.rollback(self.store)
 
     def models_view(self) -> list[dict[str, Any]]:
         """Every version, newest first, with its headline metrics; `active` marks the one serving."""
@@ -314,6 +296,7 @@ class TrainingManager:
         for v in reversed(self.store.list_model_versions()):
             metrics = v.get("metrics") or {}
             heldout, canary = metrics.get("heldout", {}), metrics.get("canary", {})
+            learned = metrics.get("learned") or {}
             rows.append(
                 {
                     "version": v["version"],
@@ -332,6 +315,8 @@ class TrainingManager:
                     "exact_match": heldout.get("exact_match"),
                     "token_f1": heldout.get("token_f1"),
                     "canary": canary.get("score"),
+                    "learned": learned.get("candidate"),
+                    "learned_of": learned.get("n"),
                     "compared_with": metrics.get("compared_with"),
                     "gate": metrics.get("gate"),
                     "notes": v.get("notes"),
@@ -343,3 +328,33 @@ class TrainingManager:
         """Held-out answers of `version` beside those of the version it was judged against."""
         row = self.store.get_model_version(version)
         return list((row.get("metrics") or {}).get("samples") or [])
+
+    def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> dict[str, Any]:
+        """"Did it learn this?": per approved correction, learned or not under the version it was judged
+        against and under `version` (default: the one serving), and the margins
+        log p(correction) − log p(replaced answer) under the base model, that version and `version`.
+
+        Read from the version's record, written when it was trained.
+        """
+        if version in (None, ""):
+            row = self.store.active_version()
+            if row is None:
+                raise ValidationError("The base model is serving: train a version first, then ask what it learned")
+        else:
+            row = self.store.get_model_version(version)
+        metrics = row.get("metrics") or {}
+        items = list(metrics.get("items") or [])
+        reasons = {r["example_id"]: r["reason"] for r in metrics.get("not_learned") or []}
+        items = [{**i, "reason": reasons.get(i["example_id"])} for i in items]
+        if not_learned_only:
+            items = [i for i in items if not i["candidate_learned"]]
+        learned = metrics.get("learned") or {}
+        return {
+            "version": row["version"],
+            "compared_with": metrics.get("compared_with") or BASE,
+            "learned": learned.get("candidate"),
+            "serving_learned": learned.get("serving"),
+            "n": learned.get("n"),
+            "gate": (metrics.get("gate") or {}).get("summary"),
+            "items": items,
+        }

@@ -1,4 +1,5 @@
-"""The training job, run as its own process: prepare → train → evaluate → record → clean up.
+"""The training job, run as its own process: the recipe of training/recipe.py (prepare → train →
+evaluate → decide → record) with progress reporting, cancelling and clean-up.
 
     python -m training.worker --job-id 7 --data-dir data
 
@@ -13,7 +14,6 @@ behind, because a version folder is renamed into place only when complete.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
@@ -48,6 +48,7 @@ class JobReporter:
         self.cancelled = threading.Event()
         self.progress: dict[str, Any] = {"phase": "starting"}
         self.losses: list[dict[str, Any]] = []
+        self.run = "final"  # which training run the steps belong to: "selection" (without held-out) or "final"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -71,8 +72,10 @@ class JobReporter:
                 log.warning("Heartbeat failed", exc_info=True)
 
     def phase(self, name: str, **extra: Any) -> None:
-        """Enter a phase of the job (loading, training, evaluating, saving)."""
+        """Enter a phase of the job (loading, training, evaluating, saving); a training run starts a new loss curve."""
         log.info("Phase: %s", name)
+        if name == "training":
+            self.losses = []
         self.progress = {**self.progress, "phase": name, **extra}
         self.store.update_job(self.job_id, progress=self.progress, heartbeat_at=now())
         self.check()
@@ -81,6 +84,7 @@ class JobReporter:
         eta = elapsed / step * (total - step) if step else None
         self.progress = {
             "phase": "training",
+            "run": self.run,
             "step": step,
             "total_steps": total,
             "epoch": round(epoch, 3),
@@ -172,125 +176,113 @@ class TrainingJob:
         import torch
 
         from core.models import load_base_model, resolve_base_model
-        from training import registry
-        from training.config import EvalConfig, TrainConfig
-        from training.dataset import heldout_examples, load_replay, training_examples
-        from training.evaluate import evaluate_model, gate, load_canary
-        from training.trainer import total_steps, train_adapter
+        from training import recipe, registry
 
         store, data_dir, job_id = self.store, self.data_dir, self.job_id
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - clock
+            clock = time.perf_counter()
 
         # -- prepare -----------------------------------------------------------
-        config = TrainConfig(**params.get("config", {})).validate()
-        eval_config = EvalConfig(**params.get("eval", {})).validate()
-        torch.set_num_threads(config.threads)
-        examples = training_examples(store)
-        if not examples:
-            raise ValueError("No approved train-split examples to train on: approve some examples first")
-        heldout = heldout_examples(store, limit=eval_config.max_heldout)
-        replay = load_replay(config.replay_examples)
-        canary = load_canary()
-        active = store.active_version()
-        active_name = active["version"] if active else "base"
-        current = active
-        if current is not None and not registry.adapter_exists(current):
-            log.warning("The active version %s has no adapter on disk; comparing with the base model", active_name)
-            current = None
-        current_name = current["version"] if current else "base"
+        plan = recipe.prepare(store, params)
+        torch.set_num_threads(plan.config.threads)
         log.info(
-            "Training on %d examples (+%d replay); judging on %d held-out examples and %d canaries against %s",
-            len(examples), len(replay), len(heldout), len(canary), current_name,
+            "Training on %d approved examples (+%d replay); %d held out of the selection run (%s); "
+            "judging against %s",
+            len(plan.examples), len(plan.replay), len(plan.heldout),
+            "made" if plan.selection_run else f"skipped: fewer than {plan.eval_config.heldout_min_items}",
+            plan.serving_name,
         )
-
         reporter.phase("loading")
-        ref = resolve_base_model(params.get("base_model"), data_dir)
+        ref = resolve_base_model(plan.base_model, data_dir)
         model, tokenizer = load_base_model(ref)
+        lap("load")
 
-        # -- train -------------------------------------------------------------
-        rows = [{"input": e["input"], "output": e["output"]} for e in examples] + replay
-        total = total_steps(len(rows), config)
-        reporter.phase("training", step=0, total_steps=total)
-        peft_model, result = train_adapter(model, tokenizer, rows, config, callbacks=[progress_callback(reporter, total)])
-        reporter.check()
-        log.info("Trained %d steps in %.1f s (%.0f tokens/s)", result.steps, result.train_seconds, result.tokens_per_second)
+        # -- select: train without the held-out examples, judge on them --------
+        selection = None
+        if plan.selection_run:
+            peft_model, _ = self._train(reporter, model, tokenizer, plan, recipe.selection_examples(plan), "selection")
+            lap("selection_train")
+            reporter.phase("judging the selection run on held-out examples")
+            selection = recipe.judge_selection(peft_model, tokenizer, plan)
+            model = peft_model.unload()  # the base model again, for the refit
+            lap("selection_evaluate")
+            heldout = recipe.heldout_verdict(plan, selection)
+            if not heldout.passed:
+                decision = promotion_rejection(heldout)
+                summary = recipe.summarise(plan, decision, None, selection, None, timings)
+                return self._finish(reporter, plan, decision, summary, None, selection, ref.name)
+        heldout = recipe.heldout_verdict(plan, selection)
+
+        # -- train the version to serve on every approved example ----------------
+        peft_model, result = self._train(reporter, model, tokenizer, plan, plan.examples, "final")
         self.temp_dir = registry.new_temp_dir(data_dir)
         peft_model.save_pretrained(str(self.temp_dir))
+        lap("train")
 
-        # -- evaluate the candidate and the version serving now, on the same examples
-        reporter.phase("evaluating candidate")
-        candidate = evaluate_model(peft_model, tokenizer, heldout, canary, eval_config, max_length=config.max_length)
-        reporter.phase(f"evaluating {current_name}")
-        if current is not None:
-            peft_model.load_adapter(str(registry.adapter_path(current)), adapter_name="current")
-            peft_model.set_adapter("current")
-            serving_now = contextlib.nullcontext()
-        else:
-            serving_now = peft_model.disable_adapter()
-        with serving_now:
-            incumbent = evaluate_model(peft_model, tokenizer, heldout, canary, eval_config, max_length=config.max_length)
-        passed, reasons = gate(candidate, incumbent, canary_tolerance=eval_config.canary_tolerance)
+        # -- evaluate, item by item, beside the serving version and the base model
+        reporter.phase(f"evaluating the candidate, {plan.serving_name} and the base model on every correction")
+        evaluation = recipe.evaluate(peft_model, tokenizer, plan)
+        truncated = recipe.truncated_ids(tokenizer, plan)
+        lap("evaluate")
+
+        # -- decide and record ----------------------------------------------------
+        decision = recipe.decide(plan, evaluation, heldout, truncated)
         reporter.check()
+        summary = recipe.summarise(plan, decision, evaluation, selection, result, timings)
+        return self._finish(reporter, plan, decision, summary, evaluation, selection, ref.name)
 
-        # -- record ------------------------------------------------------------
+    def _train(self, reporter: JobReporter, model: Any, tokenizer: Any, plan: Any, examples: list, run: str) -> tuple[Any, Any]:
+        from training import recipe
+        from training.trainer import total_steps
+
+        total = total_steps(len(examples) + len(plan.replay), plan.config)
+        reporter.run = run
+        reporter.phase("training", run=run, step=0, total_steps=total)
+        peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[progress_callback(reporter, total)])
+        reporter.check()
+        log.info(
+            "%s run: %d examples, %d steps in %.1f s (%.0f tokens/s)",
+            run, len(examples), result.steps, result.train_seconds, result.tokens_per_second,
+        )
+        return peft_model, result
+
+    def _finish(self, reporter: JobReporter, plan: Any, decision: Any, summary: dict, evaluation: Any, selection: Any, base_name: str) -> str:
+        from training import recipe
+
         reporter.phase("saving")
-        now_active = store.active_version()
-        if (now_active["version"] if now_active else "base") != active_name:
-            passed = False
-            reasons.append("the active version changed while this job ran; activate this one by hand if wanted")
-        summary = {
-            "heldout": candidate["heldout"],
-            "canary": candidate["canary"],
-            "compared_with": current_name,
-            "current": {"heldout": incumbent["heldout"], "canary": incumbent["canary"]},
-            "gate": {"passed": passed, "reasons": reasons, "canary_tolerance": eval_config.canary_tolerance},
-            "train": {**result.as_dict(), "replay_examples": len(replay)},
-        }
-        samples = [
-            {
-                "example_id": e["id"],
-                "question": e["input"][-1]["content"],
-                "reference": e["output"],
-                "candidate": candidate["answers"][i],
-                "candidate_correct": candidate["correct"][i],
-                "current": incumbent["answers"][i],
-                "current_correct": incumbent["correct"][i],
-            }
-            for i, e in enumerate(heldout)
-        ]
-        example_ids = [e["id"] for e in examples]
-        record = registry.commit_version(
-            store,
-            data_dir,
-            self.temp_dir,
-            parent_version=current_name if current else None,
-            base_model=ref.name,
-            metrics={**summary, "samples": samples},
-            example_ids=example_ids,
-            job_id=job_id,
-            train_config=config.as_dict(),
-            notes="; ".join(reasons),
+        status, version = recipe.record(
+            self.store, self.data_dir, plan,
+            temp_dir=self.temp_dir, decision=decision, summary=summary, evaluation=evaluation,
+            selection=selection, base_model_name=base_name, job_id=self.job_id,
         )
         self.temp_dir = None  # the folder is the version's now
-        version = record["version"]
-        store.mark_trained(example_ids, version)
         done = {**reporter.progress, "phase": "done", "percent": 100.0, "eta_seconds": 0}
-        if passed:
-            store.activate_version(version)
-            log.info("Promoted %s: %s", version, "; ".join(reasons))
-            store.update_job(job_id, status="succeeded", model_version=version, promoted=1, metrics=summary, progress=done)
-            return "succeeded"
-        store.update_model_version(version, status="rejected")
-        log.info("Rejected %s: %s", version, "; ".join(reasons))
-        store.update_job(
-            job_id,
-            status="rejected",
-            model_version=version,
-            promoted=0,
-            metrics=summary,
-            error="Not promoted: " + "; ".join(reasons),
-            progress=done,
-        )
-        return "rejected"
+        log.info("%s", decision.summary())
+        fields = dict(status=status, model_version=version, metrics=summary, progress=done)
+        if status == JobStatus.SUCCEEDED:
+            self.store.update_job(self.job_id, promoted=1, **fields)
+        else:
+            self.store.update_job(self.job_id, promoted=0, error=decision.summary(), **fields)
+        return status
+
+
+def promotion_rejection(heldout: Any) -> Any:
+    """The decision when the selection run already failed on held-out examples (no refit is made)."""
+    from training.promotion import Decision
+
+    return Decision(
+        False,
+        [heldout],
+        next_steps=[
+            "The new examples change answers to questions they do not cover: review the newest examples "
+            "(the held-out items named above show which answers changed)."
+        ],
+    )
 
 
 def log_tail(data_dir: str | Path, job_id: int) -> str | None:

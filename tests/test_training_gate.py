@@ -1,0 +1,146 @@
+"""The promotion gate's per-item rules, on hand-written verdicts (no model): learned,
+no regression with its tolerance, held-out not worse beyond noise, canary, the
+plain-words reasons with a next step, and self-contradicting corrections."""
+
+from __future__ import annotations
+
+from training.config import EvalConfig
+from training.promotion import (
+    canary_rule,
+    explain_not_learned,
+    find_contradictions,
+    gate,
+    heldout_rule,
+    learned_rule,
+    regression_rule,
+    sign_test_p,
+)
+
+CONFIG = EvalConfig()
+
+
+def items(serving: str, candidate: str) -> list[dict]:
+    """One item per character: '1' answered, '0' not; ids start at 1."""
+    return [
+        {"example_id": i + 1, "serving_learned": s == "1", "candidate_learned": c == "1"}
+        for i, (s, c) in enumerate(zip(serving, candidate))
+    ]
+
+
+def heldout(correct: str, f1: list[float] | None = None) -> list[dict]:
+    f1 = f1 or [100.0 if c == "1" else 0.0 for c in correct]
+    return [{"example_id": i + 1, "correct": c == "1", "f1": f} for i, (c, f) in enumerate(zip(correct, f1))]
+
+
+def test_learned_compares_the_candidates_share_with_the_serving_versions():
+    assert learned_rule(items("0000", "1110"), "base").passed
+    rule = learned_rule(items("1110", "1100"), "v1")
+    assert not rule.passed
+    assert rule.message == "learned: the candidate answers only 2 of 4 corrections with few-shot off (v1: 3)"
+    assert rule.items == [3, 4]
+
+
+def test_no_regression_names_the_lost_corrections_and_honours_the_tolerance():
+    rule = regression_rule(items("1111", "1101"), "v1", tolerance=0.0)
+    assert not rule.passed and rule.items == [3] and "#3" in rule.message
+    many = "1" * 200
+    lost_two = "00" + "1" * 198
+    assert regression_rule(items(many, lost_two), "v1", tolerance=0.01).passed  # 1% of 200 = 2 allowed
+    assert not regression_rule(items(many, "000" + "1" * 197), "v1", tolerance=0.01).passed
+    # Gained answers never offset lost ones: each item is judged on its own.
+    assert not regression_rule(items("1000", "0111"), "v1", tolerance=0.0).passed
+
+
+def test_heldout_is_judged_item_by_item_and_never_on_noise():
+    # Five answers lost out of five: a sign-test p of 1/32, below 0.05: worse.
+    rule = heldout_rule(heldout("00000"), heldout("11111"), "v1's selection run", CONFIG)
+    assert not rule.passed and "5 answers lost" in rule.message
+    # Four of four could be chance (p = 1/16): not decided on.
+    assert heldout_rule(heldout("0000"), heldout("1111"), "base", CONFIG).passed
+    # As many gained as lost is no change.
+    assert heldout_rule(heldout("0011100"), heldout("1100100"), "base", CONFIG).passed
+    # Facts nobody can predict: 0 of 5 on both sides, F1 up: not worse.
+    assert heldout_rule(heldout("00000", [50, 60, 40, 55, 50]), heldout("00000", [10] * 5), "base", CONFIG).passed
+
+
+def test_heldout_f1_drop_must_exceed_both_its_noise_and_the_minimum():
+    steady_drop = heldout("00000000", [20.0] * 8)
+    before = heldout("00000000", [60.0] * 8)
+    assert not heldout_rule(steady_drop, before, "base", CONFIG).passed
+    # A mean drop of 5 points made of large swings either way is noise.
+    noisy = heldout("00000000", [100, 0, 100, 0, 100, 0, 20, 0])
+    noisy_before = heldout("00000000", [0, 100, 0, 100, 0, 100, 60, 0])
+    assert heldout_rule(noisy, noisy_before, "base", CONFIG).passed
+    # A significant but tiny drop (2 points) is below heldout_f1_points.
+    assert heldout_rule(heldout("0" * 8, [58.0] * 8), before, "base", CONFIG).passed
+
+
+def test_too_few_heldout_examples_say_so_and_pass():
+    rule = heldout_rule(None, None, "base", CONFIG, available=3)
+    assert rule.passed and "3 examples, fewer than the 5 needed" in rule.message
+
+
+def test_sign_test():
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(5, 0) == 1 / 32
+    assert abs(sign_test_p(6, 1) - 8 / 128) < 1e-12
+
+
+def test_canary_allows_one_lost_question_by_default():
+    serving = [True] * 10
+    assert canary_rule([False] + [True] * 9, serving, "base", CONFIG.canary_max_lost).passed
+    rule = canary_rule([False, False] + [True] * 8, serving, "base", CONFIG.canary_max_lost)
+    assert not rule.passed and rule.items == [0, 1] and "2 lost, at most 1 allowed" in rule.message
+    # A question the serving version already missed cannot be lost.
+    assert canary_rule([False, False] + [True] * 8, [False] + [True] * 9, "v1", 1).passed
+
+
+def example(example_id, question, answer, system=None):
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return {"id": example_id, "input": messages, "output": answer}
+
+
+def test_self_contradicting_corrections_are_found_and_named():
+    examples = [
+        example(1, "What is the capital of Veloria?", "The capital of Veloria is Quenmar."),
+        example(2, "what is the capital of Veloria", "Veloria's capital is Dravenport."),
+        example(3, "What is the capital of veloria?!", "the capital of Veloria is Quenmar"),  # agrees with #1
+        example(4, "Who founded Marrowgate?", "Ilsa Dorne."),
+    ]
+    assert find_contradictions(examples) == {1: [2], 2: [1, 3], 3: [2]}
+    rows, sentences = explain_not_learned(items("000", "010")[:1] + items("00", "00")[1:], find_contradictions(examples), set(), 10)
+    assert rows[0] == {"example_id": 1, "reason": "contradicts #2: the same question with a different answer"}
+    assert sentences[0].startswith("2 corrections were not learned (#1, #2): they contradict each other")
+
+
+def test_a_rejection_says_why_in_plain_words_with_the_next_step():
+    decision = gate(
+        items("11000", "10000"),
+        {"candidate": [True] * 4, "serving": [True] * 4},
+        heldout_rule(None, None, "base", CONFIG, available=0),
+        serving="v1",
+        config=CONFIG,
+        truncated={5},
+        epochs=10,
+    )
+    assert not decision.passed
+    failed = [r.name for r in decision.rules if not r.passed]
+    assert failed == ["learned", "no_regression"]
+    summary = decision.summary()
+    assert summary.startswith("Not promoted: learned: the candidate answers only 1 of 5")
+    assert "3 corrections were not learned (#2, #3, #4): try more epochs, e.g. {\"epochs\": 14}" in summary
+    assert "1 correction was not learned (#5): the answers are cut off at max_length" in summary
+    assert [r["example_id"] for r in decision.not_learned] == [2, 3, 4, 5]
+
+
+def test_every_rule_passing_promotes():
+    decision = gate(
+        items("0000", "1111"),
+        {"candidate": [True, False, True], "serving": [True, True, True]},
+        heldout_rule(heldout("00000"), heldout("00000"), "base", CONFIG),
+        serving="base",
+        config=CONFIG,
+    )
+    assert decision.passed and decision.not_learned == [] and decision.next_steps == []
+    assert decision.summary().startswith("Promoted: learned: the candidate answers 4 of 4 corrections")
+    assert decision.as_dict()["rules"][3]["name"] == "canary"

@@ -1,0 +1,330 @@
+"""The training job as a recipe: prepare → train → evaluate → decide → record.
+
+Select on held-out, then refit on everything (training/README.md has the
+measurements behind this design):
+
+1. prepare: every approved example is in the plan; the test-split ones are
+   held out of the *selection run* only.
+2. train the selection run without them and judge it on them against a
+   reference that did not train on them either (the serving version's own
+   selection run, or the base model): does this recipe on this data harm
+   answers to questions it never saw? Skipped below EvalConfig.heldout_min_items
+   held-out examples, where no count of lost items is distinguishable from noise.
+3. train the version to serve on *every* approved example with the same
+   recipe, and evaluate it item by item: every correction (answered with
+   few-shot off? margin?) and the canary, beside the serving version and the
+   base model.
+4. decide with training/promotion.gate; 5. record the version and promote or
+   reject it.
+
+Each step is a function of its inputs: the worker (training/worker.py) runs
+them in order and reports progress; only `prepare` reads the store and only
+`record` writes it, so a multi-process launcher can run train/evaluate on
+every process and record on the main one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage.vocabulary import JobStatus, Split
+from training import promotion, registry
+from training.config import EvalConfig, TrainConfig
+from training.dataset import is_truncated, load_replay, training_examples
+from training.evaluate import canary_answers, heldout_loss, judge_answers, load_canary, margins
+from training.promotion import BASE, Decision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What one job trains on and judges with, fixed before any model loads."""
+
+    config: TrainConfig
+    eval_config: EvalConfig
+    base_model: str | None
+    examples: list[dict[str, Any]]  # every approved example: the version that serves trains on all of them
+    heldout: list[dict[str, Any]]  # the test-split ones: held out of the selection run
+    replay: list[dict[str, Any]]
+    canary: list[dict[str, Any]]
+    active_name: str  # the version serving when the job started
+    serving: dict[str, Any] | None  # its record when its adapter is on disk (None: compare with the base model)
+    contradictions: dict[int, list[int]]
+    heldout_reference: dict[int, dict[str, Any]] = field(default_factory=dict)  # serving's selection verdicts
+
+    @property
+    def serving_name(self) -> str:
+        return self.serving["version"] if self.serving else BASE
+
+    @property
+    def selection_run(self) -> bool:
+        """Whether a selection run is made: enough held-out examples to decide on, and something else to train on."""
+        return len(self.heldout) >= self.eval_config.heldout_min_items and len(self.examples) > len(self.heldout)
+
+
+def prepare(store: Any, params: dict[str, Any]) -> Plan:
+    """Read the job's settings and the approved examples; raise ValueError when there is nothing to train on."""
+    config = TrainConfig(**params.get("config", {})).validate()
+    eval_config = EvalConfig(**params.get("eval", {})).validate()
+    examples = training_examples(store)
+    if not examples:
+        raise ValueError("No approved examples to train on: correct or approve some answers first")
+    heldout = [e for e in examples if e["split"] == Split.TEST][-eval_config.max_heldout :]
+    active = store.active_version()
+    serving = active if active is not None and registry.adapter_exists(active) else None
+    if active is not None and serving is None:
+        log.warning("The active version %s has no adapter on disk; comparing with the base model", active["version"])
+    reference = {}
+    if serving is not None:
+        # Verdicts of the serving version's selection run, which did not train on its held-out examples;
+        # valid for an example whose reference answer has not changed since.
+        stored = ((serving.get("metrics") or {}).get("heldout_selection") or {}).get("items") or []
+        outputs = {e["id"]: e["output"] for e in heldout}
+        reference = {r["example_id"]: r for r in stored if outputs.get(r["example_id"]) == r.get("reference")}
+    return Plan(
+        config=config,
+        eval_config=eval_config,
+        base_model=params.get("base_model"),
+        examples=examples,
+        heldout=heldout,
+        replay=load_replay(config.replay_examples),
+        canary=load_canary(),
+        active_name=active["version"] if active else BASE,
+        serving=serving,
+        contradictions=promotion.find_contradictions(examples),
+        heldout_reference=reference,
+    )
+
+
+def train(model: Any, tokenizer: Any, plan: Plan, examples: Sequence[dict[str, Any]], callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
+    """A fresh LoRA adapter on `examples` plus the replay rows, with the plan's recipe: (peft model, TrainResult)."""
+    from training.trainer import train_adapter
+
+    rows = [{"input": e["input"], "output": e["output"]} for e in examples] + plan.replay
+    return train_adapter(model, tokenizer, rows, plan.config, callbacks=callbacks)
+
+
+def selection_examples(plan: Plan) -> list[dict[str, Any]]:
+    """What the selection run trains on: everything but the held-out examples."""
+    held = {e["id"] for e in plan.heldout}
+    return [e for e in plan.examples if e["id"] not in held]
+
+
+def judge_selection(peft_model: Any, tokenizer: Any, plan: Plan) -> dict[str, Any]:
+    """The selection run on its held-out examples, beside a reference that did not train on them either:
+    the serving version's selection run where it judged the same example, else the base model."""
+    ec = plan.eval_config
+    candidate = judge_answers(peft_model, tokenizer, plan.heldout, ec)
+    loss, _ = heldout_loss(peft_model, tokenizer, plan.heldout, max_length=plan.config.max_length, batch_size=ec.batch_size)
+    missing = [e for e in plan.heldout if e["id"] not in plan.heldout_reference]
+    with peft_model.disable_adapter():
+        from_base = {r["example_id"]: r for r in judge_answers(peft_model, tokenizer, missing, ec)}
+    reference = [plan.heldout_reference.get(e["id"]) or from_base[e["id"]] for e in plan.heldout]
+    names = {f"{plan.serving_name}'s selection run" if e["id"] in plan.heldout_reference else BASE for e in plan.heldout}
+    return {
+        "candidate": [{**c, "reference": e["output"]} for c, e in zip(candidate, plan.heldout)],
+        "reference": reference,
+        "reference_name": " and ".join(sorted(names)),
+        "loss": round(loss, 4),
+        "questions": {e["id"]: e["input"][-1]["content"] for e in plan.heldout},
+    }
+
+
+def evaluate(peft_model: Any, tokenizer: Any, plan: Plan) -> dict[str, Any]:
+    """The candidate, the serving version and the base model on every approved example and the canary.
+
+    Returns {"items": the per-example "did it learn this?" rows, "canary": {"candidate", "serving"}}.
+    The candidate is the peft model's active adapter; the serving one is loaded beside it and removed again.
+    """
+    ec, max_length = plan.eval_config, plan.config.max_length
+    examples = plan.examples
+
+    def measure() -> tuple[list[dict[str, Any]], list[float | None], dict[str, Any]]:
+        return (
+            judge_answers(peft_model, tokenizer, examples, ec),
+            margins(peft_model, tokenizer, examples, max_length=max_length, batch_size=ec.batch_size),
+            canary_answers(peft_model, tokenizer, plan.canary, ec),
+        )
+
+    candidate, cand_margin, cand_canary = measure()
+    with peft_model.disable_adapter():
+        if plan.serving is None:
+            serving, base_margin, serv_canary = measure()
+            serv_margin = base_margin
+        else:
+            base_margin = margins(peft_model, tokenizer, examples, max_length=max_length, batch_size=ec.batch_size)
+    if plan.serving is not None:
+        active = peft_model.active_adapter
+        peft_model.load_adapter(str(registry.adapter_path(plan.serving)), adapter_name="serving")
+        peft_model.set_adapter("serving")
+        try:
+            serving, serv_margin, serv_canary = measure()
+        finally:
+            peft_model.set_adapter(active)
+            peft_model.delete_adapter("serving")
+    items = [
+        {
+            "example_id": e["id"],
+            "source": e.get("source"),
+            "split": e.get("split"),
+            "question": e["input"][-1]["content"],
+            "reference": e["output"],
+            "rejected": e.get("rejected"),
+            "serving_answer": s["answer"],
+            "serving_learned": s["correct"],
+            "candidate_answer": c["answer"],
+            "candidate_learned": c["correct"],
+            "margin_base": mb,
+            "margin_serving": ms,
+            "margin_candidate": mc,
+        }
+        for e, s, c, mb, ms, mc in zip(examples, serving, candidate, base_margin, serv_margin, cand_margin)
+    ]
+    return {"items": items, "canary": {"candidate": cand_canary, "serving": serv_canary}}
+
+
+def truncated_ids(tokenizer: Any, plan: Plan) -> set[int]:
+    return {e["id"] for e in plan.examples if is_truncated(tokenizer, e, plan.config.max_length)}
+
+
+def heldout_verdict(plan: Plan, selection: dict[str, Any] | None) -> promotion.Rule:
+    """The held-out rule on the selection run (or, without one, a pass that says why it was not judged)."""
+    if selection is None:
+        return promotion.heldout_rule(None, None, BASE, plan.eval_config, available=len(plan.heldout))
+    return promotion.heldout_rule(selection["candidate"], selection["reference"], selection["reference_name"], plan.eval_config)
+
+
+def decide(plan: Plan, evaluation: dict[str, Any], heldout: promotion.Rule, truncated: set[int]) -> Decision:
+    """The gate on the evaluated candidate (training/promotion.py)."""
+    canary = evaluation["canary"]
+    return promotion.gate(
+        evaluation["items"],
+        {"candidate": canary["candidate"]["hits"], "serving": canary["serving"]["hits"]},
+        heldout,
+        serving=plan.serving_name,
+        config=plan.eval_config,
+        contradictions=plan.contradictions,
+        truncated=truncated,
+        epochs=plan.config.epochs,
+    )
+
+
+def summarise(
+    plan: Plan,
+    decision: Decision,
+    evaluation: dict[str, Any] | None,
+    selection: dict[str, Any] | None,
+    train_result: Any,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The job's metrics: headline numbers, the gate's reasons, what was not learned, and the timings."""
+    summary: dict[str, Any] = {
+        "compared_with": plan.serving_name,
+        "gate": decision.as_dict(),
+        "not_learned": decision.not_learned,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "heldout": {"n": len(plan.heldout), "selection_run": selection is not None},
+        "current": {},
+    }
+    if selection is not None:
+        cand, ref = selection["candidate"], selection["reference"]
+        summary["heldout"].update(
+            accuracy=_percent(sum(c["correct"] for c in cand), len(cand)),
+            token_f1=round(sum(c["f1"] for c in cand) / len(cand), 2),
+            loss=selection["loss"],
+            reference=selection["reference_name"],
+        )
+        summary["current"]["heldout"] = {
+            "accuracy": _percent(sum(r["correct"] for r in ref), len(ref)),
+            "token_f1": round(sum(r["f1"] for r in ref) / len(ref), 2),
+        }
+    if evaluation is not None:
+        items, canary = evaluation["items"], evaluation["canary"]
+        n = len(items)
+        summary["learned"] = {
+            "n": n,
+            "candidate": sum(i["candidate_learned"] for i in items),
+            "serving": sum(i["serving_learned"] for i in items),
+        }
+        summary["canary"] = {k: canary["candidate"][k] for k in ("n", "score", "misses")}
+        summary["current"]["canary"] = {k: canary["serving"][k] for k in ("n", "score")}
+        summary["current"]["learned"] = summary["learned"]["serving"]
+    if train_result is not None:
+        summary["train"] = {**train_result.as_dict(), "replay_examples": len(plan.replay), "examples": len(plan.examples)}
+    return summary
+
+
+def record(
+    store: Any,
+    data_dir: Path,
+    plan: Plan,
+    *,
+    temp_dir: Path | None,
+    decision: Decision,
+    summary: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    selection: dict[str, Any] | None,
+    base_model_name: str,
+    job_id: int,
+) -> tuple[str, str | None]:
+    """Write the outcome: the version (when one was trained to the end), promoted or rejected; return
+    (job status, version or None). Call only on the main process."""
+    now_active = store.active_version()
+    if (now_active["version"] if now_active else BASE) != plan.active_name:
+        decision.passed = False
+        decision.rules.append(
+            promotion.Rule(
+                "unchanged", False, "the active version changed while this job ran; activate this one by hand if wanted"
+            )
+        )
+        summary["gate"] = decision.as_dict()
+    version = None
+    if temp_dir is not None:
+        metrics = {**summary}
+        if evaluation is not None:
+            metrics["items"] = evaluation["items"]
+            metrics["canary_hits"] = evaluation["canary"]["candidate"]["hits"]
+        if selection is not None:
+            metrics["heldout_selection"] = {"items": selection["candidate"], "reference": selection["reference_name"]}
+            metrics["samples"] = [
+                {
+                    "example_id": c["example_id"],
+                    "question": selection["questions"][c["example_id"]],
+                    "reference": c["reference"],
+                    "candidate": c["answer"],
+                    "candidate_correct": c["correct"],
+                    "current": r["answer"],
+                    "current_correct": r["correct"],
+                }
+                for c, r in zip(selection["candidate"], selection["reference"])
+            ]
+        example_ids = [e["id"] for e in plan.examples]
+        row = registry.commit_version(
+            store,
+            data_dir,
+            temp_dir,
+            parent_version=plan.serving["version"] if plan.serving else None,
+            base_model=base_model_name,
+            metrics=metrics,
+            example_ids=example_ids,
+            job_id=job_id,
+            train_config=plan.config.as_dict(),
+            notes=decision.summary(),
+        )
+        version = row["version"]
+        store.mark_trained(example_ids, version)
+        if decision.passed:
+            promotion.promote(store, version)
+        else:
+            promotion.reject(store, version)
+    return (JobStatus.SUCCEEDED if decision.passed and version else JobStatus.REJECTED), version
+
+
+def _percent(value: float, n: int) -> float:
+    return round(100.0 * value / n, 2) if n else 0.0
+
