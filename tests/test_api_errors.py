@@ -49,6 +49,13 @@ class RecordingTrainer:
     def models_view(self):
         return [{"version": "v1", "status": "active", "metrics": {"test_loss": 1.0}}]
 
+    def learning_report(self, version, *, not_learned_only=False):
+        if version not in (None, "v1"):
+            raise NotFoundError(f"Model version {version} does not exist")
+        items = [{"example_id": 3, "candidate_learned": False, "reason": "try more epochs"}]
+        return {"version": "v1", "compared_with": "base", "learned": 0, "serving_learned": 0, "n": 1,
+                "items": items, "not_learned_only": not_learned_only}
+
     def activate(self, version):
         if version != "v1":
             raise NotFoundError(f"Model version {version} does not exist")
@@ -188,6 +195,7 @@ ADMIN_ROUTES = [
     ("DELETE", "/api/jobs/1", None),
     ("GET", "/api/models", None),
     ("POST", "/api/models/v1/activate", None),
+    ("GET", "/api/learning", None),
 ]
 
 
@@ -249,7 +257,7 @@ def test_malformed_admin_json_is_400(store):
 
 def test_training_routes_without_a_trainer_say_so(client):
     for method, path in [("POST", "/api/train"), ("GET", "/api/jobs/1"), ("DELETE", "/api/jobs/1"),
-                         ("POST", "/api/models/v1/activate")]:
+                         ("POST", "/api/models/v1/activate"), ("GET", "/api/learning")]:
         assert_error(client.request(method, path, headers=ADMIN), 409, "training is not available")
     # The version list is plain data: it is answered from the store.
     response = client.get("/api/models", headers=ADMIN)
@@ -271,6 +279,9 @@ def test_training_routes_pass_through_to_the_trainer(store):
     assert trainer.started[-1] == (None, "api")
     assert client.get("/api/models", headers=ADMIN).json()["models"][0]["version"] == "v1"
     assert client.post("/api/models/v1/activate", headers=ADMIN).json()["status"] == "active"
+    report = client.get("/api/learning", params={"version": "v1", "not_learned": "true"}, headers=ADMIN).json()
+    assert report["version"] == "v1" and report["not_learned_only"] is True and report["items"][0]["example_id"] == 3
+    assert_error(client.get("/api/learning", params={"version": "v9"}, headers=ADMIN), 404, "v9")
 
 
 def test_unknown_api_paths_and_methods_are_json_4xx_beside_the_ui(store):

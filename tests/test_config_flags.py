@@ -137,8 +137,8 @@ def test_the_server_runs_with_the_settings_it_was_given(tmp_path, monkeypatch):
     monkeypatch.setattr(bot.server, "build_server", build_server)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: built.update(app=app, **kwargs))
     code = launch.main(["serve", "--data-dir", str(tmp_path), "--port", "8123", "--admin-password", "a-long-secret",
-                        "--retrain-min-new-examples", "7", "--train-lora-r", "8", "--eval-canary-tolerance", "2"])
+                        "--retrain-min-new-examples", "7", "--train-lora-r", "8", "--eval-canary-max-lost", "2"])
     assert code == 0 and built["port"] == 8123
     trainer = built["trainer"]
     assert trainer.policy.min_new_examples == 7 and "Retrains when 7 new" in trainer.policy.describe()
-    assert trainer.train_config.lora_r == 8 and trainer.eval_config.canary_tolerance == 2.0
+    assert trainer.train_config.lora_r == 8 and trainer.eval_config.canary_max_lost == 2

@@ -1,22 +1,23 @@
-"""The acceptance scenario, end to end over HTTP with the real bundled model:
+"""The natural path, end to end over HTTP: chat, correct, retrain; nothing else.
 
-1. 24 fictional facts (tests/training_facts.jsonl) the base model cannot know,
-   each with a distinctive keyword and a paraphrased question;
-2. each question is asked through POST /v1/chat/completions and its answer
-   corrected through POST /api/feedback; an admin then makes every corrected
-   fact a training example and adds the 24 paraphrases as held-out (test-split)
-   examples, so the held-out set measures generalisation to new wordings;
-3. POST /api/train retrains in a child process; the gate promotes the candidate
-   and the server hot-swaps to it;
-4. with few-shot off, the served model answers at least 90% of the trained
-   questions with the keyword, and the canary score stays within tolerance.
+1. 24 fictional facts (tests/training_facts.jsonl) the base model cannot know
+   are asked through POST /v1/chat/completions, as a user would, and every
+   answer is corrected through POST /api/feedback (approved automatically on a
+   loopback server). No split is moved and no test example is added by hand.
+2. POST /api/train with no body: the default recipe, in a child process.
+3. The job is promoted and the server hot-swaps to it; with few-shot off the
+   served model answers at least 95% of *all* the corrected questions (those
+   whose examples fell into the test split included) and the canary is kept.
 
-The paraphrase accuracy is printed (run with -s) and recorded as a test property.
+The second test takes the same path with a tiny model and a self-contradicting
+pair of corrections, and checks that the pair is reported as not learned, with
+the reason.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,122 +25,156 @@ import httpx
 import pytest
 
 from live_app import serve_in_thread
-
-pytestmark = pytest.mark.slow
+from training_helpers import learnable_tiny_llama, save_tiny_base
 
 PASSWORD = "test-admin-password"
+ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
 FACTS = [json.loads(line) for line in (Path(__file__).parent / "training_facts.jsonl").read_text().splitlines()]
 
 
-def ask(client: httpx.Client, question: str, max_tokens: int) -> dict:
+def ask(client: httpx.Client, question: str, max_tokens: int, **extra) -> dict:
     response = client.post(
         "/v1/chat/completions",
-        json={
-            "model": "exemplar",
-            "messages": [{"role": "user", "content": question}],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "few_shot": False,
-        },
+        json={"model": "exemplar", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+              "temperature": 0, **extra},
     )
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def test_corrected_facts_are_learned_promoted_and_served(tmp_path, bundled_checkpoint, record_property):
-    from bot.engine import Engine
+def correct(client: httpx.Client, answer: dict, text: str) -> dict:
+    feedback = client.post("/api/feedback", json={"message_id": answer["id"], "rating": "down", "correction": text})
+    assert feedback.status_code == 201, feedback.text
+    return feedback.json()
+
+
+def wait_for_job(client: httpx.Client, job_id: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/jobs/{job_id}", headers=ADMIN).json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        assert time.monotonic() < deadline, f"training did not finish: {job['progress']}"
+        time.sleep(2)
+
+
+def wait_for_version(client: httpx.Client, version: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/healthz").json()["model_version"] != version:
+        assert time.monotonic() < deadline, f"the server did not swap to {version}"
+        time.sleep(0.5)
+
+
+def serve(tmp_path, engine, base_model: str):
     from bot.server import build_server
     from core.config import ServeConfig
     from storage import Store
     from training.manager import TrainingManager
 
-    config = ServeConfig(data_dir=tmp_path / "data", base_model=str(bundled_checkpoint))
+    config = ServeConfig(data_dir=tmp_path / "data", base_model=base_model)
     store = Store(config.paths.db)
-    engine = Engine.load(config.base_model, config.data_dir)  # our own: the test swaps its adapter
     manager = TrainingManager(store, config.data_dir, config.base_model)
     app, watcher = build_server(engine, store, config, PASSWORD, trainer=manager)
-    admin = {"Authorization": f"Bearer {PASSWORD}"}
+    return app, watcher, store
+
+
+@pytest.mark.slow
+def test_chat_correct_retrain_promotes_and_serves_every_correction(tmp_path, bundled_checkpoint, record_property):
+    from bot.engine import Engine
+
+    engine = Engine.load(str(bundled_checkpoint), tmp_path / "data")
+    app, watcher, store = serve(tmp_path, engine, str(bundled_checkpoint))
     try:
-        with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
-            # 1-2. Ask, then correct every answer, as a user would.
+        with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=300) as client:
+            # 1. Ask, then correct every answer, as a user would.
             for fact in FACTS:
-                answer = ask(client, fact["question"], max_tokens=8)
-                assert fact["keyword"].lower() not in answer["choices"][0]["message"]["content"].lower()
-                feedback = client.post(
-                    "/api/feedback", json={"message_id": answer["id"], "rating": "down", "correction": fact["answer"]}
-                )
-                assert feedback.status_code == 201, feedback.text
-            corrections = client.get("/api/examples", params={"source": "correction", "limit": 100}, headers=admin).json()
-            assert len(corrections["examples"]) == len(FACTS)
-            for example in corrections["examples"]:
-                if example["split"] == "test":
-                    moved = client.patch(f"/api/examples/{example['id']}", json={"split": "train"}, headers=admin)
-                    assert moved.status_code == 200, moved.text
-            for fact in FACTS:
-                added = client.post(
-                    "/api/examples",
-                    json={"input": fact["paraphrase"], "output": fact["answer"], "split": "test"},
-                    headers=admin,
-                )
-                assert added.status_code == 201, added.text
+                correct(client, ask(client, fact["question"], max_tokens=8), fact["answer"])
+            examples = client.get("/api/examples", params={"source": "correction", "limit": 100}, headers=ADMIN).json()
+            assert examples["total"] == len(FACTS)
+            assert {e["status"] for e in examples["examples"]} == {"approved"}
+            held_out = sum(e["split"] == "test" for e in examples["examples"])
 
-            # 3. Retrain. Nothing else runs on this machine meanwhile, so the job may use both cores.
-            started = client.post("/api/train", json={"threads": 2}, headers=admin)
+            # 2. Retrain with the defaults.
+            started_at, load_before = time.monotonic(), os.getloadavg()[0]
+            started = client.post("/api/train", headers=ADMIN)
             assert started.status_code == 202, started.text
-            job_id = started.json()["job_id"]
-            assert client.post("/api/train", headers=admin).status_code == 409
-            deadline = time.monotonic() + 1500
-            while True:
-                job = client.get(f"/api/jobs/{job_id}", headers=admin).json()
-                if job["status"] not in ("queued", "running"):
-                    break
-                assert time.monotonic() < deadline, f"training did not finish: {job['progress']}"
-                time.sleep(2)
+            job = wait_for_job(client, started.json()["job_id"], timeout=1800)
             metrics = job["metrics"] or {}
-            summary = {
-                "status": job["status"],
-                "gate": metrics.get("gate"),
-                "heldout": metrics.get("heldout"),
-                "current": metrics.get("current"),
-                "train": metrics.get("train"),
-                "error": job["error"],
-            }
-            print("\nscenario job:", json.dumps(summary, indent=1))
-            assert job["status"] == "succeeded" and job["promoted"] is True, summary
+            print("\nscenario job:", json.dumps({k: metrics.get(k) for k in ("gate", "learned", "heldout", "timings")}, indent=1))
+            assert job["status"] == "succeeded" and job["promoted"] is True, job["error"]
             assert job["model_version"] == "v1"
-            assert job["losses"][-1]["loss"] < job["losses"][0]["loss"]
+            wait_for_version(client, "v1")
+            served_after = time.monotonic() - started_at
+            load_after = os.getloadavg()[0]
 
-            deadline = time.monotonic() + 60
-            while client.get("/healthz").json()["model_version"] != "v1":
-                assert time.monotonic() < deadline, "the server did not swap to v1"
-                time.sleep(0.5)
-
-            # 4. The served model knows the corrected facts, without few-shot help.
-            hits = []
+            # 3. The served model knows every corrected fact without few-shot help, and kept the canary.
+            hits, paraphrase_hits = [], []
             for fact in FACTS:
-                answer = ask(client, fact["question"], max_tokens=24)
+                answer = ask(client, fact["question"], max_tokens=24, few_shot=False)
                 assert answer["exemplar"]["model_version"] == "v1" and answer["exemplar"]["few_shot_ids"] == []
                 hits.append(fact["keyword"].lower() in answer["choices"][0]["message"]["content"].lower())
-            trained_accuracy = sum(hits) / len(hits)
-
-            canary, canary_before = metrics["canary"]["score"], metrics["current"]["canary"]["score"]
-            tolerance = metrics["gate"]["canary_tolerance"]
-            samples = store.get_model_version("v1")["metrics"]["samples"]
-            keyword_of = {f["paraphrase"]: f["keyword"].lower() for f in FACTS}
-            paraphrase_hits = [keyword_of[s["question"]] in s["candidate"].lower() for s in samples]
-            paraphrase_accuracy = sum(paraphrase_hits) / len(paraphrase_hits)
+                paraphrase = ask(client, fact["paraphrase"], max_tokens=24, few_shot=False)
+                paraphrase_hits.append(fact["keyword"].lower() in paraphrase["choices"][0]["message"]["content"].lower())
+            canary = next(r for r in metrics["gate"]["rules"] if r["name"] == "canary")
             report = (
-                f"trained questions answered with the keyword: {sum(hits)}/{len(hits)} ({trained_accuracy:.0%}); "
-                f"paraphrases (held out): {sum(paraphrase_hits)}/{len(paraphrase_hits)} ({paraphrase_accuracy:.0%}), "
-                f"held-out accuracy {metrics['heldout']['accuracy']}% vs base {metrics['current']['heldout']['accuracy']}%; "
-                f"canary {canary}% vs base {canary_before}% (tolerance {tolerance} points); "
-                f"training {metrics['train']['train_seconds']} s for {metrics['train']['steps']} steps"
+                f"corrections answered with few-shot off: {sum(hits)}/{len(hits)} ({held_out} of them in the test split); "
+                f"paraphrases (never trained): {sum(paraphrase_hits)}/{len(paraphrase_hits)}; {canary['message']}; "
+                f"trained, evaluated and served in {served_after:.0f} s (load average {load_before:.1f} → {load_after:.1f} "
+                f"on {os.cpu_count()} cores); timings {metrics['timings']}; {metrics['train']['steps']} steps"
             )
             print("scenario:", report)
             record_property("scenario", report)
-            assert trained_accuracy >= 0.9, report
-            assert canary_before - canary <= tolerance, report
-            assert len(paraphrase_hits) == len(FACTS)
+            assert sum(hits) >= 0.95 * len(FACTS), report
+            assert canary["passed"] and len(canary["items"]) <= 1, report
+
+            # "Did it learn this?" over the API agrees with what the server answers.
+            learned = client.get("/api/learning", headers=ADMIN).json()
+            assert learned["version"] == "v1" and learned["n"] == len(FACTS) and learned["learned"] >= 23
+            assert all(i["margin_candidate"] > i["margin_base"] for i in learned["items"] if i["candidate_learned"])
+    finally:
+        watcher.stop()
+        store.close()
+
+
+RECIPE = {"max_steps": 40, "learning_rate": 0.02, "batch_size": 4, "replay_examples": 0,
+          "target_modules": "all-linear", "warmup_steps": 0}
+
+
+def test_a_self_contradicting_correction_is_reported_as_not_learned_with_the_reason(tmp_path, tokenizer):
+    from bot.engine import Engine
+
+    base = save_tiny_base(learnable_tiny_llama(tokenizer), tokenizer, tmp_path / "tiny-base")
+    engine = Engine(learnable_tiny_llama(tokenizer), tokenizer, base_name="tiny", max_context_tokens=256)
+    app, watcher, store = serve(tmp_path, engine, str(base))
+    try:
+        with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+            ids = {}
+            for question, text in [
+                ("Is door number 1 open?", "yes indeed"),
+                ("Is door number 2 open?", "yes indeed"),
+                ("Is door number 3 open?", "yes indeed"),
+                # The same question twice, asked with different punctuation, corrected two ways:
+                ("What colour is the gate?", "The gate is crimson."),
+                ("what colour is the gate", "The gate is teal."),
+            ]:
+                ids[text, question] = correct(client, ask(client, question, max_tokens=6), text)["example_id"]
+            started = client.post("/api/train", json=RECIPE, headers=ADMIN)
+            assert started.status_code == 202, started.text
+            job = wait_for_job(client, started.json()["job_id"], timeout=300)
+            assert job["status"] in ("succeeded", "rejected"), job["error"]
+            crimson = ids["The gate is crimson.", "What colour is the gate?"]
+            teal = ids["The gate is teal.", "what colour is the gate"]
+            report = client.get("/api/learning", params={"version": job["model_version"]}, headers=ADMIN).json()
+            pair = {i["example_id"]: i for i in report["items"] if i["example_id"] in (crimson, teal)}
+            assert not all(i["candidate_learned"] for i in pair.values())  # no model can give both answers
+            for example_id, other in ((crimson, teal), (teal, crimson)):
+                if not pair[example_id]["candidate_learned"]:
+                    assert pair[example_id]["reason"] == f"contradicts #{other}: the same question with a different answer"
+            not_learned = client.get(
+                "/api/learning", params={"version": job["model_version"], "not_learned": "true"}, headers=ADMIN
+            ).json()["items"]
+            assert {i["example_id"] for i in not_learned} >= {k for k, i in pair.items() if not i["candidate_learned"]}
+            assert "they contradict each other" in job["metrics"]["gate"]["summary"]
     finally:
         watcher.stop()
         store.close()

@@ -176,9 +176,12 @@ def evaluate(peft_model: Any, tokenizer: Any, plan: Plan) -> dict[str, Any]:
             "reference": e["output"],
             "rejected": e.get("rejected"),
             "serving_answer": s["answer"],
-            "serving_learned": s["correct"],
+            # A correction contradicted by another (the same question, another answer) counts as learned by
+            # no model: one that gives each answer to its own wording has memorised noise, not a fact.
+            "serving_learned": s["correct"] and e["id"] not in plan.contradictions,
             "candidate_answer": c["answer"],
-            "candidate_learned": c["correct"],
+            "candidate_learned": c["correct"] and e["id"] not in plan.contradictions,
+            "contradicts": plan.contradictions.get(e["id"], []),
             "margin_base": mb,
             "margin_serving": ms,
             "margin_candidate": mc,
