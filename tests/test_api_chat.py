@@ -19,8 +19,8 @@ from bot.engine import GenerationParams
 from bot.service import ChatService
 from core.config import ServeConfig
 from core.errors import ValidationError
-from fakes import FakeEngine, FakeGeneration, FakePrompt
-from live_app import serve_in_thread
+from tests.fakes import FakeEngine, FakeGeneration, FakePrompt
+from tests.live_app import serve_in_thread
 
 PASSWORD = "correct-horse-battery"
 ADMIN = {"Authorization": f"Bearer {PASSWORD}"}

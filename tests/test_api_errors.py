@@ -15,7 +15,7 @@ from bot.server import create_app
 from bot.service import ChatService
 from core.config import ServeConfig
 from core.errors import ConflictError, NotFoundError
-from fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 PASSWORD = "correct-horse-battery"
 ADMIN = {"Authorization": f"Bearer {PASSWORD}"}

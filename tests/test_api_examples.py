@@ -14,7 +14,7 @@ from bot.admin import AdminGuard
 from bot.api import add_api
 from bot.service import ChatService
 from core.config import ServeConfig
-from fakes import FakeEngine
+from tests.fakes import FakeEngine
 from storage import Store
 
 PASSWORD = "correct-horse-battery"

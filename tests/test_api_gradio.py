@@ -17,8 +17,8 @@ from bot.admin import AdminGuard
 from bot.server import create_app
 from bot.service import ChatService
 from core.config import ServeConfig
-from fakes import FakeEngine
-from live_app import serve_in_thread
+from tests.fakes import FakeEngine
+from tests.live_app import serve_in_thread
 
 PASSWORD = "correct-horse-battery"
 ADMIN = {"Authorization": f"Bearer {PASSWORD}"}

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from live_app import serve_in_thread
+from tests.live_app import serve_in_thread
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.live_app import REPO
 
 
 def run(*args, env=None):

@@ -14,7 +14,7 @@ import pytest
 from core.errors import ValidationError
 from storage import Store
 from training import commands
-from training_helpers import learnable_tiny_llama, save_tiny_base
+from tests.training_helpers import learnable_tiny_llama, save_tiny_base
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = ["max_steps=3", "replay_examples=0", "batch_size=4", "target_modules=\"all-linear\""]

@@ -14,7 +14,7 @@ from core.errors import ConflictError, NotFoundError, ValidationError
 from storage import Store
 from training.config import EvalConfig, RetrainPolicy
 from training.manager import TrainingManager
-from training_helpers import FAST_EVAL, add_facts, save_tiny_base, wait_for
+from tests.training_helpers import FAST_EVAL, add_facts, save_tiny_base, wait_for
 
 QUICK = {"max_steps": 2, "replay_examples": 2, "batch_size": 4}
 TRAIN = [(f"What is fact number {i}?", f"Fact {i} is zorb{i}.") for i in range(6)]

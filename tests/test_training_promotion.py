@@ -14,7 +14,7 @@ from core.models import BaseModelRef, load_base_model
 from storage import Store
 from training.config import EvalConfig
 from training.manager import TrainingManager
-from training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
+from tests.training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
 
 RECIPE = {
     "max_steps": 30,

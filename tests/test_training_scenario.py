@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from live_app import serve_in_thread
-from training_helpers import learnable_tiny_llama, save_tiny_base
+from tests.live_app import serve_in_thread
+from tests.training_helpers import learnable_tiny_llama, save_tiny_base
 
 PASSWORD = "test-admin-password"
 ADMIN = {"Authorization": f"Bearer {PASSWORD}"}

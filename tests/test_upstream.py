@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import LiveServer
+from tests.live_app import LiveServer
 
 FRONT_PASSWORD = "test-admin-password"
 UPSTREAM_PASSWORD = "upstream-admin-password"
@@ -25,12 +25,11 @@ TIMEOUT = 3.0
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, bundled_checkpoint) -> Path:
+def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
     """A 2-layer Llama with random weights and the real tokenizer (chat template included), saved to disk."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
