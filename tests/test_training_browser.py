@@ -24,7 +24,7 @@ from tests.fakes import FakeEngine
 from tests.live_app import serve_in_thread
 from training.manager import TrainingManager
 
-pytestmark = [pytest.mark.browser]
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 PASSWORD = "training-browser-password"
 SEED = Path(__file__).resolve().parent.parent / "examples" / "help_desk.jsonl"

@@ -27,6 +27,7 @@ def test_overrides_are_parsed_as_json_values():
         commands.parse_overrides(["epochs"])
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_train_then_list_and_activate(tmp_path, tokenizer):
     base = save_tiny_base(learnable_tiny_llama(tokenizer), tokenizer, tmp_path / "tiny")
     data_dir = tmp_path / "data"

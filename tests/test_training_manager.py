@@ -48,6 +48,7 @@ def setup(tmp_path, tiny_base):
     store.close()
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_a_run_trains_evaluates_and_records_a_version(setup):
     store, manager, data_dir = setup
     train_ids = add_facts(store, TRAIN, "train")
@@ -93,6 +94,7 @@ def test_bad_hyper_parameters_and_an_empty_train_set_are_refused(setup):
         manager.cancel(42)
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_cancel_stops_cleanly_and_leaves_nothing(setup):
     store, manager, data_dir = setup
     add_facts(store, TRAIN, "train")
@@ -107,6 +109,7 @@ def test_cancel_stops_cleanly_and_leaves_nothing(setup):
         manager.cancel(job_id)
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_a_killed_process_is_marked_failed_leaves_no_version_and_the_server_serves(setup, tiny_model, tokenizer):
     from bot.engine import Engine, GenerationParams
     from bot.server import ModelWatcher
@@ -135,6 +138,7 @@ def test_a_stale_heartbeat_from_another_process_is_failed(setup):
     assert store.get_job(job_id)["status"] == "failed"
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_retrain_policy_counts_new_approved_training_examples(setup):
     store, manager, _ = setup
     manager.policy = RetrainPolicy(min_new_examples=4)

@@ -32,6 +32,7 @@ def answer(engine: Engine, question: str) -> str:
     return engine.generate([{"role": "user", "content": question}], GenerationParams(max_new_tokens=6)).text
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_better_is_promoted_worse_is_rejected_and_rollback_restores_answers(tmp_path, tokenizer):
     base = save_tiny_base(learnable_tiny_llama(tokenizer), tokenizer, tmp_path / "tiny-base")
     data_dir = tmp_path / "data"

@@ -140,6 +140,7 @@ RECIPE = {"max_steps": 40, "learning_rate": 0.02, "batch_size": 4, "replay_examp
           "target_modules": "all-linear", "warmup_steps": 0}
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_a_self_contradicting_correction_is_reported_as_not_learned_with_the_reason(tmp_path, tokenizer):
     from bot.engine import Engine
 

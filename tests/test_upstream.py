@@ -240,7 +240,7 @@ def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_
     from bot.service import ChatService
     from bot.upstream import UpstreamClient, UpstreamEngine
     from core.config import ServeConfig
-    from live_app import serve_in_thread
+    from tests.live_app import serve_in_thread
     from test_contracts import check
 
     local = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
