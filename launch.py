@@ -150,7 +150,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     store = Store(DataDir(args.data_dir).db)
     try:
-        ids = import_file(store, args.file, args.format, status=args.status, actor="cli")
+        ids = import_file(store, args.file, args.format, status=args.status)
     finally:
         store.close()
     print(f"Imported {len(ids)} examples from {args.file} (ids {ids[0]}–{ids[-1]}).")

@@ -21,7 +21,7 @@ from bot.contracts import TrainingController
 from bot.service import ChatService
 from core.errors import ConflictError
 from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
-from storage.vocabulary import ExampleSource, ExampleStatus, JobStatus, Role, Split
+from storage.vocabulary import Actor, ExampleSource, ExampleStatus, JobStatus, Role, Split
 
 # The subsets of the vocabulary a route accepts (superseded is the store's to set; a folder cannot be posted).
 ReviewStatus = Literal[ExampleStatus.PENDING, ExampleStatus.APPROVED, ExampleStatus.REJECTED]
@@ -29,7 +29,7 @@ ImportStatus = Literal[ExampleStatus.APPROVED, ExampleStatus.PENDING]
 ImportFormat = Literal[tuple(f for f in IMPORT_FORMATS if f != "hf")]  # type: ignore[valid-type]
 ExportFormat = Literal[tuple(f for f in EXPORT_FORMATS if f != "hf")]  # type: ignore[valid-type]
 
-ACTOR = "api"
+ACTOR = Actor.ADMIN  # every route here needs the admin password
 NO_TRAINER = (
     "training is not available in this server (it was started without a trainer); "
     "use `python launch.py train` or start the server with training enabled"

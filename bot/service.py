@@ -142,14 +142,16 @@ class ChatService:
         reason: Any = None,
         comment: Any = None,
         correction: Any = None,
-        actor: str | None = None,
+        actor: str,
         rater: str | None = None,
     ) -> dict[str, Any]:
         """Store a rating and/or correction of an assistant message, creating an example where due.
 
         A correction becomes a `correction` example (the original kept as rejected),
         a thumbs-up an `upvote` example, a thumbs-down alone feedback only. Un-rating
-        (rating None) or a thumbs-down withdraws an earlier upvote example.
+        (rating None) or a thumbs-down withdraws an earlier upvote example, unless an
+        admin set its status. `actor` is an `Actor` (`ui`, `api`). The whole change is
+        one transaction in the store (Store.record_feedback).
         """
         if isinstance(message_id, bool) or not isinstance(message_id, int):
             raise ValidationError("message_id must be an integer")
@@ -158,57 +160,19 @@ class ChatService:
         for name, value in (("reason", reason), ("comment", comment)):
             if value is not None and (not isinstance(value, str) or len(value) > 2000):
                 raise ValidationError(f"{name} must be a string of at most 2000 characters")
-        if correction is not None:
-            if not isinstance(correction, str) or not normalise_text(correction):
-                raise ValidationError("correction is empty: give the text the answer should have been")
-            correction = self.store.validate_output(correction, what="correction")
-        message = self.store.get_message(message_id)
-        if message["role"] != "assistant" or not message.get("context"):
-            raise ValidationError(f"Message {message_id} is not an assistant answer")
-        if correction is not None and correction == normalise_text(message["content"]):
-            raise ValidationError("The correction is the same as the answer: edit the text, or rate it instead")
-
-        status = self.review_status()
-        with self.store.db.atomic():
-            feedback_id = self.store.add_feedback(
-                message_id, rating=rating, reason=reason, comment=comment, correction=correction, actor=actor,
-                rater=rater,
-            )
-            example_id = None
-            if rating != "up" or correction is not None:
-                self._withdraw_upvotes(message_id, actor)
-            if correction is not None:
-                example_id = self.store.add_example(
-                    message["context"],
-                    correction,
-                    source="correction",
-                    status=status,
-                    rejected=message["content"],
-                    message_id=message_id,
-                    feedback_id=feedback_id,
-                    actor=actor,
-                )
-            elif rating == "up":
-                example_id = self.store.add_example(
-                    message["context"],
-                    message["content"],
-                    source="upvote",
-                    status=status,
-                    message_id=message_id,
-                    feedback_id=feedback_id,
-                    actor=actor,
-                )
-            if example_id is not None:
-                self.store.set_feedback_example(feedback_id, example_id)
-        return {"feedback_id": feedback_id, "example_id": example_id, "status": status if example_id else None}
+        if correction is not None and (not isinstance(correction, str) or not normalise_text(correction)):
+            raise ValidationError("correction is empty: give the text the answer should have been")
+        return self.store.record_feedback(
+            message_id,
+            rating=rating,
+            reason=reason,
+            comment=comment,
+            correction=correction,
+            status=self.review_status(),
+            actor=actor,
+            rater=rater,
+        )
 
     def current_ratings(self, message_ids: Sequence[int], *, rater: str | None) -> dict[int, dict[str, Any]]:
         """Each answer's current rating by one rater (what the chat's thumbs show)."""
         return self.store.current_ratings(message_ids, rater)
-
-    def _withdraw_upvotes(self, message_id: int, actor: str | None) -> None:
-        for row in self.store.message_feedback(message_id):
-            if row["rating"] == "up" and row["example_id"] and not row["correction"]:
-                example = self.store.get_example(row["example_id"])
-                if example["source"] == "upvote" and example["status"] in ("pending", "approved"):
-                    self.store.update_example(example["id"], status="rejected", actor=actor or "unrate")

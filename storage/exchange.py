@@ -10,7 +10,7 @@ from storage.errors import ValidationError
 from storage.examples import check_choice
 from storage.formats import EXPORT_FORMATS, export_examples, parse_examples, write_hf_dataset
 from storage.store import Store
-from storage.vocabulary import REVIEW_STATUSES, ExampleSource, ExampleStatus
+from storage.vocabulary import REVIEW_STATUSES, Actor, ExampleSource, ExampleStatus
 
 # What an export holds. Superseded outputs are history: the newer output of
 # the same input is exported instead (and an import could not restore them).
@@ -21,7 +21,7 @@ IMPORT_STATUSES = (ExampleStatus.APPROVED, ExampleStatus.PENDING)
 
 
 def import_file(
-    store: Store, path: str | Path, fmt: str | None = None, *, status: str | None = None, actor: str = "import"
+    store: Store, path: str | Path, fmt: str | None = None, *, status: str | None = None, actor: str = Actor.ADMIN
 ) -> list[int]:
     """Store every example in a file (or dataset folder), or none if any record is bad; return the new ids.
 
@@ -32,7 +32,7 @@ def import_file(
 
 
 def import_data(
-    store: Store, data: bytes | str | Path, fmt: str | None = None, *, status: str | None = None, actor: str = "import"
+    store: Store, data: bytes | str | Path, fmt: str | None = None, *, status: str | None = None, actor: str = Actor.ADMIN
 ) -> list[int]:
     """import_file for data already read (an HTTP body) or a path: every record, or none."""
     rows = parse_examples(data, fmt)
@@ -76,4 +76,4 @@ def seed_examples(store: Store, path: str | Path, fmt: str | None = None) -> int
     if store.count_examples(source=ExampleSource.SEED):
         return 0
     rows = [{**row, "source": ExampleSource.SEED} for row in parse_examples(Path(path), fmt)]
-    return len(store.add_examples(rows, actor="seed"))
+    return len(store.add_examples(rows, actor=Actor.ADMIN))

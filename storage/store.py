@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from storage.examples import (
     MAX_OUTPUT_CHARS,
     check_choice,
     input_key,
+    normalise_text,
     split_for,
     validate_messages,
     validate_output,
@@ -29,6 +31,7 @@ from storage.migrations import migrations
 from storage.search import idf, query_words, relevance, terms
 from storage.vocabulary import (
     ACTIVE_JOB_STATUSES,
+    Actor,
     REVIEW_STATUSES,
     ExampleSource,
     ExampleStatus,
@@ -55,7 +58,12 @@ def now() -> str:
 
 
 class Store:
-    """Exemplar's database. Thread-safe: one connection guarded by a lock."""
+    """Exemplar's database. Thread-safe: one connection guarded by a lock.
+
+    Every write runs inside `_write()`: the lock is held for the whole
+    transaction, so concurrent requests can never commit or roll back each
+    other's work, and a method that returns has committed its rows.
+    """
 
     max_output_chars = MAX_OUTPUT_CHARS
 
@@ -68,14 +76,54 @@ class Store:
         self._lock = threading.RLock()
         if self.path != ":memory:":
             self.db.enable_wal()
+        # FULL: a commit is on disk (the WAL fsynced) before the method returns,
+        # so an acknowledged write survives a crash of the process or the machine.
+        self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("PRAGMA foreign_keys = ON")
+        # Other processes (the training worker, the CLI) write to the same file.
         self.db.execute("PRAGMA busy_timeout = 30000")
-        migrations.apply(self.db)
+        with self._lock:
+            migrations.apply(self.db)
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
+
+    def integrity_check(self) -> str:
+        """SQLite's own check of the file: 'ok', or the problems it found."""
+        with self._lock:
+            return "\n".join(row[0] for row in self.db.execute("PRAGMA integrity_check").fetchall())
 
     # -- helpers -------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One transaction under the lock: committed when the block ends, rolled back on any error.
+
+        Nested blocks (one Store method calling another) become savepoints of the
+        outer transaction. BEGIN IMMEDIATE takes SQLite's write lock at the start,
+        so a read-then-write never meets another process's commit halfway (which
+        SQLite answers with "database is locked" at once, without waiting).
+        """
+        with self._lock:
+            conn = self.db.conn
+            if conn.in_transaction:
+                with self.db.atomic():
+                    yield
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _decode(self, table: str, row: dict[str, Any] | None) -> dict[str, Any] | None:
         if row is None:
@@ -104,10 +152,17 @@ class Store:
 
     def create_conversation(self, source: str = "ui", system_prompt: str | None = None) -> int:
         """Start a conversation and return its id."""
-        with self._lock:
+        with self._write():
             return self.db["conversations"].insert(
                 {"created_at": now(), "source": source, "system_prompt": system_prompt}
             ).last_pk
+
+    def get_conversation(self, conversation_id: int) -> dict[str, Any]:
+        return self._get("conversations", conversation_id, "Conversation")
+
+    def count_conversations(self) -> int:
+        with self._lock:
+            return self.db.execute("select count(*) from conversations").fetchone()[0]
 
     def add_message(
         self,
@@ -132,7 +187,7 @@ class Store:
             "few_shot_ids": few_shot_ids,
             "created_at": now(),
         }
-        with self._lock:
+        with self._write():
             self._get("conversations", conversation_id, "Conversation")
             return self.db["messages"].insert(self._encode("messages", row)).last_pk
 
@@ -144,14 +199,14 @@ class Store:
         allowed = {"content", "model_version", "gen_params", "few_shot_ids"}
         if not fields or set(fields) - allowed:
             raise ValidationError(f"update_message changes only {', '.join(sorted(allowed))}")
-        with self._lock:
+        with self._write():
             self._get("messages", message_id, "Message")
             self.db["messages"].update(message_id, self._encode("messages", fields))
 
     def delete_message(self, message_id: int) -> bool:
         """Remove a turn that never got an answer (generation failed), unless feedback already
         points at it; return whether it was removed."""
-        with self._lock, self.db.atomic():
+        with self._write():
             if self.db.execute("select 1 from feedback where message_id = ?", [message_id]).fetchone():
                 return False
             self.db.execute("delete from messages where id = ?", [message_id])
@@ -188,9 +243,9 @@ class Store:
         rater: str | None = None,
     ) -> int:
         """Record a rating (or un-rating, rating=None) and/or a correction of an assistant message."""
-        if rating is not None and rating not in Rating.values():
-            raise ValidationError(f"rating must be 'up', 'down' or null, not {rating!r}")
-        with self._lock:
+        if rating is not None:
+            check_choice("rating", rating, Rating)
+        with self._write():
             message = self.get_message(message_id)
             if message["role"] != "assistant":
                 raise ValidationError(f"Message {message_id} is not an assistant answer")
@@ -207,10 +262,6 @@ class Store:
                     "created_at": now(),
                 }
             ).last_pk
-
-    def set_feedback_example(self, feedback_id: int, example_id: int) -> None:
-        with self._lock:
-            self.db["feedback"].update(feedback_id, {"example_id": example_id})
 
     def get_feedback(self, feedback_id: int) -> dict[str, Any]:
         return self._get("feedback", feedback_id, "Feedback")
@@ -301,6 +352,85 @@ class Store:
             row["question"] = next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
         return rows
 
+    def record_feedback(
+        self,
+        message_id: int,
+        *,
+        rating: str | None = None,
+        reason: str | None = None,
+        comment: str | None = None,
+        correction: str | None = None,
+        status: str,
+        actor: str,
+        rater: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a rating and/or correction of an assistant answer and the example it makes, in one
+        transaction: everything, or (on any error) nothing.
+
+        A correction becomes a `correction` example (the answer kept as `rejected`), a thumbs-up an
+        `upvote` example; a thumbs-down or an un-rating (rating None) is feedback only. Anything but
+        a plain thumbs-up withdraws (rejects) the upvote examples this answer made before, except
+        those whose status an admin set, which only an admin may change. `status` is the new
+        example's status (the review policy's); `actor` who rates (an `Actor`); `rater` which person
+        (a browser session), so that the UI can show each person their own current rating.
+        Returns {"feedback_id", "example_id", "status"}; example_id and status are None when no
+        example was made.
+        """
+        if rating is not None:
+            check_choice("rating", rating, Rating)
+        if correction is not None:
+            correction = self.validate_output(correction, what="correction")
+        check_choice("status", status, REVIEW_STATUSES)
+        check_choice("actor", actor, Actor)
+        with self._write():
+            message = self.get_message(message_id)
+            if message["role"] != Role.ASSISTANT or not message.get("context"):
+                raise ValidationError(f"Message {message_id} is not an assistant answer")
+            if correction is not None and correction == normalise_text(message["content"]):
+                raise ValidationError("The correction is the same as the answer: edit the text, or rate it instead")
+            feedback_id = self.add_feedback(
+                message_id, rating=rating, reason=reason, comment=comment, correction=correction, actor=actor,
+                rater=rater,
+            )
+            if rating != Rating.UP or correction is not None:
+                self._withdraw_upvotes(message_id, actor)
+            example_id = None
+            if correction is not None:
+                example_id = self.add_example(
+                    message["context"], correction, source=ExampleSource.CORRECTION, status=status,
+                    rejected=message["content"], message_id=message_id, feedback_id=feedback_id, actor=actor,
+                )
+            elif rating == Rating.UP:
+                example_id = self.add_example(
+                    message["context"], message["content"], source=ExampleSource.UPVOTE, status=status,
+                    message_id=message_id, feedback_id=feedback_id, actor=actor,
+                )
+            if example_id is not None:
+                self.db["feedback"].update(feedback_id, {"example_id": example_id})
+        return {"feedback_id": feedback_id, "example_id": example_id, "status": status if example_id else None}
+
+    def _withdraw_upvotes(self, message_id: int, actor: str) -> None:
+        # Called inside record_feedback's transaction.
+        rows = self.db.execute(
+            "select examples.id, examples.status from feedback join examples on examples.id = feedback.example_id "
+            "where feedback.message_id = ? and feedback.rating = ? and feedback.correction is null "
+            "and examples.source = ? and examples.status in (?, ?)",
+            [message_id, Rating.UP, ExampleSource.UPVOTE, ExampleStatus.PENDING, ExampleStatus.APPROVED],
+        ).fetchall()
+        for example_id, _ in rows:
+            if actor != Actor.ADMIN and self._status_set_by(example_id) == Actor.ADMIN:
+                continue
+            self.update_example(example_id, status=ExampleStatus.REJECTED, actor=actor)
+
+    def _status_set_by(self, example_id: int) -> str | None:
+        """Who last set an example's status (its creator if nobody changed it since)."""
+        row = self.db.execute(
+            "select actor from example_history where example_id = ? and field in ('created', 'status') "
+            "order by id desc limit 1",
+            [example_id],
+        ).fetchone()
+        return row[0] if row else None
+
     # -- examples ------------------------------------------------------------
 
     def validate_output(self, output: Any, *, what: str = "output") -> str:
@@ -341,17 +471,17 @@ class Store:
             "created_at": stamp,
             "updated_at": stamp,
         }
-        with self._lock, self.db.atomic():
+        with self._write():
             example_id = self.db["examples"].insert(self._encode("examples", row)).last_pk
             self._history(example_id, "created", None, status, actor, stamp)
             if status == ExampleStatus.APPROVED:
-                self._supersede_older(example_id, key, actor, stamp)
+                self._supersede_older(example_id, key, stamp)
         return example_id
 
     def add_examples(self, rows: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[int]:
         """Store many examples in one transaction: all of them, or (on any error) none."""
         ids = []
-        with self._lock, self.db.atomic():
+        with self._write():
             for row in rows:
                 ids.append(self.add_example(**row, actor=actor))
         return ids
@@ -368,7 +498,7 @@ class Store:
             }
         )
 
-    def _supersede_older(self, example_id: int, key: str, actor: str | None, at: str) -> None:
+    def _supersede_older(self, example_id: int, key: str, at: str) -> None:
         # The newest approved output for an input wins; older ones stay as history.
         approved, superseded = ExampleStatus.APPROVED, ExampleStatus.SUPERSEDED
         older = self.db.execute(
@@ -377,7 +507,7 @@ class Store:
         ).fetchall()
         for (old_id,) in older:
             self.db["examples"].update(old_id, {"status": superseded, "superseded_by": example_id, "updated_at": at})
-            self._history(old_id, "status", approved, superseded, actor, at)
+            self._history(old_id, "status", approved, superseded, Actor.POLICY, at)
 
     def get_example(self, example_id: int) -> dict[str, Any]:
         return self._get("examples", example_id, "Example")
@@ -401,7 +531,7 @@ class Store:
             changes["split"] = check_choice("split", split, Split)
         if not changes:
             raise ValidationError("Nothing to change: give status, output or split")
-        with self._lock, self.db.atomic():
+        with self._write():
             current = self.get_example(example_id)
             stamp = now()
             changed = {k: v for k, v in changes.items() if current[k] != v}
@@ -413,14 +543,14 @@ class Store:
                     changed["superseded_by"] = None
                 self.db["examples"].update(example_id, changed)
             if changed.get("status") == ExampleStatus.APPROVED:
-                self._supersede_older(example_id, current["input_key"], actor, stamp)
+                self._supersede_older(example_id, current["input_key"], stamp)
         return self.get_example(example_id)
 
     def update_examples(
         self, example_ids: Sequence[int], *, actor: str | None = None, **changes: Any
     ) -> list[dict[str, Any]]:
         """Make the same change (status, output or split) to several examples in one transaction: all or none."""
-        with self._lock, self.db.atomic():
+        with self._write():
             return [self.update_example(example_id, actor=actor, **changes) for example_id in example_ids]
 
     def _example_filters(
@@ -518,7 +648,7 @@ class Store:
 
     def mark_trained(self, example_ids: Sequence[int], version: str) -> None:
         """Record the version an example was first trained in."""
-        with self._lock, self.db.atomic():
+        with self._write():
             for example_id in example_ids:
                 self.db.execute(
                     "update examples set trained_in_version = ? where id = ? and trained_in_version is null",
@@ -546,12 +676,12 @@ class Store:
     def add_model_version(self, version: str, **fields: Any) -> dict[str, Any]:
         number = int(version.lstrip("v"))
         row = {"version": version, "number": number, "status": VersionStatus.CANDIDATE, "created_at": now(), **fields}
-        with self._lock:
+        with self._write():
             self.db["model_versions"].insert(self._encode("model_versions", row))
         return self.get_model_version(version)
 
     def update_model_version(self, version: str, **fields: Any) -> dict[str, Any]:
-        with self._lock:
+        with self._write():
             self.get_model_version(version)
             self.db["model_versions"].update(version, self._encode("model_versions", fields))
         return self.get_model_version(version)
@@ -571,7 +701,7 @@ class Store:
 
     def activate_version(self, version: str | None) -> None:
         """Make `version` the only active one (None: serve the base model)."""
-        with self._lock, self.db.atomic():
+        with self._write():
             if version is not None:
                 self.get_model_version(version)
             self.db.execute(
@@ -584,7 +714,7 @@ class Store:
 
     def create_job(self, kind: str, params: dict[str, Any] | None = None) -> int:
         """Queue a job; raise ConflictError if one is already queued or running."""
-        with self._lock, self.db.atomic():
+        with self._write():
             running = self.active_job()
             if running is not None:
                 raise ConflictError(f"A {running['kind']} job (#{running['id']}) is already {running['status']}")
@@ -605,7 +735,7 @@ class Store:
     def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
         if "status" in fields:
             check_choice("job status", fields["status"], JobStatus)
-        with self._lock:
+        with self._write():
             self.db["jobs"].update(job_id, self._encode("jobs", fields))
         return self.get_job(job_id)
 

@@ -97,3 +97,13 @@ class VersionStatus(Word):
 
 # The version name of the base model without an adapter (never a row in model_versions).
 BASE_VERSION = "base"
+
+
+class Actor(Word):
+    """Who made a change, as example history records it."""
+
+    ADMIN = "admin"  # someone who gave the admin password (Admin tab, admin API, the CLI on the data dir)
+    UI = "ui"  # an anonymous user of the chat UI
+    API = "api"  # an anonymous client of the public HTTP API (/api/feedback)
+    POLICY = "policy"  # the store's own rules, e.g. a newer approved output superseding an older one
+

@@ -74,7 +74,7 @@ def test_completion_is_stored_and_its_id_is_the_message_id(client, engine, store
     assert message["context"] == QUESTION and message["model_version"] == "base"
     turns = store.conversation_messages(message["conversation_id"])
     assert [t["role"] for t in turns] == ["user", "assistant"]
-    conversation = store.db["conversations"].get(message["conversation_id"])
+    conversation = store.get_conversation(message["conversation_id"])
     assert conversation["source"] == "api"
 
 
@@ -206,6 +206,23 @@ def test_feedback_waits_for_review_under_the_manual_policy(store, engine):
     assert result["status"] == "pending"
     pending = client.get("/api/examples?status=pending", headers=ADMIN).json()
     assert [e["id"] for e in pending["examples"]] == [result["example_id"]]
+
+
+def test_an_anonymous_rating_cannot_reject_what_an_admin_approved(store, engine):
+    app = FastAPI()
+    add_api(app, ChatService(engine, store, ServeConfig(review_policy="manual")), AdminGuard(PASSWORD))
+    client = TestClient(app)
+    engine.enqueue("Paris.")
+    answer = client.post("/v1/chat/completions", json={"messages": QUESTION}).json()
+    up = client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"}).json()
+    approved = client.patch(f"/api/examples/{up['example_id']}", json={"status": "approved"}, headers=ADMIN)
+    assert approved.status_code == 200, approved.text
+    for rating in ("down", None):  # anyone, without the password
+        assert client.post("/api/feedback", json={"message_id": answer["id"], "rating": rating}).status_code == 201
+    assert store.get_example(up["example_id"])["status"] == "approved"
+    history = store.example_history(up["example_id"])
+    assert [(h["field"], h["new_value"], h["actor"]) for h in history] == [
+        ("created", "pending", "api"), ("status", "approved", "admin")]
 
 
 class SlowGeneration(FakeGeneration):

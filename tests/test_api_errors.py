@@ -338,7 +338,7 @@ def test_max_tokens_beyond_the_context_window_is_400_with_a_real_engine(store, t
     for stream in (False, True):
         response = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 5000, "stream": stream})
         assert_error(response, 400, "max_tokens 5000", "fewer tokens")
-    assert store.db["conversations"].count == 0  # refused before anything was stored
+    assert store.count_conversations() == 0  # refused before anything was stored
     ok = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 3})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 3
 

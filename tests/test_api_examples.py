@@ -62,7 +62,7 @@ def test_create_list_and_patch_examples(client, store):
     assert (stored["status"], stored["output"]) == ("approved", "Lima, Peru.")
     history = store.example_history(second["id"])
     assert {(h["field"], h["new_value"], h["actor"]) for h in history} >= {
-        ("status", "approved", "api"), ("output", "Lima, Peru.", "api")}
+        ("status", "approved", "admin"), ("output", "Lima, Peru.", "admin")}
     assert client.patch(f"/api/examples/{example['id']}", json={"split": "train"}, headers=ADMIN).json()["split"] == "train"
 
 

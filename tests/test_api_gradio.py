@@ -129,7 +129,7 @@ def test_gradio_client_chat_endpoint_answers(server, store):
     assert answer["role"] == "assistant"
     assert "".join(p["text"] for p in answer["content"] if p.get("type") == "text") == "Four."
     # Stored like any UI conversation, so it can be rated and corrected.
-    conversation = store.db["conversations"].get(1)
+    conversation = store.get_conversation(1)
     assert conversation["source"] == "ui"
     assert [m["content"] for m in store.conversation_messages(1)] == ["What is 2+2?", "Four."]
 
