@@ -180,7 +180,7 @@ def test_a_correction_is_used_at_once_under_auto_review_and_only_after_approval_
     manual = make_service(engine, store, review_policy="manual")
     first = manual.answer(ask("What is the capital of Zorvania?"))
     list(first)
-    result = manual.record_feedback(first.message_id, correction="The capital of Zorvania is Velmora.")
+    result = manual.record_feedback(first.message_id, correction="The capital of Zorvania is Velmora.", actor="ui")
     assert result["status"] == "pending"
     again = manual.answer(ask("What is the capital of Zorvania?"))
     assert again.few_shot_ids == []
@@ -220,7 +220,7 @@ def test_a_correction_changes_the_real_models_next_answer(real_engine, store):
     wrong = service.answer(ask(question), params=params)
     list(wrong)
     assert "Velmora" not in wrong.text
-    result = service.record_feedback(wrong.message_id, correction="The capital of Zorvania is Velmora.")
+    result = service.record_feedback(wrong.message_id, correction="The capital of Zorvania is Velmora.", actor="ui")
     assert result["status"] == "approved"
 
     guided = service.answer(ask(question), params=params)
