@@ -1,4 +1,4 @@
-"""The HTTP API (see DESIGN.md "Public interface"), on the same FastAPI app as the UI.
+"""The HTTP API (listed in README.md "HTTP API"; schema at /docs), on the same FastAPI app as the UI.
 
 This module wires the routes together and owns the error shape: every error is
 JSON `{"error": "..."}` with a 4xx status (a 5xx is a bug). The routes live in

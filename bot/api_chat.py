@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from bot.engine import GenerationParams
 from bot.service import Answer, ChatService
+from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError, ValidationError
 from storage.vocabulary import ExampleStatus, Rating, Role
 
@@ -68,7 +69,7 @@ class ChatCompletionRequest(BaseModel):
         None, ge=1, description="Cap on the answer's tokens; the server's default if absent."
     )
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
-    temperature: float | None = Field(None, ge=0, le=5, description="0 means greedy decoding.")
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, description="0 means greedy decoding.")
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer.")
     stream: bool = Field(False, description="Send server-sent events, ending with `data: [DONE]`.")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import MAX_TEMPERATURE
 from core.errors import ModelLoadError, ValidationError
 from core.prompts import FittedPrompt, Message, encode, fit_prompt
 from storage.vocabulary import BASE_VERSION  # the version name of the base model, for bot's callers too
@@ -35,8 +36,8 @@ class GenerationParams:
     def validate(self) -> GenerationParams:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValidationError("max_tokens must be a positive integer")
-        if self.temperature < 0 or self.temperature > 5:
-            raise ValidationError("temperature must be between 0 and 5")
+        if not (0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ValidationError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}")
         if not (0 < self.top_p <= 1):
             raise ValidationError("top_p must be greater than 0 and at most 1")
         if len(self.stop) > 4 or any(not isinstance(s, str) or not s for s in self.stop):

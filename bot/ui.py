@@ -19,6 +19,7 @@ from bot.admin import AdminGuard
 from bot.contracts import TrainingController
 from bot.engine import GenerationParams
 from bot.service import ChatService
+from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError
 
 log = logging.getLogger(__name__)
@@ -444,7 +445,7 @@ def build_chat_tab(service: ChatService) -> Any:
             label="Use approved examples as demonstrations (few-shot)", value=config.few_shot, elem_id="few-shot"
         )
         with gr.Row():
-            temperature = gr.Slider(0, 2, value=config.temperature, step=0.05, label="Temperature (0 = greedy)")
+            temperature = gr.Slider(0, MAX_TEMPERATURE, value=config.temperature, step=0.05, label="Temperature (0 = greedy)")
             max_tokens = gr.Slider(16, 1024, value=config.max_new_tokens, step=16, label="Max new tokens")
     settings = [system_prompt, few_shot, temperature, max_tokens, rater]
     buttons = [send, stop, more]

@@ -16,6 +16,8 @@ from core.datadir import DataDir
 from core.errors import ConfigError
 
 REVIEW_POLICIES = ("auto", "manual")
+# The sampling temperature's range everywhere (engine, HTTP API, UI slider): OpenAI's, 0 to 2.
+MAX_TEMPERATURE = 2.0
 BACKENDS = ("local", "openai-upstream")
 # vLLM's default --max-lora-rank, assumed when serving through an upstream and no limit is given.
 VLLM_DEFAULT_MAX_LORA_RANK = 16
@@ -126,8 +128,8 @@ class ServeConfig:
             problems.append(f"review policy {self.review_policy!r} is unknown: use 'auto' or 'manual'")
         if self.max_new_tokens < 1:
             problems.append("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            problems.append("temperature must be 0 (greedy) or more")
+        if not (0 <= self.temperature <= MAX_TEMPERATURE):
+            problems.append(f"temperature must be from 0 (greedy) to {MAX_TEMPERATURE:g}")
         if not (0 < self.top_p <= 1):
             problems.append("top_p must be in (0, 1]")
         if self.max_context_tokens < 64:

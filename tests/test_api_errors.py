@@ -117,6 +117,7 @@ CHAT_CASES = [
     ("zero max_tokens", {"messages": USER, "max_tokens": 0}, 422, ["max_tokens"]),
     ("fractional max_tokens", {"messages": USER, "max_tokens": 2.5}, 422, ["max_tokens"]),
     ("negative temperature", {"messages": USER, "temperature": -1}, 422, ["temperature"]),
+    ("temperature above the UI's and OpenAI's 2", {"messages": USER, "temperature": 2.5}, 422, ["temperature"]),
     ("top_p zero", {"messages": USER, "top_p": 0}, 422, ["top_p"]),
     ("too many stops", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, ["stop"]),
     ("empty stop", {"messages": USER, "stop": ""}, 400, ["stop"]),

@@ -20,6 +20,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from core.datadir import DataDir
 from core.errors import ConflictError, ValidationError
 from storage import Store
@@ -42,19 +44,14 @@ def _parse_time(stamp: str | None) -> datetime | None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists (a zombie counts as dead)."""
+    """Whether a process with this id exists (a zombie, exited but not yet waited for, counts as dead)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:  # a child that exited but was not waited for is a zombie: dead for our purposes
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+    except psutil.AccessDenied:  # another user's process: it exists
         return True
 
 
