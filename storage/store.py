@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
 from sqlite_utils import Database
 
 from storage.errors import ConflictError, NotFoundError, ValidationError
@@ -44,6 +45,7 @@ from storage.vocabulary import (
 
 MAX_RATED_IDS = 500  # a chat's answers; bounds the placeholders in one query
 
+# Columns holding JSON. sqlite-utils encodes dicts and lists on insert and update; _decode reads them back.
 _JSON_COLUMNS = {
     "messages": ("context", "gen_params", "few_shot_ids"),
     "examples": ("input",),
@@ -135,18 +137,11 @@ class Store:
 
     def _get(self, table: str, pk: Any, what: str) -> dict[str, Any]:
         with self._lock:
-            rows = list(self.db[table].rows_where(f"{self.db[table].pks[0]} = ?", [pk]))
-        if not rows:
-            raise NotFoundError(f"{what} {pk} does not exist")
-        return self._decode(table, rows[0])
-
-    @staticmethod
-    def _encode(table: str, values: dict[str, Any]) -> dict[str, Any]:
-        out = dict(values)
-        for column in _JSON_COLUMNS.get(table, ()):
-            if column in out and out[column] is not None:
-                out[column] = json.dumps(out[column], ensure_ascii=False)
-        return out
+            try:
+                row = self.db[table].get(pk)
+            except sqlite_utils.db.NotFoundError:
+                raise NotFoundError(f"{what} {pk} does not exist") from None
+        return self._decode(table, row)
 
     # -- conversations and messages ------------------------------------------
 
@@ -189,7 +184,7 @@ class Store:
         }
         with self._write():
             self._get("conversations", conversation_id, "Conversation")
-            return self.db["messages"].insert(self._encode("messages", row)).last_pk
+            return self.db["messages"].insert(row).last_pk
 
     def get_message(self, message_id: int) -> dict[str, Any]:
         return self._get("messages", message_id, "Message")
@@ -201,7 +196,7 @@ class Store:
             raise ValidationError(f"update_message changes only {', '.join(sorted(allowed))}")
         with self._write():
             self._get("messages", message_id, "Message")
-            self.db["messages"].update(message_id, self._encode("messages", fields))
+            self.db["messages"].update(message_id, fields)
 
     def delete_message(self, message_id: int) -> bool:
         """Remove a turn that never got an answer (generation failed), unless feedback already
@@ -472,7 +467,7 @@ class Store:
             "updated_at": stamp,
         }
         with self._write():
-            example_id = self.db["examples"].insert(self._encode("examples", row)).last_pk
+            example_id = self.db["examples"].insert(row).last_pk
             self._history(example_id, "created", None, status, actor, stamp)
             if status == ExampleStatus.APPROVED:
                 self._supersede_older(example_id, key, stamp)
@@ -677,13 +672,13 @@ class Store:
         number = int(version.lstrip("v"))
         row = {"version": version, "number": number, "status": VersionStatus.CANDIDATE, "created_at": now(), **fields}
         with self._write():
-            self.db["model_versions"].insert(self._encode("model_versions", row))
+            self.db["model_versions"].insert(row)
         return self.get_model_version(version)
 
     def update_model_version(self, version: str, **fields: Any) -> dict[str, Any]:
         with self._write():
             self.get_model_version(version)
-            self.db["model_versions"].update(version, self._encode("model_versions", fields))
+            self.db["model_versions"].update(version, fields)
         return self.get_model_version(version)
 
     def get_model_version(self, version: str) -> dict[str, Any]:
@@ -719,24 +714,21 @@ class Store:
             if running is not None:
                 raise ConflictError(f"A {running['kind']} job (#{running['id']}) is already {running['status']}")
             return self.db["jobs"].insert(
-                self._encode(
-                    "jobs",
-                    {
-                        "kind": kind,
-                        "status": JobStatus.QUEUED,
-                        "params": params or {},
-                        "losses": [],
-                        "cancel_requested": 0,
-                        "created_at": now(),
-                    },
-                )
+                {
+                    "kind": kind,
+                    "status": JobStatus.QUEUED,
+                    "params": params or {},
+                    "losses": [],
+                    "cancel_requested": 0,
+                    "created_at": now(),
+                }
             ).last_pk
 
     def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
         if "status" in fields:
             check_choice("job status", fields["status"], JobStatus)
         with self._write():
-            self.db["jobs"].update(job_id, self._encode("jobs", fields))
+            self.db["jobs"].update(job_id, fields)
         return self.get_job(job_id)
 
     def get_job(self, job_id: int) -> dict[str, Any]:
