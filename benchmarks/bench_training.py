@@ -3,6 +3,9 @@
 - training throughput (tokens/s, s/step) of the default recipe, measured over a
   few steps, and the wall time for 200 examples × the default epochs
   (extrapolated from the measured s/step: said so in the output);
+- the judging cost per correction and for the canary, and from both the
+  estimated wall time of a whole retrain job on 24 and 200 corrections
+  (selection run + refit + judging);
 - adapter swap time in the serving engine (first load of a version, and
   switching back to one seen before);
 - decode speed of the serving engine while a retrain runs beside it, against
@@ -67,6 +70,52 @@ def measure_training(ref, steps: int, threads: int) -> dict:
         "tokens_per_second": round(result.tokens_per_second, 1),
         "steps_for_200_examples": full_steps,
         "minutes_for_200_examples_extrapolated": round(full_steps * per_step / 60, 1),
+    }
+
+
+def measure_evaluation(ref, threads: int, n: int = 16) -> dict:
+    """Seconds the judging of a job costs: per correction (answer + margin, for the candidate and the
+    serving version, and the base model's margin) and for the canary (candidate and serving)."""
+    import torch
+
+    from core.models import load_base_model
+    from training.config import EvalConfig, TrainConfig
+    from training.evaluate import canary_answers, judge_answers, load_canary, margins
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_base_model(ref)
+    config, max_length = EvalConfig(), TrainConfig().max_length
+    rows = [{**e, "id": i, "rejected": "I do not know."} for i, e in enumerate(examples(n))]
+    started = time.perf_counter()
+    judge_answers(model, tokenizer, rows, config)
+    margins(model, tokenizer, rows, max_length=max_length, batch_size=config.batch_size)
+    per_item = (time.perf_counter() - started) / n
+    started = time.perf_counter()
+    canary_answers(model, tokenizer, load_canary(), config)
+    canary = time.perf_counter() - started
+    return {"seconds_per_correction": round(per_item, 2), "seconds_for_canary": round(canary, 1)}
+
+
+def job_minutes(n: int, per_step: float, evaluation: dict, heldout_share: float = 0.2) -> dict:
+    """Wall time of one retrain on n corrections with the default recipe, from the timed parts:
+    a selection run (when >= 5 are held out) and the refit, then the judging (candidate and serving
+    answer every correction and the canary)."""
+    from training.config import EvalConfig, TrainConfig
+    from training.dataset import load_replay
+    from training.trainer import total_steps
+
+    config = TrainConfig()
+    replay = len(load_replay(config.replay_examples))
+    heldout = round(n * heldout_share)
+    selection = total_steps(n - heldout + replay, config) if heldout >= EvalConfig().heldout_min_items else 0
+    final = total_steps(n + replay, config)
+    judging = 2 * n * evaluation["seconds_per_correction"] + 2 * evaluation["seconds_for_canary"]
+    return {
+        "corrections": n,
+        "steps": {"selection": selection, "final": final},
+        "minutes_training": round((selection + final) * per_step / 60, 1),
+        "minutes_judging": round(judging / 60, 1),
+        "minutes_total_estimated": round(((selection + final) * per_step + judging) / 60, 1),
     }
 
 
@@ -155,6 +204,10 @@ def main() -> int:
     results = {"machine": {"torch_threads_default": torch.get_num_threads()}}
     for threads in sorted({1, torch.get_num_threads()}):
         results[f"training_{threads}_thread"] = measure_training(ref, args.steps, threads)
+    evaluation = measure_evaluation(ref, 1)
+    results["judging_1_thread"] = evaluation
+    per_step = results["training_1_thread"]["seconds_per_step"]
+    results["job_estimates_1_thread"] = [job_minutes(n, per_step, evaluation) for n in (24, 200)]
     torch.set_num_threads(results["machine"]["torch_threads_default"])
     with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
         results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens)

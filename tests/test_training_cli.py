@@ -14,7 +14,8 @@ import pytest
 from core.errors import ValidationError
 from storage import Store
 from training import commands
-from tests.training_helpers import learnable_tiny_llama, save_tiny_base
+from tests.training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
+from training.config import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = ["max_steps=3", "replay_examples=0", "batch_size=4", "target_modules=\"all-linear\""]
@@ -33,7 +34,7 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
     data_dir = tmp_path / "data"
     store = Store(data_dir / "exemplar.db")
     for i in range(4):
-        store.add_example(f"Question {i}?", f"Answer {i}.", source="admin", split="train")
+        store.add_example(f"Question {i}?", f"Answer {i}.", source="correction", split="train", rejected=f"No idea {i}.")
     store.add_example("Question 9?", "Answer 9.", source="admin", split="test")
     store.close()
 
@@ -50,6 +51,17 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
     assert commands.list_models(data_dir, out=out) == 0
     listing = out.getvalue().splitlines()
     assert listing[1].startswith("  base") and listing[2].startswith("* v1 ")
+
+    # "Did it learn this?", measured afresh: one line per correction with its margins.
+    out = io.StringIO()
+    eval_config = EvalConfig(**FAST_EVAL)
+    assert commands.evaluate(data_dir, str(base), per_example=True, eval_config=eval_config, out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Evaluating v1 against base on 5 approved examples and 40 canary questions…"
+    assert lines[1].startswith("v1 answers ") and "of 5 approved examples with few-shot off (base: 0)" in lines[1]
+    rows = [line.split() for line in lines[3:-1]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r[3].startswith(("+", "-")) for r in rows[:4]) and rows[4][3] == "-"  # #5 replaced no answer
 
 
 def test_launch_py_wires_the_commands(tmp_path):

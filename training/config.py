@@ -151,7 +151,9 @@ class EvalConfig:
     """How a trained version is judged against the one serving now."""
 
     max_new_tokens: int = _help(
-        "Longest generated answer when scoring accuracy and canaries, in tokens.", default=64
+        "Longest generated answer when judging an example, in tokens; each batch stops earlier, 16 tokens "
+        "past its longest reference answer.",
+        default=64,
     )
     batch_size: int = _help("Prompts generated together (left-padded); 8 gives ~4x the tokens/s of 1 here.", default=8)
     max_heldout: int = _help(

@@ -229,9 +229,19 @@ def judge_answers(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]]
     """Greedy answers (few-shot off) to each example's input, each with its verdict and token-F1 (0-100)."""
     if not examples:
         return []
-    answers = generate_answers(
-        model, tokenizer, [e["input"] for e in examples], max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
-    )
+    answers: list[str] = []
+    for start in range(0, len(examples), config.batch_size):
+        batch = examples[start : start + config.batch_size]
+        # A learned answer starts with its fact: generating past the longest reference (+16 tokens of
+        # preamble) changes no verdict and, for unlearned rambling answers, costs most of the time.
+        longest = max(len(tokenizer(e["output"], add_special_tokens=False)["input_ids"]) for e in batch)
+        answers += generate_answers(
+            model,
+            tokenizer,
+            [e["input"] for e in batch],
+            max_new_tokens=min(config.max_new_tokens, longest + 16),
+            batch_size=config.batch_size,
+        )
     rare = rarity_test(tokenizer)
     judged = []
     for answer, e in zip(answers, examples):
