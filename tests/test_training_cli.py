@@ -63,6 +63,15 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
     assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
     assert all(r[3].startswith(("+", "-")) for r in rows[:4]) and rows[4][3] == "-"  # #5 replaced no answer
 
+    # The base model judged beside the serving v1 (loaded next to it): the same margins under base, swapped.
+    out = io.StringIO()
+    assert commands.evaluate(data_dir, str(base), "base", per_example=True, eval_config=eval_config, out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("Evaluating base against v1") and "approved examples with few-shot off (v1: " in lines[1]
+    base_rows = [line.split() for line in lines[3:-1]]
+    assert [r[5] for r in base_rows] == [r[3] for r in rows]  # base's margins, as measured before
+    assert [r[4] for r in base_rows] == [r[5] for r in rows]  # v1's margins, as measured before
+
 
 def test_launch_py_wires_the_commands(tmp_path):
     run = lambda *args: subprocess.run(  # noqa: E731
