@@ -144,3 +144,8 @@ def test_every_rule_passing_promotes():
     assert decision.passed and decision.not_learned == [] and decision.next_steps == []
     assert decision.summary().startswith("Promoted: learned: the candidate answers 4 of 4 corrections")
     assert decision.as_dict()["rules"][3]["name"] == "canary"
+
+
+def test_without_a_selection_run_held_out_is_not_judged_and_says_so():
+    rule = heldout_rule(None, None, "base", EvalConfig(selection_run=False), available=12)
+    assert rule.passed and "selection_run is off" in rule.message

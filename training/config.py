@@ -179,6 +179,13 @@ class EvalConfig:
         "still be promoted, rounded down: the default 0.01 allows none below 100 such corrections and 2 of 200.",
         default=0.01,
     )
+    selection_run: bool = _help(
+        "Before the version that serves is trained on everything, train a selection run without the held-out "
+        "(test-split) examples and judge it on them: the independent check that new examples do not spoil answers "
+        "to questions they do not cover. It costs a second training run; off, the gate judges on the corrections "
+        "and the canary alone.",
+        default=True,
+    )
     heldout_min_items: int = _help(
         "Held-out examples needed before a selection run (trained without them) is made and judged on them. "
         "Below 5 the sign test cannot tell harm from noise even when every item is lost, so the run would cost "

@@ -213,6 +213,8 @@ def heldout_rule(
     if candidate is not None and reference is not None:
         known = {r["example_id"] for r in reference}
         available = sum(c["example_id"] in known for c in candidate)
+    if not config.selection_run:
+        return Rule("heldout", True, "held-out: not judged (selection_run is off); judged on corrections and canary only")
     if candidate is None or reference is None or available < config.heldout_min_items:
         return Rule(
             "heldout",

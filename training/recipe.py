@@ -64,7 +64,11 @@ class Plan:
     @property
     def selection_run(self) -> bool:
         """Whether a selection run is made: enough held-out examples to decide on, and something else to train on."""
-        return len(self.heldout) >= self.eval_config.heldout_min_items and len(self.examples) > len(self.heldout)
+        return (
+            self.eval_config.selection_run
+            and len(self.heldout) >= self.eval_config.heldout_min_items
+            and len(self.examples) > len(self.heldout)
+        )
 
 
 def prepare(store: Any, params: dict[str, Any]) -> Plan:
