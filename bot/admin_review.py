@@ -42,7 +42,7 @@ def parse_ids(text: str | None) -> list[int]:
     for part in re.split(r"[,\s]+", (text or "").strip()):
         if not part:
             continue
-        match = re.fullmatch(r"#?(\d+)(?:-#?(\d+))?", part)
+        match = re.fullmatch(r"#?([0-9]+)(?:-#?([0-9]+))?", part)  # ASCII digits: \d takes "٣" too
         if not match:
             raise ValidationError(f"'{part}' is not an example id: write ids like 3, 5, 7-9")
         low = int(match.group(1))

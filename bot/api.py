@@ -7,6 +7,7 @@ JSON `{"error": "..."}` with a 4xx status (a 5xx is a bug). The routes live in
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,7 +24,8 @@ from bot.api_chat import chat_router
 from bot.api_lora import LoraSlots, lora_router
 from bot.contracts import TrainingController
 from bot.service import ChatService
-from core.errors import AuthError, ExemplarError
+from core.errors import AuthError, ExemplarError, ValidationError
+from storage.text import MAX_JSON_DEPTH, check_json
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
         else:
             message = e.get("msg", "invalid value")
         by_field.setdefault(where, [])
+        message = message.removeprefix("Value error, ")
         if message not in by_field[where]:
             by_field[where].append(message)
     parts = [msgs[0] if where == "body" else f"{where}: {' or '.join(msgs)}" for where, msgs in by_field.items()]
@@ -73,8 +76,28 @@ def _is_type_tag(part: Any) -> bool:
     )
 
 
+def json_body_problem(body: bytes) -> tuple[int, str] | None:
+    """(status, message) when a JSON body nests too deep or holds invalid Unicode, else None.
+
+    Checked here, before FastAPI and pydantic see the body, so every route refuses
+    the same hostile input the same way; malformed JSON is left to FastAPI's own message.
+    """
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        return 422, f"The request body is nested more than {MAX_JSON_DEPTH} levels deep"
+    except ValueError:  # not JSON (or not UTF-8): FastAPI answers that
+        return None
+    try:
+        check_json(value, what="")
+    except ValidationError as exc:
+        return 422, str(exc)
+    return None
+
+
 class BodyLimit:
-    """ASGI middleware: reads an API request's body up to a limit, answering 413 beyond it.
+    """ASGI middleware: reads an API request's body up to a limit, answering 413 beyond it,
+    and refuses JSON bodies that nest too deep or hold invalid Unicode.
 
     Content-Length is checked first; a chunked body is counted as it arrives, so a
     client cannot stream past the limit either. Non-API paths (the UI) pass untouched.
@@ -109,6 +132,12 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+        if body and b"json" in content_type and limit == self.limit:
+            problem = json_body_problem(body)
+            if problem is not None:
+                await error_response(*problem)(scope, receive, send)
+                return
         replayed = False
 
         async def replay() -> Message:

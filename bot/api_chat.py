@@ -17,18 +17,28 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from bot.engine import GenerationParams
 from bot.service import Answer, ChatService
 from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError, ValidationError
 from storage.vocabulary import ExampleStatus, Rating, Role
+from storage.text import ascii_int
 
 MODEL_ID = "exemplar"
 # Ids are SQLite integers: anything larger cannot name a row (and would overflow the driver).
 MAX_ID = 2**63 - 1
-RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _digits_only(value: Any) -> Any:
+    # pydantic reads '+5', '5.0' and '1_000' from a path as 5, 5 and 1000: an id is digits only.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a number written with the digits 0-9")
+    return value
+
+
+RowId = Annotated[int, BeforeValidator(_digits_only), Field(ge=1, le=MAX_ID)]
 DISCONNECT_POLL_SECONDS = 0.25
 
 
@@ -152,10 +162,13 @@ def parse_message_id(value: int | str) -> int:
     """Accept the completion id (a string of digits) or the number itself."""
     if isinstance(value, int):
         return value
-    text = value.strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
+    try:
+        number = ascii_int(value, "message_id")
+    except ValidationError:
+        number = 0
+    if not 1 <= number <= MAX_ID:
         raise ValidationError(f"message_id must be a chat completion id such as '42', not {value!r}")
-    return int(text)
+    return number
 
 
 # -- generation off the event loop --------------------------------------------

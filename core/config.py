@@ -21,6 +21,8 @@ MAX_TEMPERATURE = 2.0
 BACKENDS = ("local", "openai-upstream")
 # vLLM's default --max-lora-rank, assumed when serving through an upstream and no limit is given.
 VLLM_DEFAULT_MAX_LORA_RANK = 16
+# The environment variable that carries the admin password to `serve`; child processes never get it.
+ADMIN_PASSWORD_ENV = "EXEMPLAR_ADMIN_PASSWORD"
 
 
 def _help(text: str, *, default: Any, **metadata: Any) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.errors import ValidationError
+from storage.text import check_text
 from storage.vocabulary import Role, Split
 
 # Share of examples held out for evaluation. The split is derived from a hash
@@ -49,6 +50,7 @@ def validate_messages(messages: Any, *, what: str = "input") -> list[dict[str, s
         check_choice(f"{what}[{i}].role", role, Role)
         if not isinstance(content, str):
             raise ValidationError(f"{what}[{i}].content must be a string")
+        check_text(content, f"{what}[{i}].content")
         clean.append({"role": Role(role).value, "content": normalise_text(content)})
     if clean[-1]["role"] != Role.USER:
         raise ValidationError(f"{what} must end with a user message")
@@ -61,7 +63,7 @@ def validate_output(output: Any, *, what: str = "output", limit: int = MAX_OUTPU
     """Check an example's output and return it normalised; raise ValidationError naming the problem."""
     if not isinstance(output, str):
         raise ValidationError(f"{what} must be a string")
-    output = normalise_text(output)
+    output = normalise_text(check_text(output, what))
     if not output:
         raise ValidationError(f"{what} is empty")
     if len(output) > limit:

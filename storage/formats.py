@@ -29,6 +29,7 @@ from typing import Any
 from storage.errors import ValidationError
 from storage.examples import check_choice, validate_messages, validate_output
 from storage.vocabulary import REVIEW_STATUSES, ExampleSource, ExampleStatus, Split
+from storage.text import MAX_JSON_DEPTH, check_json, check_text
 
 IMPORT_FORMATS = ("jsonl", "sharegpt", "alpaca", "csv", "dpo", "kto", "hf")
 EXPORT_FORMATS = ("jsonl", "dpo", "kto", "hf")
@@ -96,6 +97,8 @@ def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValidationError(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        except RecursionError:
+            raise ValidationError(f"line {number}: nested more than {MAX_JSON_DEPTH} levels deep") from None
 
 
 def _json_array_rows(text: str) -> Iterator[tuple[int, Any]]:
@@ -103,6 +106,8 @@ def _json_array_rows(text: str) -> Iterator[tuple[int, Any]]:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except RecursionError:
+        raise ValidationError(f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep") from None
     if not isinstance(records, list):
         raise ValidationError("a JSON file must hold a list of records (or give one JSON object per line)")
     yield from enumerate(records, 1)
@@ -171,6 +176,7 @@ def _parse_records(records: Iterable[tuple[int, Any]], fmt: str | None, *, where
     previous: dict[str, Any] | None = None  # the last label-true record of an unpaired (kto) file
     for number, record in records:
         try:
+            check_json(record, what="")
             record_fmt = fmt or detect_format(record)
             if fmt is None and record_fmt is None:
                 raise ValidationError(
@@ -221,7 +227,7 @@ def _rejected(value: Any, key: str = "rejected") -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"'{key}' must be a non-empty string or null")
-    return value
+    return check_text(value, f"'{key}'")
 
 
 def _row(input: Any, output: str, record: dict[str, Any], rejected: str | None = None, what: str = "input") -> dict[str, Any]:
@@ -250,7 +256,8 @@ def _parse_sharegpt(record: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError("'conversations' must be a list of {'from', 'value'} turns")
     messages = []
     for i, turn in enumerate(turns):
-        role = _ROLES_SHAREGPT.get(turn.get("from")) if isinstance(turn, dict) else None
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        role = _ROLES_SHAREGPT.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             raise ValidationError(f"conversations[{i}].from must be one of {', '.join(_ROLES_SHAREGPT)}")
         messages.append({"role": role, "content": turn.get("value")})

@@ -42,6 +42,7 @@ from storage.vocabulary import (
     Split,
     VersionStatus,
 )
+from storage.text import check_text
 
 MAX_RATED_IDS = 500  # a chat's answers; bounds the placeholders in one query
 
@@ -240,6 +241,9 @@ class Store:
         """Record a rating (or un-rating, rating=None) and/or a correction of an assistant message."""
         if rating is not None:
             check_choice("rating", rating, Rating)
+        for name, value in (("reason", reason), ("comment", comment), ("correction", correction)):
+            if value is not None:
+                check_text(value, name)
         with self._write():
             message = self.get_message(message_id)
             if message["role"] != "assistant":

@@ -26,6 +26,16 @@ from core.config import _help  # one field helper: its help text becomes the fla
 from core.errors import ConfigError, ValidationError
 
 
+def _not_finite(config: Any) -> list[str]:
+    """A problem for each numeric setting that is infinite or NaN (argparse and JSON both let them in,
+    and range checks miss them: nan > 0 is False, inf > 0 is True)."""
+    return [
+        f"{f.name}={getattr(config, f.name)}: give a finite number"
+        for f in fields(config)
+        if isinstance(getattr(config, f.name), float) and not math.isfinite(getattr(config, f.name))
+    ]
+
+
 @dataclass
 class TrainConfig:
     """LoRA fine-tuning of the base model on every approved example.
@@ -93,7 +103,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError listing every invalid setting and its fix; return self when all is well."""
-        problems = []
+        problems = _not_finite(self)
         if not self.epochs > 0:
             problems.append(f"epochs={self.epochs}: give a positive number of passes, e.g. 8")
         if not (0 < self.learning_rate <= 0.1):
@@ -203,7 +213,7 @@ class EvalConfig:
     )
 
     def validate(self) -> EvalConfig:
-        problems = []
+        problems = _not_finite(self)
         if self.max_new_tokens < 1:
             problems.append("max_new_tokens must be at least 1, e.g. 64")
         if self.batch_size < 1:
@@ -246,7 +256,7 @@ class RetrainPolicy:
     )
 
     def validate(self) -> RetrainPolicy:
-        problems = []
+        problems = _not_finite(self)
         if self.min_new_examples < 1:
             problems.append("min_new_examples must be at least 1, e.g. 20")
         if self.every_hours is not None and not self.every_hours > 0:

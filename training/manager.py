@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from core.datadir import DataDir
+from core.config import ADMIN_PASSWORD_ENV
 from core.errors import ConflictError, ValidationError
 from storage import Store
 from storage.store import now
@@ -117,7 +118,8 @@ class TrainingManager:
     def _spawn(self, job_id: int, config: TrainConfig) -> None:
         path = DataDir(self.data_dir).job_log(job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        # The worker needs no admin rights: the password stays out of its environment (and /proc).
+        env = {k: v for k, v in os.environ.items() if k != ADMIN_PASSWORD_ENV}
         # Thread pools are sized when torch loads, so the limits go in before the child starts.
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(config.threads)
