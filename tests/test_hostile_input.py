@@ -14,7 +14,7 @@ from core.errors import ConfigError, ValidationError
 from storage.formats import parse_examples
 from tests.fakes import FakeEngine
 from tests.test_api_errors import ADMIN, USER, make_client
-from tests.test_ui_handlers import SETTINGS, make
+from tests.test_ui_handlers import ask, make
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 
 LONE = "\\ud800"  # JSON's escape for a lone surrogate: valid JSON, invalid Unicode
@@ -148,9 +148,8 @@ def test_gradio_handlers_refuse_invalid_unicode(store):
     engine = FakeEngine()
     _, handlers = make(store, engine)
     with pytest.raises(gr.Error, match="invalid Unicode"):
-        list(handlers.submit("hi \ud800", [], [], None, *SETTINGS))
-    outputs = list(handlers.submit("Capital of France?", [], [], None, *SETTINGS))
-    _, shown, _, ids, _ = outputs[-1]
+        ask(handlers, "hi \ud800")
+    shown, ids, *_ = ask(handlers, "Capital of France?")
     with pytest.raises(gr.Error, match="invalid Unicode"):
         handlers.correct_last("Paris \udfff", shown, ids)
     assert store.count_examples() == 0
