@@ -1,5 +1,6 @@
 """Few-shot retrieval: approved examples whose question resembles the user's
-latest one, to be put into the prompt as demonstrations."""
+latest one, to be put into the prompt as demonstrations. The ranking and its
+threshold are storage/search.py's; prompts are built by core/prompts.py."""
 
 from __future__ import annotations
 
@@ -7,11 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from storage import Store
-
-# The least relevance (see storage/search.py: a rarity-weighted cosine of
-# content words, 0 to 1) for an example to be used. Measured with
-# scripts/measure_retrieval.py on tests/fewshot_facts.json.
-MIN_SCORE = 0.3
+from storage.search import MIN_SCORE  # the threshold lives with the ranking it applies to
 
 
 def latest_question(messages: Sequence[dict[str, str]]) -> str:
@@ -29,4 +26,4 @@ def retrieve(
     """
     if k <= 0:
         return []
-    return [e for e in store.search_examples(latest_question(messages), limit=k) if e["score"] >= min_score]
+    return store.search_examples(latest_question(messages), limit=k, min_score=min_score)

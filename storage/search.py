@@ -1,13 +1,15 @@
-"""Relevance for few-shot retrieval, in pure Python (no SQL): the content words
-of a question and a score for how well an example's input matches it.
+"""Few-shot ranking, all of it: the content words of a question, a score for
+how well an example's input matches it, rank() and the MIN_SCORE threshold.
+No SQL but the stemmer's private table: the store fetches the candidates and
+the word counts from its FTS5 index and calls rank().
 
 FTS5 finds the candidates; this module decides which of them are relevant.
 bm25 alone cannot: its scores depend on how many examples there are (with one
 or two examples every idf is tiny), and it rewards a shared "what is the" as
 readily as a shared name. The score here is a cosine between the two sets of
-content words (stopwords removed, stemmed by FTS5's own Porter tokenizer), each word weighted by its
-rarity among the approved examples, so it means the same with 1 example and
-with 1,000, and 0 means nothing in common.
+content words (stopwords removed, stemmed by FTS5's own Porter tokenizer),
+each word weighted by its rarity among the approved examples, so it means the
+same with 1 example and with 1,000, and 0 means nothing in common.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 # Function words, question words and chat filler. They say how a question is
 # asked, not what it is about, so they never make an example relevant.
@@ -92,6 +95,38 @@ def idf(doc_freq: int, total: int) -> float:
     one has 6.2.
     """
     return math.log((total + 1 + PRIOR_EXAMPLES) / (doc_freq + 1))
+
+
+# The least relevance for an example to be put into a prompt as a demonstration.
+# Measured with scripts/measure_retrieval.py on tests/fewshot_facts.json.
+MIN_SCORE = 0.3
+
+
+def rank(
+    query: str,
+    candidates: list[dict[str, Any]],
+    doc_freq: Callable[[list[str]], Mapping[str, int]],
+    total: int,
+    *,
+    min_score: float = 0.0,
+) -> list[dict[str, Any]]:
+    """`candidates` (rows with an `input_text`) scored against `query`, best first, each with its `score`.
+
+    `doc_freq(terms)` says how many examples hold each term and `total` how many
+    there are (the store reads both from the FTS5 index). Rows scoring 0, or
+    below `min_score`, are left out; equal scores keep the candidates' order.
+    """
+    query_terms = terms(query)
+    doc_terms = [terms(row["input_text"]) for row in candidates]
+    vocabulary = sorted(set(query_terms).union(*doc_terms))
+    counts = doc_freq(vocabulary) if vocabulary else {}
+    weights = {t: idf(counts.get(t, 0), total) for t in vocabulary}
+    scored = []
+    for row, row_terms in zip(candidates, doc_terms):
+        row["score"] = relevance(query_terms, row_terms, weights)
+        if row["score"] > 0 and row["score"] >= min_score:
+            scored.append(row)
+    return sorted(scored, key=lambda row: -row["score"])  # a stable sort: the candidates' order breaks ties
 
 
 def relevance(query: Mapping[str, float], doc: Mapping[str, float], weights: Mapping[str, float]) -> float:

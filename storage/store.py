@@ -29,7 +29,7 @@ from storage.examples import (
     validate_output,
 )
 from storage.migrations import migrations
-from storage.search import idf, query_words, relevance, terms
+from storage.search import query_words, rank
 from storage.vocabulary import (
     ACTIVE_JOB_STATUSES,
     Actor,
@@ -607,14 +607,18 @@ class Store:
             return list(self.db["example_history"].rows_where("example_id = ?", [example_id], order_by="id"))
 
     def search_examples(
-        self, query: str, *, limit: int = 3, exclude_ids: Sequence[int] = (), candidates: int = 50
+        self,
+        query: str,
+        *,
+        limit: int = 3,
+        exclude_ids: Sequence[int] = (),
+        candidates: int = 50,
+        min_score: float = 0.0,
     ) -> list[dict[str, Any]]:
         """Approved examples whose last user turn shares meaningful words with `query`, best first.
 
-        Each row has a `score` from 0 to 1 (storage/search.py: a cosine of the
-        two texts' words weighted by rarity and by looking like a name), which
-        means the same with 1 example or 10,000. FTS5 (bm25) picks the
-        `candidates` that are scored; rows scoring 0 are left out.
+        FTS5 (bm25) picks the `candidates`; storage/search.py's rank() scores
+        them (a `score` from 0 to 1). Rows scoring 0, or below `min_score`, are left out.
         """
         words = query_words(query)
         if not words or limit <= 0:
@@ -629,21 +633,15 @@ class Store:
             cursor = self.db.execute(sql, [match, ExampleStatus.APPROVED, candidates + len(excluded)])
             columns = [d[0] for d in cursor.description]
             found = [row for row in (dict(zip(columns, r)) for r in cursor.fetchall()) if row["id"] not in excluded]
-            query_terms = terms(query)
-            doc_terms = {row["id"]: terms(row["input_text"]) for row in found}
-            vocabulary = sorted(set(query_terms).union(*doc_terms.values()))
             (total,) = self.db.execute("select count(*) from examples").fetchone()
-            doc_freq = dict(
-                self.db.execute(
-                    f"select term, doc from examples_fts_vocab where term in ({', '.join('?' * len(vocabulary))})",
-                    vocabulary,
-                ).fetchall()
-            )
-        weights = {t: idf(doc_freq.get(t, 0), total) for t in vocabulary}
-        for row in found:
-            row["score"] = relevance(query_terms, doc_terms[row["id"]], weights)
-        found.sort(key=lambda row: -row["score"])  # a stable sort: bm25 order breaks ties
-        return [self._decode("examples", row) for row in found[:limit] if row["score"] > 0]
+
+            def doc_freq(vocabulary: list[str]) -> dict[str, int]:
+                placeholders = ", ".join("?" * len(vocabulary))
+                sql = f"select term, doc from examples_fts_vocab where term in ({placeholders})"
+                return dict(self.db.execute(sql, vocabulary).fetchall())
+
+            ranked = rank(query, found, doc_freq, total, min_score=min_score)
+        return [self._decode("examples", row) for row in ranked[:limit]]
 
     def mark_trained(self, example_ids: Sequence[int], version: str) -> None:
         """Record the version an example was first trained in."""
