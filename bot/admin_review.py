@@ -366,4 +366,7 @@ def build_review_section(
         handlers.table, filters, listing, **private
     )
     do_export.click(handlers.export, [password, export_format, export_selection], [download, result], **private)
+    # For views elsewhere that open an example here (the Feedback view's link).
+    handlers.selection = ids
+    handlers.detail_outputs = [details, original, output, history]
     return handlers
