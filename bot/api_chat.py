@@ -148,6 +148,12 @@ class FeedbackRequest(BaseModel):
     reason: str | None = Field(None, max_length=2000, description="Why the answer was rated so.")
     comment: str | None = Field(None, max_length=2000)
     correction: str | None = Field(None, description="The text the answer should have been.")
+    user: str | None = Field(
+        None,
+        max_length=200,
+        description="Who rates (your end user's id). Each user has one current rating per answer: "
+        "the latest replaces the earlier, and the same rating again stores nothing.",
+    )
 
 
 class FeedbackResult(BaseModel):
@@ -374,6 +380,7 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
             comment=body.comment,
             correction=body.correction,
             actor="api",
+            rater=f"api:{body.user}" if body.user else None,
         )
         return result
 

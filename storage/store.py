@@ -387,12 +387,27 @@ class Store:
                 raise ValidationError(f"Message {message_id} is not an assistant answer")
             if correction is not None and correction == normalise_text(message["content"]):
                 raise ValidationError("The correction is the same as the answer: edit the text, or rate it instead")
+            if correction is None:
+                # One rating per answer per person: the latest wins, older rows stay as history.
+                current = self._current_rating(message_id, rater)
+                if current is not None and current["rating"] == rating == Rating.DOWN:
+                    # A reason or a comment refines a thumbs-down; neither is lost by the other.
+                    reason = reason or current["reason"]
+                    comment = comment or current["comment"]
+                if current is not None and (current["rating"], current["reason"], current["comment"]) == (
+                    rating, reason, comment
+                ):
+                    # The same click again (the browser can send one twice): nothing new to store.
+                    example = current["example_id"]
+                    return {"feedback_id": current["id"], "example_id": example,
+                            "status": self.get_example(example)["status"] if example else None, "unchanged": True}
             feedback_id = self.add_feedback(
                 message_id, rating=rating, reason=reason, comment=comment, correction=correction, actor=actor,
                 rater=rater,
             )
+            withdrawn = None
             if rating != Rating.UP or correction is not None:
-                self._withdraw_upvotes(message_id, actor)
+                withdrawn = self._withdraw_upvotes(message_id, actor, rater, keep_if_liked=correction is None)
             example_id = None
             if correction is not None:
                 example_id = self.add_example(
@@ -400,16 +415,58 @@ class Store:
                     rejected=message["content"], message_id=message_id, feedback_id=feedback_id, actor=actor,
                 )
             elif rating == Rating.UP:
-                example_id = self.add_example(
-                    message["context"], message["content"], source=ExampleSource.UPVOTE, status=status,
-                    message_id=message_id, feedback_id=feedback_id, actor=actor,
-                )
+                example_id = self._upvote_example(message, feedback_id, status, actor)
             if example_id is not None:
                 self.db["feedback"].update(feedback_id, {"example_id": example_id})
-        return {"feedback_id": feedback_id, "example_id": example_id, "status": status if example_id else None}
+                status = self.get_example(example_id)["status"]
+        return {"feedback_id": feedback_id, "example_id": example_id, "status": status if example_id else None,
+                "withdrawn": withdrawn}
 
-    def _withdraw_upvotes(self, message_id: int, actor: str) -> None:
-        # Called inside record_feedback's transaction.
+    def _current_rating(self, message_id: int, rater: str | None) -> dict[str, Any] | None:
+        # Inside record_feedback's transaction: a rater's latest rating row of one answer.
+        cursor = self.db.execute(
+            "select * from feedback where message_id = ? and rater is ? and correction is null order by id desc limit 1",
+            [message_id, rater],
+        )
+        row = cursor.fetchone()
+        return dict(zip([d[0] for d in cursor.description], row)) if row else None
+
+    def _upvote_example(self, message: dict[str, Any], feedback_id: int, status: str, actor: str) -> int | None:
+        """The one upvote example of an answer, however many people like it: the live one if there
+        is one, else the one a rating withdrew (restored), else a new one. None if an admin rejected it."""
+        row = self.db.execute(
+            "select id, status from examples where message_id = ? and source = ? order by id desc limit 1",
+            [message["id"], ExampleSource.UPVOTE],
+        ).fetchone()
+        if row is not None:
+            example_id, current = row
+            if current in (ExampleStatus.PENDING, ExampleStatus.APPROVED):
+                return example_id
+            if current == ExampleStatus.REJECTED:
+                if self._status_set_by(example_id) == Actor.ADMIN and actor != Actor.ADMIN:
+                    return None  # an admin's rejection stands
+                self.update_example(example_id, status=status, actor=actor)
+                return example_id
+        return self.add_example(
+            message["context"], message["content"], source=ExampleSource.UPVOTE, status=status,
+            message_id=message["id"], feedback_id=feedback_id, actor=actor,
+        )
+
+    def _withdraw_upvotes(
+        self, message_id: int, actor: str, rater: str | None = None, *, keep_if_liked: bool = False
+    ) -> int | None:
+        # Called inside record_feedback's transaction. A rating taken back by one person leaves
+        # the example standing while another person's current rating of the answer is still up
+        # (a correction withdraws it regardless: the answer was wrong).
+        if keep_if_liked:
+            others = self.db.execute(
+                "select rating from feedback where id in (select max(id) from feedback where message_id = ? "
+                "and correction is null and rater is not ? group by rater)",
+                [message_id, rater],
+            ).fetchall()
+            if any(r[0] == Rating.UP for r in others):
+                return None
+        withdrawn = None
         rows = self.db.execute(
             "select examples.id, examples.status from feedback join examples on examples.id = feedback.example_id "
             "where feedback.message_id = ? and feedback.rating = ? and feedback.correction is null "
@@ -420,6 +477,8 @@ class Store:
             if actor != Actor.ADMIN and self._status_set_by(example_id) == Actor.ADMIN:
                 continue
             self.update_example(example_id, status=ExampleStatus.REJECTED, actor=actor)
+            withdrawn = example_id
+        return withdrawn
 
     def _status_set_by(self, example_id: int) -> str | None:
         """Who last set an example's status (its creator if nobody changed it since)."""

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, bundled_checkpoint):
-    server = LiveServer(tmp_path_factory.mktemp("feedback-data"), bundled_checkpoint, "--max-new-tokens", "400")
+    server = LiveServer(tmp_path_factory.mktemp("feedback-data"), bundled_checkpoint, "--max-new-tokens", "160")
     yield server.wait_ready()
     server.stop()
 

@@ -1,0 +1,165 @@
+"""One rating per answer per person: the latest wins, a reason refines a
+thumbs-down, the same click twice stores nothing, history is kept, and an
+answer has one upvote example however many people like it. Checked in the
+store, then with dozens of concurrent clients against a real server."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from bot.admin import AdminGuard
+from bot.api import add_api
+from bot.service import ChatService
+from core.config import ServeConfig
+from storage import Store
+from tests.fakes import FakeEngine
+from tests.live_app import serve_in_thread
+
+A, B = "a" * 32, "b" * 32
+
+
+def answer(store: Store, text: str = "Paris.") -> int:
+    conversation = store.create_conversation()
+    store.add_message(conversation, "user", "Capital of France?")
+    return store.add_message(
+        conversation, "assistant", text, context=[{"role": "user", "content": "Capital of France?"}], model_version="base"
+    )
+
+
+def rate(store, message_id, rating, rater=A, **kw):
+    return store.record_feedback(message_id, rating=rating, status="approved", actor="ui", rater=rater, **kw)
+
+
+def upvotes(store):
+    return store.list_examples(source="upvote")
+
+
+def test_the_same_click_twice_stores_one_row(store):
+    m = answer(store)
+    first = rate(store, m, "up")
+    again = rate(store, m, "up")
+    assert again["unchanged"] and again["example_id"] == first["example_id"]
+    assert len(store.message_feedback(m)) == 1 and len(upvotes(store)) == 1
+
+
+def test_a_reason_refines_a_thumbs_down_and_keeps_its_comment(store):
+    m = answer(store)
+    rate(store, m, "down", comment="It is Paris, not Lyon")
+    rate(store, m, "down", reason="wrong fact")
+    rate(store, m, "down", reason="wrong fact")  # the browser sent the reason click twice
+    current = store.current_rating(m, A)
+    assert (current["rating"], current["reason"], current["comment"]) == ("down", "wrong fact", "It is Paris, not Lyon")
+    assert len(store.message_feedback(m)) == 2  # history: the thumb, then its reason
+    (listed,) = store.list_feedback()
+    assert listed["reason"] == "wrong fact" and listed["comment"] == "It is Paris, not Lyon"
+    assert len(store.list_feedback(current_only=False)) == 2
+
+
+def test_like_unrate_like_keeps_one_upvote_example(store):
+    m = answer(store)
+    example = rate(store, m, "up")["example_id"]
+    assert rate(store, m, None)["withdrawn"] == example
+    assert store.get_example(example)["status"] == "rejected"
+    assert rate(store, m, "up")["example_id"] == example  # restored, not a second example
+    assert store.get_example(example)["status"] == "approved" and len(upvotes(store)) == 1
+    assert [r["rating"] for r in store.message_feedback(m)] == ["up", None, "up"]
+
+
+def test_one_person_taking_a_like_back_leaves_another_persons_standing(store):
+    m = answer(store)
+    example = rate(store, m, "up", rater=A)["example_id"]
+    assert rate(store, m, "up", rater=B)["example_id"] == example
+    rate(store, m, None, rater=A)
+    assert store.get_example(example)["status"] == "approved"  # B still likes it
+    rate(store, m, "down", rater=B)
+    assert store.get_example(example)["status"] == "rejected"
+    assert store.current_ratings([m], A)[m]["rating"] is None and store.current_ratings([m], B)[m]["rating"] == "down"
+
+
+def test_an_admin_rejection_stands_against_a_new_like(store):
+    m = answer(store)
+    example = rate(store, m, "up")["example_id"]
+    store.update_examples([example], status="rejected", actor="admin")
+    assert rate(store, m, "up", rater=B)["example_id"] is None
+    assert store.get_example(example)["status"] == "rejected" and len(upvotes(store)) == 1
+
+
+@pytest.fixture
+def server(tmp_path):
+    store = Store(tmp_path / "exemplar.db")
+    engine = FakeEngine()
+    app = FastAPI()
+    add_api(app, ChatService(engine, store, ServeConfig()), AdminGuard("correct-horse-battery"))
+    with serve_in_thread(app) as url:
+        yield url, store
+    store.close()
+
+
+def test_dozens_of_people_rating_one_answer_at_once(server):
+    url, store = server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi?"}]}).json()
+    message_id = reply["id"]
+    users = [f"user-{i}" for i in range(24)]
+
+    def send(body):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            response = client.post("/api/feedback", json={"message_id": message_id, **body})
+            assert response.status_code == 201, response.text
+            return response.json()
+
+    with ThreadPoolExecutor(12) as pool:
+        # Everyone likes it, each click sent twice at once.
+        liked = list(pool.map(send, [{"rating": "up", "user": u} for u in users * 2]))
+    examples = {r["example_id"] for r in liked}
+    assert len(examples) == 1 and len(upvotes(store)) == 1
+    assert len(store.message_feedback(int(message_id))) == len(users)  # the duplicate clicks stored nothing
+    (example,) = examples
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(send, [{"rating": None, "user": u} for u in users[1:]]))
+    assert store.get_example(example)["status"] == "approved"  # user-0 still likes it
+    send({"rating": None, "user": users[0]})
+    assert store.get_example(example)["status"] == "rejected"
+    current = store.list_feedback(rating="up")
+    assert current == []
+    assert len(store.list_feedback(current_only=False)) == 2 * len(users)
+
+
+def test_the_admin_feedback_view_lists_filters_and_exports(store):
+    import json
+
+    import gradio as gr
+
+    from bot.admin_feedback import FeedbackHandlers
+
+    def check_admin(password):
+        if password != "pw":
+            raise gr.Error("Wrong admin password")
+
+    handlers = FeedbackHandlers(store, check_admin)
+    liked, disliked = answer(store, "Paris."), answer(store, "Lyon.")
+    rate(store, liked, "up")
+    rate(store, disliked, "down", comment="It is Paris")
+    rate(store, disliked, "down", reason="wrong fact")
+    everything = ("pw", "any", "any", "", "", "", "", False)
+    with pytest.raises(gr.Error):
+        handlers.table("guess", *everything[1:])
+    frame, line = handlers.table(*everything)
+    assert line.startswith("2 ratings") and "1 👍, 1 👎" in line
+    down = frame[frame["rating"] == "👎 down"].iloc[0]
+    assert (down["reason"], down["comment"], down["answer"], down["model"]) == ("wrong fact", "It is Paris", "Lyon.", "base")
+    assert frame[frame["rating"] == "👍 up"].iloc[0]["example"].startswith("#")
+    frame, _ = handlers.table("pw", "👎 down", "wrong fact", "base", "", "", "Lyon", False)
+    assert list(frame["answer"]) == ["Lyon."]
+    frame, line = handlers.table("pw", "any", "any", "", "", "", "", True)
+    assert len(frame) == 3 and "every click" in line
+    with pytest.raises(gr.Error, match="YYYY-MM-DD"):
+        handlers.table("pw", "any", "any", "", "yesterday", "", "", False)
+    path, said = handlers.export(*everything)
+    records = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert said == "Exported 2 ratings to feedback.jsonl." and {r["rating"] for r in records} == {"up", "down"}
+    assert next(r for r in records if r["rating"] == "down")["question"] == "Capital of France?"
