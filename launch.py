@@ -217,7 +217,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = UpstreamEngine.load(config)
         print(f"Generation goes to the upstream model server at {engine.client.url}", flush=True)
     else:
-        engine = Engine.load(config.base_model, config.data_dir, max_context_tokens=config.max_context_tokens)
+        engine = Engine.load(
+            config.base_model,
+            config.data_dir,
+            max_context_tokens=config.max_context_tokens,
+            max_batch=config.max_batch,
+            bf16_from_batch=config.bf16_from_batch,
+        )
     trainer = TrainingManager(store, config.data_dir, config.base_model, train_config, policy, eval_config)
     app, watcher = build_server(engine, store, config, password, trainer=trainer)
     url = f"http://{config.host}:{config.port}/"

@@ -460,7 +460,8 @@ def build_chat_tab(service: ChatService) -> Any:
         [message, chatbot, conversation_id, ids, info, *buttons],
         api_name="chat",
         concurrency_id="generate",
-        concurrency_limit=4,
+        # As many chats at once as the engine's batch decodes together.
+        concurrency_limit=service.config.max_batch,
         trigger_mode="always_last",
     ).then(*after_answer, **private)
     more.click(
@@ -503,5 +504,5 @@ def build_ui(service: ChatService, guard: AdminGuard, *, trainer: TrainingContro
         with gr.Tab("Admin"):
             build_admin_tab(service, guard, trainer=trainer)
         demo.load(handlers.new_rater, rater, rater, api_visibility="private")
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * service.config.max_batch))
     return demo

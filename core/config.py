@@ -108,6 +108,16 @@ class ServeConfig:
         "volume at another path, e.g. /mnt/exemplar/adapters. Empty: the same path as here.",
         default=None,
     )
+    max_batch: int = _help(
+        "Answers decoded together in one batch (continuous batching); more people than this wait in a queue. "
+        "The chat UI admits as many at once.",
+        default=16,
+    )
+    bf16_from_batch: int = _help(
+        "On the CPU, decode in bf16 once the batch holds this many answers (faster there, but it changes some "
+        "greedy answers); smaller batches stay fp32. 0 keeps fp32 always.",
+        default=4,
+    )
 
     @property
     def paths(self) -> DataDir:
@@ -142,6 +152,10 @@ class ServeConfig:
             problems.append("few_shot_k must be 0 or more")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be at least 1")
+        if not (1 <= self.max_batch <= 256):
+            problems.append("max_batch must be from 1 to 256")
+        if self.bf16_from_batch < 0:
+            problems.append("bf16_from_batch must be 0 (never) or more")
         if self.admin_password is not None and len(self.admin_password) < 8:
             problems.append("--admin-password must be at least 8 characters")
         if not is_loopback(self.host) and not self.admin_password:

@@ -14,7 +14,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture
 def engine(tiny_model, tokenizer):
-    return Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
+    # fp32 at every batch size, so batched answers can be compared exactly.
+    return Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256, bf16_from_batch=0)
 
 
 def greedy_reference(engine, messages, n):
@@ -124,3 +125,179 @@ def test_missing_adapter_is_a_clear_error_and_keeps_serving(engine, tmp_path):
         engine.activate("v9", tmp_path / "nothing")
     assert engine.version == BASE_VERSION
     assert engine.generate(QUESTION, GenerationParams(max_new_tokens=4)).text is not None
+
+
+# -- continuous batching --------------------------------------------------------
+
+
+def test_eight_streams_at_once_each_get_their_single_stream_answer(engine):
+    """Requests that arrive while others decode join the batch and still get exactly their own greedy answer."""
+    questions = [[{"role": "user", "content": f"Question {i}: " + "tell me more " * i}] for i in range(8)]
+    lengths = [6, 30, 12, 25, 8, 40, 3, 18]  # different caps: rows leave the batch at different steps
+    expected = [greedy_reference(engine, q, n) for q, n in zip(questions, lengths)]
+    results: list = [None] * 8
+    pieces: list = [[] for _ in range(8)]
+    first_started = threading.Event()
+
+    def ask(i):
+        generation = engine.stream(questions[i], GenerationParams(max_new_tokens=lengths[i]))
+        for piece in generation:
+            pieces[i].append(piece)
+            first_started.set()
+        results[i] = generation
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    threads[0].start()
+    first_started.wait(10)  # the rest join a batch already decoding
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [g.text for g in results] == expected
+    assert all(len(p) > 1 for i, p in enumerate(pieces) if lengths[i] > 3), "each answer streams in pieces"
+    assert [g.completion_tokens for g in results] == lengths
+    assert all(g.finish_reason == "length" for g in results)
+
+
+def test_sampling_settings_and_stop_strings_are_per_request(engine):
+    greedy_text = greedy_reference(engine, QUESTION, 16)
+    stop = greedy_text.split()[2]
+    results = {}
+
+    def ask(name, params):
+        results[name] = engine.generate(QUESTION, params)
+
+    jobs = {
+        "greedy": GenerationParams(max_new_tokens=16),
+        "stopped": GenerationParams(max_new_tokens=16, stop=[stop]),
+        "sampled": GenerationParams(max_new_tokens=16, temperature=1.5),
+        "greedy2": GenerationParams(max_new_tokens=16),
+    }
+    threads = [threading.Thread(target=ask, args=item) for item in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results["greedy"].text == results["greedy2"].text == greedy_text
+    assert results["stopped"].finish_reason == "stop" and stop not in results["stopped"].text
+    assert greedy_text.startswith(results["stopped"].text)
+    assert results["sampled"].completion_tokens >= 1  # sampled rows do not disturb the greedy ones
+
+
+def test_a_client_that_leaves_frees_its_slot_at_once(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, max_batch=2, bf16_from_batch=0)
+    long = GenerationParams(max_new_tokens=400)
+    leaving = engine.stream(QUESTION, long)
+    staying = engine.stream([{"role": "user", "content": "Another question"}], long)
+    pieces = iter(leaving)
+    next(pieces)
+    pieces.close()  # the client went away mid-answer
+    late = engine.generate([{"role": "user", "content": "A third person"}], GenerationParams(max_new_tokens=4))
+    assert late.completion_tokens == 4
+    # The third answer got the freed slot while the second was still decoding.
+    assert not staying._finished and leaving._finished
+    assert leaving.completion_tokens < 400
+    staying.cancel()
+
+
+# -- merged adapters ------------------------------------------------------------
+
+
+def _logits(model, tokenizer):
+    ids = torch.tensor([tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_merged_adapter_matches_peft_and_the_base_never_drifts(engine, tmp_path, tiny_model, tokenizer):
+    import copy
+
+    from peft import PeftModel
+
+    base_logits = _logits(tiny_model, tokenizer).clone()
+    base_params = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    make_adapter(copy.deepcopy(tiny_model), tmp_path / "v1", seed=1)
+    make_adapter(copy.deepcopy(tiny_model), tmp_path / "v2", seed=2)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(tiny_model), tmp_path / "v1").eval()
+    engine.activate("v1", tmp_path / "v1")
+    # Merged weights give what peft gives with the adapter unmerged.
+    torch.testing.assert_close(_logits(engine.model, tokenizer), _logits(peft_model, tokenizer), rtol=1e-4, atol=1e-4)
+    seconds = []
+    for i in range(20):
+        version = ("v1", "v2", None)[i % 3]
+        seconds.append(engine.activate(version, tmp_path / version if version else None))
+    engine.activate(None)
+    # After 20 swaps the base is bit-for-bit the base.
+    assert torch.equal(_logits(engine.model, tokenizer), base_logits)
+    assert all(torch.equal(v, base_params[k]) for k, v in tiny_model.state_dict().items())
+    assert max(seconds) < 0.5
+
+
+def test_hot_swap_during_concurrent_streams_never_mixes_versions(engine, tmp_path, tiny_model):
+    """Each answer equals the single-stream answer of the version it records."""
+    import copy
+
+    make_adapter(copy.deepcopy(tiny_model), tmp_path / "v1", seed=1)
+    questions = [[{"role": "user", "content": f"Swap question {i}"}] for i in range(10)]
+    n = 24
+    reference = {"base": [greedy_reference(engine, q, n) for q in questions]}
+    engine.activate("v1", tmp_path / "v1")
+    reference["v1"] = [greedy_reference(engine, q, n) for q in questions]
+    engine.activate(None)
+    assert reference["v1"] != reference["base"]
+
+    results: list = [None] * 10
+    started = [threading.Event() for _ in range(10)]
+
+    def ask(i):
+        generation = engine.stream(questions[i], GenerationParams(max_new_tokens=n))
+        for _ in generation:
+            started[i].set()
+        results[i] = generation
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(10)]
+    for t in threads[:6]:
+        t.start()
+    assert all(event.wait(10) for event in started[:6])  # six answers are streaming
+    swapper = threading.Thread(target=engine.activate, args=("v1", tmp_path / "v1"))
+    swapper.start()
+    for t in threads[6:]:  # these arrive while the swap waits for the batch to drain
+        t.start()
+    swapper.join(60)
+    for t in threads:
+        t.join(60)
+    versions = [g.model_version for g in results]
+    assert versions[:6] == ["base"] * 6
+    assert "v1" in versions[6:]
+    for i, generation in enumerate(results):
+        assert generation.text == reference[generation.model_version][i], f"answer {i} mixes versions"
+
+
+def test_a_broken_adapter_is_refused_before_anything_changes(engine, tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": 8}')
+    (tmp_path / "bad" / "adapter_model.safetensors").write_bytes(b"not tensors")
+    before = engine.generate(QUESTION, GenerationParams(max_new_tokens=6)).text
+    with pytest.raises(ModelLoadError, match="does not load"):
+        engine.activate("bad", tmp_path / "bad")
+    assert engine.version == BASE_VERSION
+    assert engine.generate(QUESTION, GenerationParams(max_new_tokens=6)).text == before
+
+
+def test_big_batches_switch_to_bf16_and_single_answers_stay_fp32(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256, bf16_from_batch=4)
+    assert engine._model_for(1) is engine.model and engine._model_for(3).dtype == torch.float32
+    assert engine._model_for(4).dtype == torch.bfloat16
+    alone = engine.generate(QUESTION, GenerationParams(max_new_tokens=10)).text
+    assert alone == greedy_reference(engine, QUESTION, 10)
+    results: list = [None] * 6
+
+    def ask(i):
+        results[i] = engine.generate(QUESTION, GenerationParams(max_new_tokens=10))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(g.completion_tokens == 10 for g in results)

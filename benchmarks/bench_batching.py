@@ -1,0 +1,147 @@
+"""Batching inside one process, with the bundled model (or --base-model): how the
+engine's own continuous-batching scheduler compares with transformers' built-in
+continuous batching (`model.generate_batch`, attention "paged|eager") and with
+one request at a time, in fp32 and bf16. Greedy, same prompts, one run.
+
+    python benchmarks/bench_batching.py                 # about 4 minutes on 2 cores
+    python benchmarks/bench_batching.py --tokens 32 --batch 8 --json out.json
+
+Prints a table of aggregate tokens/s (median of --repeats) with ratios against
+the engine at batch 1 in fp32, and how many batched greedy answers equal the
+same request answered alone at the same dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Tell me about the history of the bicycle.",
+    "How do I boil an egg?",
+    "Write a haiku about the sea.",
+    "What is photosynthesis?",
+    "Name three famous painters and one work by each.",
+    "Why is the sky blue?",
+    "Give me a short tip for learning a language.",
+    "What does a compiler do?",
+    "Explain what a prime number is.",
+    "Suggest a name for a ferry company.",
+    "How many legs does a spider have?",
+    "What is the boiling point of water?",
+    "Describe a cat in one sentence.",
+    "What is 12 times 12?",
+    "Who wrote Romeo and Juliet?",
+]
+
+
+def run_engine(engine, n: int, tokens: int, first: int = 0) -> tuple[float, list[str]]:
+    """n requests (questions first, first+1, ...) submitted at once; returns (aggregate tokens/s, answers)."""
+    import threading
+
+    from bot.engine import GenerationParams
+
+    results: list = [None] * n
+    started = time.perf_counter()
+
+    def ask(i: int) -> None:
+        results[i] = engine.generate([{"role": "user", "content": QUESTIONS[(first + i) % len(QUESTIONS)]}],
+                                     GenerationParams(max_new_tokens=tokens))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    return sum(g.completion_tokens for g in results) / seconds, [g.text for g in results]
+
+
+def run_transformers_cb(model, tokenizer, n: int, tokens: int) -> tuple[float, list[str]]:
+    from transformers import GenerationConfig
+
+    from core.prompts import encode, render_prompt
+
+    prompts = [encode(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]))
+               for i in range(n)]
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
+    started = time.perf_counter()
+    outputs = model.generate_batch(prompts, generation_config=config, warmup=False)
+    seconds = time.perf_counter() - started
+    ordered = [outputs[k] for k in sorted(outputs, key=lambda k: int(str(k).rsplit("_", 1)[-1]))]
+    answers = [tokenizer.decode(o.generated_tokens, skip_special_tokens=True).strip() for o in ordered]
+    return sum(len(o.generated_tokens) for o in ordered) / seconds, answers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", default=None)
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / ".cache" / "bench-data"))
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-transformers-cb", action="store_true")
+    parser.add_argument("--json", default=None, help="write the results here as JSON")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bot.engine import Engine
+    from core.models import load_base_model, resolve_base_model
+
+    torch.set_num_threads(args.threads)
+    ref = resolve_base_model(args.base_model, Path(args.data_dir))
+    rows = []
+    answers: dict[str, list[str]] = {}
+
+    def record(name: str, runs: list[tuple[float, list[str]]]) -> None:
+        rows.append({"setting": name, "tokens_per_s": statistics.median(r[0] for r in runs)})
+        answers[name] = runs[-1][1]
+
+    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model, tokenizer = load_base_model(ref, dtype=dtype, device="cpu")
+        engine = Engine(model, tokenizer, base_name=ref.name)
+        run_engine(engine, 2, 4)  # warm-up
+        singles = [run_engine(engine, 1, args.tokens) for _ in range(args.repeats)]
+        record(f"engine {dtype_name}, batch 1", singles)
+        batched = [run_engine(engine, args.batch, args.tokens) for _ in range(args.repeats)]
+        record(f"engine {dtype_name}, batch {args.batch}", batched)
+        # Each batched answer against the same question answered alone.
+        single_answers = [run_engine(engine, 1, args.tokens, first=i)[1][0] for i in range(args.batch)]
+        same = sum(a == b for a, b in zip(single_answers, answers[f"engine {dtype_name}, batch {args.batch}"]))
+        rows[-1]["same_as_alone"] = f"{same}/{len(single_answers)}"
+        del engine, model
+
+    if not args.skip_transformers_cb:
+        for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation="paged|eager").eval()
+            run_transformers_cb(model, tokenizer, 2, 4)
+            runs = [run_transformers_cb(model, tokenizer, args.batch, args.tokens) for _ in range(args.repeats)]
+            record(f"transformers generate_batch {dtype_name}, batch {args.batch}", runs)
+            del model
+
+    baseline = rows[0]["tokens_per_s"]
+    print(f"\n{args.batch} requests at once vs one, greedy, {args.tokens} new tokens, {args.threads} threads, "
+          f"median of {args.repeats}")
+    print(f"| {'setting':<44} | tok/s | vs engine fp32 batch 1 | batched = alone |")
+    print(f"|{'-' * 46}|-------|------------------------|-----------------|")
+    for row in rows:
+        row["ratio"] = row["tokens_per_s"] / baseline
+        print(f"| {row['setting']:<44} | {row['tokens_per_s']:5.1f} | {row['ratio']:22.2f}x | "
+              f"{row.get('same_as_alone', ''):>15} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "answers": answers}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
