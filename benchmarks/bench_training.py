@@ -1,5 +1,7 @@
 """Training benchmark on this machine, with the bundled model (or --base-model):
 
+- training throughput at the same thread count, one whole epoch each: today's
+  random padded batches against length-grouped batches (`length_grouped`), as a ratio;
 - training throughput (tokens/s, s/step) of the default recipe, measured over a
   few steps, and the wall time for 200 examples × the default epochs
   (extrapolated from the measured s/step: said so in the output);
@@ -14,6 +16,7 @@
 
     python benchmarks/bench_training.py                  # about 4 minutes on 2 cores
     python benchmarks/bench_training.py --steps 4 --decode-tokens 48
+    python benchmarks/bench_training.py --training-only --json training.json   # the batching comparison only
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def examples(n: int) -> list[dict]:
     return rows
 
 
-def measure_training(ref, steps: int, threads: int) -> dict:
+def measure_training(ref, steps: int, threads: int, grouped: bool = True) -> dict:
     import torch
 
     from core.models import load_base_model
@@ -54,8 +57,10 @@ def measure_training(ref, steps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     model, tokenizer = load_base_model(ref)
-    config = TrainConfig()
+    config = TrainConfig(length_grouped=grouped)
     rows = examples(64) + load_replay(config.replay_examples)
+    if steps <= 0:  # one whole epoch, so the tokens counted are exactly the tokens trained on
+        steps = math.ceil(len(rows) / config.batch_size)
     warm = TrainConfig(**{**config.as_dict(), "max_steps": 1})
     train_adapter(model, tokenizer, rows, warm)  # first step pays for allocation and kernel warm-up
     model, tokenizer = load_base_model(ref)
@@ -65,6 +70,7 @@ def measure_training(ref, steps: int, threads: int) -> dict:
     full_steps = total_steps(200 + len(load_replay(config.replay_examples)), config)
     return {
         "threads": threads,
+        "length_grouped": grouped,
         "steps_measured": result.steps,
         "seconds_per_step": round(per_step, 2),
         "tokens_per_second": round(result.tokens_per_second, 1),
@@ -188,12 +194,28 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int) -> dict
     }
 
 
+def print_grouping(results: dict) -> None:
+    grouping = results.get("training_batches")
+    if not grouping:
+        return
+    print("\n| training batches (one epoch, same threads) | tokens/s | s/step | ratio |")
+    print("|---|---|---|---|")
+    for name in ("random_padded", "length_grouped"):
+        row = grouping[name]
+        ratio = row["tokens_per_second"] / grouping["random_padded"]["tokens_per_second"]
+        print(f"| {name.replace('_', ' ')} | {row['tokens_per_second']} | {row['seconds_per_step']} | {ratio:.2f}x |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-model", default=None, help="model folder or hub id (default: the bundled model)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the bundled model is converted")
     parser.add_argument("--steps", type=int, default=4, help="training steps to time")
     parser.add_argument("--decode-tokens", type=int, default=64, help="tokens per decode measurement")
+    parser.add_argument("--no-compare-grouping", dest="compare_grouping", action="store_false",
+                        help="skip timing random padded batches against length-grouped ones")
+    parser.add_argument("--training-only", action="store_true", help="only the training throughput comparison")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
 
     from core.models import resolve_base_model
@@ -202,16 +224,35 @@ def main() -> int:
     import torch
 
     results = {"machine": {"torch_threads_default": torch.get_num_threads()}}
-    for threads in sorted({1, torch.get_num_threads()}):
+    threads = torch.get_num_threads()
+    if args.compare_grouping:
+        # Same threads, same examples, one whole epoch each: today's random padded batches vs length-grouped.
+        padded = measure_training(ref, 0, threads, grouped=False)
+        grouped = measure_training(ref, 0, threads, grouped=True)
+        results["training_batches"] = {
+            "random_padded": padded,
+            "length_grouped": grouped,
+            "tokens_per_second_ratio": round(grouped["tokens_per_second"] / padded["tokens_per_second"], 2),
+        }
+    for threads in sorted({1, torch.get_num_threads()}) if not args.training_only else []:
         results[f"training_{threads}_thread"] = measure_training(ref, args.steps, threads)
     evaluation = measure_evaluation(ref, 1)
     results["judging_1_thread"] = evaluation
     per_step = results["training_1_thread"]["seconds_per_step"]
     results["job_estimates_1_thread"] = [job_minutes(n, per_step, evaluation) for n in (24, 200)]
     torch.set_num_threads(results["machine"]["torch_threads_default"])
+    if args.training_only:
+        print(json.dumps(results, indent=2))
+        print_grouping(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
         results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens)
     print(json.dumps(results, indent=2))
+    print_grouping(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
     ratio = results["serving"]["decode_ratio_during_retrain"]
     print(f"\nDecode during a retrain: {ratio:.2f}x idle (goal >= 0.70). "
           "Wall times for 200 examples are extrapolated from the measured seconds per step.")

@@ -335,7 +335,13 @@ class Engine:
 
     @classmethod
     def load(
-        cls, base_model: str | None, data_dir: Path, *, max_context_tokens: int = 2048, max_batch: int = DEFAULT_MAX_BATCH
+        cls,
+        base_model: str | None,
+        data_dir: Path,
+        *,
+        max_context_tokens: int = 2048,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        bf16_from_batch: int = DEFAULT_BF16_FROM_BATCH,
     ) -> Engine:
         """Resolve and load the base model (converting the bundled one on first use)."""
         from core.models import load_base_model, resolve_base_model
@@ -344,7 +350,12 @@ class Engine:
         model, tokenizer = load_base_model(ref)
         window = getattr(model.config, "max_position_embeddings", None) or max_context_tokens
         return cls(
-            model, tokenizer, base_name=ref.name, max_context_tokens=min(max_context_tokens, window), max_batch=max_batch
+            model,
+            tokenizer,
+            base_name=ref.name,
+            max_context_tokens=min(max_context_tokens, window),
+            max_batch=max_batch,
+            bf16_from_batch=bf16_from_batch,
         )
 
     # -- adapters ------------------------------------------------------------

@@ -55,6 +55,11 @@ class TrainConfig:
         default=1e-3,
     )
     batch_size: int = _help("Examples per optimiser step.", default=8)
+    length_grouped: bool = _help(
+        "Batch examples of similar length together (less padding; see benchmarks/bench_training.py); "
+        "off draws batches at random.",
+        default=True,
+    )
     lora_r: int = _help("LoRA rank. r8 and r16 cost the same time here; r16 learned facts more reliably.", default=16)
     lora_alpha: int = _help("LoRA scaling numerator (the update is scaled by alpha / r).", default=32)
     lora_dropout: float = _help("Dropout on the LoRA input; 0 learns a few facts fastest.", default=0.0)

@@ -159,6 +159,8 @@ def train_adapter(
         args = TrainingArguments(
             output_dir=scratch,  # the Trainer wants one; nothing is saved there (save_strategy "no")
             per_device_train_batch_size=config.batch_size,
+            # Similar lengths in one batch: less padding computed for nothing.
+            train_sampling_strategy="group_by_length" if config.length_grouped else "random",
             num_train_epochs=config.epochs,
             max_steps=config.max_steps or -1,
             learning_rate=config.learning_rate,

@@ -1,0 +1,335 @@
+"""Serving benchmark through the real HTTP API, with a trained-shaped LoRA
+adapter active, against plain `transformers` `generate` in the same run.
+
+It starts `python launch.py serve` (bundled model, or --base-model) on a free
+loopback port, makes an adapter shaped like the default training recipe's,
+records it as the active version (the server's watcher merges it), then:
+
+- one stream, short (~48-token) and long (~675-token) prompt: tokens/s and
+  time to first token, against plain `generate` on the same base model in this
+  process (the server idle meanwhile);
+- 1, 4, 8 and 16 simultaneous streaming chats (`/v1/chat/completions`):
+  aggregate tokens/s, and p50/p95 time to first token.
+
+Greedy, --tokens new tokens (default 128). Each figure is the median of
+--repeats runs; ratios are against figures from this same run.
+
+    python benchmarks/bench_serving.py                  # about 6 minutes on 2 cores
+    python benchmarks/bench_serving.py --repeats 1 --tokens 64 --json out.json
+    python benchmarks/bench_serving.py --llama-cpp      # also llama.cpp, if llama_cpp imports (see benchmarks/README.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHORT = "Tell me about the history of the bicycle, from the first designs to the bikes of today."
+QUESTIONS = [
+    "Tell me about the history of the bicycle.",
+    "How do I boil an egg?",
+    "Write a short poem about the sea.",
+    "What is photosynthesis?",
+    "Name three famous painters and one work by each.",
+    "Why is the sky blue?",
+    "Give me a tip for learning a language.",
+    "What does a compiler do?",
+    "Explain what a prime number is.",
+    "Suggest a name for a ferry company.",
+    "How do plants drink water?",
+    "Describe a cat in a few sentences.",
+    "What is the water cycle?",
+    "Who was Ada Lovelace?",
+    "How does a bicycle stay upright?",
+    "What makes bread rise?",
+]
+PASSAGE = (
+    "The Halvard ferry company runs boats between the harbour and the three islands. Ferries leave every hour "
+    "from seven in the morning until ten at night in summer, and every two hours in winter. A single adult ticket "
+    "costs four euros, children under twelve travel for half price, and bicycles ride free. "
+)
+
+
+def long_question(tokenizer, target: int = 675) -> str:
+    """A question whose rendered prompt is about `target` tokens long."""
+    from core.prompts import encode, render_prompt
+
+    text = ""
+    while True:
+        candidate = text + PASSAGE
+        prompt = render_prompt(tokenizer, [{"role": "user", "content": candidate + "\nWhen do the ferries leave?"}])
+        if len(encode(tokenizer, prompt)) > target:
+            return text + "\nWhen do the ferries leave?"
+        text = candidate
+
+
+def post_stream(url: str, content: str, tokens: int) -> dict:
+    """One streaming chat; returns time to first piece, total seconds and completion tokens."""
+    body = json.dumps({
+        "model": "exemplar", "messages": [{"role": "user", "content": content}], "stream": True,
+        "max_tokens": tokens, "temperature": 0, "few_shot": False,
+        "stream_options": {"include_usage": True},
+    }).encode()
+    request = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    first = None
+    usage = None
+    with urllib.request.urlopen(request, timeout=600) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices", []):
+                if choice.get("delta", {}).get("content") and first is None:
+                    first = time.perf_counter() - started
+    total = time.perf_counter() - started
+    return {"ttft": first if first is not None else total, "seconds": total,
+            "tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"]}
+
+
+def concurrent(url: str, n: int, tokens: int) -> dict:
+    results: list = [None] * n
+    errors: list = []
+
+    def one(i: int) -> None:
+        try:
+            results[i] = post_stream(url, QUESTIONS[i % len(QUESTIONS)], tokens)
+        except Exception as exc:  # counted, not raised: the benchmark reports errors
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    done = [r for r in results if r]
+    ttfts = sorted(r["ttft"] for r in done)
+    return {
+        "aggregate_tok_s": sum(r["tokens"] for r in done) / wall,
+        "ttft_p50": statistics.median(ttfts) if ttfts else None,
+        "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))] if ttfts else None,
+        "ttft_max": ttfts[-1] if ttfts else None,
+        "errors": len(errors) + (n - len(done) - len(errors)),
+    }
+
+
+def plain_generate(ref, prompt_text: str, tokens: int, threads: int) -> dict:
+    """transformers `generate` on the base model, batch 1, fp32: time to first token and tokens/s."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from core.models import load_base_model
+    from core.prompts import encode, render_prompt
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_base_model(ref, device="cpu")
+    ids = torch.tensor([encode(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": prompt_text}]))])
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+    out: dict = {}
+
+    def run() -> None:
+        with torch.inference_mode():
+            out["ids"] = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                        do_sample=False, temperature=None, top_p=None, top_k=None,
+                                        pad_token_id=tokenizer.pad_token_id, streamer=streamer)
+
+    started = time.perf_counter()
+    worker = threading.Thread(target=run)
+    worker.start()
+    first = None
+    for piece in streamer:
+        if piece and first is None:
+            first = time.perf_counter() - started
+    worker.join()
+    seconds = time.perf_counter() - started
+    n = out["ids"].shape[1] - ids.shape[1]
+    return {"ttft": first, "tok_s": n / seconds, "tokens": n, "prompt_tokens": ids.shape[1]}
+
+
+def llama_cpp_stream(gguf: Path, prompt_text: str, tokens: int, threads: int) -> dict | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(gguf), n_threads=threads, n_ctx=2048, verbose=False)
+    started = time.perf_counter()
+    first = None
+    count = 0
+    for chunk in llm.create_chat_completion([{"role": "user", "content": prompt_text}], max_tokens=tokens,
+                                            temperature=0, stream=True):
+        if chunk["choices"][0]["delta"].get("content"):
+            count += 1
+            if first is None:
+                first = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return {"ttft": first, "tok_s": count / seconds, "tokens": count}
+
+
+def make_active_adapter(ref, data_dir: Path) -> str:
+    """An adapter shaped like the default recipe's (non-zero B), recorded as the active version."""
+    import torch
+
+    from core.models import load_base_model
+    from storage import Store
+    from training.config import TrainConfig
+    from training.registry import commit_version
+    from training.trainer import add_lora
+
+    model, _ = load_base_model(ref, device="cpu")
+    torch.manual_seed(0)
+    peft_model = add_lora(model, TrainConfig())
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=1e-3)
+    staging = Path(tempfile.mkdtemp(dir=data_dir))
+    peft_model.save_pretrained(staging)
+    store = Store(data_dir / "exemplar.db")
+    try:
+        row = commit_version(store, data_dir, staging, base_model=ref.name)
+        store.activate_version(row["version"])
+    finally:
+        store.close()
+    return row["version"]
+
+
+def start_server(data_dir: Path, base_model: str, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(data_dir / "server.log", "w")
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), "serve", "--data-dir", str(data_dir), "--base-model", base_model,
+         "--port", str(port), "--admin-password", "bench-admin-password", "--threads", str(threads), *extra],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((data_dir / "server.log").read_text())
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise TimeoutError("the server did not start")
+
+
+def med(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", default=None, help="model folder (default: the bundled model, converted)")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data", help="where the bundled model is converted")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--concurrency", default="1,4,8,16")
+    parser.add_argument("--llama-cpp", action="store_true", help="also time llama.cpp on the bundled GGUF")
+    parser.add_argument("--server-args", default="", help="extra flags for launch.py serve, e.g. '--bf16-from-batch 0'")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    args = parser.parse_args()
+
+    from core.models import bundled_gguf_path, load_base_model, resolve_base_model
+
+    ref = resolve_base_model(args.base_model, args.data_dir)
+    _, tokenizer = load_base_model(ref, device="cpu")
+    long_text = long_question(tokenizer)
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        data_dir = Path(scratch)
+        version = make_active_adapter(ref, data_dir)
+        process, url = start_server(data_dir, ref.path, args.threads, args.server_args.split())
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # the watcher merges the adapter soon after start
+                with urllib.request.urlopen(url + "/healthz") as response:
+                    if json.loads(response.read())["model_version"] == version:
+                        break
+                time.sleep(0.5)
+            else:
+                raise RuntimeError(f"the server never served {version}")
+            post_stream(url, "Hello", 8)  # warm-up
+            for name, text in (("short", SHORT), ("long", long_text)):
+                runs = [post_stream(url, text, args.tokens) for _ in range(args.repeats)]
+                results[f"api_one_stream_{name}"] = {
+                    "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
+                    "ttft": med(runs, "ttft"), "prompt_tokens": runs[0]["prompt_tokens"],
+                }
+            for n in [int(c) for c in args.concurrency.split(",")]:
+                runs = [concurrent(url, n, args.tokens) for _ in range(args.repeats)]
+                results[f"api_concurrency_{n}"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        finally:
+            process.terminate()
+            process.wait(30)
+        results["adapter_version"] = version
+
+    for name, text in (("short", SHORT), ("long", long_text)):
+        runs = [plain_generate(ref, text, args.tokens, args.threads) for _ in range(args.repeats)]
+        results[f"plain_generate_{name}"] = {"tok_s": med(runs, "tok_s"), "ttft": med(runs, "ttft"),
+                                             "prompt_tokens": runs[0]["prompt_tokens"]}
+    if args.llama_cpp:
+        gguf = bundled_gguf_path()
+        for name, text in (("short", SHORT), ("long", long_text)):
+            runs = [llama_cpp_stream(gguf, text, args.tokens, args.threads) for _ in range(args.repeats)]
+            if runs[0] is not None:
+                results[f"llama_cpp_{name}"] = {"tok_s": med(runs, "tok_s"), "ttft": med(runs, "ttft")}
+
+    one = results.get("api_concurrency_1", {})
+    print(f"\nExemplar HTTP API ({'adapter ' + results['adapter_version']} active), greedy, {args.tokens} new tokens, "
+          f"{args.threads} threads, median of {args.repeats}\n")
+    print("| streams at once | aggregate tok/s | vs 1 stream | TTFT p50 | TTFT p95 | slowest TTFT vs 1 stream | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for key, row in results.items():
+        if key.startswith("api_concurrency_"):
+            n = key.rsplit("_", 1)[-1]
+            print(f"| {n} | {row['aggregate_tok_s']:.1f} | {row['aggregate_tok_s'] / one['aggregate_tok_s']:.2f}x | "
+                  f"{row['ttft_p50']:.2f} s | {row['ttft_p95']:.2f} s | {row['ttft_max'] / one['ttft_max']:.1f}x | "
+                  f"{row['errors']} |")
+    print("\n| one stream | prompt tokens | tok/s | first token | tok/s vs plain generate |")
+    print("|---|---|---|---|---|")
+    for name in ("short", "long"):
+        api, plain = results[f"api_one_stream_{name}"], results[f"plain_generate_{name}"]
+        print(f"| Exemplar API, {name} prompt | {api['prompt_tokens']} | {api['tok_s']:.1f} | {api['ttft']:.2f} s | "
+              f"{api['tok_s'] / plain['tok_s']:.2f}x |")
+        print(f"| plain generate, {name} prompt | {plain['prompt_tokens']} | {plain['tok_s']:.1f} | "
+              f"{plain['ttft']:.2f} s | 1.00x |")
+        if f"llama_cpp_{name}" in results:
+            cpp = results[f"llama_cpp_{name}"]
+            print(f"| llama.cpp, {name} prompt | | {cpp['tok_s']:.1f} | {cpp['ttft']:.2f} s | "
+                  f"{cpp['tok_s'] / plain['tok_s']:.2f}x |")
+    if "llama_cpp_short" in results and "api_concurrency_8" in results:
+        ratio = results["api_concurrency_8"]["aggregate_tok_s"] / results["llama_cpp_short"]["tok_s"]
+        results["api_8_vs_llama_cpp_one_stream"] = ratio
+        print(f"\n8 at once through the API vs llama.cpp's one stream: {ratio:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
