@@ -20,6 +20,7 @@ import pandas as pd
 
 from bot.contracts import TrainingController
 from core.errors import ExemplarError, ValidationError
+from core.progress import bar, clock
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
@@ -27,18 +28,6 @@ from storage.vocabulary import BASE_VERSION as BASE
 VERSION_COLUMNS = ["serving", "version", "status", "examples", "corrections learned", "held-out accuracy %", "canary %", "created", "notes"]
 LOSS_COLUMNS = ["step", "loss"]
 LEARNED_COLUMNS = ["example", "question", "correction", "serving", "candidate", "margin base", "margin serving", "margin candidate", "why not learned"]
-
-
-def _bar(percent: float | None, width: int = 30) -> str:
-    filled = int(round((percent or 0) / 100 * width))
-    return "█" * filled + "░" * (width - filled)
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def describe_job(view: dict[str, Any] | None) -> str:
@@ -52,8 +41,8 @@ def describe_job(view: dict[str, Any] | None) -> str:
         phase = progress.get("phase") or "starting"
         if phase == "training" and progress.get("total_steps"):
             line = (
-                f"`{_bar(progress.get('percent'))}` step {progress.get('step', 0)}/{progress['total_steps']}"
-                f" · loss {progress.get('loss', '–')} · {_clock(progress.get('eta_seconds'))} left"
+                f"`{bar((progress.get('percent') or 0) / 100)}` step {progress.get('step', 0)}/{progress['total_steps']}"
+                f" · loss {progress.get('loss', '–')} · {clock(progress.get('eta_seconds'), unknown='–')} left"
             )
         else:
             line = f"{phase}…"

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from core.config import validate_all
 from core.datadir import DataDir
 from core.flags import add_group, from_args
+from core.progress import bar, clock
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES, BASE_VERSION, JobStatus
 from training.config import EvalConfig, TrainConfig
@@ -67,18 +68,6 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def _bar(fraction: float, width: int = 30) -> str:
-    filled = int(round(max(0.0, min(1.0, fraction)) * width))
-    return "█" * filled + "░" * (width - filled)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    return f"{seconds // 60:d}:{seconds % 60:02d}"
-
-
 def progress_line(view: dict[str, Any]) -> str:
     """One line describing a running job: phase, bar, step, loss, time left."""
     progress = view.get("progress") or {}
@@ -88,8 +77,8 @@ def progress_line(view: dict[str, Any]) -> str:
     step, total = progress.get("step", 0), progress["total_steps"]
     loss = progress.get("loss")
     return (
-        f"job {view['id']} training {_bar(step / total)} {step}/{total}"
-        f"  loss {loss if loss is not None else '-'}  eta {_duration(progress.get('eta_seconds'))}"
+        f"job {view['id']} training {bar(step / total)} {step}/{total}"
+        f"  loss {loss if loss is not None else '-'}  eta {clock(progress.get('eta_seconds'))}"
     )
 
 
