@@ -35,7 +35,7 @@ from typing import Any
 
 from core.config import MAX_TEMPERATURE
 from core.errors import ModelLoadError, ValidationError
-from core.prompts import FittedPrompt, Message, encode, fit_prompt
+from core.prompts import FittedPrompt, Message, encode, fit_for_answer
 from storage.vocabulary import BASE_VERSION  # the version name of the base model, for bot's callers too
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,61 @@ class GenerationParams:
 _DONE = object()
 
 
-class Generation:
+class AnswerState:
+    """What every engine's answer holds (the AnswerStream contract): its prompt and
+    parameters, the text so far, how it ended, and a cancel flag."""
+
+    def __init__(self, prompt: FittedPrompt, params: GenerationParams):
+        self.prompt = prompt
+        self.params = params
+        self.text = ""
+        self.finish_reason = "stop"
+        self.completion_tokens = 0
+        self._cancel = threading.Event()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt.token_ids)
+
+    @property
+    def few_shot_ids(self) -> list[int]:
+        return [d["id"] for d in self.prompt.demonstrations if "id" in d]
+
+
+class PromptFitting:
+    """What every engine does alike: fit a prompt to its context window (leaving room for the
+    answer) and generate a whole answer by draining its stream(). A subclass sets `tokenizer`
+    and `max_context_tokens` and defines stream()."""
+
+    tokenizer: Any
+    max_context_tokens: int
+
+    def prepare(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        demonstrations: Sequence[dict[str, Any]] = (),
+    ) -> FittedPrompt:
+        """Fit the prompt (demonstrations and old turns dropped as needed) to the context window."""
+        return fit_for_answer(
+            self.tokenizer, messages, demonstrations,
+            context_tokens=self.max_context_tokens, max_new_tokens=params.max_new_tokens,
+        )
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams | None = None,
+        demonstrations: Sequence[dict[str, Any]] = (),
+    ) -> Any:
+        """Generate a whole answer; returns the finished answer."""
+        generation = self.stream(messages, params, demonstrations)  # type: ignore[attr-defined]
+        for _ in generation:
+            pass
+        return generation
+
+
+class Generation(AnswerState):
     """One answer being generated: iterate it for text pieces; when iteration
     ends, `text`, `finish_reason` and the token counts are final.
 
@@ -84,26 +138,13 @@ class Generation:
     """
 
     def __init__(self, engine: Engine, prompt: FittedPrompt, params: GenerationParams):
+        super().__init__(prompt, params)
         self.engine = engine
-        self.prompt = prompt
-        self.params = params
-        self.text = ""
-        self.finish_reason = "stop"
-        self.completion_tokens = 0
         self.model_version: str | None = None  # set when the answer joins the batch
-        self._cancel = threading.Event()
         self._tokens: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
         self._finished = False  # set by the decode thread
         engine._submit(self)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt.token_ids)
-
-    @property
-    def few_shot_ids(self) -> list[int]:
-        return [d["id"] for d in self.prompt.demonstrations if "id" in d]
 
     @property
     def cancelled(self) -> bool:
@@ -279,7 +320,7 @@ def _sample(logits: Any, rows: list[Generation]) -> list[int]:
     return chosen.tolist()
 
 
-class Engine:
+class Engine(PromptFitting):
     """Holds the base model, the tokenizer and the active adapter (merged); thread-safe."""
 
     def __init__(
@@ -597,21 +638,6 @@ class Engine:
 
     # -- generation ----------------------------------------------------------
 
-    def prepare(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        demonstrations: Sequence[dict[str, Any]] = (),
-    ) -> FittedPrompt:
-        """Fit the prompt (demonstrations and old turns dropped as needed) to the context window."""
-        budget = self.max_context_tokens - params.max_new_tokens
-        if budget < 16:
-            raise ValidationError(
-                f"max_tokens {params.max_new_tokens} leaves no room for the prompt in a "
-                f"{self.max_context_tokens}-token context: ask for fewer tokens"
-            )
-        return fit_prompt(self.tokenizer, messages, demonstrations, budget)
-
     def stream(
         self,
         messages: Sequence[Message],
@@ -633,15 +659,3 @@ class Engine:
                 f"window is {self.max_context_tokens} tokens: send a shorter prompt or ask for fewer tokens"
             )
         return Generation(self, FittedPrompt(prompt, ids, [], []), params)
-
-    def generate(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams | None = None,
-        demonstrations: Sequence[dict[str, Any]] = (),
-    ) -> Generation:
-        """Generate a whole answer; returns the finished Generation."""
-        generation = self.stream(messages, params, demonstrations)
-        for _ in generation:
-            pass
-        return generation

@@ -32,9 +32,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bot.engine import BASE_VERSION, GenerationParams
-from core.errors import ExemplarError, ModelLoadError, ValidationError
-from core.prompts import FittedPrompt, Message, fit_prompt
+from bot.engine import BASE_VERSION, AnswerState, GenerationParams, PromptFitting
+from core.errors import ExemplarError, ModelLoadError
+from core.prompts import FittedPrompt, Message
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def error_detail(response: Any) -> str:
     return f"HTTP {response.status_code}: {str(error)[:300]}"
 
 
-class UpstreamGeneration:
+class UpstreamGeneration(AnswerState):
     """One answer streamed from the upstream; the same surface as the local engine's Generation.
 
     The request is sent when this is created, so a down or refusing upstream
@@ -135,13 +135,8 @@ class UpstreamGeneration:
     """
 
     def __init__(self, engine: UpstreamEngine, prompt: FittedPrompt, params: GenerationParams):
+        super().__init__(prompt, params)
         self.engine = engine
-        self.prompt = prompt
-        self.params = params
-        self.text = ""
-        self.finish_reason = "stop"
-        self.completion_tokens = 0
-        self._cancel = threading.Event()
         self.model_version, self.model_name = engine.acquire()
         body: dict[str, Any] = {
             "model": self.model_name,
@@ -161,14 +156,6 @@ class UpstreamGeneration:
             engine.release(self.model_name)
             raise
         self._released = False
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt.token_ids)
-
-    @property
-    def few_shot_ids(self) -> list[int]:
-        return [d["id"] for d in self.prompt.demonstrations if "id" in d]
 
     def cancel(self) -> None:
         """Stop early (the client went away): closing the response ends the upstream's work too."""
@@ -227,7 +214,7 @@ class UpstreamGeneration:
         self.text = self.text.strip()
 
 
-class UpstreamEngine:
+class UpstreamEngine(PromptFitting):
     """Sends generation to an OpenAI-compatible server and keeps its adapter on the active version."""
 
     def __init__(
@@ -369,21 +356,6 @@ class UpstreamEngine:
 
     # -- generation ----------------------------------------------------------
 
-    def prepare(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        demonstrations: Sequence[dict[str, Any]] = (),
-    ) -> FittedPrompt:
-        """Fit the prompt (demonstrations and old turns dropped as needed) to the context window."""
-        budget = self.max_context_tokens - params.max_new_tokens
-        if budget < 16:
-            raise ValidationError(
-                f"max_tokens {params.max_new_tokens} leaves no room for the prompt in a "
-                f"{self.max_context_tokens}-token context: ask for fewer tokens"
-            )
-        return fit_prompt(self.tokenizer, messages, demonstrations, budget)
-
     def stream(
         self,
         messages: Sequence[Message],
@@ -393,17 +365,6 @@ class UpstreamEngine:
         """Send the prompt to the upstream; iterate the result for text as it comes."""
         params = (params or GenerationParams()).validate()
         return UpstreamGeneration(self, self.prepare(messages, params, demonstrations), params)
-
-    def generate(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams | None = None,
-        demonstrations: Sequence[dict[str, Any]] = (),
-    ) -> UpstreamGeneration:
-        generation = self.stream(messages, params, demonstrations)
-        for _ in generation:
-            pass
-        return generation
 
     def health(self) -> dict[str, Any]:
         """The upstream's state for /healthz: reachable or not, and the model requests name now."""

@@ -132,3 +132,22 @@ def fit_prompt(
             )
     notices = [TRUNCATION_NOTICE] if dropped_turns else []
     return FittedPrompt(text, ids, kept, demos, dropped_turns, dropped_demos, notices)
+
+
+def fit_for_answer(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    demonstrations: Sequence[dict[str, Any]],
+    *,
+    context_tokens: int,
+    max_new_tokens: int,
+) -> FittedPrompt:
+    """fit_prompt with room left for an answer of `max_new_tokens` in a `context_tokens` window
+    (every engine fits its prompts this way)."""
+    budget = context_tokens - max_new_tokens
+    if budget < 16:
+        raise ValidationError(
+            f"max_tokens {max_new_tokens} leaves no room for the prompt in a "
+            f"{context_tokens}-token context: ask for fewer tokens"
+        )
+    return fit_prompt(tokenizer, messages, demonstrations, budget)
