@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from storage import Store
     from storage.exchange import export_file
 
-    store = Store(DataDir(args.data_dir).db)
+    store = Store(DataDir(args.data_dir).existing_db())
     try:
         count = export_file(store, args.file, args.format, selection=args.status)
     finally:
@@ -234,7 +234,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Reaps dead training jobs and starts retrains when the policy says so.
     scheduler = trainer.start_background()
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+        # An open browser tab holds a streaming connection; without a limit a SIGTERM (or Ctrl-C)
+        # would wait for it forever.
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
     finally:
         scheduler.set()
         watcher.stop()

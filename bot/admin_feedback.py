@@ -176,4 +176,5 @@ def build_feedback_section(store: Store, check_admin: Callable[[str], None], pas
         box.submit(handlers.table, filters, [table, count], **private)
     table.select(handlers.details, [password, table], [details, example_id, open_example], **private)
     export.click(handlers.export, filters, [download, count], **private)
+    handlers.on_login = (handlers.table, filters, [table, count])  # the Admin tab loads the list at login
     return handlers, open_example, example_id

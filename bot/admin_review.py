@@ -265,6 +265,8 @@ def build_review_section(
     check_admin: Callable[[str], None],
     password: gr.Textbox,
     actor_fn: Callable[[Any], str] | None = None,
+    *,
+    default_status: str = ExampleStatus.PENDING,
 ) -> ReviewHandlers:
     """Lay out the examples section inside the open Admin tab and attach its events.
 
@@ -278,7 +280,7 @@ def build_review_section(
     gr.Markdown("### Examples and review queue")
     with gr.Row():
         status = gr.Dropdown(
-            [ANY, *ExampleStatus.values()], value=ExampleStatus.PENDING.value, label="Status", elem_id="review-filter-status"
+            [ANY, *ExampleStatus.values()], value=str(default_status), label="Status", elem_id="review-filter-status"
         )
         source = gr.Dropdown([ANY, *ExampleSource.values()], value=ANY, label="Source", elem_id="review-filter-source")
         split = gr.Dropdown([ANY, *Split.values()], value=ANY, label="Split", elem_id="review-filter-split")
@@ -334,7 +336,7 @@ def build_review_section(
 
     filters = [password, status, source, split, since, until]
     listing = [table, count]
-    password.submit(handlers.table, filters, listing, **private)
+    handlers.on_login = (handlers.table, filters, listing)  # the Admin tab loads the queue at login
     load.click(handlers.table, filters, listing, **private)
     for control in (status, source, split):
         control.input(handlers.table, filters, listing, **private)

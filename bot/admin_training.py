@@ -278,8 +278,11 @@ class TrainingHandlers:
         return pd.DataFrame(table, columns=VERSION_COLUMNS), [r["version"] for r in rows] + [BASE]
 
 
-def build_training_section(manager: TrainingController, store: Store, check_admin: Callable[[str], None], password: gr.Textbox) -> None:
-    """Lay out the training section inside the current (Admin tab) context."""
+def build_training_section(
+    manager: TrainingController, store: Store, check_admin: Callable[[str], None], password: gr.Textbox
+) -> tuple[Callable[..., Any], list[Any], list[Any]]:
+    """Lay out the training section inside the current (Admin tab) context.
+    Returns (function, inputs, outputs) that fill it in, which the Admin tab runs at login."""
     handlers = TrainingHandlers(manager, store, check_admin)
     private = {"api_visibility": "private"}
     gr.Markdown("## Training")
@@ -330,6 +333,7 @@ def build_training_section(manager: TrainingController, store: Store, check_admi
 
     overview_outputs = [policy, status, curve, log, job_id, timer, versions, chosen, compare_version, learned_version]
     refresh.click(handlers.overview, [password], overview_outputs, **private)
+    on_login = (handlers.overview, [password], overview_outputs)
     retrain.click(handlers.retrain, [password, params], [status, curve, log, job_id, timer], **private)
     timer.tick(
         handlers.poll, [password, job_id], [status, curve, log, timer, versions, chosen, compare_version], **private
@@ -341,3 +345,4 @@ def build_training_section(manager: TrainingController, store: Store, check_admi
     learned_button.click(
         handlers.learning, [password, learned_version, only_missing], [learned_title, learned_table], **private
     )
+    return on_login

@@ -15,6 +15,7 @@ from bot.admin import AdminGuard
 from bot.contracts import TrainingController
 from bot.service import ChatService
 from core.errors import AuthError
+from storage.vocabulary import ExampleStatus
 
 
 def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
@@ -32,36 +33,59 @@ def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
 def build_admin_tab(service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> None:
     """Lay out the Admin tab inside the current Blocks context."""
     from bot.admin_feedback import build_feedback_section
-    from bot.admin_review import build_review_section
+    from bot.admin_review import ANY, build_review_section
 
     check_admin = ui_checker(guard)
     config = service.config
-    password = gr.Textbox(
-        label="Admin password",
-        type="password",
-        elem_id="admin-password",
-        info="Printed in the server's console at start unless set with --admin-password.",
-    )
-    policy = config.effective_review_policy
-    gr.Markdown(
-        f"Review policy: **{policy}** — "
-        + (
-            "new examples are approved at once."
-            if policy == "auto"
-            else "new examples wait in the review queue for an admin."
-        ),
-        elem_id="review-policy",
-    )
-    with gr.Tabs() as sections:
-        with gr.Tab("Examples", id="examples"):
-            review = build_review_section(service.store, check_admin, password)
-        with gr.Tab("Feedback", id="feedback"):
-            _, open_example, example_id = build_feedback_section(service.store, check_admin, password)
-        if trainer is not None:
-            from bot.admin_training import build_training_section
+    private = {"api_visibility": "private"}
+    with gr.Row(equal_height=True):
+        password = gr.Textbox(
+            label="Admin password",
+            type="password",
+            elem_id="admin-password",
+            info="Printed in the server's console at start unless set with --admin-password.",
+            scale=4,
+        )
+        login = gr.Button("Log in", variant="primary", scale=1, elem_id="admin-login")
+    signed_in = gr.Markdown("The admin tools appear once the password is entered.", elem_id="admin-login-status")
+    # Hidden until the password is checked. Hiding protects nothing by itself: every
+    # handler inside checks the password again (all are reachable through Gradio's API).
+    with gr.Column(visible=False, elem_id="admin-tools") as tools:
+        policy = config.effective_review_policy
+        gr.Markdown(
+            f"Review policy: **{policy}** — "
+            + (
+                "new examples are approved at once."
+                if policy == "auto"
+                else "new examples wait in the review queue for an admin."
+            ),
+            elem_id="review-policy",
+        )
+        with gr.Tabs() as sections:
+            with gr.Tab("Examples", id="examples"):
+                # Under the auto policy nothing waits for review, so the queue opens on every example.
+                review = build_review_section(
+                    service.store, check_admin, password,
+                    default_status=ANY if policy == "auto" else ExampleStatus.PENDING,
+                )
+            with gr.Tab("Feedback", id="feedback"):
+                feedback, open_example, example_id = build_feedback_section(service.store, check_admin, password)
+            loaders = [review.on_login, feedback.on_login]
+            if trainer is not None:
+                from bot.admin_training import build_training_section
 
-            with gr.Tab("Training", id="training"):
-                build_training_section(trainer, service.store, check_admin, password)
+                with gr.Tab("Training", id="training"):
+                    loaders.append(build_training_section(trainer, service.store, check_admin, password))
+
+    def log_in(password_value: str) -> tuple[Any, ...]:
+        """Check the password, then show the tools (each section then loads itself)."""
+        check_admin(password_value)
+        return gr.Column(visible=True), "Signed in as admin. Every action checks the password in the box above."
+
+    for trigger in (password.submit, login.click):
+        event = trigger(log_in, [password], [tools, signed_in], **private)
+        for fn, inputs, outputs in loaders:
+            event.success(fn, inputs, outputs, **private)
 
     def show_example(password_value: str, chosen: int | None) -> tuple[Any, ...]:
         """The Feedback view's link: select the rating's example in the Examples tab and go there."""
@@ -70,6 +94,6 @@ def build_admin_tab(service: ChatService, guard: AdminGuard, *, trainer: Trainin
             raise gr.Error("This rating made no example")
         return str(chosen), gr.Tabs(selected="examples")
 
-    open_example.click(
-        show_example, [password, example_id], [review.selection, sections], api_visibility="private"
-    ).success(review.details, [password, review.selection], review.detail_outputs, api_visibility="private")
+    open_example.click(show_example, [password, example_id], [review.selection, sections], **private).success(
+        review.details, [password, review.selection], review.detail_outputs, **private
+    )

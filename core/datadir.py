@@ -28,6 +28,18 @@ class DataDir:
     def db(self) -> Path:
         return self.root / "exemplar.db"
 
+    def existing_db(self) -> Path:
+        """The database, which must already exist: commands that read a data dir (train, eval,
+        export, models) would otherwise create an empty one at a mistyped --data-dir."""
+        if not self.db.is_file():
+            from core.errors import NotFoundError
+
+            raise NotFoundError(
+                f"There is no Exemplar database in {self.root} (no {self.db.name}): check --data-dir "
+                "(or EXEMPLAR_DATA_DIR); `serve` or `import` creates one"
+            )
+        return self.db
+
     @property
     def base(self) -> Path:
         """Where base models converted for this data dir live (one folder per model)."""

@@ -144,3 +144,18 @@ def test_stop_ends_a_long_answer_and_a_message_sent_meanwhile_is_answered(page, 
     page.locator("#send-button").wait_for(state="visible", timeout=120_000)
     users = [m["content"] for m in db(server).execute("select content from messages where role = 'user' order by id")]
     assert users[-2:] == ["Name three colours.", "Name three fruits."]
+
+
+def test_the_server_exits_on_sigterm_with_a_browser_tab_open(live_server_factory, browser):
+    import signal
+    import time
+
+    other = live_server_factory()
+    page = browser.new_page()
+    page.goto(other.url + "/")
+    page.locator("#chat-input textarea").wait_for()
+    started = time.monotonic()
+    other.process.send_signal(signal.SIGTERM)
+    other.process.wait(timeout=30)
+    assert time.monotonic() - started < 15
+    page.close()

@@ -41,13 +41,14 @@ def test_approving_a_pending_correction_guides_the_next_answer(live_server_facto
     page.locator("#correction-button").click()
     wait_for_text(page, "#feedback-status", "pending")
 
-    # The Admin tab: the password loads the queue (pending examples by default).
+    # The Admin tab: the password first; then the tools, with the queue loaded (pending examples under manual review).
     page.get_by_role("tab", name="Admin").click()
-    page.locator("#review-policy").wait_for()
-    assert "manual" in page.locator("#review-policy").inner_text()
+    assert not page.locator("#review-policy").is_visible()
     password = page.locator("#admin-password input")
     password.fill(server.password)
-    password.press("Enter")
+    page.locator("#admin-login").click()
+    page.locator("#review-policy").wait_for()
+    assert "manual" in page.locator("#review-policy").inner_text()
     wait_for_text(page, "#review-count", "1 example")
     # Click the row (the grid also renders a hidden copy of each cell, for measuring).
     page.locator("#review-table").get_by_text(CORRECTION).locator("visible=true").first.click()

@@ -46,7 +46,7 @@ class ThreadWorkerManager(TrainingManager):
             store.update_job(job_id, status="running", started_at=now(), heartbeat_at=now())
             losses = []
             for step, loss in enumerate(LOSSES, 1):
-                time.sleep(0.6)
+                time.sleep(1.0)
                 losses.append({"step": step, "loss": loss})
                 store.update_job(
                     job_id, losses=losses, heartbeat_at=now(),
@@ -96,10 +96,10 @@ def test_the_live_loss_chart_falls_as_the_loss_falls(admin_page):
     page.locator("#training-retrain").click()
     # Read the chart while the job runs, then once it has ended.
     page.wait_for_function(
-        "document.querySelector('#training-status').innerText.includes('step 3/')", timeout=30_000
+        "/step [3-7]\\//.test(document.querySelector('#training-status').innerText)", timeout=60_000
     )
-    running = line_points(page)
-    assert len(running) >= 3
+    running = line_points(page)  # drawn while the job runs, not only at the end
+    assert 2 <= len(running) < len(LOSSES)
     page.wait_for_function(
         "document.querySelector('#training-status').innerText.includes('succeeded')", timeout=30_000
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ValidationError
+from core.errors import NotFoundError, ValidationError
 from storage import Store
 from training import commands
 from tests.training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
@@ -74,9 +74,19 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
 
 
 def test_launch_py_wires_the_commands(tmp_path):
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, str(REPO / "launch.py"), *args, "--data-dir", str(tmp_path)],
+    run = lambda *args, data_dir=tmp_path: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "launch.py"), *args, "--data-dir", str(data_dir)],
         capture_output=True, text=True, cwd=REPO, timeout=120)
+    # A mistyped --data-dir is named, and no empty database is left there.
+    typo = tmp_path / "dta"
+    for command in (("models",), ("export", str(tmp_path / "out.jsonl"), "--format", "jsonl")):
+        result = run(*command, data_dir=typo)
+        assert result.returncode == 1, (command, result.stderr)
+        assert f"There is no Exemplar database in {typo}" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(NotFoundError, match="no Exemplar database"):  # train and eval open it the same way
+        commands.open_store(typo)
+    assert not typo.exists()
+    Store(tmp_path / "exemplar.db").close()  # the database a first `serve` creates
     listed = run("models")
     assert listed.returncode == 0 and "* base" in listed.stdout
     refused = run("train")

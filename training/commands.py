@@ -49,7 +49,8 @@ EVAL_EXAMPLES = """examples:
 
 
 def open_store(data_dir: Path) -> Store:
-    return Store(DataDir(data_dir).db)
+    """The data dir's existing database (a mistyped --data-dir is an error, not a new empty database)."""
+    return Store(DataDir(data_dir).existing_db())
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
