@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from tests.conftest import LiveServer
+from tests.live_app import LiveServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
