@@ -135,3 +135,22 @@ def m004_feedback_rater(db: Database) -> None:
     # `user`. One rating per answer per rater is current; older rows stay as history.
     db["feedback"].add_column("rater", str)
     db["feedback"].create_index(["message_id", "rater"])
+
+
+@migrations()
+def m005_import_rows(db: Database) -> None:
+    # The rows of an import in progress (Store.add_examples): hidden until the whole import
+    # is in, then given these statuses in one transaction; `pid` lets a later process
+    # delete the rows of an import whose process died.
+    db["import_rows"].create(
+        {"example_id": int, "import_id": str, "pid": int, "status": str}, pk="example_id"
+    )
+    db["import_rows"].create_index(["import_id"])
+    # Only a change of the indexed text needs the full-text index touched; a status
+    # change (review, supersede, publishing an import) no longer rewrites it.
+    db.execute("drop trigger if exists examples_au")
+    db.execute(
+        "create trigger examples_au after update of input_text on examples begin "
+        "insert into examples_fts (examples_fts, rowid, input_text) values('delete', old.rowid, old.input_text); "
+        "insert into examples_fts (rowid, input_text) values (new.rowid, new.input_text); end"
+    )

@@ -7,8 +7,10 @@ never see SQL or serialised strings.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -47,12 +49,30 @@ from storage.text import check_text
 MAX_RATED_IDS = 500  # a chat's answers; bounds the placeholders in one query
 
 # Columns holding JSON. sqlite-utils encodes dicts and lists on insert and update; _decode reads them back.
+# An import's rows go in this many at a time, each chunk one short transaction, so
+# chat waits for a chunk at most, never for the whole import.
+IMPORT_CHUNK_ROWS = 500
+# The status of an imported row until its whole import is in (never shown by a query).
+IMPORTING = "importing"
+
 _JSON_COLUMNS = {
     "messages": ("context", "gen_params", "few_shot_ids"),
     "examples": ("input",),
     "model_versions": ("metrics", "example_ids", "train_config"),
     "jobs": ("params", "progress", "losses", "metrics"),
 }
+
+
+def _process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def now() -> str:
@@ -87,6 +107,7 @@ class Store:
         self.db.execute("PRAGMA busy_timeout = 30000")
         with self._lock:
             migrations.apply(self.db)
+        self._drop_abandoned_imports()
 
     def close(self) -> None:
         with self._lock:
@@ -508,41 +529,156 @@ class Store:
         actor: str | None = None,
     ) -> int:
         """Validate and store an input/output example; return its id."""
+        row = self._example_row(
+            input, output, source=source, status=status, split=split, rejected=rejected,
+            message_id=message_id, feedback_id=feedback_id,
+        )
+        with self._write():
+            example_id = self.db["examples"].insert(row).last_pk
+            self._history(example_id, "created", None, row["status"], actor, row["created_at"])
+            if row["status"] == ExampleStatus.APPROVED:
+                self._supersede_older(example_id, row["input_key"], row["created_at"])
+        return example_id
+
+    def _example_row(
+        self,
+        input: Any,
+        output: str,
+        *,
+        source: str,
+        status: str = ExampleStatus.APPROVED,
+        split: str | None = None,
+        rejected: str | None = None,
+        message_id: int | None = None,
+        feedback_id: int | None = None,
+        stamp: str | None = None,
+    ) -> dict[str, Any]:
+        """An example checked and ready to insert (raises ValidationError naming the problem)."""
         messages = validate_messages(input)
         output = self.validate_output(output)
         check_choice("source", source, ExampleSource)
         check_choice("status", status, REVIEW_STATUSES)
         key = input_key(messages)
         split = split_for(key) if split is None else check_choice("split", split, Split)
-        stamp = now()
-        row = {
+        stamp = stamp or now()
+        return {
             "input": messages,
             "input_text": messages[-1]["content"],
             "input_key": key,
             "output": output,
             "rejected": rejected,
-            "source": source,
-            "status": status,
-            "split": split,
+            "source": str(source),
+            "status": str(status),
+            "split": str(split),
             "message_id": message_id,
             "feedback_id": feedback_id,
             "created_at": stamp,
             "updated_at": stamp,
         }
-        with self._write():
-            example_id = self.db["examples"].insert(row).last_pk
-            self._history(example_id, "created", None, status, actor, stamp)
-            if status == ExampleStatus.APPROVED:
-                self._supersede_older(example_id, key, stamp)
-        return example_id
 
-    def add_examples(self, rows: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[int]:
-        """Store many examples in one transaction: all of them, or (on any error) none."""
-        ids = []
-        with self._write():
-            for row in rows:
-                ids.append(self.add_example(**row, actor=actor))
+    def add_examples(
+        self, rows: Iterable[dict[str, Any]], *, actor: str | None = None, chunk_rows: int = IMPORT_CHUNK_ROWS
+    ) -> list[int]:
+        """Store many examples: all of them, or (on any error) none; return their ids.
+
+        A large import must not stop chat, so it never holds the lock for long:
+        1. every row is checked first, outside the lock (a bad row stores nothing);
+        2. the rows go in `chunk_rows` at a time, one short transaction each, with the hidden
+           status `importing` that no query shows, each noted in `import_rows` with its status;
+        3. one last transaction gives them their statuses (a set-wise UPDATE of an indexed
+           column: no full-text work), writes their history and supersedes older outputs.
+        On an error the hidden rows are deleted; after a crash, the next Store opened on the
+        file deletes those of an import whose process is gone.
+        """
+        stamp = now()
+        prepared = [self._example_row(**row, stamp=stamp) for row in rows]
+        if not prepared:
+            return []
+        for row in prepared:
+            row["input"] = json.dumps(row["input"], ensure_ascii=False)
+        import_id = uuid.uuid4().hex
+        columns = list(prepared[0])
+        insert = f"insert into examples (id, {', '.join(columns)}) values (?{', ?' * len(columns)})"
+        ids: list[int] = []
+        try:
+            for start in range(0, len(prepared), chunk_rows):
+                chunk = prepared[start : start + chunk_rows]
+                with self._write():
+                    conn = self.db.conn
+                    # Under the lock and SQLite's write lock nobody else inserts, so these ids are ours.
+                    (first,) = conn.execute("select coalesce(max(id), 0) + 1 from examples").fetchone()
+                    chunk_ids = list(range(first, first + len(chunk)))
+                    conn.executemany(
+                        insert, ([i, *(row[c] if c != "status" else IMPORTING for c in columns)]
+                                 for i, row in zip(chunk_ids, chunk)),
+                    )
+                    conn.executemany(
+                        "insert into import_rows (import_id, pid, example_id, status) values (?, ?, ?, ?)",
+                        ((import_id, os.getpid(), i, row["status"]) for i, row in zip(chunk_ids, chunk)),
+                    )
+                ids.extend(chunk_ids)
+            with self._write():
+                self._publish_import(import_id, actor, stamp)
+        except BaseException:
+            self._drop_import(import_id)
+            raise
         return ids
+
+    def _publish_import(self, import_id: str, actor: str | None, stamp: str) -> None:
+        conn = self.db.conn
+        staged = "(select example_id from import_rows where import_id = ?)"
+        conn.execute(
+            "update examples set status = (select status from import_rows r where r.example_id = examples.id) "
+            f"where id in {staged}",
+            [import_id],
+        )
+        conn.execute(
+            "insert into example_history (example_id, field, old_value, new_value, actor, at) "
+            "select example_id, 'created', null, status, ?, ? from import_rows where import_id = ? order by example_id",
+            [actor, stamp, import_id],
+        )
+        # The newest approved output of each input wins, as add_example does one at a time.
+        approved, superseded = ExampleStatus.APPROVED, ExampleStatus.SUPERSEDED
+        conn.execute("create temp table if not exists import_winners (input_key text primary key, winner int)")
+        conn.execute("delete from temp.import_winners")
+        conn.execute(
+            "insert into temp.import_winners select e.input_key, max(e.id) from examples e "
+            f"where e.id in {staged} and e.status = ? group by e.input_key",
+            [import_id, approved],
+        )
+        losers = (
+            "from examples join temp.import_winners w on w.input_key = examples.input_key "
+            "where examples.status = ? and examples.id != w.winner"
+        )
+        conn.execute(
+            "insert into example_history (example_id, field, old_value, new_value, actor, at) "
+            f"select examples.id, 'status', ?, ?, ?, ? {losers} order by examples.id",
+            [approved, superseded, Actor.POLICY, stamp, approved],
+        )
+        conn.execute(
+            "update examples set status = ?, updated_at = ?, superseded_by = "
+            "(select winner from temp.import_winners w where w.input_key = examples.input_key) "
+            f"where id in (select examples.id {losers})",
+            [superseded, stamp, approved],
+        )
+        conn.execute("delete from import_rows where import_id = ?", [import_id])
+
+    def _drop_import(self, import_id: str) -> None:
+        """Delete the hidden rows of an import that did not finish."""
+        with self._write():
+            self.db.execute(
+                "delete from examples where id in (select example_id from import_rows where import_id = ?) "
+                "and status = ?",
+                [import_id, IMPORTING],
+            )
+            self.db.execute("delete from import_rows where import_id = ?", [import_id])
+
+    def _drop_abandoned_imports(self) -> None:
+        with self._lock:
+            owners = self.db.execute("select distinct import_id, pid from import_rows").fetchall()
+        for import_id, pid in owners:
+            if not _process_alive(pid):
+                self._drop_import(import_id)
 
     def _history(self, example_id: int, field: str, old: Any, new: Any, actor: str | None, at: str) -> None:
         self.db["example_history"].insert(
@@ -619,7 +755,7 @@ class Store:
         since: str | None = None,
         until: str | None = None,
     ) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+        clauses, params = ([], []) if status else (["status != ?"], [IMPORTING])
         for column, value, allowed in (
             ("status", status, ExampleStatus),
             ("source", source, ExampleSource),
@@ -635,7 +771,7 @@ class Store:
         if until:
             clauses.append("created_at < ?")
             params.append(until)
-        return " and ".join(clauses) or "1", params
+        return " and ".join(clauses), params
 
     def list_examples(
         self,
