@@ -618,14 +618,36 @@ class Store:
                     )
                 ids.extend(chunk_ids)
             with self._write():
-                self._publish_import(import_id, actor, stamp)
+                approved_rows = [(i, row["input_key"]) for i, row in zip(ids, prepared)
+                                 if row["status"] == ExampleStatus.APPROVED]
+                self._publish_import(import_id, approved_rows, actor, stamp)
         except BaseException:
             self._drop_import(import_id)
             raise
         return ids
 
-    def _publish_import(self, import_id: str, actor: str | None, stamp: str) -> None:
+    def _publish_import(self, import_id: str, approved_rows: list[tuple[int, str]], actor: str | None, stamp: str) -> None:
+        """Give an import's hidden rows their statuses and history; `approved_rows` are its
+        (id, input_key) pairs to be approved, oldest first."""
         conn = self.db.conn
+        approved, superseded = ExampleStatus.APPROVED, ExampleStatus.SUPERSEDED
+        # The newest approved output of each input wins, as add_example does one at a time: each
+        # older approved row is superseded by the next approved one of the same input. Found
+        # before the rows are published, while only the older ones are approved.
+        chains: dict[str, list[int]] = {}
+        if approved_rows:
+            conn.execute("create temp table if not exists import_keys (input_key text primary key)")
+            conn.execute("delete from temp.import_keys")
+            conn.executemany("insert or ignore into temp.import_keys values (?)", ((k,) for _, k in approved_rows))
+            # CROSS JOIN: walk the import's keys and look each up in the input_key index.
+            older = conn.execute(
+                "select e.id, e.input_key from temp.import_keys k cross join examples e "
+                "on e.input_key = k.input_key where e.status = ? order by e.id",
+                [approved],
+            ).fetchall()
+            for example_id, key in [*older, *approved_rows]:
+                chains.setdefault(key, []).append(example_id)
+        replaced = [(old, new) for ids in chains.values() for old, new in zip(ids, ids[1:])]
         staged = "(select example_id from import_rows where import_id = ?)"
         conn.execute(
             "update examples set status = (select status from import_rows r where r.example_id = examples.id) "
@@ -637,29 +659,13 @@ class Store:
             "select example_id, 'created', null, status, ?, ? from import_rows where import_id = ? order by example_id",
             [actor, stamp, import_id],
         )
-        # The newest approved output of each input wins, as add_example does one at a time.
-        approved, superseded = ExampleStatus.APPROVED, ExampleStatus.SUPERSEDED
-        conn.execute("create temp table if not exists import_winners (input_key text primary key, winner int)")
-        conn.execute("delete from temp.import_winners")
-        conn.execute(
-            "insert into temp.import_winners select e.input_key, max(e.id) from examples e "
-            f"where e.id in {staged} and e.status = ? group by e.input_key",
-            [import_id, approved],
+        conn.executemany(
+            "update examples set status = ?, superseded_by = ?, updated_at = ? where id = ?",
+            ((superseded, new, stamp, old) for old, new in replaced),
         )
-        losers = (
-            "from examples join temp.import_winners w on w.input_key = examples.input_key "
-            "where examples.status = ? and examples.id != w.winner"
-        )
-        conn.execute(
-            "insert into example_history (example_id, field, old_value, new_value, actor, at) "
-            f"select examples.id, 'status', ?, ?, ?, ? {losers} order by examples.id",
-            [approved, superseded, Actor.POLICY, stamp, approved],
-        )
-        conn.execute(
-            "update examples set status = ?, updated_at = ?, superseded_by = "
-            "(select winner from temp.import_winners w where w.input_key = examples.input_key) "
-            f"where id in (select examples.id {losers})",
-            [superseded, stamp, approved],
+        conn.executemany(
+            "insert into example_history (example_id, field, old_value, new_value, actor, at) values (?, 'status', ?, ?, ?, ?)",
+            ((old, approved, superseded, Actor.POLICY, stamp) for old, _ in sorted(replaced)),
         )
         conn.execute("delete from import_rows where import_id = ?", [import_id])
 

@@ -67,7 +67,7 @@ class LiveServer:
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 120) -> LiveServer:
+    def wait_ready(self, timeout: float = 300) -> LiveServer:
         import time
         import urllib.request
 

@@ -3,6 +3,7 @@ concurrent writers on one Store never mix up rows, and history names the real ac
 
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -115,4 +116,80 @@ def test_concurrent_writers_on_one_store_get_their_own_rows(tmp_path):
         example = reopened.get_example(example_id)
         assert (example["output"], example["feedback_id"]) == (text, feedback_id)
     assert reopened.integrity_check() == "ok"
+    reopened.close()
+
+
+def imported(n: int, status: str = "approved", offset: int = 0) -> list[dict]:
+    return [dict(input=f"Imported question {i % 7}?", output=f"Imported answer {i + offset}.", source="import",
+                 status=status) for i in range(n)]
+
+
+def test_a_chunked_import_ends_as_one_at_a_time_would(tmp_path):
+    one_by_one, chunked = Store(tmp_path / "a.db"), Store(tmp_path / "b.db")
+    for store in (one_by_one, chunked):
+        store.add_example("Imported question 3?", "An older answer.", source="admin", actor=Actor.ADMIN)
+    expected = [one_by_one.add_example(**row, actor=Actor.ADMIN) for row in imported(20)]
+    ids = chunked.add_examples(imported(20), actor=Actor.ADMIN, chunk_rows=3)
+    assert ids == expected
+    for store in (one_by_one, chunked):
+        assert store.count_examples(status="approved") == 7  # the newest output of each of the 7 questions
+        assert store.count_examples(status="superseded") == 14
+    for example_id in [1, *ids]:
+        a, b = one_by_one.get_example(example_id), chunked.get_example(example_id)
+        assert (a["status"], a["output"], a["superseded_by"]) == (b["status"], b["output"], b["superseded_by"])
+        keep = ("field", "old_value", "new_value", "actor")
+        assert [[h[k] for k in keep] for h in one_by_one.example_history(example_id)] == [
+            [h[k] for k in keep] for h in chunked.example_history(example_id)]
+    assert chunked.search_examples("Imported question 3?")[0]["output"] == "Imported answer 17."
+
+
+def test_an_import_is_invisible_until_it_is_all_in_and_gone_if_it_fails(store, monkeypatch):
+    seen = []
+    publish = store._publish_import
+
+    def look_then_fail(*args):
+        seen.append((store.count_examples(), store.list_examples(), store.search_examples("Imported question 1?")))
+        raise sqlite3.OperationalError("disk full")
+
+    monkeypatch.setattr(store, "_publish_import", look_then_fail)
+    with pytest.raises(sqlite3.OperationalError):
+        store.add_examples(imported(10), chunk_rows=4)
+    assert seen == [(0, [], [])]  # all 10 rows were written, in 3 chunks, and none was visible
+    assert store.count_examples() == 0 and store.integrity_check() == "ok"
+    monkeypatch.setattr(store, "_publish_import", publish)
+    assert len(store.add_examples(imported(10), chunk_rows=4)) == store.count_examples() == 10
+
+
+def test_a_bad_row_anywhere_stores_nothing(store):
+    rows = imported(1200)
+    rows[1100]["output"] = ""
+    with pytest.raises(ValidationError):
+        store.add_examples(rows)
+    assert store.count_examples() == 0
+
+
+def test_the_rows_of_an_import_whose_process_died_are_dropped(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "exemplar.db"
+    Store(path).close()
+    # A process that dies between two chunks of its import.
+    script = (
+        "import os, sys; from storage import Store; s = Store(sys.argv[1]); "
+        "s._publish_import = lambda *a: os._exit(9); "
+        "s.add_examples([dict(input=f'q{i}?', output='a.', source='import') for i in range(30)], chunk_rows=7)"
+    )
+    dead = subprocess.run([sys.executable, "-c", script, str(path)], cwd=Path(__file__).resolve().parent.parent)
+    assert dead.returncode == 9
+    conn = sqlite3.connect(path)
+    assert conn.execute("select count(*) from examples").fetchone()[0] == 30  # hidden, not yet dropped
+    conn.close()
+    reopened = Store(path)
+    assert reopened.count_examples() == 0
+    assert reopened.list_examples(limit=None) == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("select count(*) from examples").fetchone()[0] == 0
+    assert conn.execute("select count(*) from import_rows").fetchone()[0] == 0
+    conn.close()
     reopened.close()
