@@ -14,7 +14,7 @@ import gradio as gr
 from bot.admin import AdminGuard
 from bot.contracts import TrainingController
 from bot.service import ChatService
-from core.errors import AuthError
+from core.errors import AuthError, RateLimitError
 from storage.vocabulary import ExampleStatus
 
 
@@ -24,8 +24,9 @@ def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
     def check_admin(password: str) -> None:
         try:
             guard.check(password)
-        except AuthError as exc:
-            raise gr.Error(str(exc)) from exc
+        except (AuthError, RateLimitError) as exc:
+            # A wrong password is the user's mistake, not the server's: no traceback in the log.
+            raise gr.Error(str(exc), print_exception=False) from None
 
     return check_admin
 

@@ -24,7 +24,7 @@ from bot.api_chat import chat_router
 from bot.api_lora import LoraSlots, lora_router
 from bot.contracts import TrainingController
 from bot.service import ChatService
-from core.errors import AuthError, ExemplarError, ValidationError
+from core.errors import AuthError, ExemplarError, RateLimitError, ValidationError
 from storage.text import MAX_JSON_DEPTH, check_json
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,50 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+def host_name(value: bytes | None) -> str:
+    """The host of a Host header, lower case and without its port ('[::1]:7860' -> '[::1]')."""
+    text = (value or b"").decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+class HostCheck:
+    """ASGI middleware: refuses requests whose Host header names a host this server is not.
+
+    A DNS-rebinding page (evil.example resolving to 127.0.0.1) reaches a loopback server
+    with its own name in the Host header; refusing that name keeps it out of the UI and
+    the API alike. Wraps the whole app, so Gradio's own routes are covered too.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: set[str]):
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            name = host_name(dict(scope.get("headers", [])).get(b"host"))
+            if name not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                message = (
+                    f"This server does not answer to the host name {name!r}: use "
+                    f"{', '.join(sorted(self.allowed))}, or start it with --allowed-hosts {name or 'NAME'}"
+                )
+                await error_response(400, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> None:
     """Register the routes, the body-size limit and the JSON error handlers on `app`."""
 
     @app.exception_handler(ExemplarError)
     async def domain_error(request: Request, exc: ExemplarError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        if isinstance(exc, RateLimitError):
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status_code, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)

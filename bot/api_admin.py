@@ -120,7 +120,7 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: TrainingContr
     bearer = HTTPBearer(auto_error=False, description="The admin password.")
 
     def require_admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        guard.check_bearer(request.headers.get("authorization"))
+        guard.check_bearer(request.headers.get("authorization"), request.client.host if request.client else "http")
 
     def need_trainer() -> TrainingController:
         if trainer is None:

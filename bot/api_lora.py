@@ -128,7 +128,7 @@ def lora_router(service: Any, guard: AdminGuard, slots: LoraSlots) -> APIRouter:
     bearer = HTTPBearer(auto_error=False, description="The admin password.")
 
     def require_admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        guard.check_bearer(request.headers.get("authorization"))
+        guard.check_bearer(request.headers.get("authorization"), request.client.host if request.client else "http")
 
     def need_local_engine() -> None:
         if not hasattr(service.engine, "stream_prompt"):

@@ -87,9 +87,13 @@ def create_app(
     *,
     trainer: TrainingController | None = None,
     watcher: ModelWatcher | None = None,
+    host_names: set[str] | None = None,
 ) -> FastAPI:
-    """The FastAPI app: HTTP API routes, then the Gradio UI mounted at /."""
-    from bot.api import add_api
+    """The FastAPI app: HTTP API routes, then the Gradio UI mounted at /.
+
+    With `host_names`, requests whose Host header names another host are refused (UI included).
+    """
+    from bot.api import HostCheck, add_api
     from bot.ui import CSS, build_ui
 
     app = FastAPI(
@@ -101,7 +105,10 @@ def create_app(
     app.state.watcher = watcher
     add_api(app, service, guard, trainer=trainer)
     blocks = build_ui(service, guard, trainer=trainer)
-    return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS)
+    app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS)
+    if host_names is not None:
+        app.add_middleware(HostCheck, allowed=host_names)
+    return app
 
 
 def build_server(
@@ -117,5 +124,8 @@ def build_server(
     service = ChatService(engine, store, config)
     watcher = ModelWatcher(engine, store, Path(config.data_dir), interval=watch_interval)
     watcher.start()
-    app = create_app(service, AdminGuard(admin_password), trainer=trainer, watcher=watcher)
+    guard = AdminGuard(
+        admin_password, max_failures=config.admin_login_attempts, window_s=config.admin_login_window_s
+    )
+    app = create_app(service, guard, trainer=trainer, watcher=watcher, host_names=config.host_names)
     return app, watcher

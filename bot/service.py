@@ -11,25 +11,28 @@ from bot.contracts import AnswerStream, ChatEngine
 from bot.engine import GenerationParams
 from bot.fewshot import retrieve
 from core.config import ServeConfig
-from core.errors import ValidationError
+from core.errors import TooLargeError, ValidationError
 from storage import Store
 from storage.examples import normalise_text, validate_messages
 from storage.vocabulary import ExampleStatus, Role
 
-MAX_MESSAGE_CHARS = 32_000
-MAX_MESSAGES = 200
-
-
-def clean_conversation(messages: Any) -> list[dict[str, str]]:
-    """Validate a conversation from a client: roles, string contents, sizes, ends with a user turn."""
+def clean_conversation(messages: Any, *, max_chars: int = 64_000, max_turns: int = 200) -> list[dict[str, str]]:
+    """Validate a conversation from a client: roles, string contents, ends with a user turn, and
+    its size within the server's caps (TooLargeError, a 413, beyond them: checked before any
+    tokenizing, which is where a long conversation costs CPU)."""
     if not isinstance(messages, list) or not messages:
         raise ValidationError("messages must be a non-empty list")
-    if len(messages) > MAX_MESSAGES:
-        raise ValidationError(f"messages has {len(messages)} entries; the limit is {MAX_MESSAGES}")
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str) and len(content) > MAX_MESSAGE_CHARS:
-            raise ValidationError(f"messages[{i}].content is {len(content)} characters; the limit is {MAX_MESSAGE_CHARS}")
+    if len(messages) > max_turns:
+        raise TooLargeError(
+            f"the conversation has {len(messages)} messages; this server takes at most {max_turns} "
+            "(start a new conversation)"
+        )
+    total = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
+    if total > max_chars:
+        raise TooLargeError(
+            f"the conversation is {total} characters long; this server takes at most {max_chars} "
+            "(start a new conversation, or send a shorter message)"
+        )
     return validate_messages(messages, what="messages")
 
 
@@ -104,7 +107,11 @@ class ChatService:
         source: str = "ui",
     ) -> Answer:
         """Store the user's turn and start answering it; iterate the result to stream the answer."""
-        context = clean_conversation(list(messages))
+        context = clean_conversation(
+            list(messages),
+            max_chars=self.config.max_conversation_chars,
+            max_turns=self.config.max_conversation_turns,
+        )
         params = (params or self.default_params()).validate()
         use_few_shot = self.config.few_shot if few_shot is None else few_shot
         demos = retrieve(self.store, context, k=self.config.few_shot_k) if use_few_shot else []

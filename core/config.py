@@ -108,6 +108,26 @@ class ServeConfig:
         "volume at another path, e.g. /mnt/exemplar/adapters. Empty: the same path as here.",
         default=None,
     )
+    allowed_hosts: str = _help(
+        "Host names the server answers to (comma-separated), besides localhost, 127.0.0.1 and [::1] on a "
+        "loopback bind; any other Host header is refused, so a DNS-rebinding web page cannot reach the server. "
+        "On a public bind, empty accepts any host. '*' turns the check off.",
+        default="",
+    )
+    max_conversation_chars: int = _help(
+        "Longest conversation one chat request may send, in characters (all turns together); longer ones get "
+        "413. It bounds the work an anonymous user can ask for.",
+        default=64_000,
+    )
+    max_conversation_turns: int = _help(
+        "Most messages one chat request may send; more get 413.", default=200
+    )
+    admin_login_attempts: int = _help(
+        "Wrong admin passwords allowed per client within --admin-login-window-s; further tries get 429 "
+        "(a calm error in the Admin tab) until the window passes.",
+        default=10,
+    )
+    admin_login_window_s: float = _help("The window, in seconds, over which wrong admin passwords count.", default=60.0)
     max_batch: int = _help(
         "Answers decoded together in one batch (continuous batching); more people than this wait in a queue. "
         "The chat UI admits as many at once.",
@@ -118,6 +138,17 @@ class ServeConfig:
         "greedy answers); smaller batches stay fp32. 0 keeps fp32 always.",
         default=4,
     )
+
+    @property
+    def host_names(self) -> set[str] | None:
+        """The Host header names this server answers to (lower case, no port); None accepts any."""
+        extra = {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
+        if "*" in extra:
+            return None
+        if is_loopback(self.host):
+            host = self.host.lower()
+            return {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host, *extra}
+        return {self.host.lower(), *extra} if extra else None
 
     @property
     def paths(self) -> DataDir:
@@ -152,6 +183,10 @@ class ServeConfig:
             problems.append("few_shot_k must be 0 or more")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be at least 1")
+        if self.max_conversation_chars < 1 or self.max_conversation_turns < 1:
+            problems.append("max_conversation_chars and max_conversation_turns must be at least 1")
+        if self.admin_login_attempts < 1 or not (0 < self.admin_login_window_s < float("inf")):
+            problems.append("admin_login_attempts must be at least 1 and admin_login_window_s a positive number")
         if not (1 <= self.max_batch <= 256):
             problems.append("max_batch must be from 1 to 256")
         if self.bf16_from_batch < 0:

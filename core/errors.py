@@ -10,6 +10,8 @@ __all__ = [
     "ExemplarError",
     "ModelLoadError",
     "NotFoundError",
+    "RateLimitError",
+    "TooLargeError",
     "ValidationError",
 ]
 
@@ -30,3 +32,19 @@ class AuthError(ExemplarError):
     """The admin password is missing or wrong."""
 
     status_code = 401
+
+
+class RateLimitError(ExemplarError):
+    """Too many failed admin logins from one client; try again after `retry_after` seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooLargeError(ValidationError):
+    """A request is larger than the server's configured limit (a conversation's length or turns)."""
+
+    status_code = 413

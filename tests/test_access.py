@@ -1,0 +1,143 @@
+"""Who may reach the server and how much an anonymous user may ask of it: the Host
+check on a loopback bind, the limit on wrong admin passwords (HTTP 429 and the Admin
+tab), and the caps on a conversation's length."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from bot.admin import AdminGuard
+from bot.admin_ui import ui_checker
+from bot.api import add_api
+from bot.server import build_server
+from bot.service import ChatService
+from core.config import ServeConfig
+from tests.fakes import FakeEngine
+from tests.test_api_errors import PASSWORD
+from tests.test_ui_handlers import ask, make
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def server_app(store, tmp_path):
+    """The app exactly as `serve` builds it (Host check, login limit), on a fake engine."""
+    config = ServeConfig(data_dir=tmp_path, allowed_hosts="exemplar.lan")
+    app, watcher = build_server(FakeEngine(), store, config, PASSWORD, watch_interval=60)
+    yield app
+    watcher.stop()
+
+
+def test_a_loopback_server_refuses_other_host_names(server_app):
+    for host in ("127.0.0.1:7860", "localhost:7860", "[::1]:7860", "LOCALHOST", "exemplar.lan:7860"):
+        client = TestClient(server_app, base_url=f"http://{host}")
+        assert client.get("/healthz").status_code == 200, host
+        assert client.get("/").status_code == 200, host  # the Gradio page
+    rebinding = TestClient(server_app, base_url="http://evil.example:7860")
+    for method, path, body in (("GET", "/", None), ("GET", "/gradio_api/info", None),
+                               ("POST", "/v1/chat/completions", {"messages": QUESTION}),
+                               ("POST", "/api/feedback", {"message_id": 1, "rating": "up"}),
+                               ("POST", "/gradio_api/upload", None)):
+        response = rebinding.request(method, path, json=body)
+        assert response.status_code == 400, (path, response.status_code)
+        assert "evil.example" in response.json()["error"] and "--allowed-hosts" in response.json()["error"]
+    for host in ("127.0.0.1.evil.example", "localhost.evil.example", ""):
+        assert TestClient(server_app, base_url=f"http://{host or 'x'}").get("/healthz", headers={"host": host}).status_code == 400
+
+
+def test_host_names_follow_the_bind_address():
+    assert ServeConfig().host_names == {"localhost", "127.0.0.1", "[::1]"}
+    assert "box.lan" in ServeConfig(allowed_hosts="box.lan, other").host_names
+    assert ServeConfig(host="0.0.0.0", admin_password="x" * 8).host_names is None  # public: any name
+    assert ServeConfig(host="0.0.0.0", admin_password="x" * 8, allowed_hosts="bot.example").host_names == {
+        "0.0.0.0", "bot.example"}
+    assert ServeConfig(allowed_hosts="*").host_names is None
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wrong_admin_passwords_over_http_are_limited_with_429(store):
+    clock = Clock()
+    app = FastAPI()
+    add_api(app, ChatService(FakeEngine(), store, ServeConfig()), AdminGuard(PASSWORD, max_failures=5, window_s=60, clock=clock))
+    client = TestClient(app)
+    wrong = {"Authorization": "Bearer wrong-password"}
+    right = {"Authorization": f"Bearer {PASSWORD}"}
+    assert client.get("/api/examples", headers=right).status_code == 200
+    assert [client.get("/api/examples", headers=wrong).status_code for _ in range(5)] == [401] * 5
+    limited = client.get("/api/examples", headers=wrong)
+    assert limited.status_code == 429 and "Too many" in limited.json()["error"]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    # While limited even the right password is refused: otherwise guessing would go on.
+    assert client.get("/api/examples", headers=right).status_code == 429
+    assert client.get("/api/examples").status_code == 401  # no password is not a guess
+    clock.now += 61
+    assert client.get("/api/examples", headers=right).status_code == 200
+    assert client.get("/api/examples", headers=wrong).status_code == 401  # a success starts the count afresh
+
+
+def test_wrong_admin_passwords_in_the_admin_tab_get_a_calm_error(caplog):
+    clock = Clock()
+    check_admin = ui_checker(AdminGuard(PASSWORD, max_failures=3, window_s=30, clock=clock))
+    for _ in range(3):
+        with pytest.raises(gr.Error) as wrong:
+            check_admin("guess")
+        assert wrong.value.print_exception is False  # Gradio logs no traceback for it
+        assert wrong.value.__cause__ is None
+    with pytest.raises(gr.Error, match="Too many wrong admin passwords: wait 30 s") as limited:
+        check_admin(PASSWORD)
+    assert limited.value.print_exception is False
+    clock.now += 31
+    check_admin(PASSWORD)
+
+
+def test_serve_wires_the_configured_login_limit(store, tmp_path):
+    config = ServeConfig(data_dir=tmp_path, admin_login_attempts=2)
+    app, watcher = build_server(FakeEngine(), store, config, PASSWORD, watch_interval=60)
+    try:
+        client = TestClient(app, base_url="http://127.0.0.1")
+        codes = [client.get("/api/examples", headers={"Authorization": "Bearer nope-nope"}).status_code for _ in range(3)]
+        assert codes == [401, 401, 429]
+    finally:
+        watcher.stop()
+
+
+def test_conversation_length_is_capped_with_413(store):
+    app = FastAPI()
+    config = ServeConfig(max_conversation_chars=1000, max_conversation_turns=5)
+    add_api(app, ChatService(FakeEngine(), store, config), AdminGuard(PASSWORD))
+    client = TestClient(app)
+    ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 990}]})
+    assert ok.status_code == 200, ok.text
+    long = client.post("/v1/chat/completions", json={"messages": [
+        {"role": "user", "content": "x" * 600}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z" * 600}]})
+    assert long.status_code == 413 and "1201 characters" in long.json()["error"] and "1000" in long.json()["error"]
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(7)]
+    many = client.post("/v1/chat/completions", json={"messages": turns})
+    assert many.status_code == 413 and "7 messages" in many.json()["error"]
+
+
+def test_conversation_caps_in_the_chat_tab(store):
+    engine = FakeEngine()
+    _, handlers = make(store, engine, max_conversation_chars=50)
+    with pytest.raises(gr.Error, match="at most 50"):
+        ask(handlers, "x" * 60)
+    assert engine.calls == []  # refused before the model saw it
+
+
+def test_cap_settings_are_validated():
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_conversation"):
+        ServeConfig(max_conversation_turns=0).validate()
+    with pytest.raises(ConfigError, match="admin_login"):
+        ServeConfig(admin_login_window_s=float("inf")).validate()
