@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from bot.admin_handlers import admin_handler
 from bot.admin_review import ANY, day
 from bot.ui import DISLIKE_REASONS
 from core.errors import ExemplarError
@@ -51,25 +52,22 @@ class FeedbackHandlers:
     def _rows(
         self, rating: str, reason: str, model: str, since: str, until: str, text: str, history: bool, limit: int | None
     ) -> list[dict[str, Any]]:
-        try:
-            return self.store.list_feedback(
-                rating=RATINGS.get(rating),
-                reason=None if reason in (ANY, None, "") else reason,
-                model_version=(model or "").strip() or None,
-                since=day(since, what="From"),
-                until=day(until, what="To", next_day=True),
-                text=(text or "").strip() or None,
-                current_only=not history,
-                limit=limit,
-            )
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        return self.store.list_feedback(
+            rating=RATINGS.get(rating),
+            reason=None if reason in (ANY, None, "") else reason,
+            model_version=(model or "").strip() or None,
+            since=day(since, what="From"),
+            until=day(until, what="To", next_day=True),
+            text=(text or "").strip() or None,
+            current_only=not history,
+            limit=limit,
+        )
 
+    @admin_handler
     def table(
         self, password: str, rating: str, reason: str, model: str, since: str, until: str, text: str, history: bool
     ) -> tuple[pd.DataFrame, str]:
         """The ratings matching the filters, newest first, and a line counting them by kind."""
-        self.check_admin(password)
         rows = self._rows(rating, reason, model, since, until, text, history, None)
         shown = rows[:TABLE_ROWS]
         frame = pd.DataFrame(
@@ -91,9 +89,9 @@ class FeedbackHandlers:
             line += f" The newest {len(shown)} are shown; narrow the filters or export to see all."
         return frame, line
 
+    @admin_handler
     def details(self, password: str, table: Any, event: gr.SelectData) -> tuple[str, Any]:
         """A clicked rating in full, and the example it made (if any) to open in the Examples tab."""
-        self.check_admin(password)
         row = event.row_value if event.row_value is not None else table.iloc[event.index[0]].tolist()
         try:
             feedback = self.store.get_feedback(int(row[0]))
@@ -119,11 +117,11 @@ class FeedbackHandlers:
         button = gr.update(visible=bool(example_id), value=f"Open example #{example_id} in Examples" if example_id else "")
         return "\n\n".join(lines), example_id or None, button
 
+    @admin_handler
     def export(
         self, password: str, rating: str, reason: str, model: str, since: str, until: str, text: str, history: bool
     ) -> tuple[str, str]:
         """The ratings matching the filters as JSONL, one rating a line, for a download."""
-        self.check_admin(password)
         rows = self._rows(rating, reason, model, since, until, text, history, None)
         if self._last_export is not None:  # Gradio copies the file it is given; keep only the latest
             shutil.rmtree(self._last_export, ignore_errors=True)

@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from bot.admin_handlers import admin_handler
 from core.errors import ExemplarError, ValidationError
 from storage import Store
 from storage.exchange import EXPORT_SELECTIONS, export_file, import_file
@@ -101,23 +102,20 @@ class ReviewHandlers:
 
     # -- the queue -----------------------------------------------------------
 
+    @admin_handler
     def table(
         self, password: str, status: str, source: str, split: str, since: str, until: str
     ) -> tuple[pd.DataFrame, str]:
         """The examples matching the filters, newest first, and a line saying how many."""
-        self.check_admin(password)
-        try:
-            filters = {
-                "status": None if status in (ANY, None) else status,
-                "source": None if source in (ANY, None) else source,
-                "split": None if split in (ANY, None) else split,
-                "since": day(since, what="From"),
-                "until": day(until, what="To", next_day=True),
-            }
-            rows = self.store.list_examples(**filters, limit=TABLE_ROWS)
-            total = self.store.count_examples(**filters)
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        filters = {
+            "status": None if status in (ANY, None) else status,
+            "source": None if source in (ANY, None) else source,
+            "split": None if split in (ANY, None) else split,
+            "since": day(since, what="From"),
+            "until": day(until, what="To", next_day=True),
+        }
+        rows = self.store.list_examples(**filters, limit=TABLE_ROWS)
+        total = self.store.count_examples(**filters)
         frame = pd.DataFrame(
             [
                 [
@@ -133,29 +131,26 @@ class ReviewHandlers:
             shown += f" (the newest {len(rows)} shown; narrow the filters to see others)"
         return frame, shown
 
+    @admin_handler
     def pick(self, password: str, table: Any, event: gr.SelectData) -> str:
         """A click on a table row selects that example."""
-        self.check_admin(password)
         row = event.row_value if event.row_value is not None else table.iloc[event.index[0]].tolist()
         return str(row[0])
 
+    @admin_handler
     def pick_all(self, password: str, table: Any) -> str:
         """Select every example the table shows."""
-        self.check_admin(password)
         ids = [] if table is None or len(table) == 0 else [str(int(v)) for v in table["id"] if str(v).strip()]
         if not ids:
             raise gr.Error("The table is empty: load examples first")
         return ", ".join(ids)
 
+    @admin_handler
     def details(self, password: str, ids_text: str) -> tuple[str, str, str, pd.DataFrame]:
         """The first selected example in full: its conversation, original answer, output and history."""
-        self.check_admin(password)
-        try:
-            ids = parse_ids(ids_text)
-            example = self.store.get_example(ids[0])
-            history = self.store.example_history(example["id"])
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        ids = parse_ids(ids_text)
+        example = self.store.get_example(ids[0])
+        history = self.store.example_history(example["id"])
         heading = (
             f"#### Example #{example['id']} · {example['status']} · {example['source']} · {example['split']}"
             + (f" · {len(ids) - 1} more selected" if len(ids) > 1 else "")
@@ -168,80 +163,73 @@ class ReviewHandlers:
         body = heading + "\n\n" + conversation_markdown(example["input"])
         return body, example["rejected"] or "", example["output"], frame
 
-    def _change(self, password: str, ids_text: str, request: Any, done: str, **change: Any) -> str:
-        self.check_admin(password)
-        try:
-            ids = parse_ids(ids_text)
-            self.store.update_examples(ids, actor=self._actor(request), **change)
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+    def _change(self, ids_text: str, request: Any, done: str, **change: Any) -> str:
+        """Apply `change` to the selected examples (the caller, an admin handler, checked the password)."""
+        ids = parse_ids(ids_text)
+        self.store.update_examples(ids, actor=self._actor(request), **change)
         listed = ", ".join(f"#{i}" for i in ids[:20]) + (" …" if len(ids) > 20 else "")
         return f"{done} {len(ids)} example{'s' if len(ids) != 1 else ''}: {listed}."
 
+    @admin_handler
     def approve(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Approve the selected examples: few-shot uses them at once, training next time."""
-        return self._change(password, ids_text, request, "Approved", status=ExampleStatus.APPROVED)
+        return self._change(ids_text, request, "Approved", status=ExampleStatus.APPROVED)
 
+    @admin_handler
     def reject(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Reject the selected examples: neither few-shot nor training uses them."""
-        return self._change(password, ids_text, request, "Rejected", status=ExampleStatus.REJECTED)
+        return self._change(ids_text, request, "Rejected", status=ExampleStatus.REJECTED)
 
+    @admin_handler
     def to_pending(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Send the selected examples back to the queue."""
-        return self._change(password, ids_text, request, "Returned to review", status=ExampleStatus.PENDING)
+        return self._change(ids_text, request, "Returned to review", status=ExampleStatus.PENDING)
 
+    @admin_handler
     def to_train(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Move the selected examples to the train split."""
-        return self._change(password, ids_text, request, "Moved to train", split=Split.TRAIN)
+        return self._change(ids_text, request, "Moved to train", split=Split.TRAIN)
 
+    @admin_handler
     def to_test(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Move the selected examples to the held-out test split."""
-        return self._change(password, ids_text, request, "Moved to test", split=Split.TEST)
+        return self._change(ids_text, request, "Moved to test", split=Split.TEST)
 
+    @admin_handler
     def save_output(self, password: str, ids_text: str, output: str, request: gr.Request = None) -> str:
         """Replace the output of the one selected example with the edited text."""
-        self.check_admin(password)
-        try:
-            ids = parse_ids(ids_text)
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        ids = parse_ids(ids_text)
         if len(ids) != 1:
             raise gr.Error("Edit one example at a time: select a single id")
-        return self._change(password, str(ids[0]), request, "Saved the edited output of", output=output)
+        return self._change(str(ids[0]), request, "Saved the edited output of", output=output)
 
     # -- adding, importing and exporting ------------------------------------
 
+    @admin_handler
     def add(self, password: str, question: str, answer: str, split: str, request: gr.Request = None) -> tuple[str, str, str]:
         """Store an example written by hand, approved (an admin wrote it); clear the boxes."""
-        self.check_admin(password)
-        try:
-            example_id = self.store.add_example(
-                question or "", answer or "", source=ExampleSource.ADMIN, status=ExampleStatus.APPROVED,
-                split=None if split in (ANY, "auto", None) else split, actor=self._actor(request),
-            )
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        example_id = self.store.add_example(
+            question or "", answer or "", source=ExampleSource.ADMIN, status=ExampleStatus.APPROVED,
+            split=None if split in (ANY, "auto", None) else split, actor=self._actor(request),
+        )
         split_now = self.store.get_example(example_id)["split"]
         return f"Added example #{example_id} (approved, {split_now} split).", "", ""
 
+    @admin_handler(prefix="Nothing was imported. ")
     def import_upload(self, password: str, upload: Any, fmt: str, status: str, request: gr.Request = None) -> str:
         """Import an uploaded file: every record, or (on any bad one) none, naming its line."""
-        self.check_admin(password)
         if not upload:
             raise gr.Error("Choose a file to import first")
         path = Path(upload if isinstance(upload, str) else getattr(upload, "name", upload))
-        try:
-            ids = import_file(
-                self.store, path, None if fmt in (AUTO, None) else fmt,
-                status=None if status in (AS_IN_FILE, None) else status, actor=self._actor(request),
-            )
-        except ExemplarError as exc:
-            raise gr.Error(f"Nothing was imported. {exc}") from exc
+        ids = import_file(
+            self.store, path, None if fmt in (AUTO, None) else fmt,
+            status=None if status in (AS_IN_FILE, None) else status, actor=self._actor(request),
+        )
         return f"Imported {len(ids)} examples (#{ids[0]}–#{ids[-1]}) from {path.name}."
 
+    @admin_handler
     def export(self, password: str, fmt: str, selection: str) -> tuple[str, str]:
         """Write an export file to download (a dataset folder comes zipped)."""
-        self.check_admin(password)
         name = {"jsonl": "examples.jsonl", "dpo": "preference.jsonl", "kto": "unpaired.jsonl", "hf": "dataset"}.get(fmt)
         if name is None:
             raise gr.Error(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
@@ -251,9 +239,9 @@ class ReviewHandlers:
         folder = self._last_export = Path(tempfile.mkdtemp(prefix="exemplar-export-"))
         try:
             count = export_file(self.store, folder / name, fmt, selection=selection)
-        except ExemplarError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise gr.Error(str(exc)) from exc
+        except ExemplarError:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
+            raise
         path = folder / name
         if fmt == "hf":
             path = Path(shutil.make_archive(str(folder / "dataset"), "zip", root_dir=folder, base_dir=name))

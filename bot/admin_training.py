@@ -18,8 +18,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from bot.admin_handlers import admin_handler
 from bot.contracts import TrainingController
-from core.errors import ExemplarError, ValidationError
 from core.progress import bar, clock
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
@@ -124,9 +124,9 @@ class TrainingHandlers:
             return self.manager.job_view(int(job_id))
         return self.manager.latest_job()
 
+    @admin_handler
     def overview(self, password: str) -> tuple[Any, ...]:
         """Everything the section shows: policy, job, loss curve, log, versions, version choices."""
-        self.check_admin(password)
         view = self.manager.latest_job()
         versions, choices = self._versions()
         running = view is not None and view["status"] in ACTIVE
@@ -143,25 +143,22 @@ class TrainingHandlers:
             gr.Dropdown(choices=[c for c in choices if c != BASE], value=choices[0] if len(choices) > 1 else None),
         )
 
+    @admin_handler
     def retrain(self, password: str, params_text: str) -> tuple[Any, ...]:
         """Start a run with optional JSON hyper-parameters; start polling its progress."""
-        self.check_admin(password)
         params = None
         if params_text and params_text.strip():
             try:
                 params = json.loads(params_text)
             except json.JSONDecodeError as exc:
                 raise gr.Error(f'Hyper-parameters must be JSON such as {{"epochs": 6}}: {exc.msg}') from exc
-        try:
-            job_id = self.manager.start(params, reason="admin")
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        job_id = self.manager.start(params, reason="admin")
         view = self.manager.job_view(job_id)
         return describe_job(view), loss_frame(view), "", job_id, gr.Timer(active=True)
 
+    @admin_handler
     def poll(self, password: str, job_id: Any) -> tuple[Any, ...]:
         """The job's progress now; the timer stops once the job has ended (the versions table then shows its result)."""
-        self.check_admin(password)
         view = self._job(job_id)
         running = view is not None and view["status"] in ACTIVE
         if running:
@@ -176,47 +173,35 @@ class TrainingHandlers:
             )
         return describe_job(view), loss_frame(view), (view or {}).get("log") or "", gr.Timer(active=running), *listing
 
+    @admin_handler
     def stop(self, password: str, job_id: Any) -> str:
-        self.check_admin(password)
         view = self._job(job_id)
         if view is None:
             raise gr.Error("There is no training job to stop")
-        try:
-            view = self.manager.cancel(view["id"])
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        view = self.manager.cancel(view["id"])
         return describe_job(view)
 
+    @admin_handler
     def activate(self, password: str, version: str | None) -> tuple[Any, ...]:
-        self.check_admin(password)
         if not version:
             raise gr.Error("Choose a version to activate")
-        try:
-            result = self.manager.activate(version)
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        result = self.manager.activate(version)
         versions, _ = self._versions()
         return f"Now serving **{result['active']}** (was {result['previous']}).", versions
 
+    @admin_handler
     def rollback(self, password: str) -> tuple[Any, ...]:
-        self.check_admin(password)
-        try:
-            result = self.manager.rollback()
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        result = self.manager.rollback()
         versions, _ = self._versions()
         return f"Rolled back: now serving **{result['active']}** (was {result['previous']}).", versions
 
+    @admin_handler
     def compare(self, password: str, version: str | None) -> tuple[str, str]:
         """A version's held-out answers beside those of the version it was judged against."""
-        self.check_admin(password)
         if not version:
             raise gr.Error("Choose a trained version to compare")
-        try:
-            samples = self.manager.comparison(version)
-            row = self.store.get_model_version(version)
-        except (ExemplarError, ValidationError) as exc:
-            raise gr.Error(str(exc)) from exc
+        samples = self.manager.comparison(version)
+        row = self.store.get_model_version(version)
         against = (row.get("metrics") or {}).get("compared_with") or BASE
         right = sum(1 for x in samples if x.get("candidate_correct")), sum(1 for x in samples if x.get("current_correct"))
         title = (
@@ -225,15 +210,12 @@ class TrainingHandlers:
         )
         return title, comparison_html(samples, version, against)
 
+    @admin_handler
     def learning(self, password: str, version: str | None, not_learned_only: bool) -> tuple[str, pd.DataFrame]:
         """"Did it learn this?": every approved correction under a version and the one it was judged against."""
-        self.check_admin(password)
         if not version:
             raise gr.Error("Choose a trained version")
-        try:
-            report = self.manager.learning_report(version, not_learned_only=bool(not_learned_only))
-        except ExemplarError as exc:
-            raise gr.Error(str(exc)) from exc
+        report = self.manager.learning_report(version, not_learned_only=bool(not_learned_only))
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
         frame = pd.DataFrame(
             [
