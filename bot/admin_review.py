@@ -59,6 +59,17 @@ def parse_ids(text: str | None) -> list[int]:
     return ids
 
 
+def uploaded_file(upload: Any) -> Path:
+    """The path of a file uploaded through Gradio; anything outside Gradio's upload folder is refused,
+    so a caller of the Gradio API cannot make the server read a file of its own choosing."""
+    from gradio.utils import get_upload_folder
+
+    path = Path(upload if isinstance(upload, str) else getattr(upload, "name", None) or str(upload)).resolve()
+    if not path.is_relative_to(Path(get_upload_folder()).resolve()) or not path.is_file():
+        raise gr.Error("Import takes a file uploaded here: choose it with the file picker", print_exception=False)
+    return path
+
+
 def day(text: str | None, *, what: str, next_day: bool = False) -> str | None:
     """A YYYY-MM-DD filter as the ISO prefix stored times compare against (the day after, for an inclusive 'until')."""
     text = (text or "").strip()
@@ -220,7 +231,7 @@ class ReviewHandlers:
         """Import an uploaded file: every record, or (on any bad one) none, naming its line."""
         if not upload:
             raise gr.Error("Choose a file to import first")
-        path = Path(upload if isinstance(upload, str) else getattr(upload, "name", upload))
+        path = uploaded_file(upload)
         ids = import_file(
             self.store, path, None if fmt in (AUTO, None) else fmt,
             status=None if status in (AS_IN_FILE, None) else status, actor=self._actor(request),

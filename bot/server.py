@@ -105,7 +105,9 @@ def create_app(
     app.state.watcher = watcher
     add_api(app, service, guard, trainer=trainer)
     blocks = build_ui(service, guard, trainer=trainer)
-    app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS)
+    # Uploads need no password (Gradio takes them before any handler runs), so their size is capped.
+    max_upload = getattr(service.config, "max_upload_mb", 64) * 1024 * 1024
+    app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS, max_file_size=max_upload)
     if host_names is not None:
         app.add_middleware(HostCheck, allowed=host_names)
     return app

@@ -122,6 +122,11 @@ class ServeConfig:
     max_conversation_turns: int = _help(
         "Most messages one chat request may send; more get 413.", default=200
     )
+    max_upload_mb: int = _help(
+        "Largest file anyone may upload through the UI (Gradio's /gradio_api/upload, used by the Admin tab's "
+        "import), in MiB; larger uploads get 413.",
+        default=64,
+    )
     admin_login_attempts: int = _help(
         "Wrong admin passwords allowed per client within --admin-login-window-s; further tries get 429 "
         "(a calm error in the Admin tab) until the window passes.",
@@ -183,6 +188,8 @@ class ServeConfig:
             problems.append("few_shot_k must be 0 or more")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be at least 1")
+        if self.max_upload_mb < 1:
+            problems.append("max_upload_mb must be at least 1")
         if self.max_conversation_chars < 1 or self.max_conversation_turns < 1:
             problems.append("max_conversation_chars and max_conversation_turns must be at least 1")
         if self.admin_login_attempts < 1 or not (0 < self.admin_login_window_s < float("inf")):

@@ -141,3 +141,19 @@ def test_cap_settings_are_validated():
         ServeConfig(max_conversation_turns=0).validate()
     with pytest.raises(ConfigError, match="admin_login"):
         ServeConfig(admin_login_window_s=float("inf")).validate()
+
+
+def test_uploads_through_gradio_are_capped(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    config = ServeConfig(data_dir=tmp_path, max_upload_mb=1)
+    app, watcher = build_server(FakeEngine(), store, config, PASSWORD, watch_interval=60)
+    try:
+        client = TestClient(app, base_url="http://127.0.0.1")
+        small = client.post("/gradio_api/upload", files={"files": ("a.jsonl", b"x" * 1000)})
+        assert small.status_code == 200, small.text
+        big = client.post("/gradio_api/upload", files={"files": ("b.jsonl", b"x" * (2 * 1024 * 1024))})
+        assert big.status_code == 413, (big.status_code, big.text[:200])
+        stored = [p for p in (tmp_path / "uploads").rglob("*") if p.is_file()]
+        assert all(p.stat().st_size < 1024 * 1024 for p in stored)
+    finally:
+        watcher.stop()

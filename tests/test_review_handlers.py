@@ -159,7 +159,8 @@ def test_add_an_example_by_hand(handlers, store):
         handlers.add(PASSWORD, "A question?", "", "auto")
 
 
-def test_import_an_uploaded_file_all_or_nothing(handlers, store, tmp_path):
+def test_import_an_uploaded_file_all_or_nothing(handlers, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # where Gradio puts uploads
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps({"instruction": f"Q{i}?", "output": f"A{i}."}) + "\n" for i in range(3)))
     assert handlers.import_upload(PASSWORD, str(good), "guess from the file", "pending").startswith("Imported 3 examples")
@@ -181,3 +182,19 @@ def test_export_to_download(handlers, store, queue):
     path, _ = handlers.export(PASSWORD, "hf", "approved")
     with zipfile.ZipFile(path) as archive:
         assert "dataset/state.json" in archive.namelist()
+
+
+def test_import_reads_only_uploaded_files(handlers, store, tmp_path, monkeypatch):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    outside = tmp_path / "server-file.jsonl"
+    outside.write_text(json.dumps({"instruction": "Q?", "output": "A."}) + "\n")
+    for path in (outside, uploads / ".." / "server-file.jsonl", "/etc/hostname", uploads):
+        with pytest.raises(gr.Error, match="uploaded here"):
+            handlers.import_upload(PASSWORD, str(path), "guess from the file", "approved")
+    assert store.count_examples() == 0
+    inside = uploads / "abc123" / "file.jsonl"
+    inside.parent.mkdir()
+    inside.write_text(outside.read_text())
+    assert handlers.import_upload(PASSWORD, str(inside), "guess from the file", "approved").startswith("Imported 1")
