@@ -24,24 +24,6 @@ UPSTREAM_PASSWORD = "upstream-admin-password"
 TIMEOUT = 3.0
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer Llama with random weights and the real tokenizer (chat template included), saved to disk."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def stream_chat(url: str, content: str, max_tokens: int = 8) -> tuple[list[str], dict]:
     """POST a streamed chat completion; return (content pieces, the finish chunk)."""
     pieces, finish = [], None
@@ -241,7 +223,7 @@ def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_
     from bot.upstream import UpstreamClient, UpstreamEngine
     from core.config import ServeConfig
     from tests.live_app import serve_in_thread
-    from test_contracts import check
+    from tests.test_contracts import check
 
     local = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
     app = create_app(ChatService(local, store, ServeConfig()), AdminGuard(UPSTREAM_PASSWORD))

@@ -19,6 +19,7 @@ from core.flags import add_group, from_args
 from core.progress import bar, clock
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES, BASE_VERSION, JobStatus
+from training import distributed
 from training.config import EvalConfig, TrainConfig
 from training.manager import TrainingManager
 
@@ -96,8 +97,11 @@ def train(
 ) -> int:
     """Train a new version as a child process, show its progress, and report the outcome.
 
-    Ctrl-C asks the job to stop and waits for it to end cleanly.
+    Ctrl-C asks the job to stop and waits for it to end cleanly. Under `accelerate launch`
+    this process is one of several that run the job together (train_in_launch).
     """
+    if distributed.is_distributed():
+        return train_in_launch(data_dir, base_model, params, train_config=train_config, eval_config=eval_config, out=out)
     store = open_store(data_dir)
     manager = TrainingManager(store, data_dir, base_model, train_config, eval_config=eval_config)
     try:
@@ -122,6 +126,43 @@ def train(
         if progress and out.isatty():
             print(file=out)
         return report(view, out)
+    finally:
+        store.close()
+
+
+def train_in_launch(
+    data_dir: Path,
+    base_model: str | None,
+    params: dict[str, Any] | None = None,
+    *,
+    train_config: TrainConfig | None = None,
+    eval_config: EvalConfig | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """`accelerate launch launch.py train`: the main process creates the job, every process runs it
+    (training/distributed.py says who writes what), the main process reports; all exit alike."""
+    from core.errors import ExemplarError
+    from training.worker import run_job
+
+    distributed.init()
+    store = open_store(data_dir)
+    try:
+        job_id, error = None, None
+        if distributed.is_main():
+            manager = TrainingManager(store, data_dir, base_model, train_config, eval_config=eval_config, spawn=False)
+            try:
+                job_id = manager.start(params, reason="cli")
+                print(f"Started training job {job_id} on {distributed.world_size()} processes", file=out, flush=True)
+            except ExemplarError as exc:
+                error = exc
+        job_id = distributed.broadcast(job_id)
+        if job_id is None:
+            if error is not None:
+                raise error
+            return EXIT_FAILED  # the main process says why
+        run_job(distributed.main_only_writes(store), Path(data_dir), job_id)
+        code = report(manager.job_view(job_id), out) if distributed.is_main() else None
+        return int(distributed.broadcast(code))
     finally:
         store.close()
 

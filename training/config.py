@@ -18,6 +18,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -100,6 +101,16 @@ class TrainConfig:
         "How much to lower the training process's CPU priority (0-19); the chat server wins any contest for a core.",
         default=19,
     )
+    processes: int = _help(
+        "Training processes: more than 1 runs the job under `accelerate launch` (data-parallel, one process per "
+        "GPU; on CPUs, gloo). batch_size must split evenly over them. See README, Scaling out.",
+        default=1,
+    )
+    accelerate_config: str | None = _help(
+        "An Accelerate config file for the launch (e.g. configs/accelerate/multi-gpu.yaml, or one per machine "
+        "for several machines); it sets the processes unless `processes` is above 1. Empty: this machine only.",
+        default=None,
+    )
     max_lora_rank: int | None = _help(
         "The highest LoRA rank the serving upstream accepts (vLLM's --max-lora-rank), set by a server with "
         "backend openai-upstream; a larger lora_r is refused before training. Empty: no limit (local serving).",
@@ -139,6 +150,15 @@ class TrainConfig:
             problems.append("threads must be at least 1")
         if not (0 <= self.nice <= 19):
             problems.append(f"nice={self.nice}: give 0 (normal priority) to 19 (lowest)")
+        if self.processes < 1:
+            problems.append(f"processes={self.processes}: give 1 (one process) or more")
+        elif self.batch_size % self.processes:
+            problems.append(
+                f"batch_size={self.batch_size} does not split over processes={self.processes}: "
+                f"use a multiple of {self.processes}"
+            )
+        if self.accelerate_config and not Path(self.accelerate_config).is_file():
+            problems.append(f"accelerate_config={self.accelerate_config}: no such file")
         if self.max_lora_rank is not None and self.lora_r > self.max_lora_rank:
             problems.append(
                 f"lora_r={self.lora_r} is above the upstream's --max-lora-rank {self.max_lora_rank}: the upstream "

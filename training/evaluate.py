@@ -25,6 +25,7 @@ from typing import Any
 from core.prompts import encode, render_prompt
 from training.config import EvalConfig
 from training.dataset import IGNORE_INDEX, collate, tokenize_example
+from training.distributed import sharded, sharded_mean
 
 CANARY_PATH = Path(__file__).with_name("canary.jsonl")
 
@@ -141,6 +142,7 @@ def load_canary(path: Path = CANARY_PATH) -> list[dict[str, Any]]:
 # -- model measurements ------------------------------------------------------
 
 
+@sharded_mean  # under `accelerate launch`, each process scores a share (training/distributed.py)
 def heldout_loss(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], *, max_length: int, batch_size: int) -> tuple[float, int]:
     """(mean NLL per answer token, number of answer tokens) of the references under `model`."""
     import torch
@@ -162,6 +164,7 @@ def heldout_loss(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]],
     return (total / count if count else float("nan")), count
 
 
+@sharded  # under `accelerate launch`, each process answers a share (training/distributed.py)
 def generate_answers(
     model: Any, tokenizer: Any, conversations: Sequence[Sequence[dict[str, str]]], *, max_new_tokens: int, batch_size: int
 ) -> list[str]:
@@ -193,6 +196,7 @@ def generate_answers(
     return answers
 
 
+@sharded  # under `accelerate launch`, each process scores a share (training/distributed.py)
 def answer_logprobs(
     model: Any, tokenizer: Any, pairs: Sequence[tuple[Sequence[dict[str, str]], str]], *, max_length: int, batch_size: int
 ) -> list[float]:

@@ -30,7 +30,7 @@ from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
 from storage.vocabulary import JobStatus, VersionStatus
-from training import registry
+from training import distributed, registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 from training import promotion
 from training.worker import log_tail
@@ -70,6 +70,7 @@ class TrainingManager:
         *,
         heartbeat_timeout: float = 120.0,
         python: str = sys.executable,
+        spawn: bool = True,
     ):
         self.store = store
         self.data_dir = Path(data_dir)
@@ -79,6 +80,9 @@ class TrainingManager:
         self.eval_config = (eval_config or EvalConfig()).validate()
         self.heartbeat_timeout = heartbeat_timeout
         self.python = python
+        # False: start() only creates the job row, for processes that run the job themselves
+        # (`accelerate launch launch.py train`, training/commands.py).
+        self.spawn = spawn
         self._children: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
 
@@ -106,7 +110,8 @@ class TrainingManager:
                 },
             )
             try:
-                self._spawn(job_id, config)
+                if self.spawn:
+                    self._spawn(job_id, config)
             except OSError as exc:
                 self.store.update_job(
                     job_id, status=JobStatus.FAILED, error=f"could not start the training process: {exc}", finished_at=now()
@@ -125,7 +130,9 @@ class TrainingManager:
             env[name] = str(config.threads)
         env["TOKENIZERS_PARALLELISM"] = "false"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-        command = [self.python, "-m", "training.worker", "--job-id", str(job_id), "--data-dir", str(self.data_dir.resolve())]
+        worker = ["-m", "training.worker", "--job-id", str(job_id), "--data-dir", str(self.data_dir.resolve())]
+        # Several processes: the worker runs unchanged under `accelerate launch` (training/distributed.py).
+        command = [*distributed.launch_command(self.python, config.processes, config.accelerate_config), *worker]
         with path.open("ab") as log_file:
             child = subprocess.Popen(
                 command,

@@ -87,6 +87,19 @@ def total_steps(n_examples: int, config: TrainConfig) -> int:
     return math.ceil(math.ceil(n_examples / config.batch_size) * config.epochs)
 
 
+def per_process_batch(batch_size: int) -> int:
+    """Rows of each batch one process takes: the batch split over the processes of a distributed run."""
+    from training.distributed import world_size
+
+    processes = world_size()
+    if batch_size % processes:
+        raise ValueError(
+            f"batch_size={batch_size} does not split over {processes} training processes: "
+            f"use a multiple of {processes}, e.g. --set batch_size={processes * max(1, batch_size // processes)}"
+        )
+    return batch_size // processes
+
+
 def make_trainer_class(kl_weight: float) -> type:
     """transformers' Trainer with the loss described in the module docstring.
 
@@ -112,7 +125,8 @@ def make_trainer_class(kl_weight: float) -> type:
                 loss = loss + F.cross_entropy(logits[learn], targets[learn])
             if distil.any():
                 rows = is_replay.nonzero().squeeze(1)
-                with torch.no_grad(), model.disable_adapter():
+                # Under `accelerate launch` the model arrives wrapped for DDP; the adapter switch is on the peft model.
+                with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
                     base_logits = model(**{k: v[rows] for k, v in inputs.items()}).logits[:, :-1].float()
                 base_logp = F.log_softmax(base_logits[distil[rows]], dim=-1)
                 tuned_logp = F.log_softmax(logits[distil], dim=-1)
@@ -158,7 +172,9 @@ def train_adapter(
     with tempfile.TemporaryDirectory(prefix="exemplar-trainer-") as scratch:
         args = TrainingArguments(
             output_dir=scratch,  # the Trainer wants one; nothing is saved there (save_strategy "no")
-            per_device_train_batch_size=config.batch_size,
+            # Under `accelerate launch` each of N processes takes batch_size / N rows of every batch,
+            # so a step sees the same examples as a single process would (see training/distributed.py).
+            per_device_train_batch_size=per_process_batch(config.batch_size),
             # Similar lengths in one batch: less padding computed for nothing.
             train_sampling_strategy="group_by_length" if config.length_grouped else "random",
             num_train_epochs=config.epochs,

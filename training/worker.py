@@ -27,6 +27,7 @@ from core.datadir import DataDir
 from storage import Store
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES, JobStatus
+from training import distributed
 
 log = logging.getLogger("training.worker")
 
@@ -61,7 +62,8 @@ class JobReporter:
 
     def beat(self) -> None:
         job = self.store.update_job(self.job_id, heartbeat_at=now())
-        if job.get("cancel_requested"):
+        # Under `accelerate launch` only the main process decides; the others follow it at the next step.
+        if job.get("cancel_requested") and distributed.is_main():
             self.cancelled.set()
 
     def _beat(self) -> None:
@@ -125,7 +127,8 @@ def progress_callback(reporter: JobReporter, total: int) -> Any:
                 reporter.step(state.global_step, total, state.epoch or 0.0, float(logs["loss"]), elapsed)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if reporter.cancelled.is_set():
+            # Every process stops at the same step, or the others would wait for it forever.
+            if distributed.agree(reporter.cancelled.is_set()):
                 control.should_training_stop = True
 
     return Progress()
@@ -151,7 +154,9 @@ class TrainingJob:
         if job["status"] not in ACTIVE_JOB_STATUSES:
             log.warning("Job %d is already %s; nothing to do", job_id, job["status"])
             return job["status"]
-        store.update_job(job_id, status=JobStatus.RUNNING, pid=os.getpid(), started_at=now(), heartbeat_at=now())
+        # Under a launcher (accelerate launch) the manager recorded the launcher's pid: keep it, it is what to stop.
+        pid = job.get("pid") or os.getpid()
+        store.update_job(job_id, status=JobStatus.RUNNING, pid=pid, started_at=now(), heartbeat_at=now())
         reporter = JobReporter(store, job_id)
         reporter.start()
         try:
@@ -220,8 +225,9 @@ class TrainingJob:
 
         # -- train the version to serve on every approved example ----------------
         peft_model, result = self._train(reporter, model, tokenizer, plan, plan.examples, "final")
-        self.temp_dir = registry.new_temp_dir(data_dir)
-        peft_model.save_pretrained(str(self.temp_dir))
+        if distributed.is_main():  # one adapter on disk, however many processes trained it
+            self.temp_dir = registry.new_temp_dir(data_dir)
+            peft_model.save_pretrained(str(self.temp_dir))
         lap("train")
 
         # -- evaluate, item by item, beside the serving version and the base model
@@ -254,6 +260,8 @@ class TrainingJob:
     def _finish(self, reporter: JobReporter, plan: Any, decision: Any, summary: dict, evaluation: Any, selection: Any, base_name: str) -> str:
         from training import recipe
 
+        if not distributed.is_main():  # the main process records the version and the job's outcome
+            return JobStatus.SUCCEEDED if decision.passed else JobStatus.REJECTED
         reporter.phase("saving")
         status, version = recipe.record(
             self.store, self.data_dir, plan,
@@ -303,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    store = Store(DataDir(args.data_dir).db)
+    distributed.init()
+    # Under `accelerate launch`, processes other than the main one read the store but never write it.
+    store = distributed.main_only_writes(Store(DataDir(args.data_dir).db))
     try:
         # Lower the priority before any heavy work, so the chat server wins every contest for a core.
         nice = ((store.get_job(args.job_id).get("params") or {}).get("config") or {}).get("nice", 0)
