@@ -2,11 +2,11 @@
 the adapter one process trains, writes exactly one version, and so does the worker the
 manager launches with `processes=2`.
 
-Tolerance, measured here: with the same global batches the two runs differ only in how
-the loss is averaged (DDP averages the two processes' per-token means; one process takes
-the mean over all tokens) and in float summation order. Per-step losses agreed within
-0.0005 and the LoRA B weights within 1.8% (relative norm; cosine 0.9998); the test allows
-0.01 and 5%.
+Tolerance, measured here: with the same global batches the two runs differ in how the
+loss is averaged (DDP averages the two processes' per-token means; one process takes the
+mean over all tokens: the loss in training/trainer.py is a per-process token mean) and in
+float summation order. Per-step losses agreed within 0.0034 and the LoRA B weights within
+4.2% (relative norm; 1.8% with 8 examples); the test allows 0.01 and 10%.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import pytest
 from tests.live_app import REPO, free_port
 
 FACTS = Path(__file__).with_name("training_facts.jsonl")
-# Small and even: 8 training examples in batches of 4 (2 per process), 2 epochs; 4 held out.
+# Small and even: 12 approved examples (8 train, 4 test; the version is refit on all 12) in batches
+# of 4 (2 per process), 2 epochs: 6 steps.
 SETTINGS = ["--set", "replay_examples=0", "--set", "batch_size=4", "--set", "epochs=2", "--no-progress"]
 LOSS_TOLERANCE = 0.01
-WEIGHT_TOLERANCE = 0.05
+WEIGHT_TOLERANCE = 0.10
 
 
 def launch(*args: str, data_dir: Path, base_model: Path, accelerate: bool = False) -> subprocess.CompletedProcess:
@@ -77,7 +78,7 @@ def test_two_processes_train_what_one_trains_and_write_one_version(tmp_path, tin
         assert run.returncode in (0, 3), run.stdout + run.stderr  # promoted, or kept as rejected
     assert "on 2 processes" in two.stdout
     # Only the main process reported: one outcome line, not two.
-    assert two.stdout.count("v1: held-out") == 1
+    assert two.stdout.count("Promoted v1") + two.stdout.count("Not promoted") == 1
 
     reference = rows(single, "select losses from jobs")
     for data_dir in (launched, spawned):
@@ -88,12 +89,15 @@ def test_two_processes_train_what_one_trains_and_write_one_version(tmp_path, tin
         (status, losses), = rows(data_dir, "select status, losses from jobs")
         assert status in ("succeeded", "rejected")
         ours, theirs = json.loads(losses), json.loads(reference[0][0])
-        assert [s["step"] for s in ours] == [s["step"] for s in theirs] == [1, 2, 3, 4]
+        assert [s["step"] for s in ours] == [s["step"] for s in theirs] == [1, 2, 3, 4, 5, 6]
         assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ours, theirs)) < LOSS_TOLERANCE
         assert relative_difference(lora_b(single), lora_b(data_dir)) < WEIGHT_TOLERANCE
-        # Evaluation was gathered from both processes: every held-out example was scored.
+        # Evaluation was sharded and gathered: every approved example and every canary was judged once.
         (metrics,), = rows(data_dir, "select metrics from jobs")
-        assert json.loads(metrics)["heldout"]["n"] == 4
+        metrics = json.loads(metrics)
+        assert metrics["learned"]["n"] == 12 and metrics["canary"]["n"] == 40
+        (items,), = rows(data_dir, "select metrics from model_versions")
+        assert sorted(i["example_id"] for i in json.loads(items)["items"]) == list(range(1, 13))
     # The spawned launch ran both processes in the worker (each logs its own training steps).
     log = (spawned / "logs" / "job-1.log").read_text()
-    assert log.count("step 4/4") == 2
+    assert log.count("step 6/6") == 2
