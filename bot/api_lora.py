@@ -59,7 +59,11 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     prompt: str = Field(min_length=1, description="The rendered prompt (chat template applied), sent as is.")
-    model: str | None = Field(None, description="A loaded adapter's lora_name, or anything else for the active version.")
+    model: str | None = Field(
+        None,
+        description=f"A loaded adapter's lora_name; empty or `{MODEL_ID}` for the active version. Any other "
+        "name answers 404, as vLLM does.",
+    )
     max_tokens: int = Field(16, ge=1, description="Cap on the answer's tokens (OpenAI's default is 16).")
     temperature: float = Field(1.0, ge=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -164,6 +168,10 @@ def lora_router(service: Any, guard: AdminGuard, slots: LoraSlots) -> APIRouter:
         ).validate()
 
         def start() -> Any:
+            # As vLLM: a model name that is neither this server's nor a loaded adapter is a 404, so a
+            # fronting server learns that its adapter is gone (this server restarted) and loads it again.
+            if body.model not in (None, MODEL_ID, service.engine.base_name) and body.model not in slots.loaded:
+                raise NotFoundError(f"The model `{body.model}` does not exist.")
             slots.select(body.model)
             return service.engine.stream_prompt(body.prompt, params)
 

@@ -47,6 +47,10 @@ class UpstreamError(ExemplarError):
 
     status_code = 502
 
+    def __init__(self, message: str, upstream_status: int | None = None):
+        super().__init__(message)
+        self.upstream_status = upstream_status  # the upstream's HTTP status, when it answered at all
+
 
 def lora_name(version: str) -> str:
     """The upstream's name for a version's adapter: unique per version, never reused for other weights."""
@@ -101,7 +105,7 @@ class UpstreamClient:
                 detail = f"HTTP {response.status_code}"
             finally:
                 response.close()
-            raise UpstreamError(f"The model server refused the request: {detail}")
+            raise UpstreamError(f"The model server refused the request: {detail}", response.status_code)
         return response
 
     def models(self) -> list[dict[str, Any]]:
@@ -151,7 +155,13 @@ class UpstreamGeneration(AnswerState):
         if params.stop:
             body["stop"] = list(params.stop)
         try:
-            self._response = engine.client.open_stream("/v1/completions", body)
+            try:
+                self._response = engine.client.open_stream("/v1/completions", body)
+            except UpstreamError as exc:
+                # A restarted upstream has forgotten its adapters: load this one again, then retry once.
+                if exc.upstream_status != 404 or not engine.reload(self.model_name):
+                    raise
+                self._response = engine.client.open_stream("/v1/completions", body)
         except BaseException:
             engine.release(self.model_name)
             raise
@@ -235,6 +245,7 @@ class UpstreamEngine(PromptFitting):
         self.version = BASE_VERSION
         self._base_model = model
         self._adapter: str | None = None  # the upstream name requests use now; None: the base model
+        self._adapter_path: str | None = None  # where the upstream reads it
         self._in_flight: Counter[str] = Counter()
         self._retiring: set[str] = set()  # switched away from, unloaded when their last answer ends
         self._lock = threading.Lock()  # guards the fields above
@@ -318,6 +329,7 @@ class UpstreamEngine(PromptFitting):
                     self._load(name, self.remote_path(path))
             with self._lock:
                 old, self._adapter, self.version = self._adapter, name, version
+                self._adapter_path = self.remote_path(Path(adapter_path)) if name else None
                 idle = old is not None and old != name and self._in_flight[old] <= 0
                 if old is not None and old != name and not idle:
                     self._retiring.add(old)
@@ -325,6 +337,18 @@ class UpstreamEngine(PromptFitting):
                 self._unload(old)
         log.info("Upstream now serves %s (%s)", version, name or "base model")
         return time.perf_counter() - started
+
+    def reload(self, name: str) -> bool:
+        """Load the adapter in use again (the upstream restarted); False if `name` is not it or it fails."""
+        with self._switch:
+            if name != self._adapter or self._adapter_path is None:
+                return False
+            try:
+                self._load(name, self._adapter_path)
+            except ModelLoadError as exc:
+                log.error("%s", exc)
+                return False
+        return True
 
     def _load(self, name: str, remote_path: str) -> None:
         body = {"lora_name": name, "lora_path": remote_path}

@@ -243,3 +243,37 @@ def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_
     assert (generation.prompt_tokens, generation.completion_tokens) == (expected.prompt_tokens, expected.completion_tokens)
     assert generation.few_shot_ids == [7] and generation.model_version == "base"
     assert generation.finish_reason == expected.finish_reason == "length"
+
+
+def test_a_restarted_upstream_gets_the_adapter_again(tmp_path, store, tiny_model, tokenizer):
+    """The upstream forgot the adapter (it restarted): the next answer loads it again and is served by it."""
+    from fastapi.testclient import TestClient
+
+    from bot.admin import AdminGuard
+    from bot.engine import Engine, GenerationParams
+    from bot.server import create_app
+    from bot.service import ChatService
+    from bot.upstream import UpstreamClient, UpstreamEngine
+    from core.config import ServeConfig
+    from tests.live_app import serve_in_thread
+    from tests.test_api_lora import save_adapter
+
+    adapter = tmp_path / "adapters" / "v1"
+    save_adapter(tiny_model, adapter, seed=1)
+    local = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
+    app = create_app(ChatService(local, store, ServeConfig()), AdminGuard(UPSTREAM_PASSWORD))
+    admin = {"Authorization": f"Bearer {UPSTREAM_PASSWORD}"}
+    messages = [{"role": "user", "content": "Where is the printer?"}]
+    with serve_in_thread(app) as url:
+        engine = UpstreamEngine(tokenizer, UpstreamClient(url, api_key=UPSTREAM_PASSWORD), base_name="tiny",
+                                max_context_tokens=512)
+        engine.activate("v1", adapter)
+        first = engine.generate(messages, GenerationParams(max_new_tokens=6))
+        # A name the upstream does not know is a 404 there, as in vLLM.
+        unknown = httpx.post(f"{url}/v1/completions", headers=admin, json={"prompt": "Hi", "model": "exemplar-v9"})
+        assert unknown.status_code == 404 and "does not exist" in unknown.json()["error"]
+        # The upstream "restarts": its adapters are gone.
+        assert httpx.post(f"{url}/v1/unload_lora_adapter", headers=admin, json={"lora_name": "exemplar-v1"}).status_code == 200
+        again = engine.generate(messages, GenerationParams(max_new_tokens=6))
+        assert "exemplar-v1" in [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+    assert again.model_version == "v1" and again.text == first.text
