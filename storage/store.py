@@ -75,6 +75,14 @@ def _process_alive(pid: int | None) -> bool:
     return True
 
 
+def _add_filters(clauses: list[str], params: list[Any], filters: dict[str, Any]) -> None:
+    """Append each `clause` (one ? placeholder) whose value is given, and its value."""
+    for clause, value in filters.items():
+        if value:
+            clauses.append(clause)
+            params.append(value)
+
+
 def now() -> str:
     """The current UTC time as an ISO 8601 string (sortable as text)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -336,21 +344,13 @@ class Store:
             )
         if rating == "none":
             where.append("f.rating is null")
-        elif rating:
-            where.append("f.rating = ?")
-            params.append(rating)
-        if reason:
-            where.append("lower(f.reason) = lower(?)")
-            params.append(reason)
-        if model_version:
-            where.append("m.model_version = ?")
-            params.append(model_version)
-        if since:
-            where.append("f.created_at >= ?")
-            params.append(since)
-        if until:
-            where.append("f.created_at < ?")
-            params.append(until)
+        _add_filters(where, params, {
+            "f.rating = ?": None if rating == "none" else rating,
+            "lower(f.reason) = lower(?)": reason,
+            "m.model_version = ?": model_version,
+            "f.created_at >= ?": since,
+            "f.created_at < ?": until,
+        })
         if text:
             where.append("(m.content like ? or m.context like ? or f.comment like ?)")
             params.extend([f"%{text}%"] * 3)
@@ -769,14 +769,10 @@ class Store:
         ):
             if value:
                 check_choice(column, value, allowed)
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if since:
-            clauses.append("created_at >= ?")
-            params.append(since)
-        if until:
-            clauses.append("created_at < ?")
-            params.append(until)
+        _add_filters(clauses, params, {
+            "status = ?": status, "source = ?": source, "split = ?": split,
+            "created_at >= ?": since, "created_at < ?": until,
+        })
         return " and ".join(clauses), params
 
     def list_examples(
