@@ -9,8 +9,10 @@ reachable through Gradio's API whether or not the tab is shown.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from html import escape
 from collections.abc import Callable
 from typing import Any
@@ -56,8 +58,49 @@ def describe_job(view: dict[str, Any] | None) -> str:
     lines += [f"- {reason}" for reason in gate.get("reasons", [])]
     lines += [f"- **Next:** {step}" for step in gate.get("next_steps", [])]
     if view.get("error") and not gate:
-        lines.append(f"- {view['error']}")
+        lines.append(f"- {plain_error(view['error'])}")
     return "\n".join(lines)
+
+
+SIGNALS = {
+    -9: "it was killed (SIGKILL), most often because the machine ran out of memory: try a smaller batch size "
+    "or max length",
+    -15: "it was stopped from outside (SIGTERM)",
+    -11: "it crashed (segmentation fault)",
+    1: "it failed with an error: the log below says which",
+}
+RUN_COLUMNS = ["job", "status", "why", "started", "finished", "version", "result"]
+# The hyper-parameters shown as form fields; any other goes in the JSON box.
+FORM_FIELDS = ("epochs", "learning_rate", "lora_r", "batch_size")
+
+
+def plain_error(error: str | None) -> str:
+    """A job's error in plain words: an exit code becomes what it most likely means."""
+    if not error:
+        return ""
+    match = re.search(r"exited with code (-?\d+)", error)
+    if match and int(match.group(1)) in SIGNALS:
+        return f"The training process stopped before finishing: {SIGNALS[int(match.group(1))]}."
+    return error
+
+
+def runs_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Past training runs, newest first: why each started and how it ended."""
+    rows = []
+    for job in jobs:
+        if job.get("kind") != "train":
+            continue
+        params = job.get("params") or {}
+        result = "promoted" if job.get("promoted") else plain_error(job.get("error")) or ""
+        rows.append([
+            job["id"], job["status"], params.get("reason") or "admin", (job.get("started_at") or "")[:19].replace("T", " "),
+            (job.get("finished_at") or "")[:19].replace("T", " "), job.get("model_version") or "", _clip(result),
+        ])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def loss_frame(view: dict[str, Any] | None) -> pd.DataFrame:
@@ -141,18 +184,36 @@ class TrainingHandlers:
             gr.Dropdown(choices=choices, value=choices[0] if choices else None),
             gr.Dropdown(choices=[c for c in choices if c != BASE], value=None),
             gr.Dropdown(choices=[c for c in choices if c != BASE], value=choices[0] if len(choices) > 1 else None),
+            self.runs(),
         )
 
+    def runs(self) -> pd.DataFrame:
+        return runs_frame(self.store.list_jobs(limit=20))
+
+    def form_defaults(self) -> list[tuple[str, Any, str]]:
+        """(name, default, help) of the hyper-parameters shown as form fields."""
+        config = getattr(self.manager, "train_config", None)
+        if config is None or not dataclasses.is_dataclass(config):
+            return []
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        return [(n, getattr(config, n), fields[n].metadata.get("help", "")) for n in FORM_FIELDS if n in fields]
+
     @admin_handler
-    def retrain(self, password: str, params_text: str) -> tuple[Any, ...]:
-        """Start a run with optional JSON hyper-parameters; start polling its progress."""
-        params = None
+    def retrain(self, password: str, params_text: str, *form_values: Any) -> tuple[Any, ...]:
+        """Start a run with the form's hyper-parameters (those changed from their defaults) and any
+        others as JSON; start polling its progress."""
+        params: dict[str, Any] = {}
         if params_text and params_text.strip():
             try:
                 params = json.loads(params_text)
             except json.JSONDecodeError as exc:
                 raise gr.Error(f'Hyper-parameters must be JSON such as {{"epochs": 6}}: {exc.msg}') from exc
-        job_id = self.manager.start(params, reason="admin")
+            if not isinstance(params, dict):
+                raise gr.Error('Hyper-parameters must be a JSON object such as {"epochs": 6}')
+        for (name, default, _), value in zip(self.form_defaults(), form_values):
+            if value is not None and value != default and name not in params:
+                params[name] = int(value) if isinstance(default, int) and float(value).is_integer() else value
+        job_id = self.manager.start(params or None, reason="admin")
         view = self.manager.job_view(job_id)
         return describe_job(view), loss_frame(view), "", job_id, gr.Timer(active=True)
 
@@ -162,7 +223,7 @@ class TrainingHandlers:
         view = self._job(job_id)
         running = view is not None and view["status"] in ACTIVE
         if running:
-            listing: tuple[Any, ...] = (gr.skip(), gr.skip(), gr.skip())
+            listing: tuple[Any, ...] = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
         else:  # the job's version (if any) joins the tables and the choices
             versions, choices = self._versions()
             trained = [c for c in choices if c != BASE]
@@ -170,6 +231,7 @@ class TrainingHandlers:
                 versions,
                 gr.Dropdown(choices=choices),
                 gr.Dropdown(choices=trained, value=(view or {}).get("model_version") if trained else None),
+                self.runs(),
             )
         return describe_job(view), loss_frame(view), (view or {}).get("log") or "", gr.Timer(active=running), *listing
 
@@ -182,12 +244,20 @@ class TrainingHandlers:
         return describe_job(view)
 
     @admin_handler
-    def activate(self, password: str, version: str | None) -> tuple[Any, ...]:
+    def activate(self, password: str, version: str | None, confirmed: str | None = None) -> tuple[Any, ...]:
+        """Serve the chosen version. One the gate rejected needs a second press, after a warning."""
         if not version:
             raise gr.Error("Choose a version to activate")
+        if version != BASE and confirmed != version and self.store.get_model_version(version)["status"] == "rejected":
+            return (
+                f"⚠️ **{version} was rejected by the promotion gate** (see its notes in the table). "
+                "Press Activate again to serve it anyway.",
+                gr.skip(),
+                version,
+            )
         result = self.manager.activate(version)
         versions, _ = self._versions()
-        return f"Now serving **{result['active']}** (was {result['previous']}).", versions
+        return f"Now serving **{result['active']}** (was {result['previous']}).", versions, None
 
     @admin_handler
     def rollback(self, password: str) -> tuple[Any, ...]:
@@ -274,11 +344,22 @@ def build_training_section(
         refresh = gr.Button("Refresh", elem_id="training-refresh")
         retrain = gr.Button("Retrain now", variant="primary", elem_id="training-retrain")
         stop = gr.Button("Stop", variant="stop", elem_id="training-stop")
-    params = gr.Textbox(
-        label="Hyper-parameters for this run (optional JSON)",
-        placeholder='{"epochs": 6, "learning_rate": 0.0005}',
-        elem_id="training-params",
-    )
+    form = []
+    with gr.Row():
+        for name, default, help_text in handlers.form_defaults():
+            form.append(
+                gr.Number(
+                    value=default, label=f"{name.replace('_', ' ')} (default {default})", info=help_text,
+                    precision=0 if isinstance(default, int) and not isinstance(default, bool) else None,
+                    elem_id=f"training-{name.replace('_', '-')}",
+                )
+            )
+    with gr.Accordion("Other hyper-parameters (JSON)", open=False):
+        params = gr.Textbox(
+            label="Any other setting of the training config, as JSON",
+            placeholder='{"lora_alpha": 16, "replay_kl_weight": 5}',
+            elem_id="training-params",
+        )
     status = gr.Markdown("Enter the admin password and press Refresh.", elem_id="training-status")
     with gr.Row():
         curve = gr.LinePlot(
@@ -297,6 +378,9 @@ def build_training_section(
         activate = gr.Button("Activate", elem_id="training-activate")
         rollback = gr.Button("Rollback to the previous version", elem_id="training-rollback")
     result = gr.Markdown(elem_id="training-result")
+    confirm_version = gr.State(None)
+    with gr.Accordion("Past runs", open=False):
+        runs = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), interactive=False, wrap=True, elem_id="training-runs")
 
     gr.Markdown("### Candidate against current, on held-out examples")
     with gr.Row():
@@ -313,15 +397,18 @@ def build_training_section(
     learned_title = gr.Markdown()
     learned_table = gr.Dataframe(pd.DataFrame(columns=LEARNED_COLUMNS), interactive=False, wrap=True)
 
-    overview_outputs = [policy, status, curve, log, job_id, timer, versions, chosen, compare_version, learned_version]
+    overview_outputs = [
+        policy, status, curve, log, job_id, timer, versions, chosen, compare_version, learned_version, runs
+    ]
     refresh.click(handlers.overview, [password], overview_outputs, **private)
     on_login = (handlers.overview, [password], overview_outputs)
-    retrain.click(handlers.retrain, [password, params], [status, curve, log, job_id, timer], **private)
+    retrain.click(handlers.retrain, [password, params, *form], [status, curve, log, job_id, timer], **private)
     timer.tick(
-        handlers.poll, [password, job_id], [status, curve, log, timer, versions, chosen, compare_version], **private
+        handlers.poll, [password, job_id], [status, curve, log, timer, versions, chosen, compare_version, runs],
+        **private,
     )
     stop.click(handlers.stop, [password, job_id], [status], **private)
-    activate.click(handlers.activate, [password, chosen], [result, versions], **private)
+    activate.click(handlers.activate, [password, chosen, confirm_version], [result, versions, confirm_version], **private)
     rollback.click(handlers.rollback, [password], [result, versions], **private)
     compare.click(handlers.compare, [password, compare_version], [compare_title, comparison], **private)
     learned_button.click(

@@ -898,8 +898,13 @@ class Store:
         with self._write():
             if version is not None:
                 self.get_model_version(version)
+            # The one serving steps down: retired, or back to rejected if the gate had rejected it
+            # (an admin activated it anyway), so the label says what the gate said.
             self.db.execute(
-                "update model_versions set status = ? where status = ?", [VersionStatus.RETIRED, VersionStatus.ACTIVE]
+                "update model_versions set status = case when exists (select 1 from jobs "
+                "where jobs.model_version = model_versions.version and jobs.promoted = 0) then ? else ? end "
+                "where status = ?",
+                [VersionStatus.REJECTED, VersionStatus.RETIRED, VersionStatus.ACTIVE],
             )
             if version is not None:
                 self.db["model_versions"].update(version, {"status": VersionStatus.ACTIVE, "activated_at": now()})

@@ -70,13 +70,16 @@ def test_every_handler_demands_the_password(handlers):
 
 
 def test_overview_activate_rollback_and_compare(handlers):
-    policy, status, curve, log, job_id, timer, versions, chosen, compare_choices, learned_choices = handlers.overview(PASSWORD)
+    policy, status, curve, log, job_id, timer, versions, chosen, compare_choices, learned_choices, runs = (
+        handlers.overview(PASSWORD)
+    )
+    assert list(runs.columns)[:3] == ["job", "status", "why"] and len(runs) == 0
     assert "20 new approved" in policy and status == "No training run yet." and job_id is None
     assert list(versions["version"]) == ["v2", "v1", "base"]
     assert list(versions["serving"]) == ["", "", "▶"]
     assert list(versions["canary %"])[:2] == [97.5, 97.5]
 
-    message, versions = handlers.activate(PASSWORD, "v2")
+    message, versions, _ = handlers.activate(PASSWORD, "v2")
     assert "Now serving **v2**" in message and list(versions["serving"]) == ["▶", "", ""]
     message, versions = handlers.rollback(PASSWORD)
     assert "now serving **v1**" in message and handlers.store.active_version()["version"] == "v1"
@@ -133,3 +136,51 @@ def test_the_section_builds_inside_a_tab(handlers):
         password = gr.Textbox()
         build_training_section(handlers.manager, handlers.store, check_admin, password)
     assert demo is not None
+
+
+def test_activating_a_rejected_version_asks_first(handlers):
+    handlers.store.update_model_version("v2", status="rejected")
+    warning, versions, confirmed = handlers.activate(PASSWORD, "v2")
+    assert "rejected by the promotion gate" in warning and confirmed == "v2"
+    assert handlers.store.active_version() is None  # nothing changed yet
+    message, _, confirmed = handlers.activate(PASSWORD, "v2", confirmed)
+    assert "Now serving **v2**" in message and confirmed is None
+
+
+def test_hyper_parameters_come_from_form_fields_with_defaults_and_help(handlers):
+    fields = handlers.form_defaults()
+    names = [name for name, _, _ in fields]
+    assert names == ["epochs", "learning_rate", "lora_r", "batch_size"] and all(text for _, _, text in fields)
+    started = {}
+    handlers.manager.start = lambda params, reason: started.update(params=params) or 1
+    handlers.manager.job_view = lambda job_id: {"id": 1, "status": "queued", "progress": {}, "losses": []}
+    defaults = [default for _, default, _ in fields]
+    handlers.retrain(PASSWORD, "", *defaults)
+    assert started["params"] is None  # the defaults are not overrides
+    handlers.retrain(PASSWORD, '{"lora_alpha": 8}', 4.0, defaults[1], 8.0, defaults[3])
+    assert started["params"] == {"lora_alpha": 8, "epochs": 4.0, "lora_r": 8}
+
+
+def test_errors_are_in_plain_words():
+    from bot.admin_training import plain_error, runs_frame
+
+    said = plain_error("the training process exited with code -9 before finishing (see the log)")
+    assert "ran out of memory" in said and "-9" not in said
+    runs = runs_frame([{"id": 4, "kind": "train", "status": "failed", "params": {"reason": "policy: 20 new examples"},
+                        "error": "the training process exited with code -9 before finishing", "promoted": 0}])
+    assert runs.iloc[0]["why"] == "policy: 20 new examples" and "out of memory" in runs.iloc[0]["result"]
+
+
+def test_a_rejected_version_keeps_its_label_after_a_rollback(tmp_path):
+    store = Store(tmp_path / "labels.db")
+    for name in ("v1", "v2"):
+        store.add_model_version(name, path=f"adapters/{name}")
+        job = store.create_job("train")
+        store.update_job(job, status="succeeded" if name == "v1" else "rejected", model_version=name,
+                         promoted=int(name == "v1"))
+    store.update_model_version("v2", status="rejected")
+    store.activate_version("v1")
+    store.activate_version("v2")  # an admin serves the rejected one anyway
+    assert store.get_model_version("v1")["status"] == "retired"
+    store.activate_version("v1")  # and rolls back
+    assert store.get_model_version("v2")["status"] == "rejected"
