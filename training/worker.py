@@ -231,7 +231,11 @@ class TrainingJob:
         lap("train")
 
         # -- evaluate, item by item, beside the serving version and the base model
-        reporter.phase(f"evaluating the candidate, {plan.serving_name} and the base model on every correction")
+        reporter.phase(
+            "evaluating the candidate"
+            + (f", {plan.serving_name}" if plan.serving else "")
+            + " and the base model on every correction and the canary"
+        )
         evaluation = recipe.evaluate(peft_model, tokenizer, plan)
         truncated = recipe.truncated_ids(tokenizer, plan)
         lap("evaluate")
