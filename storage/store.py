@@ -126,6 +126,31 @@ class Store:
         with self._lock:
             return "\n".join(row[0] for row in self.db.execute("PRAGMA integrity_check").fetchall())
 
+    def backup(self, dest: str | Path) -> None:
+        """Write a consistent copy of the database to the new file `dest` (SQLite's backup API),
+        while other requests and processes keep writing; the copy is checked before it is kept."""
+        dest = Path(dest)
+        if dest.exists():
+            raise ConflictError(f"{dest} already exists: back up to a new place")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(f".{dest.name}.part")
+        part.unlink(missing_ok=True)
+        target = sqlite3.connect(part)
+        try:
+            with self._lock:  # one step, so the copy is one snapshot; WAL lets other processes write meanwhile
+                self.db.conn.backup(target)
+            # A single file, readable without its -wal: the copy leaves WAL mode.
+            target.execute("PRAGMA journal_mode = DELETE")
+            problems = "\n".join(row[0] for row in target.execute("PRAGMA integrity_check").fetchall())
+            if problems != "ok":
+                raise ConflictError(f"the copy of the database failed SQLite's integrity check: {problems}")
+        except BaseException:
+            target.close()
+            part.unlink(missing_ok=True)
+            raise
+        target.close()
+        os.replace(part, dest)
+
     # -- helpers -------------------------------------------------------------
 
     @contextmanager
