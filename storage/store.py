@@ -214,6 +214,10 @@ class Store:
         with self._lock:
             return self.db.execute("select count(*) from conversations").fetchone()[0]
 
+    def count_messages(self) -> int:
+        with self._lock:
+            return self.db.execute("select count(*) from messages").fetchone()[0]
+
     def add_message(
         self,
         conversation_id: int,

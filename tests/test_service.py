@@ -46,5 +46,5 @@ def test_a_refused_answer_leaves_no_rows(store, existing):
     service.engine = RowCheckingEngine(store, refuse=True)
     with pytest.raises(ValidationError):
         service.answer([{"role": "user", "content": "Hello again"}], conversation_id=conversation_id)
-    assert store.db["conversations"].count == (1 if existing else 0)
-    assert store.db["messages"].count == (2 if existing else 0)
+    assert store.count_conversations() == (1 if existing else 0)
+    assert store.count_messages() == (2 if existing else 0)
