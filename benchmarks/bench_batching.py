@@ -6,6 +6,10 @@ one request at a time, in fp32 and bf16. Greedy, same prompts, one run.
     python benchmarks/bench_batching.py                 # about 4 minutes on 2 cores
     python benchmarks/bench_batching.py --tokens 32 --batch 8 --json out.json
 
+It also answers the canary questions (training/canary.jsonl) alone and 8 at
+once, and counts the greedy answers that batching changes, in fp32 and in the
+served default (bf16 from 4 at once).
+
 Prints a table of aggregate tokens/s (median of --repeats) with ratios against
 the engine at batch 1 in fp32, and how many batched greedy answers equal the
 same request answered alone at the same dtype.
@@ -64,6 +68,53 @@ def run_engine(engine, n: int, tokens: int, first: int = 0) -> tuple[float, list
     return sum(g.completion_tokens for g in results) / seconds, [g.text for g in results]
 
 
+def ask_each(engine, questions: list[str], tokens: int, at_once: int) -> list[str]:
+    """Answers to `questions`, `at_once` of them submitted together."""
+    import threading
+
+    from bot.engine import GenerationParams
+
+    answers: list = [None] * len(questions)
+
+    def ask(i: int) -> None:
+        answers[i] = engine.generate([{"role": "user", "content": questions[i]}],
+                                     GenerationParams(max_new_tokens=tokens)).text
+
+    for start in range(0, len(questions), at_once):
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(start, min(start + at_once, len(questions)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return answers
+
+
+def canary_differences(ref, count: int, tokens: int, batch: int) -> dict:
+    """How many canary greedy answers change when answered `batch` at once, in fp32 and in bf16,
+    against each answered alone in fp32 (today's answer)."""
+    import json as json_module
+
+    import torch
+
+    from bot.engine import Engine
+    from core.models import load_base_model
+
+    canary = Path(__file__).resolve().parents[1] / "training" / "canary.jsonl"
+    questions = [json_module.loads(line)["question"] for line in canary.read_text().splitlines()][:count]
+    model, tokenizer = load_base_model(ref, dtype=torch.float32, device="cpu")
+    fp32 = Engine(model, tokenizer, base_name=ref.name, bf16_from_batch=0)
+    auto = Engine(model, tokenizer, base_name=ref.name)  # the served default: bf16 from 4 at once
+    alone = ask_each(fp32, questions, tokens, 1)
+    batched_fp32 = ask_each(fp32, questions, tokens, batch)
+    batched_auto = ask_each(auto, questions, tokens, batch)
+    changed = {
+        "fp32": [q for q, a, b in zip(questions, alone, batched_fp32) if a != b],
+        "bf16": [q for q, a, b in zip(questions, alone, batched_auto) if a != b],
+    }
+    return {"questions": len(questions), "tokens": tokens, "batch": batch,
+            "changed_fp32": len(changed["fp32"]), "changed_bf16": len(changed["bf16"]), "changed": changed}
+
+
 def run_transformers_cb(model, tokenizer, n: int, tokens: int) -> tuple[float, list[str]]:
     from transformers import GenerationConfig
 
@@ -90,6 +141,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-transformers-cb", action="store_true")
+    parser.add_argument("--canary", type=int, default=40,
+                        help="canary questions to check for changed greedy answers when batched (0 skips)")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     args = parser.parse_args()
 
@@ -139,8 +192,14 @@ def main() -> None:
         row["ratio"] = row["tokens_per_s"] / baseline
         print(f"| {row['setting']:<44} | {row['tokens_per_s']:5.1f} | {row['ratio']:22.2f}x | "
               f"{row.get('same_as_alone', ''):>15} |")
+    canary = canary_differences(ref, args.canary, 32, args.batch) if args.canary else None
+    if canary:
+        print(f"\nCanary: {canary['questions']} questions, 32 tokens, {canary['batch']} at once against each alone "
+              f"in fp32: {canary['changed_fp32']} answers changed batched in fp32, {canary['changed_bf16']} "
+              f"in the served default (bf16 from 4 at once)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "answers": answers}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "answers": answers,
+                                               "canary": canary}, indent=2))
 
 
 if __name__ == "__main__":

@@ -70,9 +70,9 @@ def long_question(tokenizer, target: int = 675) -> str:
     while True:
         candidate = text + PASSAGE
         prompt = render_prompt(tokenizer, [{"role": "user", "content": candidate + "\nWhen do the ferries leave?"}])
-        if len(encode(tokenizer, prompt)) > target:
-            return text + "\nWhen do the ferries leave?"
         text = candidate
+        if len(encode(tokenizer, prompt)) >= target:
+            return text + "\nWhen do the ferries leave?"
 
 
 def post_stream(url: str, content: str, tokens: int) -> dict:
@@ -130,37 +130,45 @@ def concurrent(url: str, n: int, tokens: int) -> dict:
     }
 
 
-def plain_generate(ref, prompt_text: str, tokens: int, threads: int) -> dict:
-    """transformers `generate` on the base model, batch 1, fp32: time to first token and tokens/s."""
-    import torch
-    from transformers import TextIteratorStreamer
+class PlainGenerate:
+    """transformers `generate` on the base model, batch 1, fp32, loaded once in this process."""
 
-    from core.models import load_base_model
-    from core.prompts import encode, render_prompt
+    def __init__(self, ref, threads: int):
+        import torch
 
-    torch.set_num_threads(threads)
-    model, tokenizer = load_base_model(ref, device="cpu")
-    ids = torch.tensor([encode(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": prompt_text}]))])
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
-    out: dict = {}
+        from core.models import load_base_model
 
-    def run() -> None:
-        with torch.inference_mode():
-            out["ids"] = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                        do_sample=False, temperature=None, top_p=None, top_k=None,
-                                        pad_token_id=tokenizer.pad_token_id, streamer=streamer)
+        torch.set_num_threads(threads)
+        self.model, self.tokenizer = load_base_model(ref, device="cpu")
 
-    started = time.perf_counter()
-    worker = threading.Thread(target=run)
-    worker.start()
-    first = None
-    for piece in streamer:
-        if piece and first is None:
-            first = time.perf_counter() - started
-    worker.join()
-    seconds = time.perf_counter() - started
-    n = out["ids"].shape[1] - ids.shape[1]
-    return {"ttft": first, "tok_s": n / seconds, "tokens": n, "prompt_tokens": ids.shape[1]}
+    def __call__(self, prompt_text: str, tokens: int) -> dict:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        from core.prompts import encode, render_prompt
+
+        tokenizer = self.tokenizer
+        ids = torch.tensor([encode(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": prompt_text}]))])
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+        out: dict = {}
+
+        def run() -> None:
+            with torch.inference_mode():
+                out["ids"] = self.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
+                    temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, streamer=streamer)
+
+        started = time.perf_counter()
+        worker = threading.Thread(target=run)
+        worker.start()
+        first = None
+        for piece in streamer:
+            if piece and first is None:
+                first = time.perf_counter() - started
+        worker.join()
+        seconds = time.perf_counter() - started
+        n = out["ids"].shape[1] - ids.shape[1]
+        return {"ttft": first, "tok_s": n / seconds, "tokens": n, "prompt_tokens": ids.shape[1]}
 
 
 def llama_cpp_stream(gguf: Path, prompt_text: str, tokens: int, threads: int) -> dict | None:
@@ -198,7 +206,9 @@ def make_active_adapter(ref, data_dir: Path) -> str:
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=1e-3)
-    staging = Path(tempfile.mkdtemp(dir=data_dir))
+    from training.registry import new_temp_dir
+
+    staging = new_temp_dir(data_dir)
     peft_model.save_pretrained(staging)
     store = Store(data_dir / "exemplar.db")
     try:
@@ -274,24 +284,36 @@ def main() -> int:
             else:
                 raise RuntimeError(f"the server never served {version}")
             post_stream(url, "Hello", 8)  # warm-up
+            # API and plain generate take turns, so both meet the same background load.
+            plain = PlainGenerate(ref, args.threads)
             for name, text in (("short", SHORT), ("long", long_text)):
-                runs = [post_stream(url, text, args.tokens) for _ in range(args.repeats)]
+                api_runs, plain_runs = [], []
+                for _ in range(args.repeats):
+                    api_runs.append(post_stream(url, text, args.tokens))
+                    plain_runs.append(plain(text, args.tokens))
                 results[f"api_one_stream_{name}"] = {
-                    "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
-                    "ttft": med(runs, "ttft"), "prompt_tokens": runs[0]["prompt_tokens"],
+                    "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in api_runs),
+                    "ttft": med(api_runs, "ttft"), "prompt_tokens": api_runs[0]["prompt_tokens"],
                 }
-            for n in [int(c) for c in args.concurrency.split(",")]:
-                runs = [concurrent(url, n, args.tokens) for _ in range(args.repeats)]
+                results[f"plain_generate_{name}"] = {"tok_s": med(plain_runs, "tok_s"), "ttft": med(plain_runs, "ttft"),
+                                                     "prompt_tokens": plain_runs[0]["prompt_tokens"]}
+            del plain
+            # Each round runs every concurrency once, so each ratio to one stream comes from the same stretch of time.
+            levels = [int(c) for c in args.concurrency.split(",")]
+            rounds = [{n: concurrent(url, n, args.tokens) for n in levels} for _ in range(args.repeats)]
+            for n in levels:
+                runs = [r[n] for r in rounds]
                 results[f"api_concurrency_{n}"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                if 1 in levels:
+                    results[f"api_concurrency_{n}"]["vs_one_stream"] = statistics.median(
+                        r[n]["aggregate_tok_s"] / r[1]["aggregate_tok_s"] for r in rounds)
+                    results[f"api_concurrency_{n}"]["slowest_ttft_vs_one_stream"] = statistics.median(
+                        r[n]["ttft_max"] / r[1]["ttft_max"] for r in rounds)
         finally:
             process.terminate()
             process.wait(30)
         results["adapter_version"] = version
 
-    for name, text in (("short", SHORT), ("long", long_text)):
-        runs = [plain_generate(ref, text, args.tokens, args.threads) for _ in range(args.repeats)]
-        results[f"plain_generate_{name}"] = {"tok_s": med(runs, "tok_s"), "ttft": med(runs, "ttft"),
-                                             "prompt_tokens": runs[0]["prompt_tokens"]}
     if args.llama_cpp:
         gguf = bundled_gguf_path()
         for name, text in (("short", SHORT), ("long", long_text)):
@@ -299,7 +321,6 @@ def main() -> int:
             if runs[0] is not None:
                 results[f"llama_cpp_{name}"] = {"tok_s": med(runs, "tok_s"), "ttft": med(runs, "ttft")}
 
-    one = results.get("api_concurrency_1", {})
     print(f"\nExemplar HTTP API ({'adapter ' + results['adapter_version']} active), greedy, {args.tokens} new tokens, "
           f"{args.threads} threads, median of {args.repeats}\n")
     print("| streams at once | aggregate tok/s | vs 1 stream | TTFT p50 | TTFT p95 | slowest TTFT vs 1 stream | errors |")
@@ -307,9 +328,9 @@ def main() -> int:
     for key, row in results.items():
         if key.startswith("api_concurrency_"):
             n = key.rsplit("_", 1)[-1]
-            print(f"| {n} | {row['aggregate_tok_s']:.1f} | {row['aggregate_tok_s'] / one['aggregate_tok_s']:.2f}x | "
-                  f"{row['ttft_p50']:.2f} s | {row['ttft_p95']:.2f} s | {row['ttft_max'] / one['ttft_max']:.1f}x | "
-                  f"{row['errors']} |")
+            print(f"| {n} | {row['aggregate_tok_s']:.1f} | {row.get('vs_one_stream', float('nan')):.2f}x | "
+                  f"{row['ttft_p50']:.2f} s | {row['ttft_p95']:.2f} s | "
+                  f"{row.get('slowest_ttft_vs_one_stream', float('nan')):.1f}x | {row['errors']} |")
     print("\n| one stream | prompt tokens | tok/s | first token | tok/s vs plain generate |")
     print("|---|---|---|---|---|")
     for name in ("short", "long"):

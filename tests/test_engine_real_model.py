@@ -1,0 +1,57 @@
+"""The engine's continuous batching with the bundled SmolLM2-135M-Instruct, on
+canary questions (training/canary.jsonl): batching and the dtype switch leave
+greedy answers as plain `transformers` `generate` gives them, where promised."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.engine import Engine, GenerationParams
+from core.prompts import encode, render_prompt
+
+pytestmark = pytest.mark.slow
+
+CANARY = [json.loads(line)["question"] for line in
+          (Path(__file__).resolve().parents[1] / "training" / "canary.jsonl").read_text().splitlines()[:8]]
+TOKENS = 20
+
+
+def plain_generate(engine, question):
+    """Today's reference: transformers generate, batch 1, fp32, greedy."""
+    tokenizer = engine.tokenizer
+    ids = torch.tensor([encode(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": question}]))])
+    with torch.inference_mode():
+        out = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=TOKENS,
+                                    do_sample=False, temperature=None, top_p=None, top_k=None,
+                                    pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def ask_all_at_once(engine, questions):
+    results = [None] * len(questions)
+
+    def ask(i):
+        results[i] = engine.generate([{"role": "user", "content": questions[i]}], GenerationParams(max_new_tokens=TOKENS))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return results
+
+
+def test_canary_answers_batched_in_fp32_equal_plain_generate_and_single_answers_stay_fp32(real_engine):
+    expected = [plain_generate(real_engine, q) for q in CANARY]
+    # The served default (bf16 from 4 at once) answers one person exactly as before.
+    for question, answer in zip(CANARY[:2], expected):
+        assert real_engine.generate([{"role": "user", "content": question}],
+                                    GenerationParams(max_new_tokens=TOKENS)).text == answer
+    # Eight at once, kept in fp32: every answer equals its single-stream greedy answer.
+    fp32 = Engine(real_engine.model, real_engine.tokenizer, base_name="bundled", bf16_from_batch=0)
+    batched = ask_all_at_once(fp32, CANARY)
+    assert [g.text for g in batched] == expected
+    assert all(g.model_version == "base" for g in batched)
