@@ -47,7 +47,7 @@ def examples(n: int) -> list[dict]:
     return rows
 
 
-def measure_training(ref, steps: int, threads: int, grouped: bool = True) -> dict:
+def measure_training(ref, steps: int, threads: int, grouped: bool = True, count: int = 64) -> dict:
     import torch
 
     from core.models import load_base_model
@@ -58,7 +58,7 @@ def measure_training(ref, steps: int, threads: int, grouped: bool = True) -> dic
     torch.set_num_threads(threads)
     model, tokenizer = load_base_model(ref)
     config = TrainConfig(length_grouped=grouped)
-    rows = examples(64) + load_replay(config.replay_examples)
+    rows = examples(count) + load_replay(config.replay_examples)
     if steps <= 0:  # one whole epoch, so the tokens counted are exactly the tokens trained on
         steps = math.ceil(len(rows) / config.batch_size)
     warm = TrainConfig(**{**config.as_dict(), "max_steps": 1})
@@ -214,6 +214,7 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=int, default=64, help="tokens per decode measurement")
     parser.add_argument("--no-compare-grouping", dest="compare_grouping", action="store_false",
                         help="skip timing random padded batches against length-grouped ones")
+    parser.add_argument("--examples", type=int, default=64, help="examples (plus replay) in the batching comparison")
     parser.add_argument("--training-only", action="store_true", help="only the training throughput comparison")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
@@ -227,8 +228,8 @@ def main() -> int:
     threads = torch.get_num_threads()
     if args.compare_grouping:
         # Same threads, same examples, one whole epoch each: today's random padded batches vs length-grouped.
-        padded = measure_training(ref, 0, threads, grouped=False)
-        grouped = measure_training(ref, 0, threads, grouped=True)
+        padded = measure_training(ref, 0, threads, grouped=False, count=args.examples)
+        grouped = measure_training(ref, 0, threads, grouped=True, count=args.examples)
         results["training_batches"] = {
             "random_padded": padded,
             "length_grouped": grouped,
