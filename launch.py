@@ -270,15 +270,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_batch=config.max_batch,
             bf16_from_batch=config.bf16_from_batch,
         )
-    trainer = TrainingManager(store, config.data_dir, config.base_model, train_config, policy, eval_config)
-    app, watcher = build_server(engine, store, config, password, trainer=trainer)
+    training = TrainingManager(store, config.data_dir, config.base_model, train_config, policy, eval_config)
+    app, watcher = build_server(engine, store, config, password, training=training)
     url = f"http://{config.host}:{config.port}/"
     print(f"Exemplar is serving {engine.version} of {engine.base_name} at {url}", flush=True)
     if generated:
         # Printed once, to the console only, as Jupyter does with its token.
         print(f"Admin password (generated for this run): {password}", flush=True)
     # Reaps dead training jobs and starts retrains when the policy says so.
-    scheduler = trainer.start_background()
+    scheduler = training.start_background()
     try:
         # An open browser tab holds a streaming connection; without a limit a SIGTERM (or Ctrl-C)
         # would wait for it forever.

@@ -198,7 +198,7 @@ def make_active_adapter(ref, data_dir: Path) -> str:
     from storage import Store
     from training.config import TrainConfig
     from training.registry import commit_version
-    from training.trainer import add_lora
+    from training.finetune import add_lora
 
     model, _ = load_base_model(ref, device="cpu")
     torch.manual_seed(0)

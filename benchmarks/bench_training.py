@@ -53,7 +53,7 @@ def measure_training(ref, steps: int, threads: int, grouped: bool = True, count:
     from core.models import load_base_model
     from training.config import TrainConfig
     from training.dataset import load_replay
-    from training.trainer import total_steps, train_adapter
+    from training.finetune import total_steps, train_adapter
 
     torch.set_num_threads(threads)
     model, tokenizer = load_base_model(ref)
@@ -108,7 +108,7 @@ def job_minutes(n: int, per_step: float, evaluation: dict, heldout_share: float 
     answer every correction and the canary)."""
     from training.config import EvalConfig, TrainConfig
     from training.dataset import load_replay
-    from training.trainer import total_steps
+    from training.finetune import total_steps
 
     config = TrainConfig()
     replay = len(load_replay(config.replay_examples))
@@ -144,7 +144,7 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int) -> dict
     from storage import Store
     from training.config import TrainConfig
     from training.manager import TrainingManager
-    from training.trainer import add_lora
+    from training.finetune import add_lora
 
     model, tokenizer = load_base_model(ref)
     engine = Engine(model, tokenizer, base_name=ref.name)

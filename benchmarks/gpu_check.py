@@ -32,7 +32,7 @@ def main() -> int:
     from bot.engine import Engine, GenerationParams
     from core.models import default_device
     from training.config import TrainConfig
-    from training.trainer import train_adapter
+    from training.finetune import train_adapter
 
     device = default_device()
     print(f"device={device} torch={torch.__version__} cuda={torch.cuda.is_available()}")

@@ -31,7 +31,7 @@ def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
     return check_admin
 
 
-def build_admin_tab(service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> None:
+def build_admin_tab(service: ChatService, guard: AdminGuard, *, training: TrainingController | None = None) -> None:
     """Lay out the Admin tab inside the current Blocks context."""
     from bot.admin_feedback import build_feedback_section
     from bot.admin_review import ANY, build_review_section
@@ -72,11 +72,11 @@ def build_admin_tab(service: ChatService, guard: AdminGuard, *, trainer: Trainin
             with gr.Tab("Feedback", id="feedback"):
                 feedback, open_example, example_id = build_feedback_section(service.store, check_admin, password)
             loaders = [review.on_login, feedback.on_login]
-            if trainer is not None:
+            if training is not None:
                 from bot.admin_training import build_training_section
 
                 with gr.Tab("Training", id="training"):
-                    loaders.append(build_training_section(trainer, service.store, check_admin, password))
+                    loaders.append(build_training_section(training, service.store, check_admin, password))
 
     def log_in(password_value: str) -> tuple[Any, ...]:
         """Check the password, then show the tools (each section then loads itself)."""

@@ -186,7 +186,7 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
-def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> None:
+def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, training: TrainingController | None = None) -> None:
     """Register the routes, the body-size limit and the JSON error handlers on `app`."""
 
     @app.exception_handler(ExemplarError)
@@ -228,7 +228,7 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, trainer: T
         return health
 
     slots = LoraSlots(service.engine, getattr(app.state, "watcher", None))
-    routers = [chat_router(service, slots), admin_router(service, guard, trainer), lora_router(service, guard, slots)]
+    routers = [chat_router(service, slots), admin_router(service, guard, training), lora_router(service, guard, slots)]
     for router in routers:
         app.include_router(router)
     api_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]

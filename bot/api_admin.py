@@ -1,7 +1,7 @@
 """Admin routes: curate examples, import and export them, train, and switch model versions.
 
 Each route needs `Authorization: Bearer <admin password>`. The training routes
-use the trainer passed in by the server (bot never imports training); a server
+use the training controller passed in by the server (bot never imports training); a server
 without one answers them with a 409 that says so.
 """
 
@@ -30,8 +30,8 @@ ImportFormat = Literal[tuple(f for f in IMPORT_FORMATS if f != "hf")]  # type: i
 ExportFormat = Literal[tuple(f for f in EXPORT_FORMATS if f != "hf")]  # type: ignore[valid-type]
 
 ACTOR = Actor.ADMIN  # every route here needs the admin password
-NO_TRAINER = (
-    "training is not available in this server (it was started without a trainer); "
+NO_TRAINING = (
+    "training is not available in this server (it was started without a training controller); "
     "use `python launch.py train` or start the server with training enabled"
 )
 
@@ -115,17 +115,17 @@ class LearningReport(BaseModel):
     )
 
 
-def admin_router(service: ChatService, guard: AdminGuard, trainer: TrainingController | None = None) -> APIRouter:
+def admin_router(service: ChatService, guard: AdminGuard, training: TrainingController | None = None) -> APIRouter:
     store = service.store
     bearer = HTTPBearer(auto_error=False, description="The admin password.")
 
     def require_admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         guard.check_bearer(request.headers.get("authorization"), request.client.host if request.client else "http")
 
-    def need_trainer() -> TrainingController:
-        if trainer is None:
-            raise ConflictError(NO_TRAINER)
-        return trainer
+    def need_training() -> TrainingController:
+        if training is None:
+            raise ConflictError(NO_TRAINING)
+        return training
 
     router = APIRouter(prefix="/api", dependencies=[Depends(require_admin)], tags=["admin"])
 
@@ -227,24 +227,24 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: TrainingContr
         params: dict[str, Any] | None = Body(None, description="Hyper-parameters to override, e.g. {\"epochs\": 3}."),
     ) -> dict[str, Any]:
         """Start a training job (409 while one runs)."""
-        return {"job_id": need_trainer().start(params or None, reason="api")}
+        return {"job_id": need_training().start(params or None, reason="api")}
 
     @router.get("/jobs/{job_id}", response_model=JobView)
     def get_job(job_id: RowId) -> dict[str, Any]:
         """A job's status, progress, losses, metrics, and the version it produced."""
-        return need_trainer().job_view(job_id)
+        return need_training().job_view(job_id)
 
     @router.delete("/jobs/{job_id}", response_model=JobView)
     def cancel_job(job_id: RowId) -> dict[str, Any]:
         """Ask a queued or running job to stop; answers the job as it is now."""
-        runner = need_trainer()
+        runner = need_training()
         runner.cancel(job_id)
         return runner.job_view(job_id)
 
     @router.get("/models", response_model=ModelVersions)
     def list_models() -> dict[str, Any]:
         """Every trained version with its metrics, and the one serving."""
-        models = trainer.models_view() if trainer is not None else store.list_model_versions()
+        models = training.models_view() if training is not None else store.list_model_versions()
         return {"serving": service.engine.version, "models": models}
 
     @router.get("/learning", response_model=LearningReport)
@@ -255,11 +255,11 @@ def admin_router(service: ChatService, guard: AdminGuard, trainer: TrainingContr
         """"Did it learn this?": per approved correction, learned or not (few-shot off) under the version and
         under the one it was judged against, with the margins log p(correction) − log p(replaced answer)
         under the base model, that version and this one, and why a correction was not learned."""
-        return need_trainer().learning_report(version, not_learned_only=not_learned)
+        return need_training().learning_report(version, not_learned_only=not_learned)
 
     @router.post("/models/{version}/activate")
     def activate(version: str) -> dict[str, Any]:
         """Serve `version` (promote or roll back; `base` for the base model)."""
-        return need_trainer().activate(version)
+        return need_training().activate(version)
 
     return router

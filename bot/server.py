@@ -85,7 +85,7 @@ def create_app(
     service: ChatService,
     guard: AdminGuard,
     *,
-    trainer: TrainingController | None = None,
+    training: TrainingController | None = None,
     watcher: ModelWatcher | None = None,
     host_names: set[str] | None = None,
 ) -> FastAPI:
@@ -103,8 +103,8 @@ def create_app(
     )
     app.state.service = service
     app.state.watcher = watcher
-    add_api(app, service, guard, trainer=trainer)
-    blocks = build_ui(service, guard, trainer=trainer)
+    add_api(app, service, guard, training=training)
+    blocks = build_ui(service, guard, training=training)
     # Uploads need no password (Gradio takes them before any handler runs), so their size is capped.
     max_upload = getattr(service.config, "max_upload_mb", 64) * 1024 * 1024
     app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS, max_file_size=max_upload)
@@ -119,15 +119,15 @@ def build_server(
     config: Any,
     admin_password: str,
     *,
-    trainer: TrainingController | None = None,
+    training: TrainingController | None = None,
     watch_interval: float = 1.0,
 ) -> tuple[FastAPI, ModelWatcher]:
-    """Wire engine, store and trainer into an app; the watcher is started."""
+    """Wire engine, store and training controller into an app; the watcher is started."""
     service = ChatService(engine, store, config)
     watcher = ModelWatcher(engine, store, Path(config.data_dir), interval=watch_interval)
     watcher.start()
     guard = AdminGuard(
         admin_password, max_failures=config.admin_login_attempts, window_s=config.admin_login_window_s
     )
-    app = create_app(service, guard, trainer=trainer, watcher=watcher, host_names=config.host_names)
+    app = create_app(service, guard, training=training, watcher=watcher, host_names=config.host_names)
     return app, watcher

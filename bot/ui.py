@@ -493,7 +493,7 @@ def build_chat_tab(service: ChatService) -> Any:
     return rater, handlers
 
 
-def build_ui(service: ChatService, guard: AdminGuard, *, trainer: TrainingController | None = None) -> gr.Blocks:
+def build_ui(service: ChatService, guard: AdminGuard, *, training: TrainingController | None = None) -> gr.Blocks:
     """The whole UI: Chat and Admin tabs."""
     from bot.admin_ui import build_admin_tab
 
@@ -502,7 +502,7 @@ def build_ui(service: ChatService, guard: AdminGuard, *, trainer: TrainingContro
         with gr.Tab("Chat"):
             rater, handlers = build_chat_tab(service)
         with gr.Tab("Admin"):
-            build_admin_tab(service, guard, trainer=trainer)
+            build_admin_tab(service, guard, training=training)
         demo.load(handlers.new_rater, rater, rater, api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * service.config.max_batch))
     return demo

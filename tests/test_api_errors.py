@@ -62,15 +62,15 @@ class RecordingTrainer:
         return {"version": version, "status": "active"}
 
 
-def make_client(store, trainer=None, *, with_ui: bool = False) -> tuple[TestClient, FakeEngine]:
+def make_client(store, training=None, *, with_ui: bool = False) -> tuple[TestClient, FakeEngine]:
     """The API on its own app (fast), or the whole server app with the UI mounted."""
     engine = FakeEngine()
     service = ChatService(engine, store, ServeConfig())
     if with_ui:
-        app = create_app(service, AdminGuard(PASSWORD), trainer=trainer)
+        app = create_app(service, AdminGuard(PASSWORD), training=training)
     else:
         app = FastAPI()
-        add_api(app, service, AdminGuard(PASSWORD), trainer=trainer)
+        add_api(app, service, AdminGuard(PASSWORD), training=training)
     return TestClient(app, raise_server_exceptions=False), engine
 
 
@@ -208,7 +208,7 @@ ADMIN_ROUTES = [
     ids=["none", "wrong", "basic", "empty", "no-scheme"],
 )
 def test_admin_routes_need_the_password(store, method, path, body, header):
-    client, _ = make_client(store, trainer=RecordingTrainer())
+    client, _ = make_client(store, training=RecordingTrainer())
     headers = {"Authorization": header} if header is not None else {}
     response = client.request(method, path, json=body, headers=headers)
     assert_error(response, 401, "password")
@@ -246,7 +246,7 @@ ADMIN_CASES = [
 
 @pytest.mark.parametrize("method,path,body,status,words", ADMIN_CASES, ids=[f"{c[0]} {c[1]} {c[3]}" for c in ADMIN_CASES])
 def test_bad_admin_requests(store, method, path, body, status, words):
-    client, _ = make_client(store, trainer=RecordingTrainer())
+    client, _ = make_client(store, training=RecordingTrainer())
     example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
     response = client.request(method, path.format(example=example_id), json=body, headers=ADMIN)
     assert_error(response, status, *words)
@@ -269,7 +269,7 @@ def test_training_routes_without_a_trainer_say_so(client):
 
 def test_training_routes_pass_through_to_the_trainer(store):
     trainer = RecordingTrainer()
-    client, _ = make_client(store, trainer=trainer)
+    client, _ = make_client(store, training=trainer)
     response = client.post("/api/train", json={"epochs": 2}, headers=ADMIN)
     assert response.status_code == 202 and response.json() == {"job_id": 1}
     assert trainer.started == [({"epochs": 2}, "api")]
@@ -360,7 +360,7 @@ FIELD_ROUTES = [
 
 @pytest.mark.parametrize("method,path,base", FIELD_ROUTES, ids=[f"{m} {p}" for m, p, _ in FIELD_ROUTES])
 def test_odd_values_in_any_field_never_cause_a_5xx(store, answer_id, method, path, base):
-    client, _ = make_client(store, trainer=RecordingTrainer())
+    client, _ = make_client(store, training=RecordingTrainer())
     example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
     path = path.format(example=example_id)
     for field in base:

@@ -130,7 +130,7 @@ def test_the_server_runs_with_the_settings_it_was_given(tmp_path, monkeypatch):
     real_build = bot.server.build_server
 
     def build_server(*args, **kwargs):
-        built["trainer"] = kwargs["trainer"]
+        built["training"] = kwargs["training"]
         return real_build(*args, **kwargs)
 
     monkeypatch.setattr(Engine, "load", classmethod(lambda cls, *a, **k: FakeEngine()))
@@ -139,6 +139,6 @@ def test_the_server_runs_with_the_settings_it_was_given(tmp_path, monkeypatch):
     code = launch.main(["serve", "--data-dir", str(tmp_path), "--port", "8123", "--admin-password", "a-long-secret",
                         "--retrain-min-new-examples", "7", "--train-lora-r", "8", "--eval-canary-max-lost", "2"])
     assert code == 0 and built["port"] == 8123
-    trainer = built["trainer"]
+    trainer = built["training"]
     assert trainer.policy.min_new_examples == 7 and "Retrains when 7 new" in trainer.policy.describe()
     assert trainer.train_config.lora_r == 8 and trainer.eval_config.canary_max_lost == 2

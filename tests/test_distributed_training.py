@@ -4,7 +4,7 @@ manager launches with `processes=2`.
 
 Tolerance, measured here: with the same global batches the two runs differ in how the
 loss is averaged (DDP averages the two processes' per-token means; one process takes the
-mean over all tokens: the loss in training/trainer.py is a per-process token mean) and in
+mean over all tokens: the loss in training/finetune.py is a per-process token mean) and in
 float summation order. Per-step losses agreed within 0.0034 and the LoRA B weights within
 4.2% (relative norm; 1.8% with 8 examples); the test allows 0.01 and 10%.
 """

@@ -121,7 +121,7 @@ def test_hyper_parameters_must_be_finite(value, store, tmp_path):
         config.with_overrides({"batch_size": json.loads(value)})
     # Over HTTP, against the real training manager: refused before a job exists.
     manager = TrainingManager(store, tmp_path)
-    client, _ = make_client(store, trainer=manager)
+    client, _ = make_client(store, training=manager)
     store.add_example("q", "a", source="admin", status="approved", split="train")
     response = client.post("/api/train", content=f'{{"learning_rate": {value}}}'.encode(), headers={**JSON, **ADMIN})
     assert_refused(response, "learning_rate", "finite")

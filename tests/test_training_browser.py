@@ -70,7 +70,7 @@ def admin_page(tmp_path, browser):
     seed_examples(store, SEED)
     config = ServeConfig(data_dir=tmp_path, admin_password=PASSWORD)
     manager = ThreadWorkerManager(store, tmp_path)
-    app = create_app(ChatService(FakeEngine(), store, config), AdminGuard(PASSWORD), trainer=manager)
+    app = create_app(ChatService(FakeEngine(), store, config), AdminGuard(PASSWORD), training=manager)
     with serve_in_thread(app) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url + "/")

@@ -74,7 +74,7 @@ def serve(tmp_path, engine, base_model: str):
     config = ServeConfig(data_dir=tmp_path / "data", base_model=base_model)
     store = Store(config.paths.db)
     manager = TrainingManager(store, config.data_dir, config.base_model)
-    app, watcher = build_server(engine, store, config, PASSWORD, trainer=manager)
+    app, watcher = build_server(engine, store, config, PASSWORD, training=manager)
     return app, watcher, store
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     """LoRA fine-tuning of the base model on every approved example.
 
     Every run starts from the base model and trains on the whole current set
-    (see training/trainer.py for why).
+    (see training/finetune.py for why).
     """
 
     epochs: float = _help(

@@ -107,7 +107,7 @@ def prepare(store: Any, params: dict[str, Any]) -> Plan:
 
 def train(model: Any, tokenizer: Any, plan: Plan, examples: Sequence[dict[str, Any]], callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
     """A fresh LoRA adapter on `examples` plus the replay rows, with the plan's recipe: (peft model, TrainResult)."""
-    from training.trainer import train_adapter
+    from training.finetune import train_adapter
 
     rows = [{"input": e["input"], "output": e["output"]} for e in examples] + plan.replay
     return train_adapter(model, tokenizer, rows, plan.config, callbacks=callbacks)

@@ -248,7 +248,7 @@ class TrainingJob:
 
     def _train(self, reporter: JobReporter, model: Any, tokenizer: Any, plan: Any, examples: list, run: str) -> tuple[Any, Any]:
         from training import recipe
-        from training.trainer import total_steps
+        from training.finetune import total_steps
 
         total = total_steps(len(examples) + len(plan.replay), plan.config)
         reporter.run = run

@@ -9,7 +9,7 @@ import torch
 
 from training.config import TrainConfig
 from training.evaluate import generate_answers
-from training.trainer import train_adapter
+from training.finetune import train_adapter
 from tests.training_helpers import learnable_tiny_llama
 
 FAST = dict(learning_rate=2e-2, batch_size=4, replay_examples=0, target_modules="all-linear", warmup_steps=0)
