@@ -24,10 +24,10 @@ from bot.ui import DISLIKE_REASONS
 from core.errors import ExemplarError
 from storage import Store
 
-RATINGS = {ANY: None, "👍 up": "up", "👎 down": "down", "withdrawn": "none"}
+RATINGS = {ANY: None, "thumbs up": "up", "thumbs down": "down", "withdrawn": "none"}
 TABLE_ROWS = 300
 COLUMNS = ["id", "time", "rating", "reason", "comment", "question", "answer", "model", "example", "answer id"]
-SHOWN = {"up": "👍 up", "down": "👎 down", None: "withdrawn"}
+SHOWN = {"up": "thumbs up", "down": "thumbs down", None: "withdrawn"}
 
 
 def _short(text: str | None, limit: int = 200) -> str:
@@ -84,7 +84,7 @@ class FeedbackHandlers:
         ups = sum(1 for r in rows if r["rating"] == "up")
         downs = sum(1 for r in rows if r["rating"] == "down")
         what = "ratings (every click)" if history else "ratings (each person's latest per answer)"
-        line = f"{len(rows)} {what}: {ups} 👍, {downs} 👎, {len(rows) - ups - downs} withdrawn."
+        line = f"{len(rows)} {what}: {ups} up, {downs} down, {len(rows) - ups - downs} withdrawn."
         if len(rows) > len(shown):
             line += f" The newest {len(shown)} are shown; narrow the filters or export to see all."
         return frame, line
@@ -132,7 +132,7 @@ class FeedbackHandlers:
         with path.open("w", encoding="utf-8") as out:
             for row in rows:
                 out.write(json.dumps({k: row.get(k) for k in keys}, ensure_ascii=False) + "\n")
-        return str(path), f"Exported {len(rows)} ratings to feedback.jsonl."
+        return gr.update(value=str(path), visible=True), f"Exported {len(rows)} ratings to feedback.jsonl."
 
 
 def build_feedback_section(store: Store, check_admin: Callable[[str], None], password: gr.Textbox) -> tuple[Any, ...]:
@@ -157,7 +157,7 @@ def build_feedback_section(store: Store, check_admin: Callable[[str], None], pas
         load = gr.Button("Load feedback", variant="primary", elem_id="feedback-load")
         export = gr.Button("Export JSONL", elem_id="feedback-export")
     count = gr.Markdown("Enter the admin password, then load the feedback.", elem_id="feedback-count")
-    download = gr.File(label="Download", interactive=False, visible=True, elem_id="feedback-file")
+    download = gr.File(label="Download", interactive=False, visible=False, elem_id="feedback-file")
     table = gr.Dataframe(
         headers=COLUMNS, interactive=False, wrap=True, max_height=520, elem_id="feedback-table",
         column_widths=["5%", "10%", "7%", "8%", "14%", "17%", "21%", "6%", "7%", "5%"],

@@ -97,7 +97,7 @@ def test_a_thumbs_down_reason_and_comment_show_in_the_feedback_view(page, server
     search = page.locator("#feedback-filter-text textarea")
     search.fill("Hamlet")
     search.press("Enter")
-    page.wait_for_function("document.querySelector('#feedback-count').innerText.includes('1 👎')", timeout=20_000)
+    page.wait_for_function("document.querySelector('#feedback-count').innerText.includes('1 down')", timeout=20_000)
     table = page.locator("#feedback-table")
     table.get_by_text("Who wrote Hamlet?").locator("visible=true").first.wait_for(timeout=20_000)
     text = table.inner_text()

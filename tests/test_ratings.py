@@ -149,17 +149,18 @@ def test_the_admin_feedback_view_lists_filters_and_exports(store):
     with pytest.raises(gr.Error):
         handlers.table("guess", *everything[1:])
     frame, line = handlers.table(*everything)
-    assert line.startswith("2 ratings") and "1 👍, 1 👎" in line
-    down = frame[frame["rating"] == "👎 down"].iloc[0]
+    assert line.startswith("2 ratings") and "1 up, 1 down" in line
+    down = frame[frame["rating"] == "thumbs down"].iloc[0]
     assert (down["reason"], down["comment"], down["answer"], down["model"]) == ("wrong fact", "It is Paris", "Lyon.", "base")
-    assert frame[frame["rating"] == "👍 up"].iloc[0]["example"].startswith("#")
-    frame, _ = handlers.table("pw", "👎 down", "wrong fact", "base", "", "", "Lyon", False)
+    assert frame[frame["rating"] == "thumbs up"].iloc[0]["example"].startswith("#")
+    frame, _ = handlers.table("pw", "thumbs down", "wrong fact", "base", "", "", "Lyon", False)
     assert list(frame["answer"]) == ["Lyon."]
     frame, line = handlers.table("pw", "any", "any", "", "", "", "", True)
     assert len(frame) == 3 and "every click" in line
     with pytest.raises(gr.Error, match="YYYY-MM-DD"):
         handlers.table("pw", "any", "any", "", "yesterday", "", "", False)
-    path, said = handlers.export(*everything)
+    shown, said = handlers.export(*everything)
+    path = shown["value"]
     records = [json.loads(line) for line in open(path, encoding="utf-8")]
     assert said == "Exported 2 ratings to feedback.jsonl." and {r["rating"] for r in records} == {"up", "down"}
     assert next(r for r in records if r["rating"] == "down")["question"] == "Capital of France?"
