@@ -57,9 +57,9 @@ class TrainConfig:
     )
     batch_size: int = _help("Examples per optimiser step.", default=8)
     length_grouped: bool = _help(
-        "Batch examples of similar length together (less padding; see benchmarks/bench_training.py); "
-        "off draws batches at random.",
-        default=True,
+        "Batch examples of similar length together (less padding); off draws batches at random. Off by default "
+        "until benchmarks/bench_training.py --training-only has measured it on a quiet machine.",
+        default=False,
     )
     lora_r: int = _help("LoRA rank. r8 and r16 cost the same time here; r16 learned facts more reliably.", default=16)
     lora_alpha: int = _help("LoRA scaling numerator (the update is scaled by alpha / r).", default=32)
