@@ -58,7 +58,7 @@ def test_backup_and_restore_round_trip(tmp_path, capsys):
 def test_backup_while_fifty_writers_write_then_restore_refused_on_the_live_dir(live_server_factory, tmp_path):
     data = tmp_path / "live"
     messages = seed_answers(data / "exemplar.db", 50)
-    server = live_server_factory(data_dir=data)
+    server = live_server_factory("--no-retrain-enabled", data_dir=data)  # no automatic training run
     result, stop = LoadResult(), threading.Event()
     writers = threading.Thread(target=run_writers, args=(server.url, messages, 30), kwargs={"stop": stop, "result": result})
     writers.start()

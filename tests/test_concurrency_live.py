@@ -24,13 +24,15 @@ from load_client import (
 )
 
 WRITERS = 50
+# Hundreds of new corrections would start an automatic training run; this test is about the writes.
+NO_RETRAIN = ("--no-retrain-enabled",)
 ASKED = 4  # answers made by the real model through the API; the rest are seeded in setup
 
 
 def start_with_answers(live_server_factory, data_dir):
     """A server on `data_dir` and one answer per writer: most stored before it starts, a few asked."""
     seeded = seed_answers(data_dir / "exemplar.db", WRITERS - ASKED)
-    server = live_server_factory(data_dir=data_dir)
+    server = live_server_factory(*NO_RETRAIN, data_dir=data_dir)
     return server, seeded + create_answers(server.url, ASKED)
 
 
@@ -68,7 +70,7 @@ def test_sigkill_loses_no_acknowledged_write(live_server_factory, tmp_path):
     assert result.server_errors == 0
     assert len(result.acknowledged) >= 20  # the kill came in the middle of the writing
 
-    restarted = live_server_factory(data_dir=data_dir)  # the same data dir, as after a crash
+    restarted = live_server_factory(*NO_RETRAIN, data_dir=data_dir)  # the same data dir, as after a crash
     db = data_dir / "exemplar.db"
     assert integrity_check(db) == "ok"
     assert missing_writes(db, result.acknowledged) == []
