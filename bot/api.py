@@ -217,9 +217,12 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, training: 
     app.add_middleware(BodyLimit)
 
     @app.get("/healthz", tags=["service"])
-    def healthz() -> dict[str, Any]:
+    def healthz(request: Request) -> dict[str, Any]:
         """Liveness, the model version now serving, and (with an upstream backend) the upstream's state."""
-        health = {"status": "ok", "model_version": service.engine.version}
+        health: dict[str, Any] = {"status": "ok", "model_version": service.engine.version}
+        watcher = getattr(request.app.state, "watcher", None)
+        if getattr(watcher, "fallback", None):
+            health["warning"] = watcher.fallback  # the active version cannot load; another serves
         upstream_health = getattr(service.engine, "health", None)
         if upstream_health is not None:
             health["upstream"] = upstream_health()

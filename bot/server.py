@@ -39,6 +39,8 @@ class ModelWatcher:
         # engine.version: when this server is another Exemplar's upstream, requests may switch
         # the engine to a loaded LoRA by name, and that is not the watcher's to undo.
         self.serving: str | None = None
+        # Set when the active version could not load at start and another one serves in its place.
+        self.fallback: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -53,12 +55,35 @@ class ModelWatcher:
                 self.serving = wanted
                 log.info("Swapped to %s in %.2f s", wanted, seconds)
                 self.last_error = None
+                self.fallback = None
             except ModelLoadError as exc:
                 # Keep serving what we have; the admin sees the error in the log.
                 if self.last_error != str(exc):
                     log.error("Cannot serve %s: %s", wanted, exc)
                 self.last_error = str(exc)
+                if self.serving is None:  # at start nothing serves yet: take the newest that loads
+                    self._fall_back(wanted, exc)
         return self.engine.version
+
+    def _fall_back(self, wanted: str, error: Exception) -> None:
+        """Serve the newest version that loads (or the base model) in place of an active one that cannot."""
+        for row in reversed(self.store.list_model_versions()):
+            if row["version"] == wanted or row["status"] == "rejected":
+                continue
+            try:
+                self.engine.activate(row["version"], DataDir(self.data_dir).resolve(row["path"]))
+            except ModelLoadError:
+                continue
+            self.serving = row["version"]
+            break
+        else:
+            self.engine.activate(BASE_VERSION, None)
+            self.serving = BASE_VERSION
+        self.fallback = (
+            f"The active version {wanted} cannot load ({error}); serving {self.serving} instead. "
+            "Activate a version that loads (or retrain) to clear this."
+        )
+        log.error("!" * 72 + "\n%s\n" + "!" * 72, self.fallback)
 
     def resync(self) -> str:
         """Serve the store's active version again, whatever the engine serves now."""
@@ -79,6 +104,21 @@ class ModelWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def adapter_checker(engine: Any) -> Any:
+    """check(version, path): read the adapter as the engine would serve it (files, shapes against the
+    base model) and refuse non-finite weights; raises ModelLoadError."""
+
+    def check(version: str, path: Path) -> None:
+        import torch
+
+        deltas = engine.read_adapter(path, version)
+        broken = next((name for name, delta in deltas.items() if not torch.isfinite(delta).all()), None)
+        if broken is not None:
+            raise ModelLoadError(f"Adapter {version} at {path} has infinite or NaN weights ({broken}): retrain it")
+
+    return check
 
 
 def create_app(
@@ -123,6 +163,9 @@ def build_server(
     watch_interval: float = 1.0,
 ) -> tuple[FastAPI, ModelWatcher]:
     """Wire engine, store and training controller into an app; the watcher is started."""
+    if training is not None and hasattr(engine, "read_adapter"):
+        # Activation loads the adapter into this engine before the store says it is active.
+        training.adapter_check = adapter_checker(engine)
     service = ChatService(engine, store, config)
     watcher = ModelWatcher(engine, store, Path(config.data_dir), interval=watch_interval)
     watcher.start()

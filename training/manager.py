@@ -84,6 +84,9 @@ class TrainingManager:
         # (`accelerate launch launch.py train`, training/commands.py).
         self.spawn = spawn
         self._children: dict[int, subprocess.Popen] = {}
+        # Set by a server: load `version`'s adapter from `path` into the serving engine, raising
+        # ModelLoadError if it cannot serve (shapes that do not fit the base, non-finite weights).
+        self.adapter_check: Any = None
         self._lock = threading.Lock()
 
     # -- jobs --------------------------------------------------------------
@@ -289,7 +292,18 @@ class TrainingManager:
     # -- versions -------------------------------------------------------------
 
     def activate(self, version: str | None) -> dict[str, Any]:
-        """Serve `version` ('base' or None: the base model). Any version may be activated, rejected ones too."""
+        """Serve `version` ('base' or None: the base model). Any version may be activated, rejected ones too.
+
+        The adapter is checked first (files, checksums, weights readable; and, in a server, loaded
+        into the serving engine by `adapter_check`), so a damaged one raises ModelLoadError and the
+        store keeps the version that serves now.
+        """
+        if version not in (None, BASE):
+            row = self.store.get_model_version(version)
+            path = DataDir(self.data_dir).resolve(row["path"])
+            registry.verify_files(path, version)
+            if self.adapter_check is not None:
+                self.adapter_check(version, path)
         return promotion.activate(self.store, version)
 
     def rollback(self) -> dict[str, Any]:

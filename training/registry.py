@@ -9,6 +9,8 @@ clean_leftovers() removes it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -17,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from core.datadir import DataDir
+from core.errors import ModelLoadError
 from storage import Store
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+# sha256 of every file of an adapter, written into its folder before the rename and checked at activation.
+CHECKSUMS = "checksums.json"
 
 
 def new_temp_dir(data_dir: str | Path) -> Path:
@@ -55,6 +60,7 @@ def commit_version(store: Store, data_dir: str | Path, temp_dir: Path, **fields:
 
     `fields` go into the model_versions row (parent_version, base_model, metrics, …).
     """
+    write_checksums(temp_dir)
     version = store.next_version_name()
     target = DataDir(data_dir).adapters / version
     if target.exists():  # left over by a process that died between rename and record
@@ -74,3 +80,50 @@ def adapter_path(version_row: dict[str, Any]) -> Path:
 
 def adapter_exists(version_row: dict[str, Any]) -> bool:
     return (adapter_path(version_row) / "adapter_config.json").is_file()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> dict[str, str]:
+    """Record the sha256 of each file in an adapter folder (in the folder itself, so it moves with it)."""
+    sums = {p.name: _sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (Path(folder) / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+    return sums
+
+
+def verify_files(folder: str | Path, version: str) -> None:
+    """Check an adapter folder before it serves: its config, its weights readable to the last byte,
+    and (when recorded) every file's sha256. Raise ModelLoadError saying what is wrong."""
+    folder = Path(folder)
+    config = folder / "adapter_config.json"
+    weights = folder / "adapter_model.safetensors"
+    if not config.is_file() or not weights.is_file():
+        raise ModelLoadError(f"Adapter {version} is incomplete at {folder}: retrain it, or activate another version")
+    try:
+        json.loads(config.read_text())
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as tensors:
+            for key in tensors.keys():
+                tensors.get_tensor(key)
+    except Exception as exc:  # json and safetensors raise their own error types for damaged files
+        raise ModelLoadError(f"Adapter {version} at {folder} is damaged and cannot load: {exc}") from exc
+    recorded = folder / CHECKSUMS
+    if recorded.is_file():
+        try:
+            expected = json.loads(recorded.read_text())
+        except ValueError as exc:
+            raise ModelLoadError(f"Adapter {version}: {CHECKSUMS} is damaged ({exc})") from exc
+        for name, digest in expected.items():
+            path = folder / name
+            if not path.is_file() or _sha256(path) != digest:
+                raise ModelLoadError(
+                    f"Adapter {version}: {name} does not match the checksum recorded when it was trained "
+                    "(the file changed or is missing); retrain it, or activate another version"
+                )
