@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gradio as gr
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from bot.admin_training import TrainingHandlers, build_training_section, describe_job
 from storage import Store
@@ -28,6 +30,7 @@ def handlers(tmp_path):
         folder = tmp_path / "adapters" / name
         folder.mkdir(parents=True)
         (folder / "adapter_config.json").write_text("{}")
+        save_file({"lora": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))  # activation reads it
         metrics = {
             "heldout": {"n": 1, "accuracy": 50.0, "loss": 1.5},
             "canary": {"n": 40, "score": 97.5},

@@ -160,11 +160,15 @@ def test_retrain_policy_counts_new_approved_training_examples(setup):
 
 
 def test_activate_and_rollback_along_the_parents_write_the_store(setup, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     store, manager, data_dir = setup
     for name, parent in (("v1", None), ("v2", "v1")):
         folder = data_dir / "adapters" / name
         folder.mkdir(parents=True)
         (folder / "adapter_config.json").write_text("{}")
+        save_file({"lora": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))  # activation reads it
         status = "rejected" if name == "v2" else "candidate"
         store.add_model_version(name, path=str(folder), status=status, parent_version=parent)
     assert manager.activate("v1") == {"active": "v1", "previous": "base"}
