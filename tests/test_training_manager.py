@@ -181,3 +181,41 @@ def test_activate_and_rollback_along_the_parents_write_the_store(setup, tmp_path
         manager.rollback()
     with pytest.raises(NotFoundError):
         manager.activate("v9")
+
+
+@pytest.mark.slow  # a training run in a child process
+def test_a_worker_whose_server_exits_stops_instead_of_training_on(tmp_path, tiny_base):
+    """A stopped server (or killed CLI) must not leave its training worker burning the CPU."""
+    import json
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    store = Store(data_dir / "exemplar.db")
+    add_facts(store, TRAIN, "train")
+    owner = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from storage import Store\n"
+        "from training.config import EvalConfig\n"
+        "from training.manager import TrainingManager\n"
+        "store = Store(Path(sys.argv[1]) / 'exemplar.db')\n"
+        "manager = TrainingManager(store, Path(sys.argv[1]), sys.argv[2], eval_config=EvalConfig(**json.loads(sys.argv[3])))\n"
+        "print(manager.start(json.loads(sys.argv[4])), flush=True)\n"
+    )
+    params = {**QUICK, "max_steps": 2000}
+    done = subprocess.run(
+        [sys.executable, "-c", owner, str(data_dir), str(tiny_base), json.dumps(FAST_EVAL), json.dumps(params)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    job_id = int(done.stdout.strip().splitlines()[-1])  # the owner has exited; its worker runs on
+    try:
+        job = wait_for(lambda: (j := store.get_job(job_id))["status"] not in ("queued", "running") and j, 180,
+                       what="the orphaned worker to stop")
+        assert job["status"] == "cancelled" and "has exited" in job["error"]
+        assert store.list_model_versions() == [] and adapter_folders(data_dir) == []
+    finally:
+        pid = store.get_job(job_id).get("pid")
+        if store.get_job(job_id)["status"] in ("queued", "running") and pid:
+            os.killpg(pid, signal.SIGKILL)
+        store.close()

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
 
 from core.datadir import DataDir
 from core.config import ADMIN_PASSWORD_ENV
@@ -33,7 +32,7 @@ from storage.vocabulary import JobStatus, VersionStatus
 from training import distributed, registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 from training import promotion
-from training.worker import log_tail
+from training.worker import OWNER_PID_ENV, log_tail, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +41,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def _parse_time(stamp: str | None) -> datetime | None:
     return datetime.fromisoformat(stamp) if stamp else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists (a zombie, exited but not yet waited for, counts as dead)."""
-    if not pid:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # another user's process: it exists
-        return True
 
 
 class TrainingManager:
@@ -132,6 +119,8 @@ class TrainingManager:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(config.threads)
         env["TOKENIZERS_PARALLELISM"] = "false"
+        # The job belongs to this process: if it exits (a stopped server, a killed CLI), the worker stops too.
+        env[OWNER_PID_ENV] = str(os.getpid())
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
         worker = ["-m", "training.worker", "--job-id", str(job_id), "--data-dir", str(self.data_dir.resolve())]
         # Several processes: the worker runs unchanged under `accelerate launch` (training/distributed.py).

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from core.datadir import DataDir
 from storage import Store
 from storage.store import now
@@ -32,7 +34,21 @@ from training import distributed
 log = logging.getLogger("training.worker")
 
 HEARTBEAT_SECONDS = 5.0
+# Set by the manager that starts the worker: the pid of the process the job belongs to.
+OWNER_PID_ENV = "EXEMPLAR_JOB_OWNER_PID"
 LOG_TAIL_CHARS = 4000
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (a zombie, exited but not yet waited for, counts as dead)."""
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
 
 
 class Cancelled(Exception):
@@ -47,6 +63,9 @@ class JobReporter:
         self.job_id = job_id
         self.interval = interval
         self.cancelled = threading.Event()
+        owner = os.environ.get(OWNER_PID_ENV, "")
+        self.owner_pid = int(owner) if owner.isdigit() else None
+        self.owner_gone = False
         self.progress: dict[str, Any] = {"phase": "starting"}
         self.losses: list[dict[str, Any]] = []
         self.run = "final"  # which training run the steps belong to: "selection" (without held-out) or "final"
@@ -64,6 +83,11 @@ class JobReporter:
         job = self.store.update_job(self.job_id, heartbeat_at=now())
         # Under `accelerate launch` only the main process decides; the others follow it at the next step.
         if job.get("cancel_requested") and distributed.is_main():
+            self.cancelled.set()
+        # A worker whose server or CLI has exited has nobody to serve its result to: stop rather than
+        # train on in the background for an hour.
+        if self.owner_pid and distributed.is_main() and not pid_alive(self.owner_pid):
+            self.owner_gone = True
             self.cancelled.set()
 
     def _beat(self) -> None:
@@ -163,9 +187,13 @@ class TrainingJob:
             reporter.check()
             status = self._run(job["params"] or {}, reporter)
         except Cancelled:
-            log.info("Cancelled on request")
+            if reporter.owner_gone:
+                reason = f"stopped: the process that started it (pid {reporter.owner_pid}) has exited"
+            else:
+                reason = "cancelled on request"
+            log.info("Cancelled: %s", reason)
             status = JobStatus.CANCELLED
-            store.update_job(job_id, status=status, error="cancelled on request")
+            store.update_job(job_id, status=status, error=reason)
         except Exception as exc:
             log.exception("Training failed")
             status = JobStatus.FAILED
