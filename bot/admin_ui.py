@@ -31,7 +31,13 @@ def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
     return check_admin
 
 
-def build_admin_tab(service: ChatService, guard: AdminGuard, *, training: TrainingController | None = None) -> None:
+def build_admin_tab(
+    service: ChatService,
+    guard: AdminGuard,
+    *,
+    training: TrainingController | None = None,
+    serving_warning: Callable[[], str | None] | None = None,
+) -> None:
     """Lay out the Admin tab inside the current Blocks context."""
     from bot.admin_feedback import build_feedback_section
     from bot.admin_review import ANY, build_review_section
@@ -81,7 +87,12 @@ def build_admin_tab(service: ChatService, guard: AdminGuard, *, training: Traini
     def log_in(password_value: str) -> tuple[Any, ...]:
         """Check the password, then show the tools (each section then loads itself)."""
         check_admin(password_value)
-        return gr.Column(visible=True), "Signed in as admin. Every action checks the password in the box above."
+        message = "Signed in as admin. Every action checks the password in the box above."
+        # e.g. the active version could not load at start and another one serves in its place
+        warning = serving_warning() if serving_warning else None
+        if warning:
+            message = f"**Warning: {warning}**\n\n{message}"
+        return gr.Column(visible=True), message
 
     for trigger in (password.submit, login.click):
         event = trigger(log_in, [password], [tools, signed_in], **private)

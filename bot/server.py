@@ -144,7 +144,9 @@ def create_app(
     app.state.service = service
     app.state.watcher = watcher
     add_api(app, service, guard, training=training)
-    blocks = build_ui(service, guard, training=training)
+    blocks = build_ui(
+        service, guard, training=training, serving_warning=(lambda: watcher.fallback) if watcher else None
+    )
     # Uploads need no password (Gradio takes them before any handler runs), so their size is capped.
     max_upload = getattr(service.config, "max_upload_mb", 64) * 1024 * 1024
     app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS, max_file_size=max_upload)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -493,8 +493,14 @@ def build_chat_tab(service: ChatService) -> Any:
     return rater, handlers
 
 
-def build_ui(service: ChatService, guard: AdminGuard, *, training: TrainingController | None = None) -> gr.Blocks:
-    """The whole UI: Chat and Admin tabs."""
+def build_ui(
+    service: ChatService,
+    guard: AdminGuard,
+    *,
+    training: TrainingController | None = None,
+    serving_warning: Callable[[], str | None] | None = None,
+) -> gr.Blocks:
+    """The whole UI: Chat and Admin tabs. `serving_warning()` says what an admin must know about the version serving."""
     from bot.admin_ui import build_admin_tab
 
     with gr.Blocks(title="Exemplar") as demo:
@@ -502,7 +508,7 @@ def build_ui(service: ChatService, guard: AdminGuard, *, training: TrainingContr
         with gr.Tab("Chat"):
             rater, handlers = build_chat_tab(service)
         with gr.Tab("Admin"):
-            build_admin_tab(service, guard, training=training)
+            build_admin_tab(service, guard, training=training, serving_warning=serving_warning)
         demo.load(handlers.new_rater, rater, rater, api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * service.config.max_batch))
     return demo

@@ -98,6 +98,18 @@ def test_an_adapter_for_another_base_is_refused_by_the_engine(served, store, tok
     assert client.post("/api/models/base/activate", headers=ADMIN).status_code == 200  # base needs no adapter
 
 
+def admin_login_message(engine, store, watcher) -> str:
+    """What the Admin tab shows after a correct password (its login handler, called as Gradio would)."""
+    from bot.admin import AdminGuard
+    from bot.service import ChatService
+    from bot.ui import build_ui
+
+    service = ChatService(engine, store, ServeConfig(data_dir=watcher.data_dir))
+    demo = build_ui(service, AdminGuard(PASSWORD), serving_warning=lambda: watcher.fallback)
+    log_in = next(block.fn for block in demo.fns.values() if block.name == "log_in")
+    return log_in(PASSWORD)[1]
+
+
 def test_a_restart_with_a_damaged_active_adapter_serves_the_newest_that_loads(
     store, tmp_path, tiny_model, tokenizer, caplog
 ):
@@ -117,6 +129,8 @@ def test_a_restart_with_a_damaged_active_adapter_serves_the_newest_that_loads(
         assert v3 in caplog.text and f"serving {v2} instead" in caplog.text
         health = TestClient(app, base_url="http://127.0.0.1").get("/healthz").json()
         assert health["model_version"] == v2 and v3 in health["warning"]
+        # ... and the Admin tab says so when an admin logs in.
+        assert v3 in admin_login_message(engine, store, watcher) and "Warning" in admin_login_message(engine, store, watcher)
         # Activating a good version clears the warning.
         manager.activate(v1)
         watcher.sync()
