@@ -237,10 +237,6 @@ def main() -> int:
         }
     for threads in sorted({1, torch.get_num_threads()}) if not args.training_only else []:
         results[f"training_{threads}_thread"] = measure_training(ref, args.steps, threads)
-    evaluation = measure_evaluation(ref, 1)
-    results["judging_1_thread"] = evaluation
-    per_step = results["training_1_thread"]["seconds_per_step"]
-    results["job_estimates_1_thread"] = [job_minutes(n, per_step, evaluation) for n in (24, 200)]
     torch.set_num_threads(results["machine"]["torch_threads_default"])
     if args.training_only:
         print(json.dumps(results, indent=2))
@@ -248,6 +244,12 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return 0
+    # Whole-job estimates from the timed 1-thread steps and judging (the worker runs at 1 thread).
+    evaluation = measure_evaluation(ref, 1)
+    results["judging_1_thread"] = evaluation
+    per_step = results["training_1_thread"]["seconds_per_step"]
+    results["job_estimates_1_thread"] = [job_minutes(n, per_step, evaluation) for n in (24, 200)]
+    torch.set_num_threads(results["machine"]["torch_threads_default"])
     with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
         results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens)
     print(json.dumps(results, indent=2))
