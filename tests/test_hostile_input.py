@@ -13,24 +13,13 @@ from core.config import ADMIN_PASSWORD_ENV
 from core.errors import ConfigError, ValidationError
 from storage.formats import parse_examples
 from tests.fakes import FakeEngine
-from tests.test_api_errors import ADMIN, USER, make_client
+# The API fixtures (a client on the fake engine, a stored answer's id) are test_api_errors' own.
+from tests.test_api_errors import ADMIN, answer_id, client, make_client  # noqa: F401
 from tests.test_ui_handlers import ask, make
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 
 LONE = "\\ud800"  # JSON's escape for a lone surrogate: valid JSON, invalid Unicode
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture
-def client(store):
-    return make_client(store)[0]
-
-
-@pytest.fixture
-def answer_id(client) -> str:
-    response = client.post("/v1/chat/completions", json={"messages": USER})
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
 
 
 def post_raw(client, url, body: str, headers=None):
