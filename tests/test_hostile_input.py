@@ -117,6 +117,23 @@ def test_hyper_parameters_must_be_finite(value, store, tmp_path):
     assert manager.latest_job() is None
 
 
+def test_absurdly_large_hyper_parameters_are_refused_with_the_bound(store, tmp_path):
+    from training.manager import TrainingManager
+
+    with pytest.raises(ValidationError, match="batch_size=.*at most 4096"):
+        TrainConfig().with_overrides({"batch_size": 10**30})
+    with pytest.raises(ConfigError, match="max_new_tokens=.*at most"):
+        EvalConfig(max_new_tokens=10**12).validate()
+    manager = TrainingManager(store, tmp_path)
+    client, _ = make_client(store, training=manager)
+    store.add_example("q", "a", source="admin", status="approved", split="train")
+    response = client.post("/api/train", content=b'{"epochs": 1e300, "lora_r": 100000000000000000000}',
+                           headers={**JSON, **ADMIN})
+    assert_refused(response, "epochs", "at most")
+    assert "lora_r" in response.json()["error"]
+    assert manager.latest_job() is None
+
+
 def test_configs_from_the_command_line_must_be_finite():
     for config in (TrainConfig(epochs=float("inf")), EvalConfig(answer_threshold=float("nan")),
                    RetrainPolicy(every_hours=float("inf"))):

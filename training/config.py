@@ -37,6 +37,26 @@ def _not_finite(config: Any) -> list[str]:
     ]
 
 
+# Upper bounds that no run on real hardware needs to pass. Without them a typo such as
+# batch_size=10**30 passes validation and fails later inside torch, as an OverflowError
+# or an out-of-memory kill, instead of as a message the admin can act on.
+_TRAIN_CEILINGS = {
+    "epochs": 1000,
+    "batch_size": 4096,
+    "lora_r": 1024,
+    "lora_alpha": 65536,
+    "max_length": 131072,
+    "warmup_steps": 1_000_000,
+    "replay_examples": 100_000,
+    "replay_kl_weight": 1000,
+    "max_steps": 10_000_000,
+    "threads": 1024,
+    "processes": 4096,
+}
+
+_EVAL_CEILINGS = {"max_new_tokens": 32768, "batch_size": 4096, "max_heldout": 1_000_000, "canary_max_new_tokens": 32768}
+
+
 @dataclass
 class TrainConfig:
     """LoRA fine-tuning of the base model on every approved example.
@@ -157,6 +177,9 @@ class TrainConfig:
                 f"batch_size={self.batch_size} does not split over processes={self.processes}: "
                 f"use a multiple of {self.processes}"
             )
+        for name, ceiling in _TRAIN_CEILINGS.items():
+            if getattr(self, name) is not None and getattr(self, name) > ceiling:
+                problems.append(f"{name}={getattr(self, name)}: give at most {ceiling}")
         if self.accelerate_config and not Path(self.accelerate_config).is_file():
             problems.append(f"accelerate_config={self.accelerate_config}: no such file")
         if self.max_lora_rank is not None and self.lora_r > self.max_lora_rank:
@@ -259,6 +282,9 @@ class EvalConfig:
             problems.append("heldout_alpha must be in (0, 1), e.g. 0.05")
         if not (0 <= self.heldout_f1_points <= 100):
             problems.append("heldout_f1_points is in points: give 0 to 100, e.g. 5")
+        for name, ceiling in _EVAL_CEILINGS.items():
+            if getattr(self, name) > ceiling:
+                problems.append(f"{name}={getattr(self, name)}: give at most {ceiling}")
         if problems:
             raise ConfigError(problems)
         return self
