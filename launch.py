@@ -172,14 +172,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     """Import a file of examples into the data dir's database."""
     from core.datadir import DataDir
     from storage import Store
-    from storage.exchange import import_file
+    from storage.exchange import import_file, import_summary
 
     store = Store(DataDir(args.data_dir).db)
     try:
-        ids = import_file(store, args.file, args.format, status=args.status)
+        report = import_file(store, args.file, args.format, status=args.status)
     finally:
         store.close()
-    print(f"Imported {len(ids)} examples from {args.file} (ids {ids[0]}–{ids[-1]}).")
+    print(import_summary(report, str(args.file)))
     return 0
 
 

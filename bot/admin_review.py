@@ -24,7 +24,7 @@ import pandas as pd
 from bot.admin_handlers import admin_handler
 from core.errors import ExemplarError, ValidationError
 from storage import Store
-from storage.exchange import EXPORT_SELECTIONS, export_file, import_file
+from storage.exchange import EXPORT_SELECTIONS, export_file, import_file, import_summary
 from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
 from storage.vocabulary import ExampleSource, ExampleStatus, Split
 
@@ -232,11 +232,11 @@ class ReviewHandlers:
         if not upload:
             raise gr.Error("Choose a file to import first")
         path = uploaded_file(upload)
-        ids = import_file(
+        report = import_file(
             self.store, path, None if fmt in (AUTO, None) else fmt,
             status=None if status in (AS_IN_FILE, None) else status, actor=self._actor(request),
         )
-        return f"Imported {len(ids)} examples (#{ids[0]}–#{ids[-1]}) from {path.name}."
+        return import_summary(report, path.name)
 
     @admin_handler
     def export(self, password: str, fmt: str, selection: str) -> tuple[str, str]:

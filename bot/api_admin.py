@@ -76,8 +76,12 @@ class ExamplePatch(BaseModel):
 
 
 class ImportResult(BaseModel):
-    imported: int
+    imported: int = Field(description="How many records were stored.")
     ids: list[int]
+    new: int = Field(description="Records asking a question no stored example had.")
+    replaced: int = Field(description="Stored examples the import replaced (same question; now superseded).")
+    replaced_ids: list[int] = Field(description="Their ids (kept as history).")
+    message: str = Field(description="The same, in one sentence.")
 
 
 class JobAccepted(BaseModel):
@@ -182,15 +186,20 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
         ),
     ) -> dict[str, Any]:
         """Import examples from the body (JSONL, or CSV / a JSON list): every record, or (on any bad line) none.
+        The answer says how many were new questions and which stored examples they replaced (importing
+        the same file again replaces every row: the older copies stay as superseded history).
 
         A bad record answers 400 naming its line; records exported by GET /api/examples/export
         keep their source, status and split.
         """
-        from storage.exchange import import_data
+        from storage.exchange import import_data, import_summary
 
         data = await request.body()
-        ids = await run_in_threadpool(lambda: import_data(store, data, format, status=status, actor=ACTOR))
-        return {"imported": len(ids), "ids": ids}
+        report = await run_in_threadpool(lambda: import_data(store, data, format, status=status, actor=ACTOR))
+        return {
+            "imported": len(report.ids), "ids": report.ids, "new": report.new, "replaced": len(report.replaced),
+            "replaced_ids": report.replaced, "message": import_summary(report, "the request"),
+        }
 
     @router.get(
         "/examples/export",

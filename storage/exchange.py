@@ -9,7 +9,7 @@ from typing import Any
 from storage.errors import ValidationError
 from storage.examples import check_choice
 from storage.formats import EXPORT_FORMATS, export_examples, parse_examples, write_hf_dataset
-from storage.store import Store
+from storage.store import ImportReport, Store
 from storage.vocabulary import REVIEW_STATUSES, Actor, ExampleSource, ExampleStatus
 
 # What an export holds. Superseded outputs are history: the newer output of
@@ -22,8 +22,8 @@ IMPORT_STATUSES = (ExampleStatus.APPROVED, ExampleStatus.PENDING)
 
 def import_file(
     store: Store, path: str | Path, fmt: str | None = None, *, status: str | None = None, actor: str = Actor.ADMIN
-) -> list[int]:
-    """Store every example in a file (or dataset folder), or none if any record is bad; return the new ids.
+) -> ImportReport:
+    """Store every example in a file (or dataset folder), or none if any record is bad; report what it did.
 
     `status` ('approved' or 'pending') overrides the status records carry:
     'pending' sends an untrusted file through the review queue.
@@ -33,13 +33,29 @@ def import_file(
 
 def import_data(
     store: Store, data: bytes | str | Path, fmt: str | None = None, *, status: str | None = None, actor: str = Actor.ADMIN
-) -> list[int]:
+) -> ImportReport:
     """import_file for data already read (an HTTP body) or a path: every record, or none."""
     rows = parse_examples(data, fmt)
     if status is not None:
         check_choice("status", status, IMPORT_STATUSES)
         rows = [{**row, "status": status} for row in rows]
-    return store.add_examples(rows, actor=actor)
+    return store.import_examples(rows, actor=actor)
+
+
+def import_summary(report: ImportReport, source: str) -> str:
+    """One sentence for a person: how many rows came in, how many were new questions, and how
+    many replaced a stored example (a re-import of the same file replaces every row)."""
+    ids = report.ids
+    if not ids:
+        return f"{source} holds no examples: nothing was imported."
+    text = f"Imported {len(ids)} example{'s' if len(ids) != 1 else ''} (#{ids[0]}–#{ids[-1]}) from {source}: "
+    text += f"{report.new} new, {len(report.replaced)} replaced an earlier example of the same question"
+    if report.replaced:
+        text += " (kept as history, now superseded)"
+    waiting = report.same_question - len(report.replaced)
+    if waiting > 0:
+        text += f", {waiting} share their question with a stored example they did not replace (one of the two is not approved)"
+    return text + "."
 
 
 def examples_for_export(

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ _JSON_COLUMNS = {
     "model_versions": ("metrics", "example_ids", "train_config"),
     "jobs": ("params", "progress", "losses", "metrics"),
 }
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did: the new rows' ids, the stored examples their outputs replaced (now
+    superseded, kept as history), and how many rows asked a question no stored example had."""
+
+    ids: list[int] = field(default_factory=list)
+    replaced: list[int] = field(default_factory=list)
+    new: int = 0
+
+    @property
+    def same_question(self) -> int:
+        """Rows whose question a stored example already had (replaced or not)."""
+        return len(self.ids) - self.new
 
 
 def _process_alive(pid: int | None) -> bool:
@@ -608,7 +624,14 @@ class Store:
     def add_examples(
         self, rows: Iterable[dict[str, Any]], *, actor: str | None = None, chunk_rows: int = IMPORT_CHUNK_ROWS
     ) -> list[int]:
-        """Store many examples: all of them, or (on any error) none; return their ids.
+        """Store many examples: all of them, or (on any error) none; return their ids (see import_examples)."""
+        return self.import_examples(rows, actor=actor, chunk_rows=chunk_rows).ids
+
+    def import_examples(
+        self, rows: Iterable[dict[str, Any]], *, actor: str | None = None, chunk_rows: int = IMPORT_CHUNK_ROWS
+    ) -> ImportReport:
+        """Store many examples: all of them, or (on any error) none; report the new ids, the stored
+        examples they replaced and how many asked a new question.
 
         A large import must not stop chat, so it never holds the lock for long:
         1. every row is checked first, outside the lock (a bad row stores nothing);
@@ -622,7 +645,7 @@ class Store:
         stamp = now()
         prepared = [self._example_row(**row, stamp=stamp) for row in rows]
         if not prepared:
-            return []
+            return ImportReport()
         for row in prepared:
             row["input"] = json.dumps(row["input"], ensure_ascii=False)
         import_id = uuid.uuid4().hex
@@ -649,17 +672,27 @@ class Store:
             with self._write():
                 approved_rows = [(i, row["input_key"]) for i, row in zip(ids, prepared)
                                  if row["status"] == ExampleStatus.APPROVED]
-                self._publish_import(import_id, approved_rows, actor, stamp)
+                replaced, new = self._publish_import(import_id, approved_rows, actor, stamp)
         except BaseException:
             self._drop_import(import_id)
             raise
-        return ids
+        return ImportReport(ids=ids, replaced=replaced, new=new)
 
-    def _publish_import(self, import_id: str, approved_rows: list[tuple[int, str]], actor: str | None, stamp: str) -> None:
+    def _publish_import(
+        self, import_id: str, approved_rows: list[tuple[int, str]], actor: str | None, stamp: str
+    ) -> tuple[list[int], int]:
         """Give an import's hidden rows their statuses and history; `approved_rows` are its
-        (id, input_key) pairs to be approved, oldest first."""
+        (id, input_key) pairs to be approved, oldest first. Return the ids of stored examples
+        the import superseded, and how many of its rows ask a question no stored example had."""
         conn = self.db.conn
         approved, superseded = ExampleStatus.APPROVED, ExampleStatus.SUPERSEDED
+        staged = "(select example_id from import_rows where import_id = ?)"
+        (new,) = conn.execute(
+            f"select count(*) from examples e where e.id in {staged} and not exists "
+            "(select 1 from examples o where o.input_key = e.input_key and o.status != ? "
+            f"and o.id not in {staged})",
+            [import_id, IMPORTING, import_id],
+        ).fetchone()
         # The newest approved output of each input wins, as add_example does one at a time: each
         # older approved row is superseded by the next approved one of the same input. Found
         # before the rows are published, while only the older ones are approved.
@@ -677,7 +710,6 @@ class Store:
             for example_id, key in [*older, *approved_rows]:
                 chains.setdefault(key, []).append(example_id)
         replaced = [(old, new) for ids in chains.values() for old, new in zip(ids, ids[1:])]
-        staged = "(select example_id from import_rows where import_id = ?)"
         conn.execute(
             "update examples set status = (select status from import_rows r where r.example_id = examples.id) "
             f"where id in {staged}",
@@ -696,7 +728,9 @@ class Store:
             "insert into example_history (example_id, field, old_value, new_value, actor, at) values (?, 'status', ?, ?, ?, ?)",
             ((old, approved, superseded, Actor.POLICY, stamp) for old, _ in sorted(replaced)),
         )
+        imported = {example_id for example_id, _ in approved_rows}
         conn.execute("delete from import_rows where import_id = ?", [import_id])
+        return sorted(old for old, _ in replaced if old not in imported), new
 
     def _drop_import(self, import_id: str) -> None:
         """Delete the hidden rows of an import that did not finish."""

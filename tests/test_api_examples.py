@@ -200,3 +200,12 @@ def test_exported_jsonl_imports_into_a_fresh_data_dir_as_the_same_examples(tmp_p
     assert fresh.get("/api/examples/export", headers=ADMIN).content == exported.content
     source_store.close()
     fresh_store.close()
+
+
+def test_importing_the_same_body_again_reports_the_rows_it_replaced(client, store):
+    first = client.post("/api/examples/import", content=JSONL, headers=ADMIN).json()
+    assert (first["imported"], first["new"], first["replaced"], first["replaced_ids"]) == (3, 3, 0, [])
+    again = client.post("/api/examples/import", content=JSONL, headers=ADMIN).json()
+    assert (again["imported"], again["new"], again["replaced"]) == (3, 0, 3)
+    assert again["replaced_ids"] == first["ids"] and "3 replaced" in again["message"]
+    assert store.count_examples(status="approved") == 3 and store.count_examples(status="superseded") == 3

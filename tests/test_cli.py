@@ -35,3 +35,12 @@ def test_missing_base_model_folder_is_a_clear_error(tmp_path):
 def test_unknown_flag_is_a_usage_error():
     result = run("serve", "--nope")
     assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+def test_import_twice_says_how_many_rows_were_new_and_replaced(tmp_path):
+    data = tmp_path / "faq.jsonl"
+    data.write_text('{"instruction": "Q1?", "output": "A1."}\n{"instruction": "Q2?", "output": "A2."}\n')
+    first = run("import", str(data), "--data-dir", str(tmp_path / "d"))
+    assert first.returncode == 0 and "Imported 2 examples (#1–#2)" in first.stdout and "2 new, 0 replaced" in first.stdout
+    second = run("import", str(data), "--data-dir", str(tmp_path / "d"))
+    assert second.returncode == 0 and "0 new, 2 replaced an earlier example" in second.stdout, second.stdout

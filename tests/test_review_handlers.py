@@ -198,3 +198,20 @@ def test_import_reads_only_uploaded_files(handlers, store, tmp_path, monkeypatch
     inside.parent.mkdir()
     inside.write_text(outside.read_text())
     assert handlers.import_upload(PASSWORD, str(inside), "guess from the file", "approved").startswith("Imported 1")
+
+
+def test_importing_the_same_file_again_says_how_many_rows_it_replaced(handlers, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text("".join(json.dumps({"instruction": f"Q{i}?", "output": f"A{i}."}) + "\n" for i in range(3)))
+    first = handlers.import_upload(PASSWORD, str(faq), "guess from the file", "approved")
+    assert first == "Imported 3 examples (#1–#3) from faq.jsonl: 3 new, 0 replaced an earlier example of the same question."
+    # One answer edited, one question added: the file comes back with four rows.
+    faq.write_text(faq.read_text().replace("A1.", "A1, revised.") + json.dumps({"instruction": "Q9?", "output": "A9."}) + "\n")
+    again = handlers.import_upload(PASSWORD, str(faq), "guess from the file", "approved")
+    assert again.startswith("Imported 4 examples (#4–#7) from faq.jsonl: 1 new, 3 replaced an earlier example")
+    assert store.count_examples(status="approved") == 4 and store.count_examples(status="superseded") == 3
+    assert store.get_example(2)["superseded_by"] == 5
+    # A pending copy replaces nothing until it is approved, and says so.
+    pending = handlers.import_upload(PASSWORD, str(faq), "guess from the file", "pending")
+    assert "0 new, 0 replaced" in pending and "4 share their question with a stored example" in pending
