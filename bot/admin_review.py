@@ -24,6 +24,7 @@ import pandas as pd
 from bot.admin_handlers import admin_handler
 from core.errors import ExemplarError, ValidationError
 from storage import Store
+from storage.examples import count_turns
 from storage.exchange import EXPORT_SELECTIONS, export_file, import_file, import_summary
 from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
 from storage.vocabulary import ExampleSource, ExampleStatus, Split
@@ -35,6 +36,10 @@ MAX_IDS = 1000
 TABLE_ROWS = 200
 COLUMNS = ["id", "status", "source", "split", "question", "original answer", "output", "created", "updated"]
 HISTORY_COLUMNS = ["at", "actor", "field", "old value", "new value"]
+# Fixed shares of the table's width: the text columns wrap inside them instead of pushing
+# the output column off-screen (checked at 1280 px in tests/test_admin_browser.py).
+COLUMN_WIDTHS = ["4%", "8%", "9%", "5%", "19%", "18%", "21%", "8%", "8%"]
+HISTORY_WIDTHS = ["16%", "10%", "10%", "32%", "32%"]
 
 
 def parse_ids(text: str | None) -> list[int]:
@@ -162,8 +167,10 @@ class ReviewHandlers:
         ids = parse_ids(ids_text)
         example = self.store.get_example(ids[0])
         history = self.store.example_history(example["id"])
+        turns = count_turns(example["input"])
         heading = (
             f"#### Example #{example['id']} · {example['status']} · {example['source']} · {example['split']}"
+            + f" · input of {turns} turn{'s' if turns != 1 else ''}"
             + (f" · {len(ids) - 1} more selected" if len(ids) > 1 else "")
             + ("" if example["superseded_by"] is None else f" · superseded by #{example['superseded_by']}")
         )
@@ -205,6 +212,24 @@ class ReviewHandlers:
     def to_test(self, password: str, ids_text: str, request: gr.Request = None) -> str:
         """Move the selected examples to the held-out test split."""
         return self._change(ids_text, request, "Moved to test", split=Split.TEST)
+
+    @admin_handler
+    def trim_context(self, password: str, ids_text: str, keep: Any, request: gr.Request = None) -> str:
+        """Keep only the last `keep` user turns of the selected examples' inputs (a correction stores
+        the whole chat before it); the old input stays in each example's history."""
+        ids = parse_ids(ids_text)
+        before = {i: count_turns(self.store.get_example(i)["input"]) for i in ids}
+        if keep is None or keep == "":
+            raise gr.Error("Say how many of the last turns to keep (1 keeps only the question)")
+        self.store.update_examples(ids, actor=self._actor(request), keep_turns=keep)
+        trimmed = [i for i in ids if before[i] > int(keep)]
+        turns = f"{int(keep)} turn{'s' if int(keep) != 1 else ''}"
+        if not trimmed:
+            return f"Nothing to trim: the selected example{'s have' if len(ids) > 1 else ' has'} {turns} or fewer."
+        listed = ", ".join(f"#{i}" for i in trimmed[:20]) + (" …" if len(trimmed) > 20 else "")
+        rest = len(ids) - len(trimmed)
+        return (f"Trimmed the input of {len(trimmed)} example{'s' if len(trimmed) != 1 else ''} to the last {turns}: "
+                f"{listed}." + (f" {rest} had {turns} or fewer." if rest else "") + " The old input is in the history.")
 
     @admin_handler
     def save_output(self, password: str, ids_text: str, output: str, request: gr.Request = None) -> str:
@@ -290,7 +315,8 @@ def build_review_section(
         select_all = gr.Button("Select all shown", elem_id="review-select-all")
     count = gr.Markdown("Enter the admin password, then load the examples.", elem_id="review-count")
     table = gr.Dataframe(
-        headers=COLUMNS, interactive=False, show_search="search", max_height=420, elem_id="review-table", wrap=True
+        headers=COLUMNS, interactive=False, show_search="search", max_height=420, elem_id="review-table", wrap=True,
+        column_widths=COLUMN_WIDTHS,
     )
     ids = gr.Textbox(
         label="Selected example ids",
@@ -308,15 +334,26 @@ def build_review_section(
         save = gr.Button("Save edited output", elem_id="review-save")
         to_train = gr.Button("Move to train", elem_id="review-to-train")
         to_test = gr.Button("Move to test", elem_id="review-to-test")
+    with gr.Row(equal_height=True):
+        keep_turns = gr.Number(
+            value=1, minimum=1, precision=0, label="Turns of the input to keep",
+            info="A correction stores the whole chat before it; 1 keeps only the question.",
+            scale=3, elem_id="review-keep-turns",
+        )
+        trim = gr.Button("Trim the input to its last turns", scale=1, elem_id="review-trim")
     result = gr.Markdown("", elem_id="review-result")
     with gr.Accordion("History of the selected example", open=False):
-        history = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="review-history")
+        history = gr.Dataframe(
+            headers=HISTORY_COLUMNS, interactive=False, wrap=True, column_widths=HISTORY_WIDTHS, elem_id="review-history"
+        )
 
     with gr.Accordion("Add an example by hand", open=False):
         question = gr.Textbox(label="Question", lines=2, elem_id="add-question")
         answer = gr.Textbox(label="Answer", lines=3, elem_id="add-answer")
         add_split = gr.Radio(["auto", *Split.values()], value="auto", label="Split (auto: a stable 80/20 by question)")
         add = gr.Button("Add example", elem_id="add-example")
+        # Each confirmation shows under the button that caused it, not in the queue's line far above.
+        added = gr.Markdown("", elem_id="add-result")
 
     with gr.Accordion("Import and export", open=False):
         with gr.Row():
@@ -327,10 +364,12 @@ def build_review_section(
                     [AS_IN_FILE, ExampleStatus.PENDING.value, ExampleStatus.APPROVED.value], value=AS_IN_FILE, label="Status of imported examples"
                 )
                 do_import = gr.Button("Import", elem_id="import-button")
+                imported = gr.Markdown("", elem_id="import-result")
         with gr.Row():
             export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Export format")
             export_selection = gr.Dropdown(list(EXPORT_SELECTIONS), value="all", label="Examples")
             do_export = gr.Button("Export", elem_id="export-button")
+        exported = gr.Markdown("", elem_id="export-result")
         download = gr.File(label="Download", interactive=False, elem_id="export-file")
 
     filters = [password, status, source, split, since, until]
@@ -360,13 +399,14 @@ def build_review_section(
     ):
         after_change(button.click(action, [password, ids], result, **private))
     after_change(save.click(handlers.save_output, [password, ids, output], result, **private))
-    add.click(handlers.add, [password, question, answer, add_split], [result, question, answer], **private).success(
+    after_change(trim.click(handlers.trim_context, [password, ids, keep_turns], result, **private))
+    add.click(handlers.add, [password, question, answer, add_split], [added, question, answer], **private).success(
         handlers.table, filters, listing, **private
     )
-    do_import.click(handlers.import_upload, [password, upload, import_format, import_status], result, **private).success(
+    do_import.click(handlers.import_upload, [password, upload, import_format, import_status], imported, **private).success(
         handlers.table, filters, listing, **private
     )
-    do_export.click(handlers.export, [password, export_format, export_selection], [download, result], **private)
+    do_export.click(handlers.export, [password, export_format, export_selection], [download, exported], **private)
     # For views elsewhere that open an example here (the Feedback view's link).
     handlers.selection = ids
     handlers.detail_outputs = [details, original, output, history]

@@ -73,6 +73,13 @@ class ExamplePatch(BaseModel):
     status: ReviewStatus | None = None
     output: str | None = None
     split: Split | None = None
+    input: str | list[ExampleMessage] | None = Field(
+        None, description="A new input (chat messages ending with a user turn), e.g. the stored context edited."
+    )
+    keep_turns: int | None = Field(
+        None, ge=1, le=10_000,
+        description="Keep only the last N user turns of the input (a correction stores the whole chat before it).",
+    )
 
 
 class ImportResult(BaseModel):
@@ -163,8 +170,13 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
 
     @router.patch("/examples/{example_id}", response_model=Example)
     def patch_example(example_id: RowId, body: ExamplePatch) -> dict[str, Any]:
-        """Change an example's status, output or split (each change is kept in its history)."""
-        return store.update_example(example_id, status=body.status, output=body.output, split=body.split, actor=ACTOR)
+        """Change an example's status, output, split or input (each change is kept in its history).
+        `keep_turns` trims the input to its last N user turns; `input` replaces it."""
+        new_input = body.input if body.input is None or isinstance(body.input, str) else [m.model_dump() for m in body.input]
+        return store.update_example(
+            example_id, status=body.status, output=body.output, split=body.split, input=new_input,
+            keep_turns=body.keep_turns, actor=ACTOR,
+        )
 
     @router.post(
         "/examples/import",

@@ -59,6 +59,28 @@ def validate_messages(messages: Any, *, what: str = "input") -> list[dict[str, s
     return clean
 
 
+MAX_KEEP_TURNS = 10_000
+
+
+def count_turns(messages: Sequence[dict[str, str]]) -> int:
+    """The user turns in a conversation (each with the answer that followed it)."""
+    return sum(1 for m in messages if m["role"] == Role.USER)
+
+
+def keep_last_turns(messages: Sequence[dict[str, str]], keep: Any) -> list[dict[str, str]]:
+    """An example's input with only its last `keep` user turns (and the answers between them);
+    a leading system prompt stays. Raise ValidationError for a count that is not a whole number from 1."""
+    if isinstance(keep, float) and keep.is_integer():
+        keep = int(keep)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_KEEP_TURNS:
+        raise ValidationError(f"keep_turns must be a whole number of turns from 1, not {keep!r}")
+    if keep >= count_turns(messages):
+        return [dict(m) for m in messages]  # nothing to trim
+    system = [m for m in messages[:1] if m["role"] == Role.SYSTEM]
+    starts = [i for i, m in enumerate(messages) if m["role"] == Role.USER]
+    return [*system, *[dict(m) for m in messages[starts[-keep]:]]]
+
+
 def validate_output(output: Any, *, what: str = "output", limit: int = MAX_OUTPUT_CHARS) -> str:
     """Check an example's output and return it normalised; raise ValidationError naming the problem."""
     if not isinstance(output, str):

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from storage.examples import (
     MAX_OUTPUT_CHARS,
     check_choice,
     input_key,
+    keep_last_turns,
     normalise_text,
     split_for,
     validate_messages,
@@ -69,14 +70,18 @@ class ImportReport:
     """What an import did: the new rows' ids, the stored examples their outputs replaced (now
     superseded, kept as history), and how many rows asked a question no stored example had."""
 
-    ids: list[int] = field(default_factory=list)
-    replaced: list[int] = field(default_factory=list)
-    new: int = 0
+    ids: list[int]
+    replaced: list[int]
+    new: int
 
     @property
     def same_question(self) -> int:
         """Rows whose question a stored example already had (replaced or not)."""
         return len(self.ids) - self.new
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _process_alive(pid: int | None) -> bool:
@@ -645,7 +650,7 @@ class Store:
         stamp = now()
         prepared = [self._example_row(**row, stamp=stamp) for row in rows]
         if not prepared:
-            return ImportReport()
+            return ImportReport([], [], 0)
         for row in prepared:
             row["input"] = json.dumps(row["input"], ensure_ascii=False)
         import_id = uuid.uuid4().hex
@@ -782,9 +787,17 @@ class Store:
         status: str | None = None,
         output: str | None = None,
         split: str | None = None,
+        input: Any = None,
+        keep_turns: int | None = None,
         actor: str | None = None,
     ) -> dict[str, Any]:
-        """Change an example's status, output or split, recording each old value; return the new row."""
+        """Change an example's status, output, split or input, recording each old value; return the new row.
+
+        `input` replaces the conversation (it must still end with a user turn); `keep_turns` trims it
+        to its last N user turns, dropping the earlier chat a correction stored as its context.
+        A new input has a new key: a split that was derived from the old key is derived again (so
+        equal inputs never straddle splits), and an approved example supersedes older ones of it.
+        """
         changes: dict[str, Any] = {}
         if status is not None:
             changes["status"] = check_choice("status", status, REVIEW_STATUSES)
@@ -792,27 +805,46 @@ class Store:
             changes["output"] = self.validate_output(output)
         if split is not None:
             changes["split"] = check_choice("split", split, Split)
-        if not changes:
-            raise ValidationError("Nothing to change: give status, output or split")
+        if input is not None and keep_turns is not None:
+            raise ValidationError("Give either a new input or keep_turns, not both")
+        if input is not None:
+            changes["input"] = validate_messages(input)
+        if not changes and keep_turns is None:
+            raise ValidationError("Nothing to change: give status, output, split, input or keep_turns")
         with self._write():
             current = self.get_example(example_id)
+            if keep_turns is not None:
+                changes["input"] = keep_last_turns(current["input"], keep_turns)
             stamp = now()
             changed = {k: v for k, v in changes.items() if current[k] != v}
             for field, value in changed.items():
-                self._history(example_id, field, current[field], value, actor, stamp)
+                if field == "input":
+                    self._history(example_id, field, _json(current[field]), _json(value), actor, stamp)
+                else:
+                    self._history(example_id, field, current[field], value, actor, stamp)
+            key = current["input_key"]
+            if "input" in changed:
+                key = input_key(changed["input"])
+                changed.update(input_text=changed["input"][-1]["content"], input_key=key)
+                derived = split_for(key)
+                if "split" not in changed and current["split"] == split_for(current["input_key"]) != derived:
+                    self._history(example_id, "split", current["split"], derived, Actor.POLICY, stamp)
+                    changed["split"] = derived
             if changed:
                 changed["updated_at"] = stamp
                 if changed.get("status") and changed["status"] != ExampleStatus.SUPERSEDED:
                     changed["superseded_by"] = None
                 self.db["examples"].update(example_id, changed)
-            if changed.get("status") == ExampleStatus.APPROVED:
-                self._supersede_older(example_id, current["input_key"], stamp)
+            status_now = changed.get("status", current["status"])
+            if status_now == ExampleStatus.APPROVED and ("status" in changed or "input" in changed):
+                self._supersede_older(example_id, key, stamp)
         return self.get_example(example_id)
 
     def update_examples(
         self, example_ids: Sequence[int], *, actor: str | None = None, **changes: Any
     ) -> list[dict[str, Any]]:
-        """Make the same change (status, output or split) to several examples in one transaction: all or none."""
+        """Make the same change (status, output, split or keep_turns) to several examples in one transaction:
+        all or none."""
         with self._write():
             return [self.update_example(example_id, actor=actor, **changes) for example_id in example_ids]
 

@@ -301,3 +301,31 @@ def test_a_client_that_disconnects_cancels_its_generation(store, slow_engine):
         while not slow_engine.made[1].cancelled and time.monotonic() < deadline:
             time.sleep(0.05)
         assert slow_engine.made[1].cancelled
+
+
+def test_an_admin_trims_the_chat_a_correction_stored_as_its_context(client, engine, store):
+    engine.enqueue("Hello! How can I help?", "Lyon.")
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    first = client.post("/v1/chat/completions", json={"messages": chat}).json()
+    chat += [{"role": "assistant", "content": first["choices"][0]["message"]["content"]}, *QUESTION]
+    wrong = client.post("/v1/chat/completions", json={"messages": chat}).json()
+    made = client.post("/api/feedback", json={"message_id": wrong["id"], "rating": "down", "correction": "Paris."}).json()
+    example_id = made["example_id"]
+    assert [m["role"] for m in store.get_example(example_id)["input"]] == ["system", "user", "assistant", "user"]
+
+    url = f"/api/examples/{example_id}"
+    for bad in ({"keep_turns": 0}, {"keep_turns": "two"}, {"keep_turns": 1.5},
+                {"keep_turns": 1, "input": "Capital of France?"}, {"input": [{"role": "assistant", "content": "x"}]}):
+        response = client.patch(url, json=bad, headers=ADMIN)
+        assert 400 <= response.status_code < 500 and "error" in response.json(), (bad, response.text)
+    assert client.patch(url, json={"keep_turns": 1}).status_code == 401  # the admin password, always
+    assert len(store.get_example(example_id)["input"]) == 4  # nothing changed by the refused requests
+
+    trimmed = client.patch(url, json={"keep_turns": 1}, headers=ADMIN)
+    assert trimmed.status_code == 200, trimmed.text
+    assert trimmed.json()["input"] == [{"role": "system", "content": "Be brief."}, *QUESTION]
+    history = [h for h in store.example_history(example_id) if h["field"] == "input"]
+    assert len(history) == 1 and "Hi there" in history[0]["old_value"] and "Hi there" not in history[0]["new_value"]
+    # The trimmed example now is the same input as a plain question: few-shot finds it by that question.
+    edited = client.patch(url, json={"input": QUESTION}, headers=ADMIN).json()
+    assert edited["input"] == QUESTION and edited["output"] == "Paris."

@@ -64,7 +64,7 @@ def test_approving_a_pending_correction_guides_the_next_answer(live_server_facto
     # Export from the Admin tab: a file to download.
     page.get_by_text("Import and export").click()
     page.locator("#export-button").click()
-    wait_for_text(page, "#review-result", "Exported 21 jsonl records")
+    wait_for_text(page, "#export-result", "Exported 21 jsonl records")
     link = page.locator("#export-file a[download='examples.jsonl']")
     link.wait_for()
     exported = page.request.get(link.get_attribute("href")).text().splitlines()

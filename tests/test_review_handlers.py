@@ -55,6 +55,7 @@ def test_every_handler_checks_the_password_before_anything(handlers, store, queu
         "to_train": ("4",),
         "to_test": ("1",),
         "save_output": ("1", "Hacked."),
+        "trim_context": ("1", 1),
         "add": ("Q?", "A.", "auto"),
         "import_upload": ("/etc/passwd", "jsonl", "approved"),
         "export": ("jsonl", "all"),
@@ -215,3 +216,24 @@ def test_importing_the_same_file_again_says_how_many_rows_it_replaced(handlers, 
     # A pending copy replaces nothing until it is approved, and says so.
     pending = handlers.import_upload(PASSWORD, str(faq), "guess from the file", "pending")
     assert "0 new, 0 replaced" in pending and "4 share their question with a stored example" in pending
+
+
+def test_trim_a_corrections_input_to_its_last_turns(handlers, store):
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Capital of Zorvania?"}]
+    example_id = store.add_example(chat, "Velmora.", source="correction")
+    single = store.add_example("Who wrote Dune?", "Frank Herbert.", source="admin")
+    body, *_ = handlers.details(PASSWORD, str(example_id))
+    assert "input of 2 turns" in body and "Hello!" in body
+    message = handlers.trim_context(PASSWORD, f"{example_id}, {single}", 1)
+    assert message.startswith(f"Trimmed the input of 1 example to the last 1 turn: #{example_id}. 1 had 1 turn or fewer.")
+    assert store.get_example(example_id)["input"] == chat[-1:]
+    body, _, _, history = handlers.details(PASSWORD, str(example_id))
+    assert "input of 1 turn" in body and "Hello!" not in body
+    assert "input" in list(history["field"]) and "alice" in list(history["actor"])
+    assert handlers.trim_context(PASSWORD, str(example_id), 1).startswith("Nothing to trim")
+    for bad in (0, None, 2.5):
+        with pytest.raises(gr.Error):
+            handlers.trim_context(PASSWORD, str(example_id), bad)
+    with pytest.raises(gr.Error):
+        handlers.trim_context("wrong", str(example_id), 1)

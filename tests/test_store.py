@@ -1,5 +1,6 @@
 """The store: migrations on a blank database, and reading back what was written."""
 
+import json
 import sqlite3
 
 import pytest
@@ -135,3 +136,26 @@ def test_one_job_at_a_time_and_versions(store):
     store.activate_version(None)
     assert store.active_version() is None
     assert store.get_model_version("v1")["status"] == "retired"
+
+
+def test_trimming_an_examples_input_keeps_its_last_turns_and_the_history(store):
+    chat = [{"role": "system", "content": "Be brief."}]
+    for i in range(3):
+        chat += [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+    chat = chat[:-1]  # ends with the user's third question
+    older = store.add_example("Question 2?", "Old answer.", source="admin")
+    example_id = store.add_example(chat, "Right answer.", source="correction", actor="ui")
+    kept = store.update_example(example_id, keep_turns=2, actor="admin")["input"]
+    assert [m["content"] for m in kept] == ["Be brief.", "Question 1?", "Answer 1.", "Question 2?"]
+    one = store.update_example(example_id, keep_turns=1, actor="admin")
+    assert one["input"] == [chat[0], chat[-1]] and one["input_text"] == "Question 2?"
+    assert store.update_example(example_id, keep_turns=5, actor="admin")["input"] == one["input"]  # nothing left to trim
+    inputs = [h for h in store.example_history(example_id) if h["field"] == "input"]
+    assert len(inputs) == 2 and json.loads(inputs[0]["old_value"]) == chat
+    # Without the system prompt it asks what `older` asks: the newest approved output wins.
+    plain = store.update_example(example_id, input="Question 2?", actor="admin")
+    assert plain["split"] == store.get_example(older)["split"]  # equal inputs never straddle splits
+    assert store.get_example(older)["status"] == "superseded"
+    for bad in (0, -1, "1", 1.5, True):
+        with pytest.raises(ValidationError):
+            store.update_example(example_id, keep_turns=bad)
