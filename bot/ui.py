@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from bot import chat_history
 from bot.admin import AdminGuard
 from bot.contracts import TrainingController
 from bot.engine import GenerationParams
@@ -272,7 +273,8 @@ class ChatHandlers:
         return history, ids[: data.index], text_of(data.value), ""
 
     def clear(self) -> tuple[Any, ...]:
-        return gr.update(feedback_value=[]), None, [], "", ""
+        """The chatbot's Clear button: a new chat, as New chat (the cleared one stays in the list)."""
+        return gr.update(feedback_value=[]), None, [], "", "", None, gr.update(value=None)
 
     def idle(
         self, history: list[Any], ids: list[int | None], rater: str | None = None, request: gr.Request | None = None
@@ -282,6 +284,62 @@ class ChatHandlers:
         cut = self._cut.pop(_session(request), False)
         thumbs = gr.update(feedback_value=self.feedback_values(normalise_history(history), ids or [], rater))
         return thumbs, gr.update(visible=True), gr.update(visible=False), gr.update(visible=cut)
+
+    # -- past chats (kept in this browser) -------------------------------------
+
+    def save_chat(
+        self, key: str | None, history: list[Any], ids: list[int | None], chats: Any
+    ) -> tuple[Any, ...]:
+        """After each change to the open chat: save it at the top of this browser's list."""
+        key, chats = chat_history.remember(chats, key, normalise_history(history), ids or [])
+        return key, chats, gr.update(choices=chat_history.choices(chats), value=key)
+
+    @staticmethod
+    def list_chats(chats: Any) -> Any:
+        """The list of past chats, as the page opens."""
+        return gr.update(choices=chat_history.choices(chats), value=None)
+
+    def _idle_only(self, request: gr.Request | None) -> None:
+        if self._active.get(_session(request)) is not None:
+            raise gr.Error("Stop the answer first (or wait for it to end)", print_exception=False)
+
+    def new_chat(self, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """The New chat button: an empty chat (the one open stays in the list).
+        Returns the chat view: chatbot, conversation, ids, info, status, chat key, list, Send, Stop, Continue."""
+        self._idle_only(request)
+        return (
+            gr.update(value=[], feedback_value=[]), None, [], "", "", None, gr.update(value=None),
+            *IDLE[:2], gr.update(visible=False),
+        )
+
+    def reopen(
+        self, key: str | None, chats: Any, rater: str | None = None, request: gr.Request | None = None
+    ) -> tuple[Any, ...]:
+        """A chat picked in the list: show it again with this person's ratings. It goes on as a new
+        stored conversation (see bot/chat_history.py: a conversation id from the browser is never used)."""
+        self._idle_only(request)
+        chat = chat_history.find(chats, key)
+        if chat is None:
+            raise gr.Error("That chat is no longer saved in this browser", print_exception=False)
+        history, ids = chat["history"], chat["ids"]
+        thumbs = self.feedback_values(history, ids, rater)
+        return (
+            gr.update(value=history, feedback_value=thumbs), None, ids, "", f"Reopened “{chat['title']}”.",
+            chat["key"], gr.update(value=chat["key"]), *IDLE[:2], gr.update(visible=False),
+        )
+
+    def delete_chat(
+        self, key: str | None, open_key: str | None, chats: Any, request: gr.Request | None = None
+    ) -> tuple[Any, ...]:
+        """Delete the chat picked in the list from this browser (what the server stored stays);
+        if it is the open one, the view empties. Returns the list, then the chat view."""
+        if not key:
+            raise gr.Error("Pick a chat in the list first", print_exception=False)
+        chats = chat_history.forget(chats, key)
+        view = list(self.new_chat(request)) if key == open_key else [gr.skip()] * 10
+        view[4] = "Deleted the chat from this browser."
+        view[6] = gr.update(choices=chat_history.choices(chats), value=None)
+        return chats, *view
 
     @staticmethod
     def new_rater(rater: str | None) -> str:
@@ -403,53 +461,64 @@ def build_chat_tab(service: ChatService) -> Any:
     config = service.config
     conversation_id = gr.State(None)
     ids = gr.State([])
-    rater = gr.BrowserState("", storage_key="exemplar-rater")
-    chatbot = gr.Chatbot(
-        label="Exemplar",
-        elem_id="chatbot",
-        editable="all",
-        feedback_options=("Like", "Dislike", *DISLIKE_REASONS),
-        height=480,
-        buttons=["copy"],
-        placeholder="Ask a question. Rate the answers, and edit a wrong one to correct it.",
-    )
-    info = gr.Markdown("", elem_id="answer-info")
-    with gr.Row():
-        message = gr.Textbox(
-            placeholder="Ask a question… (Enter sends; while an answer streams, it is sent next)",
-            show_label=False,
-            scale=8,
-            elem_id="chat-input",
-            autofocus=True,
-        )
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="send-button")
-        stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="stop-button")
-        more = gr.Button("Continue", scale=1, visible=False, elem_id="continue-button")
-    with gr.Row():
-        correction = gr.Textbox(
-            label="Correct this answer",
-            placeholder="Write what the last answer should have said…",
-            lines=2,
-            scale=8,
-            elem_id="correction-input",
-        )
-        correct = gr.Button("Save correction", scale=1, elem_id="correction-button")
-    with gr.Row():
-        comment = gr.Textbox(
-            label="Comment on your next rating (optional)", scale=8, elem_id="feedback-comment", max_length=2000
-        )
-    status = gr.Markdown("", elem_id="feedback-status")
-    with gr.Accordion("Settings", open=False):
-        system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt")
-        few_shot = gr.Checkbox(
-            label="Use approved examples as demonstrations (few-shot)", value=config.few_shot, elem_id="few-shot"
-        )
-        with gr.Row():
-            temperature = gr.Slider(0, MAX_TEMPERATURE, value=config.temperature, step=0.05, label="Temperature (0 = greedy)")
-            max_tokens = gr.Slider(16, 1024, value=config.max_new_tokens, step=16, label="Max new tokens")
+    rater = gr.BrowserState("", storage_key="exemplar-rater", secret=chat_history.BROWSER_KEY)
+    # Gradio encrypts a BrowserState with a key it sends to the page; the fixed key keeps both readable after a restart.
+    chats = gr.BrowserState([], storage_key="exemplar-chats", secret=chat_history.BROWSER_KEY)
+    chat_key = gr.State(None)  # the open chat's key in `chats`
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=220, elem_id="chat-history-column"):
+            new_chat = gr.Button("New chat", elem_id="new-chat")
+            past = gr.Radio(choices=[], value=None, label="Past chats (kept in this browser)", elem_id="chat-history")
+            delete = gr.Button("Delete the chosen chat", size="sm", variant="stop", elem_id="delete-chat")
+        with gr.Column(scale=5):
+            chatbot = gr.Chatbot(
+                label="Exemplar",
+                elem_id="chatbot",
+                editable="all",
+                feedback_options=("Like", "Dislike", *DISLIKE_REASONS),
+                height=480,
+                buttons=["copy"],
+                placeholder="Ask a question. Rate the answers, and edit a wrong one to correct it.",
+            )
+            info = gr.Markdown("", elem_id="answer-info")
+            with gr.Row():
+                message = gr.Textbox(
+                    placeholder="Ask a question… (Enter sends; while an answer streams, it is sent next)",
+                    show_label=False,
+                    scale=8,
+                    elem_id="chat-input",
+                    autofocus=True,
+                )
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="send-button")
+                stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="stop-button")
+                more = gr.Button("Continue", scale=1, visible=False, elem_id="continue-button")
+            with gr.Row():
+                correction = gr.Textbox(
+                    label="Correct this answer",
+                    placeholder="Write what the last answer should have said…",
+                    lines=2,
+                    scale=8,
+                    elem_id="correction-input",
+                )
+                correct = gr.Button("Save correction", scale=1, elem_id="correction-button")
+            with gr.Row():
+                comment = gr.Textbox(
+                    label="Comment on your next rating (optional)", scale=8, elem_id="feedback-comment", max_length=2000
+                )
+            status = gr.Markdown("", elem_id="feedback-status")
+            with gr.Accordion("Settings", open=False):
+                system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt")
+                few_shot = gr.Checkbox(
+                    label="Use approved examples as demonstrations (few-shot)", value=config.few_shot, elem_id="few-shot"
+                )
+                with gr.Row():
+                    temperature = gr.Slider(0, MAX_TEMPERATURE, value=config.temperature, step=0.05, label="Temperature (0 = greedy)")
+                    max_tokens = gr.Slider(16, 1024, value=config.max_new_tokens, step=16, label="Max new tokens")
     settings = [system_prompt, few_shot, temperature, max_tokens, rater]
     buttons = [send, stop, more]
     after_answer = (handlers.idle, [chatbot, ids, rater], [chatbot, *buttons])
+    # Every change to the open chat saves it in this browser's list of past chats.
+    save = (handlers.save_chat, [chat_key, chatbot, ids, chats], [chat_key, chats, past])
     private = {"api_visibility": "private"}
 
     # A message sent while an answer streams waits and is answered next (always_last), never dropped.
@@ -463,14 +532,14 @@ def build_chat_tab(service: ChatService) -> Any:
         # As many chats at once as the engine's batch decodes together.
         concurrency_limit=service.config.max_batch,
         trigger_mode="always_last",
-    ).then(*after_answer, **private)
+    ).then(*after_answer, **private).then(*save, **private)
     more.click(
         handlers.continue_answer,
         [chatbot, ids, conversation_id, *settings],
         [message, chatbot, conversation_id, ids, info, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(*after_answer, **private)
+    ).then(*after_answer, **private).then(*save, **private)
     stop.click(handlers.stop, None, info, queue=False, **private)
     chatbot.retry(
         handlers.retry,
@@ -478,9 +547,9 @@ def build_chat_tab(service: ChatService) -> Any:
         [chatbot, conversation_id, ids, info, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(*after_answer, **private)
-    chatbot.undo(handlers.undo, [chatbot, ids], [chatbot, ids, message, info], **private)
-    chatbot.clear(handlers.clear, None, [chatbot, conversation_id, ids, info, status], **private)
+    ).then(*after_answer, **private).then(*save, **private)
+    chatbot.undo(handlers.undo, [chatbot, ids], [chatbot, ids, message, info], **private).then(*save, **private)
+    chatbot.clear(handlers.clear, None, [chatbot, conversation_id, ids, info, status, chat_key, past], **private)
     chatbot.like(handlers.like, [chatbot, ids, comment, rater], [status, comment, chatbot], **private)
     chatbot.edit(
         handlers.edit,
@@ -488,8 +557,17 @@ def build_chat_tab(service: ChatService) -> Any:
         [chatbot, conversation_id, ids, info, status, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(*after_answer, **private)
-    correct.click(handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], **private)
+    ).then(*after_answer, **private).then(*save, **private)
+    correct.click(
+        handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], **private
+    ).success(*save, **private)
+
+    # Past chats: New chat, reopen one from the list, delete one.
+    chat_view = [chatbot, conversation_id, ids, info, status, chat_key, past, *buttons]
+    new_chat.click(handlers.new_chat, None, chat_view, **private)
+    past.input(handlers.reopen, [past, chats, rater], chat_view, **private)
+    delete.click(handlers.delete_chat, [past, chat_key, chats], [chats, *chat_view], **private)
+    handlers.chat_list = (handlers.list_chats, [chats], [past])  # filled in as the page opens
     return rater, handlers
 
 
@@ -510,5 +588,6 @@ def build_ui(
         with gr.Tab("Admin"):
             build_admin_tab(service, guard, training=training, serving_warning=serving_warning)
         demo.load(handlers.new_rater, rater, rater, api_visibility="private")
+        demo.load(*handlers.chat_list, api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * service.config.max_batch))
     return demo

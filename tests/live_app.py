@@ -16,12 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, timeout: float = 30) -> Iterator[str]:
-    """Yield the base URL of `app` served on 127.0.0.1; the server stops on exit."""
+def serve_in_thread(app: Any, *, timeout: float = 30, port: int = 0) -> Iterator[str]:
+    """Yield the base URL of `app` served on 127.0.0.1 (on `port`, or a free one); the server stops on exit."""
     import uvicorn
 
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart on the same port (a browser's origin)
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)

@@ -1,0 +1,122 @@
+"""A real browser on the Chat tab, served in-process with a fake engine (the page's
+behaviour is under test, not the model): past chats are kept per browser. A user
+chats and likes an answer, starts a new chat, reopens the first one and finds its
+messages and its rating, takes the rating back, goes on with it, and deletes a chat;
+the list survives a reload of the page and a restart of the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.admin import AdminGuard
+from bot.server import create_app
+from bot.service import ChatService
+from core.config import ServeConfig
+from storage import Store
+from tests.fakes import FakeEngine
+from tests.live_app import serve_in_thread
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+PASSWORD = "chat-history-password"
+
+
+def wait_for_text(page, selector, text, timeout=30_000):
+    page.wait_for_function(
+        "([s, t]) => { const el = document.querySelector(s); return el && el.innerText.includes(t); }",
+        arg=[selector, text], timeout=timeout,
+    )
+
+
+def send(page, text, reply):
+    box = page.locator("#chat-input textarea")
+    box.fill(text)
+    box.press("Enter")
+    page.wait_for_function(
+        "r => { const bots = document.querySelectorAll('#chatbot [data-testid=bot]');"
+        " return bots.length && bots[bots.length - 1].innerText.includes(r); }",
+        arg=reply, timeout=30_000,
+    )
+    page.locator("#send-button").wait_for(state="visible")
+
+
+def past_chats(page):
+    """The labels of the list of past chats, top first."""
+    return [t.strip() for t in page.locator("#chat-history label").all_inner_texts() if t.strip()]
+
+
+def wait_for_list(page, count):
+    page.wait_for_function(
+        "n => document.querySelectorAll('#chat-history label').length === n", arg=count, timeout=30_000
+    )
+
+
+def serve(tmp_path, store, port=0):
+    engine = FakeEngine()
+    config = ServeConfig(data_dir=tmp_path, admin_password=PASSWORD)
+    return serve_in_thread(create_app(ChatService(engine, store, config), AdminGuard(PASSWORD)), port=port)
+
+
+def test_a_past_chat_reopens_with_its_messages_and_ratings(tmp_path, browser):
+    store = Store(tmp_path / "exemplar.db")
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    with serve(tmp_path, store) as url:
+        page.goto(url + "/")
+        chat = page.locator("#chatbot")
+        send(page, "What is the capital of Zorvania?", "You said: What is the capital of Zorvania?")
+        chat.get_by_label("Like", exact=True).first.click()
+        wait_for_text(page, "#feedback-status", "Liked")
+        send(page, "And its river?", "You said: And its river?")
+        wait_for_text(page, "#chat-history", "2 answers")
+        assert past_chats(page) == ["What is the capital of Zorvania? · 2 answers"]
+
+        # A new chat: the view empties, and its first answer puts it at the top of the list.
+        page.locator("#new-chat").click()
+        page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=bot]').length === 0")
+        send(page, "How tall is Mount Orrin?", "You said: How tall is Mount Orrin?")
+        wait_for_list(page, 2)
+        assert past_chats(page) == ["How tall is Mount Orrin? · 1 answer", "What is the capital of Zorvania? · 2 answers"]
+
+        # Reopen the first chat: its messages, and its answer still liked (from the store).
+        page.locator("#chat-history label", has_text="capital of Zorvania").click()
+        wait_for_text(page, "#feedback-status", "Reopened")
+        wait_for_text(page, "#chatbot", "And its river?")
+        assert "Mount Orrin" not in chat.inner_text()
+        assert chat.get_by_label("Liked", exact=True).count() == 1
+        # Its ratings still work: a second click takes the like back, stored for that answer.
+        chat.get_by_label("Liked", exact=True).first.click()
+        wait_for_text(page, "#feedback-status", "Rating removed")
+        first_answer = store.list_feedback(limit=10)[0]["message_id"]
+        assert [f["rating"] for f in store.message_feedback(first_answer)] == ["up", None]
+        # It goes on: a third answer, with the earlier turns as its context.
+        send(page, "And its flag?", "You said: And its flag?")
+        wait_for_text(page, "#chat-history", "3 answers")
+        assert past_chats(page)[0].startswith("What is the capital of Zorvania?")
+        latest = [m for m in _messages(store) if m["role"] == "assistant"][-1]
+        assert [m["content"] for m in latest["context"]][:2] == [
+            "What is the capital of Zorvania?", "You said: What is the capital of Zorvania?"]
+
+        # Delete the other chat.
+        page.locator("#chat-history label", has_text="Mount Orrin").click()
+        wait_for_text(page, "#chatbot", "How tall is Mount Orrin?")
+        page.locator("#delete-chat").click()
+        wait_for_text(page, "#feedback-status", "Deleted")
+        wait_for_list(page, 1)
+        assert chat.locator("[data-testid=bot]").count() == 0  # it was open: the view emptied
+
+    # The list is this browser's: it is there after a reload against a restarted server
+    # (on the same port: local storage belongs to an origin).
+    with serve(tmp_path, store, port=int(url.rsplit(":", 1)[1])) as url:
+        page.goto(url + "/")
+        wait_for_list(page, 1)
+        assert past_chats(page)[0].startswith("What is the capital of Zorvania? · 3 answers")
+    context.close()
+    store.close()
+
+
+def _messages(store):
+    conversations = store.count_conversations()
+    return [m for c in range(1, conversations + 1) for m in store.conversation_messages(c)]
