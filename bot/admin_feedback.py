@@ -21,6 +21,7 @@ import pandas as pd
 from bot.admin_handlers import admin_handler
 from bot.admin_review import ANY, day
 from bot.ui import DISLIKE_REASONS
+from bot.ui_errors import user_error
 from core.errors import ExemplarError
 from storage import Store
 
@@ -97,7 +98,7 @@ class FeedbackHandlers:
             feedback = self.store.get_feedback(int(row[0]))
             message = self.store.get_message(feedback["message_id"])
         except (ExemplarError, ValueError, TypeError) as exc:
-            raise gr.Error(f"That row cannot be shown: {exc}") from exc
+            raise user_error(f"That row cannot be shown: {exc}") from exc
         context = message.get("context") or []
         lines = [
             f"#### Rating #{feedback['id']} · {SHOWN.get(feedback['rating'], feedback['rating'])}"

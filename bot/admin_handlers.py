@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
+from bot.ui_errors import user_error
 from core.errors import ExemplarError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def shown(exc: ExemplarError, prefix: str = "") -> gr.Error:
     """The gr.Error a person sees for a domain error."""
-    return gr.Error(f"{prefix}{exc}")
+    return user_error(f"{prefix}{exc}")
 
 
 def admin_handler(method: F | None = None, *, prefix: str = "") -> Any:

@@ -22,6 +22,7 @@ import gradio as gr
 import pandas as pd
 
 from bot.admin_handlers import admin_handler
+from bot.ui_errors import user_error
 from core.errors import ExemplarError, ValidationError
 from storage import Store
 from storage.examples import count_turns
@@ -71,7 +72,7 @@ def uploaded_file(upload: Any) -> Path:
 
     path = Path(upload if isinstance(upload, str) else getattr(upload, "name", None) or str(upload)).resolve()
     if not path.is_relative_to(Path(get_upload_folder()).resolve()) or not path.is_file():
-        raise gr.Error("Import takes a file uploaded here: choose it with the file picker", print_exception=False)
+        raise user_error("Import takes a file uploaded here: choose it with the file picker")
     return path
 
 
@@ -158,7 +159,7 @@ class ReviewHandlers:
         """Select every example the table shows."""
         ids = [] if table is None or len(table) == 0 else [str(int(v)) for v in table["id"] if str(v).strip()]
         if not ids:
-            raise gr.Error("The table is empty: load examples first")
+            raise user_error("The table is empty: load examples first")
         return ", ".join(ids)
 
     @admin_handler
@@ -220,7 +221,7 @@ class ReviewHandlers:
         ids = parse_ids(ids_text)
         before = {i: count_turns(self.store.get_example(i)["input"]) for i in ids}
         if keep is None or keep == "":
-            raise gr.Error("Say how many of the last turns to keep (1 keeps only the question)")
+            raise user_error("Say how many of the last turns to keep (1 keeps only the question)")
         self.store.update_examples(ids, actor=self._actor(request), keep_turns=keep)
         trimmed = [i for i in ids if before[i] > int(keep)]
         turns = f"{int(keep)} turn{'s' if int(keep) != 1 else ''}"
@@ -236,7 +237,7 @@ class ReviewHandlers:
         """Replace the output of the one selected example with the edited text."""
         ids = parse_ids(ids_text)
         if len(ids) != 1:
-            raise gr.Error("Edit one example at a time: select a single id")
+            raise user_error("Edit one example at a time: select a single id")
         return self._change(str(ids[0]), request, "Saved the edited output of", output=output)
 
     # -- adding, importing and exporting ------------------------------------
@@ -255,7 +256,7 @@ class ReviewHandlers:
     def import_upload(self, password: str, upload: Any, fmt: str, status: str, request: gr.Request = None) -> str:
         """Import an uploaded file: every record, or (on any bad one) none, naming its line."""
         if not upload:
-            raise gr.Error("Choose a file to import first")
+            raise user_error("Choose a file to import first")
         path = uploaded_file(upload)
         report = import_file(
             self.store, path, None if fmt in (AUTO, None) else fmt,
@@ -268,7 +269,7 @@ class ReviewHandlers:
         """Write an export file to download (a dataset folder comes zipped)."""
         name = {"jsonl": "examples.jsonl", "dpo": "preference.jsonl", "kto": "unpaired.jsonl", "hf": "dataset"}.get(fmt)
         if name is None:
-            raise gr.Error(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+            raise user_error(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
         # Gradio copies a returned file into its cache, so only the latest export needs keeping.
         if self._last_export is not None:
             shutil.rmtree(self._last_export, ignore_errors=True)

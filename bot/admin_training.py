@@ -22,6 +22,7 @@ import pandas as pd
 
 from bot.admin_handlers import admin_handler
 from bot.contracts import TrainingController
+from bot.ui_errors import user_error
 from core.progress import bar, clock
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
@@ -207,9 +208,9 @@ class TrainingHandlers:
             try:
                 params = json.loads(params_text)
             except json.JSONDecodeError as exc:
-                raise gr.Error(f'Hyper-parameters must be JSON such as {{"epochs": 6}}: {exc.msg}') from exc
+                raise user_error(f'Hyper-parameters must be JSON such as {{"epochs": 6}}: {exc.msg}') from exc
             if not isinstance(params, dict):
-                raise gr.Error('Hyper-parameters must be a JSON object such as {"epochs": 6}')
+                raise user_error('Hyper-parameters must be a JSON object such as {"epochs": 6}')
         for (name, default, _), value in zip(self.form_defaults(), form_values):
             if value is not None and value != default and name not in params:
                 params[name] = int(value) if isinstance(default, int) and float(value).is_integer() else value
@@ -239,7 +240,7 @@ class TrainingHandlers:
     def stop(self, password: str, job_id: Any) -> str:
         view = self._job(job_id)
         if view is None:
-            raise gr.Error("There is no training job to stop")
+            raise user_error("There is no training job to stop")
         view = self.manager.cancel(view["id"])
         return describe_job(view)
 
@@ -247,7 +248,7 @@ class TrainingHandlers:
     def activate(self, password: str, version: str | None, confirmed: str | None = None) -> tuple[Any, ...]:
         """Serve the chosen version. One the gate rejected needs a second press, after a warning."""
         if not version:
-            raise gr.Error("Choose a version to activate")
+            raise user_error("Choose a version to activate")
         if version != BASE and confirmed != version and self.store.get_model_version(version)["status"] == "rejected":
             return (
                 f"⚠️ **{version} was rejected by the promotion gate** (see its notes in the table). "
@@ -269,7 +270,7 @@ class TrainingHandlers:
     def compare(self, password: str, version: str | None) -> tuple[str, str]:
         """A version's held-out answers beside those of the version it was judged against."""
         if not version:
-            raise gr.Error("Choose a trained version to compare")
+            raise user_error("Choose a trained version to compare")
         samples = self.manager.comparison(version)
         row = self.store.get_model_version(version)
         against = (row.get("metrics") or {}).get("compared_with") or BASE
@@ -284,7 +285,7 @@ class TrainingHandlers:
     def learning(self, password: str, version: str | None, not_learned_only: bool) -> tuple[str, pd.DataFrame]:
         """"Did it learn this?": every approved correction under a version and the one it was judged against."""
         if not version:
-            raise gr.Error("Choose a trained version")
+            raise user_error("Choose a trained version")
         report = self.manager.learning_report(version, not_learned_only=bool(not_learned_only))
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
         frame = pd.DataFrame(

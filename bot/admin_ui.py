@@ -14,6 +14,7 @@ import gradio as gr
 from bot.admin import AdminGuard
 from bot.contracts import TrainingController
 from bot.service import ChatService
+from bot.ui_errors import user_error
 from core.errors import AuthError, RateLimitError
 from storage.vocabulary import ExampleStatus
 
@@ -26,7 +27,7 @@ def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
             guard.check(password)
         except (AuthError, RateLimitError) as exc:
             # A wrong password is the user's mistake, not the server's: no traceback in the log.
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise user_error(str(exc)) from None
 
     return check_admin
 
@@ -103,7 +104,7 @@ def build_admin_tab(
         """The Feedback view's link: select the rating's example in the Examples tab and go there."""
         check_admin(password_value)
         if not chosen:
-            raise gr.Error("This rating made no example")
+            raise user_error("This rating made no example")
         return str(chosen), gr.Tabs(selected="examples")
 
     open_example.click(show_example, [password, example_id], [review.selection, sections], **private).success(

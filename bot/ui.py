@@ -20,6 +20,7 @@ from bot.admin import AdminGuard
 from bot.contracts import TrainingController
 from bot.engine import GenerationParams
 from bot.service import ChatService
+from bot.ui_errors import user_error
 from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError
 
@@ -93,7 +94,7 @@ def normalise_history(history: list[Any] | None) -> list[dict[str, str]]:
 
 
 def _ui_error(exc: ExemplarError) -> gr.Error:
-    return gr.Error(str(exc))
+    return user_error(str(exc))
 
 
 class ChatHandlers:
@@ -218,7 +219,7 @@ class ChatHandlers:
     ) -> Iterator[tuple[Any, ...]]:
         """A new user message: clear the box, turn Send into Stop, then stream the answer."""
         if not message or not message.strip():
-            raise gr.Error("Type a message first")
+            raise user_error("Type a message first")
         history = [*normalise_history(history), {"role": "user", "content": message.strip()}]
         yield "", history, conversation_id, ids, gr.skip(), *BUSY
         for shown, conv, new_ids, info in self._stream(
@@ -301,7 +302,7 @@ class ChatHandlers:
 
     def _idle_only(self, request: gr.Request | None) -> None:
         if self._active.get(_session(request)) is not None:
-            raise gr.Error("Stop the answer first (or wait for it to end)", print_exception=False)
+            raise user_error("Stop the answer first (or wait for it to end)")
 
     def new_chat(self, request: gr.Request | None = None) -> tuple[Any, ...]:
         """The New chat button: an empty chat (the one open stays in the list).
@@ -320,7 +321,7 @@ class ChatHandlers:
         self._idle_only(request)
         chat = chat_history.find(chats, key)
         if chat is None:
-            raise gr.Error("That chat is no longer saved in this browser", print_exception=False)
+            raise user_error("That chat is no longer saved in this browser")
         history, ids = chat["history"], chat["ids"]
         thumbs = self.feedback_values(history, ids, rater)
         return (
@@ -334,7 +335,7 @@ class ChatHandlers:
         """Delete the chat picked in the list from this browser (what the server stored stays);
         if it is the open one, the view empties. Returns the list, then the chat view."""
         if not key:
-            raise gr.Error("Pick a chat in the list first", print_exception=False)
+            raise user_error("Pick a chat in the list first")
         chats = chat_history.forget(chats, key)
         view = list(self.new_chat(request)) if key == open_key else [gr.skip()] * 10
         view[4] = "Deleted the chat from this browser."
@@ -352,7 +353,7 @@ class ChatHandlers:
         if isinstance(index, (list, tuple)):
             index = index[0]
         if not isinstance(index, int) or index >= len(ids) or ids[index] is None:
-            raise gr.Error("That message cannot be rated: only answers given in this chat can")
+            raise user_error("That message cannot be rated: only answers given in this chat can")
         return ids[index]
 
     def like(
@@ -438,10 +439,10 @@ class ChatHandlers:
         """The "Correct this answer" box: replace the last answer with the corrected text."""
         history = normalise_history(history)
         if not corrected or not corrected.strip():
-            raise gr.Error("Write the corrected answer first")
+            raise user_error("Write the corrected answer first")
         index = next((i for i in range(len(history) - 1, -1, -1) if history[i]["role"] == "assistant"), None)
         if index is None:
-            raise gr.Error("There is no answer to correct yet")
+            raise user_error("There is no answer to correct yet")
         result = self._correct(ids, index, history[index]["content"], corrected)
         history[index] = {"role": "assistant", "content": corrected.strip()}
         return history, "", self._correction_note(result)

@@ -87,7 +87,7 @@ def page(tmp_path, browser):
     store.close()
 
 
-def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page):
+def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page, capfd, caplog):
     # A user chats two turns and corrects the second answer: the correction stores the whole chat.
     ask(page, "Hi", GREETING)
     ask(page, QUESTION, WRONG)
@@ -96,6 +96,14 @@ def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page):
     wait_for_text(page, "#feedback-status", "stored as example")
 
     page.get_by_role("tab", name="Admin").click()
+    # A mistyped password is refused with a message, and the server logs one line for it, no traceback.
+    capfd.readouterr()
+    page.locator("#admin-password input").fill(PASSWORD + "x")
+    page.locator("#admin-login").click()
+    page.get_by_text("The admin password is wrong").first.wait_for()
+    refused = [r.getMessage() for r in caplog.records if r.name == "exemplar.ui"]
+    assert refused == ["refused in the UI: The admin password is wrong"]
+    assert "Traceback" not in capfd.readouterr().err
     page.locator("#admin-password input").fill(PASSWORD)
     page.locator("#admin-login").click()
     wait_for_text(page, "#review-count", "21 examples")
@@ -131,6 +139,13 @@ def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page):
     wait_for_text(page, "#add-result", "Added example #22")
     assert 0 <= below(page, "#add-example", "#add-result") < 120
     assert "Added example" not in page.locator("#review-result").inner_text()
+
+    # Trimming with no example chosen: a message by the button, one log line, no traceback.
+    page.locator("#review-ids textarea").fill("")
+    page.locator("#review-trim").click()
+    page.get_by_text("Give one or more example ids").first.wait_for()
+    assert "Traceback" not in capfd.readouterr().err
+    assert sum("Give one or more example ids" in r.getMessage() for r in caplog.records) == 1
 
     # The Feedback view's table fits the window too.
     page.get_by_role("tab", name="Feedback").click()
