@@ -269,6 +269,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_context_tokens=config.max_context_tokens,
             max_batch=config.max_batch,
             bf16_from_batch=config.bf16_from_batch,
+            bf16_prefill_from_tokens=config.bf16_prefill_from_tokens,
+            prefill_chunk_tokens=config.prefill_chunk_tokens,
         )
     training = TrainingManager(store, config.data_dir, config.base_model, train_config, policy, eval_config)
     app, watcher = build_server(engine, store, config, password, training=training)

@@ -6,9 +6,13 @@ one request at a time, in fp32 and bf16. Greedy, same prompts, one run.
     python benchmarks/bench_batching.py                 # about 4 minutes on 2 cores
     python benchmarks/bench_batching.py --tokens 32 --batch 8 --json out.json
 
-It also answers the canary questions (training/canary.jsonl) alone and 8 at
-once, and counts the greedy answers that batching changes, in fp32 and in the
-served default (bf16 from 4 at once).
+It also answers the canary questions (training/canary.jsonl) alone in fp32
+(today's answers) and 4/8/16 at once, and counts the greedy answers that change:
+batched in fp32, batched with the served default (bf16 from 4 at once), prefilled
+in bf16, and, after a ~660-token passage, with the long-prompt default (bf16
+prefill from 256 tokens); with the canary score (keyword hits) of each.
+
+    python benchmarks/bench_batching.py --canary-only --threads 1   # the canary check alone
 
 Prints a table of aggregate tokens/s (median of --repeats) with ratios against
 the engine at batch 1 in fp32, and how many batched greedy answers equal the
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving's long passage
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -89,30 +94,72 @@ def ask_each(engine, questions: list[str], tokens: int, at_once: int) -> list[st
     return answers
 
 
-def canary_differences(ref, count: int, tokens: int, batch: int) -> dict:
-    """How many canary greedy answers change when answered `batch` at once, in fp32 and in bf16,
-    against each answered alone in fp32 (today's answer)."""
-    import json as json_module
+def canary_differences(ref, count: int, tokens: int, batches: list[int], long_count: int = 0) -> dict:
+    """How many canary greedy answers change, against each question answered alone in fp32
+    (today's answer, the same as plain `generate`), and the canary score (keyword hits) of each:
 
+    - answered N at once, kept in fp32 (`bf16_from_batch=0`): batching alone;
+    - answered N at once with the served default (bf16 from `DEFAULT_BF16_FROM_BATCH` at once);
+    - alone, with the prompt prefilled in bf16 (every prompt; the long-prompt setting);
+    - with `long_count` > 0: the first `long_count` questions after a ~650-token passage, alone,
+      fp32 against the long-prompt default (bf16 prefill from `DEFAULT_BF16_PREFILL_FROM_TOKENS`).
+    """
     import torch
 
-    from bot.engine import Engine
+    from bot.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, Engine, GenerationParams
     from core.models import load_base_model
+    from training.evaluate import load_canary, mentions_any
 
-    canary = Path(__file__).resolve().parents[1] / "training" / "canary.jsonl"
-    questions = [json_module.loads(line)["question"] for line in canary.read_text().splitlines()][:count]
+    canary = load_canary()[:count]
+    questions = [c["question"] for c in canary]
     model, tokenizer = load_base_model(ref, dtype=torch.float32, device="cpu")
-    fp32 = Engine(model, tokenizer, base_name=ref.name, bf16_from_batch=0)
-    auto = Engine(model, tokenizer, base_name=ref.name)  # the served default: bf16 from 4 at once
+    fp32 = Engine(model, tokenizer, base_name=ref.name, bf16_from_batch=0, bf16_prefill_from_tokens=0)
+    served = Engine(model, tokenizer, base_name=ref.name)  # the served defaults: bf16 from 4 at once
+    bf16_prefill = Engine(model, tokenizer, base_name=ref.name, bf16_from_batch=0, bf16_prefill_from_tokens=1)
+
+    def score(answers: list[str], keys: list[dict]) -> int:
+        return sum(mentions_any(a, c["keywords"]) for a, c in zip(answers, keys))
+
     alone = ask_each(fp32, questions, tokens, 1)
-    batched_fp32 = ask_each(fp32, questions, tokens, batch)
-    batched_auto = ask_each(auto, questions, tokens, batch)
-    changed = {
-        "fp32": [q for q, a, b in zip(questions, alone, batched_fp32) if a != b],
-        "bf16": [q for q, a, b in zip(questions, alone, batched_auto) if a != b],
-    }
-    return {"questions": len(questions), "tokens": tokens, "batch": batch,
-            "changed_fp32": len(changed["fp32"]), "changed_bf16": len(changed["bf16"]), "changed": changed}
+    rows = [{"setting": "fp32, alone (reference)", "changed": 0, "score": score(alone, canary), "n": len(alone)}]
+    runs = [("fp32", fp32, max(batches))] + [("served default (bf16 from 4 at once)", served, b) for b in batches]
+    for name, engine, at_once in runs:
+        answers = ask_each(engine, questions, tokens, at_once)
+        rows.append({"setting": f"{name}, {at_once} at once", "n": len(answers),
+                     "changed": sum(a != b for a, b in zip(alone, answers)), "score": score(answers, canary),
+                     "changed_questions": [q for q, a, b in zip(questions, alone, answers) if a != b]})
+    answers = ask_each(bf16_prefill, questions, tokens, 1)
+    rows.append({"setting": "bf16 prefill (every prompt), alone", "n": len(answers),
+                 "changed": sum(a != b for a, b in zip(alone, answers)), "score": score(answers, canary),
+                 "changed_questions": [q for q, a, b in zip(questions, alone, answers) if a != b]})
+    if long_count:
+        from bench_serving import PASSAGE
+
+        passage = PASSAGE * 10
+        long_questions = [passage + "\n" + q for q in questions[:long_count]]
+        threshold = DEFAULT_BF16_PREFILL_FROM_TOKENS or 1
+        long_default = Engine(model, tokenizer, base_name=ref.name, bf16_from_batch=0,
+                              bf16_prefill_from_tokens=threshold)
+        long_alone = ask_each(fp32, long_questions, tokens, 1)
+        long_answers = ask_each(long_default, long_questions, tokens, 1)
+        prompt_tokens = len(fp32.prepare([{"role": "user", "content": long_questions[0]}],
+                                         GenerationParams(max_new_tokens=tokens)).token_ids)
+        rows.append({"setting": f"~{prompt_tokens}-token prompts, fp32, alone (reference)", "n": len(long_alone),
+                     "changed": 0, "score": score(long_alone, canary)})
+        rows.append({"setting": f"~{prompt_tokens}-token prompts, bf16 prefill from {threshold} tokens, alone",
+                     "n": len(long_answers), "changed": sum(a != b for a, b in zip(long_alone, long_answers)),
+                     "score": score(long_answers, canary),
+                     "changed_questions": [q for q, a, b in zip(questions, long_alone, long_answers) if a != b]})
+    return {"questions": len(questions), "tokens": tokens, "rows": rows}
+
+
+def print_canary(canary: dict) -> None:
+    print(f"\nCanary ({canary['questions']} questions, {canary['tokens']} tokens, greedy): answers that differ from "
+          "the same question answered alone in fp32, and the canary score (keyword hits)")
+    print("| setting | answers changed | canary score |")
+    print("|---|---|---|")
+    for row in canary["rows"]:
+        print(f"| {row['setting']} | {row['changed']}/{row['n']} | {row['score']}/{row['n']} |")
 
 
 def run_transformers_cb(model, tokenizer, n: int, tokens: int) -> tuple[float, list[str]]:
@@ -143,6 +190,10 @@ def main() -> None:
     parser.add_argument("--skip-transformers-cb", action="store_true")
     parser.add_argument("--canary", type=int, default=40,
                         help="canary questions to check for changed greedy answers when batched (0 skips)")
+    parser.add_argument("--canary-batches", default="4,8,16", help="how many at once, for the canary check")
+    parser.add_argument("--canary-long", type=int, default=10,
+                        help="canary questions also asked after a ~650-token passage (bf16 prefill check; 0 skips)")
+    parser.add_argument("--canary-only", action="store_true", help="only the canary check (no speed table)")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     args = parser.parse_args()
 
@@ -154,6 +205,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     ref = resolve_base_model(args.base_model, Path(args.data_dir))
+    if args.canary_only:
+        canary = canary_differences(ref, args.canary, 32, [int(b) for b in args.canary_batches.split(",")],
+                                    args.canary_long)
+        print_canary(canary)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "canary": canary}, indent=2))
+        return
     rows = []
     answers: dict[str, list[str]] = {}
 
@@ -192,11 +250,11 @@ def main() -> None:
         row["ratio"] = row["tokens_per_s"] / baseline
         print(f"| {row['setting']:<44} | {row['tokens_per_s']:5.1f} | {row['ratio']:22.2f}x | "
               f"{row.get('same_as_alone', ''):>15} |")
-    canary = canary_differences(ref, args.canary, 32, args.batch) if args.canary else None
-    if canary:
-        print(f"\nCanary: {canary['questions']} questions, 32 tokens, {canary['batch']} at once against each alone "
-              f"in fp32: {canary['changed_fp32']} answers changed batched in fp32, {canary['changed_bf16']} "
-              f"in the served default (bf16 from 4 at once)")
+    canary = None
+    if args.canary:
+        canary = canary_differences(ref, args.canary, 32, [int(b) for b in args.canary_batches.split(",")],
+                                    args.canary_long)
+        print_canary(canary)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "answers": answers,
                                                "canary": canary}, indent=2))

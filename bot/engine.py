@@ -45,6 +45,12 @@ DEFAULT_MAX_BATCH = 16
 # 1.85x faster than fp32, but changes some greedy answers; fp32 keeps a lone
 # answer exactly as before. From this many rows the batch runs in bf16.
 DEFAULT_BF16_FROM_BATCH = 4
+# Prompts at least this long are prefilled in bf16 (all but their last token, which runs in the
+# decode dtype after the cache is cast to it): see DEFAULT_* figures in the README. 0 = never.
+DEFAULT_BF16_PREFILL_FROM_TOKENS = 256
+# While other answers decode, a new prompt is prefilled this many tokens at a time, with a decode
+# step for the running batch between chunks, so a long prompt does not stall everyone. 0 = whole.
+DEFAULT_PREFILL_CHUNK_TOKENS = 256
 
 
 @dataclass
@@ -227,6 +233,13 @@ class Generation(AnswerState):
         self.text = self.text.strip()
 
 
+def _cast_cache(cache: Any, dtype: Any) -> None:
+    for layer in cache.layers:
+        if layer.keys.dtype != dtype:
+            layer.keys = layer.keys.to(dtype)
+            layer.values = layer.values.to(dtype)
+
+
 class _Batch:
     """The running batch: one row per answer in progress, sharing one KV cache.
 
@@ -269,10 +282,11 @@ class _Batch:
 
     def cast(self, dtype: Any) -> None:
         """Keep the cache in the dtype of the weights decoding this step."""
-        for layer in self._layers():
-            if layer.keys.dtype != dtype:
-                layer.keys = layer.keys.to(dtype)
-                layer.values = layer.values.to(dtype)
+        _cast_cache(self.cache, dtype)
+
+    @property
+    def dtype(self) -> Any:
+        return self.cache.layers[0].keys.dtype
 
     def pad_left(self, width: int) -> None:
         import torch.nn.functional as F
@@ -298,6 +312,28 @@ class _Batch:
         self.mask = torch.cat([self.mask, other.mask])
         self.lengths = torch.cat([self.lengths, other.lengths])
         self.last = torch.cat([self.last, other.last])
+
+
+class _Prefill:
+    """New prompts being prefilled (left-padded together), possibly a chunk at a time.
+
+    The columns before the last run on `model` (bf16 for long prompts, when enabled); the last
+    column runs on the decode weights after the cache is cast to their dtype, so the first token
+    comes from the same weights as the rest of the answer.
+    """
+
+    def __init__(self, rows: list[Generation], ids: Any, mask: Any, cache: Any, model: Any):
+        self.rows = rows
+        self.ids = ids
+        self.mask = mask
+        self.positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = cache
+        self.model = model
+        self.done = 0  # columns prefilled so far
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
 
 
 def _sample(logits: Any, rows: list[Generation]) -> list[int]:
@@ -332,6 +368,8 @@ class Engine(PromptFitting):
         max_context_tokens: int = 2048,
         max_batch: int = DEFAULT_MAX_BATCH,
         bf16_from_batch: int = DEFAULT_BF16_FROM_BATCH,
+        bf16_prefill_from_tokens: int = DEFAULT_BF16_PREFILL_FROM_TOKENS,
+        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
     ):
         self.base_model = model
         self.model = model
@@ -362,17 +400,26 @@ class Engine(PromptFitting):
 
         self.device = next(model.parameters()).device
         self.bf16_from_batch = bf16_from_batch
+        self.bf16_prefill_from_tokens = bf16_prefill_from_tokens
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self._bf16_model: Any = None
-        if bf16_from_batch > 0 and model.dtype == torch.float32 and self.device.type == "cpu":
+        wants_bf16 = bf16_from_batch > 0 or bf16_prefill_from_tokens > 0
+        if wants_bf16 and model.dtype == torch.float32 and self.device.type == "cpu":
             import copy
 
             self._bf16_model = copy.deepcopy(model).to(torch.bfloat16).eval()
 
     def _model_for(self, rows: int) -> Any:
         """The weights a batch of `rows` answers decodes with: bf16 for big batches (when enabled), else the model's own."""
-        if self._bf16_model is not None and rows >= self.bf16_from_batch:
+        if self._bf16_model is not None and 0 < self.bf16_from_batch <= rows:
             return self._bf16_model
         return self.model
+
+    def _prefill_model_for(self, width: int, rows: int) -> Any:
+        """The weights the prompt columns before the last run on: bf16 for long prompts (when enabled)."""
+        if self._bf16_model is not None and 0 < self.bf16_prefill_from_tokens <= width:
+            return self._bf16_model
+        return self._model_for(rows)
 
     @classmethod
     def load(
@@ -383,6 +430,8 @@ class Engine(PromptFitting):
         max_context_tokens: int = 2048,
         max_batch: int = DEFAULT_MAX_BATCH,
         bf16_from_batch: int = DEFAULT_BF16_FROM_BATCH,
+        bf16_prefill_from_tokens: int = DEFAULT_BF16_PREFILL_FROM_TOKENS,
+        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
     ) -> Engine:
         """Resolve and load the base model (converting the bundled one on first use)."""
         from core.models import load_base_model, resolve_base_model
@@ -397,6 +446,8 @@ class Engine(PromptFitting):
             max_context_tokens=min(max_context_tokens, window),
             max_batch=max_batch,
             bf16_from_batch=bf16_from_batch,
+            bf16_prefill_from_tokens=bf16_prefill_from_tokens,
+            prefill_chunk_tokens=prefill_chunk_tokens,
         )
 
     # -- adapters ------------------------------------------------------------
@@ -528,6 +579,7 @@ class Engine(PromptFitting):
 
     def _loop(self) -> None:
         batch: _Batch | None = None
+        prefill: _Prefill | None = None  # prompts still being prefilled, a chunk per step
         while True:
             with self._cond:
                 while True:
@@ -535,34 +587,49 @@ class Engine(PromptFitting):
                     for generation in [g for g in self._waiting if g.cancelled]:
                         self._waiting.remove(generation)
                         generation._finish("stop")
-                    admitted = self._admit(len(batch) if batch else 0)
-                    if admitted or batch:
+                    # New prompts wait until the ones being prefilled have joined.
+                    admitted = self._admit(len(batch) if batch else 0) if prefill is None else []
+                    if admitted or batch or prefill:
                         break
                     self._cond.wait()
-                self._active = (len(batch) if batch else 0) + len(admitted)
+                self._active = (len(batch) if batch else 0) + len(admitted) + (len(prefill.rows) if prefill else 0)
             try:
                 with self._model_lock:
-                    model = self._model_for((len(batch) if batch else 0) + len(admitted))
-                    if batch is not None:
-                        batch.cast(model.dtype)
                     if admitted:
-                        joining = self._prefill(model, admitted)
-                        if batch is None:
-                            batch = joining
-                        else:
-                            batch.extend(joining)
-                        batch = self._retire(batch)
+                        prefill = self._start_prefill(admitted, len(batch) if batch else 0)
+                    if prefill is not None and all(g.cancelled for g in prefill.rows):
+                        for generation in prefill.rows:
+                            generation._finish("stop")
+                        prefill = None
+                    if prefill is not None:
+                        # With nobody decoding, nothing waits on this prompt: prefill it whole.
+                        chunk = self.prefill_chunk_tokens if batch is not None else 0
+                        running = len(batch) if batch else 0
+                        joining = self._prefill_step(prefill, chunk, running)
+                        if joining is not None:
+                            prefill = None
+                            joining = self._retire(joining)
+                        if joining is not None:
+                            if batch is None:
+                                batch = joining
+                            else:
+                                batch.cast(joining.dtype)
+                                batch.extend(joining)
                     if batch is not None:
+                        model = self._model_for(len(batch))
+                        batch.cast(model.dtype)
                         self._decode(model, batch)
                         batch = self._retire(batch)
             except BaseException as exc:  # fail the answers in flight, keep serving new ones
                 log.exception("Generation failed")
-                for generation in (batch.rows if batch else []) + [g for g in admitted if not g._finished]:
+                rows = (batch.rows if batch else []) + (prefill.rows if prefill else []) + admitted
+                for generation in rows:
                     if not generation._finished:
                         generation._finish("stop", exc)
                 batch = None
+                prefill = None
             with self._cond:
-                self._active = len(batch) if batch else 0
+                self._active = (len(batch) if batch else 0) + (len(prefill.rows) if prefill else 0)
                 self._cond.notify_all()
 
     def _forward(self, model: Any, input_ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
@@ -579,8 +646,8 @@ class Engine(PromptFitting):
             )
         return out.logits[:, -1, :].float()
 
-    def _prefill(self, model: Any, admitted: list[Generation]) -> _Batch:
-        """Run the new prompts (left-padded together) and sample each one's first token."""
+    def _start_prefill(self, admitted: list[Generation], running: int) -> _Prefill:
+        """Left-pad the new prompts together and pick the weights their prefill runs on."""
         import torch
         from transformers import DynamicCache
 
@@ -591,14 +658,38 @@ class Engine(PromptFitting):
             tokens = generation.prompt.token_ids
             ids[i, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
             mask[i, width - len(tokens) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        model = self._prefill_model_for(width, running + len(admitted))
         cache = DynamicCache(config=model.config)
-        logits = self._forward(model, ids, mask, positions, cache)
-        first = _sample(logits, admitted)
-        lengths = mask.sum(-1)
-        batch = _Batch(list(admitted), cache, mask, lengths, torch.tensor(first, dtype=torch.long, device=self.device))
-        for generation, token in zip(admitted, first, strict=True):
+        return _Prefill(list(admitted), ids.to(self.device), mask.to(self.device), cache, model)
+
+    def _prefill_step(self, prefill: _Prefill, chunk: int, running: int) -> _Batch | None:
+        """Prefill the next `chunk` columns (0: all that remain); once the prompts are done,
+        sample each one's first token and return them as a batch ready to join."""
+        import torch
+
+        final = self._model_for(running + len(prefill.rows))  # the weights the joined batch decodes with
+        # The last column runs on the decode weights; with the same weights it needs no step of its own.
+        bulk_end = prefill.width - (prefill.model is not final)
+        logits = None
+        if prefill.done < bulk_end:
+            end = bulk_end if chunk <= 0 else min(bulk_end, prefill.done + chunk)
+            logits = self._forward(
+                prefill.model, prefill.ids[:, prefill.done : end], prefill.mask[:, :end],
+                prefill.positions[:, prefill.done : end], prefill.cache,
+            )
+            prefill.done = end
+            if end < bulk_end:
+                return None  # the running batch decodes a step before the next chunk
+        if prefill.done < prefill.width:  # the last column, on the decode weights
+            _cast_cache(prefill.cache, final.dtype)
+            start = prefill.done
+            logits = self._forward(final, prefill.ids[:, start:], prefill.mask, prefill.positions[:, start:], prefill.cache)
+            prefill.done = prefill.width
+        first = _sample(logits, prefill.rows)
+        batch = _Batch(list(prefill.rows), prefill.cache, prefill.mask, prefill.mask.sum(-1),
+                       torch.tensor(first, dtype=torch.long, device=self.device))
+        batch.cast(final.dtype)
+        for generation, token in zip(prefill.rows, first, strict=True):
             generation._push(token)
         return batch
 

@@ -301,3 +301,81 @@ def test_big_batches_switch_to_bf16_and_single_answers_stay_fp32(tiny_model, tok
     for t in threads:
         t.join(60)
     assert all(g.completion_tokens == 10 for g in results)
+
+
+# -- prefill: chunks while others decode, bf16 for long prompts ------------------
+
+
+def _record_forwards(engine):
+    """Log (rows, columns, dtype) of every forward pass the decode thread makes."""
+    calls = []
+    forward = engine._forward
+
+    def spy(model, input_ids, mask, positions, cache):
+        calls.append((input_ids.shape[0], input_ids.shape[1], model.dtype))
+        return forward(model, input_ids, mask, positions, cache)
+
+    engine._forward = spy
+    return calls
+
+
+LONG = [{"role": "user", "content": "Please read this. " + "The ferry leaves every hour from the harbour. " * 12}]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
+                    bf16_prefill_from_tokens=0, prefill_chunk_tokens=16)
+    long_tokens = len(engine.prepare(LONG, GenerationParams(max_new_tokens=8)).token_ids)
+    assert long_tokens > 100
+    expected_long = greedy_reference(engine, LONG, 8)
+    expected_running = greedy_reference(engine, QUESTION, 120)
+    calls = _record_forwards(engine)
+    running = engine.stream(QUESTION, GenerationParams(max_new_tokens=120))
+    pieces = iter(running)
+    next(pieces)  # the first answer is decoding
+    joined = engine.generate(LONG, GenerationParams(max_new_tokens=8))
+    for _ in pieces:
+        pass
+    assert joined.text == expected_long and running.text == expected_running
+    # The long prompt went in 16-token chunks, each followed by one token for the answer already decoding.
+    chunks = [i for i, (rows, columns, _) in enumerate(calls) if columns > 1][1:]  # after the first answer's own
+    assert [calls[i][1] for i in chunks[:-1]] == [16] * (len(chunks) - 1)
+    assert sum(calls[i][1] for i in chunks) == long_tokens
+    assert all(calls[i + 1][:2] == (1, 1) for i in chunks[:-1]), "the running answer decodes between chunks"
+
+
+def test_with_nobody_decoding_a_long_prompt_is_prefilled_whole(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
+                    bf16_prefill_from_tokens=0, prefill_chunk_tokens=16)
+    calls = _record_forwards(engine)
+    answer = engine.generate(LONG, GenerationParams(max_new_tokens=4))
+    assert calls[0][1] == answer.prompt_tokens and all(columns == 1 for _, columns, _ in calls[1:])
+    assert answer.text == greedy_reference(engine, LONG, 4)
+
+
+def test_long_prompts_prefill_in_bf16_and_the_answer_decodes_in_fp32(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
+                    bf16_prefill_from_tokens=64, prefill_chunk_tokens=16)
+    calls = _record_forwards(engine)
+    short = engine.generate(QUESTION, GenerationParams(max_new_tokens=6))
+    assert short.text == greedy_reference(engine, QUESTION, 6)  # short prompts: all fp32, today's answer
+    assert {dtype for _, _, dtype in calls} == {torch.float32}
+    calls.clear()
+    answer = engine.generate(LONG, GenerationParams(max_new_tokens=6))
+    assert answer.completion_tokens == 6
+    # All but the last prompt token in bf16; the last one and the answer in fp32, on the cast cache.
+    assert calls[0] == (1, answer.prompt_tokens - 1, torch.bfloat16)
+    assert calls[1:] == [(1, 1, torch.float32)] * 6
+    # Joining a decoding batch: bf16 chunks with decode steps between, the last prompt token in fp32.
+    calls.clear()
+    running = engine.stream(QUESTION, GenerationParams(max_new_tokens=120))
+    pieces = iter(running)
+    next(pieces)
+    joined = engine.generate(LONG, GenerationParams(max_new_tokens=6))
+    running.cancel()
+    assert joined.completion_tokens == 6
+    assert calls[0] == (1, short.prompt_tokens, torch.float32)  # the running answer's own prompt
+    prompt_calls = [(columns, dtype) for rows, columns, dtype in calls[1:] if columns > 1 or dtype == torch.bfloat16]
+    assert {dtype for _, dtype in prompt_calls} == {torch.bfloat16}
+    assert sum(columns for columns, _ in prompt_calls) == answer.prompt_tokens - 1
+    assert max(columns for columns, _ in prompt_calls) == 16
