@@ -138,3 +138,33 @@ def test_the_comparison_shows_both_answers_side_by_side(admin_page, width):
     assert abs(a["y"] - b["y"]) < 2 and b["x"] > a["x"] + a["width"] - 1  # side by side
     assert b["x"] + b["width"] <= width  # nothing off-screen to the right
     assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+def test_an_automatic_run_shows_at_login_with_the_counts_that_started_it(tmp_path, browser):
+    """The Training tab fills itself in once the password is entered (no Refresh pressed), and a run
+    the policy started says why: the count of new examples against the policy's threshold."""
+    store = Store(tmp_path / "exemplar.db")
+    seed_examples(store, SEED)  # 20 approved examples: the default policy retrains at 20
+    manager = ThreadWorkerManager(store, tmp_path)
+    stop = manager.start_background(interval=0.2)
+    app = create_app(ChatService(FakeEngine(), store, ServeConfig(data_dir=tmp_path, admin_password=PASSWORD)),
+                     AdminGuard(PASSWORD), training=manager)
+    try:
+        with serve_in_thread(app) as url:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url + "/")
+            page.get_by_role("tab", name="Admin").click()
+            password = page.locator("#admin-password input")
+            password.fill(PASSWORD)
+            password.press("Enter")
+            page.get_by_role("tab", name="Training").click()
+            page.wait_for_function(
+                "document.querySelector('#training-status').innerText.includes('Job 1')", timeout=30_000
+            )
+            status = page.locator("#training-status").inner_text()
+            assert "schedule: 20 approved examples, and no run yet; the policy retrains at 20" in status
+            assert "Retrains when 20 new approved examples" in page.locator("#training-policy").inner_text()
+            page.close()
+    finally:
+        stop.set()
+        store.close()

@@ -94,3 +94,21 @@ def test_launch_py_wires_the_commands(tmp_path):
     missing = run("models", "activate", "v7")
     assert missing.returncode == 1 and "v7 does not exist" in missing.stderr
     assert "exit codes" in run("train", "--help").stdout
+
+
+def test_train_and_the_server_apply_the_same_gate():
+    """Both start the job through TrainingManager, whose worker runs recipe.decide (the one gate);
+    what could differ is the settings: the same flags give both the same training and gate settings."""
+    import launch
+    from core.flags import from_args
+    from training import commands
+    from training.config import EvalConfig, TrainConfig
+
+    parser = launch.build_parser()
+    flags = ["--eval-canary-max-lost", "1", "--train-epochs", "2"]
+    served, trained = parser.parse_args(["serve", *flags]), parser.parse_args(["train", *flags])
+    _, serve_train, serve_eval, _ = launch.serve_configs(served)
+    cli = commands._configs(trained, train_config=(TrainConfig, "train"), eval_config=(EvalConfig, "eval"))
+    assert cli["eval_config"] == serve_eval and cli["eval_config"].canary_max_lost == 1
+    assert cli["train_config"] == serve_train and serve_train.epochs == 2
+    assert from_args(parser.parse_args(["train"]), EvalConfig, "eval") == EvalConfig()  # defaults alike too

@@ -219,3 +219,23 @@ def test_a_worker_whose_server_exits_stops_instead_of_training_on(tmp_path, tiny
         if store.get_job(job_id)["status"] in ("queued", "running") and pid:
             os.killpg(pid, signal.SIGKILL)
         store.close()
+
+
+def test_an_automatic_run_says_which_counts_started_it(tmp_path):
+    store = Store(tmp_path / "exemplar.db")
+    manager = TrainingManager(store, tmp_path, spawn=False)
+    manager.policy = RetrainPolicy(min_new_examples=3)
+    for i in range(5):  # e.g. an import: the count passes the threshold at once
+        store.add_example(f"Question {i}?", f"Answer {i}.", source="import")
+    job_id = manager.check_schedule()
+    reason = store.get_job(job_id)["params"]["reason"]
+    assert reason == "schedule: 5 approved examples, and no run yet; the policy retrains at 3"
+    assert manager.job_view(job_id)["reason"] == reason  # what the Training tab's job line and past runs show
+    store.update_job(job_id, status="succeeded")
+    store.add_example("Question 9?", "Answer 9.", source="import")
+    manager.policy = RetrainPolicy(min_new_examples=3, every_hours=0.000001)
+    later = manager.check_schedule()
+    assert store.get_job(later)["params"]["reason"] == (
+        "schedule: 1 approved example added or changed since the last run; the timer retrains every 1e-06 h "
+        "when at least one has")
+    store.close()

@@ -250,6 +250,16 @@ class TrainingManager:
             due = due or age is None or age >= timedelta(hours=self.policy.every_hours)
         return {"new_examples": new, "last_run": since, "due": due, "policy": self.policy.describe()}
 
+    def schedule_reason(self, status: dict[str, Any]) -> str:
+        """Why the policy starts a run, with the counts that triggered it, as the Training tab shows
+        it: the examples counted since the last run began, against the policy's threshold or timer."""
+        new, policy = status["new_examples"], self.policy
+        counted = f"{new} approved example{'s' if new != 1 else ''}"
+        counted += " added or changed since the last run" if status["last_run"] else ", and no run yet"
+        if new >= policy.min_new_examples:
+            return f"schedule: {counted}; the policy retrains at {policy.min_new_examples}"
+        return f"schedule: {counted}; the timer retrains every {policy.every_hours:g} h when at least one has"
+
     def check_schedule(self) -> int | None:
         """Start a job if the retrain policy says one is due; return its id, else None."""
         if not self.policy.enabled or self.store.active_job() is not None:
@@ -258,7 +268,7 @@ class TrainingManager:
         if not status["due"]:
             return None
         try:
-            return self.start(reason=f"schedule: {status['new_examples']} new examples")
+            return self.start(reason=self.schedule_reason(status))
         except (ConflictError, ValidationError) as exc:
             log.info("Scheduled retrain not started: %s", exc)
             return None
