@@ -174,7 +174,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from storage import Store
     from storage.exchange import import_file, import_summary
 
-    store = Store(DataDir(args.data_dir).db)
+    store = Store(DataDir(args.data_dir).writable_db())
     try:
         report = import_file(store, args.file, args.format, status=args.status)
     finally:

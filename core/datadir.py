@@ -40,6 +40,18 @@ class DataDir:
             )
         return self.db
 
+    def writable_db(self) -> Path:
+        """The database for a command that may create the data dir (import): refused with a
+        message, not a traceback, when the path cannot be a folder (a file, or under one)."""
+        from core.errors import ValidationError
+
+        for folder in (self.root, *self.root.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise ValidationError(f"--data-dir {self.root} cannot be a folder: {folder} is a file")
+                break
+        return self.db
+
     @property
     def base(self) -> Path:
         """Where base models converted for this data dir live (one folder per model)."""

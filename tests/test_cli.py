@@ -44,3 +44,19 @@ def test_import_twice_says_how_many_rows_were_new_and_replaced(tmp_path):
     assert first.returncode == 0 and "Imported 2 examples (#1–#2)" in first.stdout and "2 new, 0 replaced" in first.stdout
     second = run("import", str(data), "--data-dir", str(tmp_path / "d"))
     assert second.returncode == 0 and "0 new, 2 replaced an earlier example" in second.stdout, second.stdout
+
+
+def test_expected_mistakes_print_one_line_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "Q?", "output": "A."}\n{"instruction": "Q?"}\n')
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for args, words in [
+        (("import", str(bad), "--data-dir", str(tmp_path / "d")), "line 2"),
+        (("import", str(tmp_path / "missing.jsonl"), "--data-dir", str(tmp_path / "d")), "does not exist"),
+        (("import", str(bad), "--data-dir", str(a_file / "sub")), "is a file"),
+        (("models", "--data-dir", str(a_file)), "no Exemplar database"),
+    ]:
+        result = run(*args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and words in result.stderr, (args, result.stderr)
