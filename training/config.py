@@ -49,6 +49,9 @@ _TRAIN_CEILINGS = {
     "warmup_steps": 1_000_000,
     "replay_examples": 100_000,
     "replay_kl_weight": 1000,
+    "rewordings": 32,
+    "statement_prompts": 32,
+    "replay_rewordings": 32,
     "max_steps": 10_000_000,
     "threads": 1024,
     "processes": 4096,
@@ -104,6 +107,24 @@ class TrainConfig:
         "which kept fewer general answers (canary 71-75% against 83-96% with the KL term at weight 1-3; "
         "weight 10 learned only 13 of 18 facts).",
         default=3.0,
+    )
+    rewordings: int = _help(
+        "Extra wordings of each example's question to train on, made from templates (training/augment.py: "
+        "'Tell me the Y of X.', 'X's Y?', 'X was written by whom?'...), so a learned fact also answers questions "
+        "worded otherwise. 0 trains on the question as asked only. Each one adds a row per example: time grows "
+        "with it (see training/README.md, Generalisation).",
+        default=0,
+    )
+    statement_prompts: int = _help(
+        "Extra rows per example that ask for what is known about the question's subject ('What do you know "
+        "about X?') and are answered with the example's answer: the fact trained as a statement, reached from "
+        "its subject. 0 turns them off.",
+        default=0,
+    )
+    replay_rewordings: int = _help(
+        "Template rewordings of each replay example (general questions, under the KL term), so the share of "
+        "known facts stays up when the users' examples are reworded. 0 turns them off.",
+        default=0,
     )
     bf16: bool = _help(
         "Train under bfloat16 autocast: about 25% faster on this CPU, loss within 0.03 of fp32.", default=False
@@ -164,6 +185,9 @@ class TrainConfig:
             problems.append("replay_examples must be 0 (off) or more")
         if self.replay_kl_weight < 0:
             problems.append("replay_kl_weight must be 0 (train on the replay text) or more")
+        for name in ("rewordings", "statement_prompts", "replay_rewordings"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 (off) or more, e.g. 3")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("max_steps must be at least 1, or empty to train for `epochs`")
         if self.threads < 1:

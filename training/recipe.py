@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.vocabulary import JobStatus, Split
-from training import promotion, registry
+from training import augment, promotion, registry
 from training.config import EvalConfig, TrainConfig
 from training.dataset import is_truncated, load_replay, training_examples
 from training.evaluate import canary_answers, heldout_loss, judge_answers, load_canary, margins
@@ -109,8 +109,18 @@ def train(model: Any, tokenizer: Any, plan: Plan, examples: Sequence[dict[str, A
     """A fresh LoRA adapter on `examples` plus the replay rows, with the plan's recipe: (peft model, TrainResult)."""
     from training.finetune import train_adapter
 
-    rows = [{"input": e["input"], "output": e["output"]} for e in examples] + plan.replay
-    return train_adapter(model, tokenizer, rows, plan.config, callbacks=callbacks)
+    return train_adapter(model, tokenizer, training_rows(plan, examples), plan.config, callbacks=callbacks)
+
+
+def training_rows(plan: Plan, examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows one run trains on: `examples` with their extra wordings (training/augment.py), then the replay
+    rows with theirs. Only the examples handed in are reworded, so the selection run, handed the train split
+    alone, never sees a wording of a held-out example."""
+    c = plan.config
+    own = [{"input": e["input"], "output": e["output"], "id": e.get("id"), "split": e.get("split")} for e in examples]
+    return augment.expand(
+        own, rewordings_per_example=c.rewordings, statements_per_example=c.statement_prompts
+    ) + augment.expand(plan.replay, rewordings_per_example=c.replay_rewordings, statements_per_example=0)
 
 
 def selection_examples(plan: Plan) -> list[dict[str, Any]]:
