@@ -371,8 +371,10 @@ def build_training_section(
     timer = gr.Timer(1.0, active=False)
 
     gr.Markdown("### Versions")
+    # Fixed shares of the width: long text wraps in its column instead of pushing the rest off-screen.
     versions = gr.Dataframe(
-        pd.DataFrame(columns=VERSION_COLUMNS), interactive=False, wrap=True, elem_id="training-versions"
+        pd.DataFrame(columns=VERSION_COLUMNS), interactive=False, wrap=True, elem_id="training-versions",
+        column_widths=["6%", "7%", "9%", "7%", "9%", "9%", "7%", "12%", "34%"],
     )
     with gr.Row():
         chosen = gr.Dropdown(label="Version", choices=[BASE], value=None, elem_id="training-version")
@@ -381,7 +383,10 @@ def build_training_section(
     result = gr.Markdown(elem_id="training-result")
     confirm_version = gr.State(None)
     with gr.Accordion("Past runs", open=False):
-        runs = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), interactive=False, wrap=True, elem_id="training-runs")
+        runs = gr.Dataframe(
+            pd.DataFrame(columns=RUN_COLUMNS), interactive=False, wrap=True, elem_id="training-runs",
+            column_widths=["5%", "9%", "28%", "12%", "12%", "7%", "27%"],
+        )
 
     gr.Markdown("### Candidate against current, on held-out examples")
     with gr.Row():
@@ -396,7 +401,10 @@ def build_training_section(
         only_missing = gr.Checkbox(label="Only not learned", value=False, elem_id="training-not-learned")
         learned_button = gr.Button("Show", elem_id="training-learned")
     learned_title = gr.Markdown()
-    learned_table = gr.Dataframe(pd.DataFrame(columns=LEARNED_COLUMNS), interactive=False, wrap=True)
+    learned_table = gr.Dataframe(
+        pd.DataFrame(columns=LEARNED_COLUMNS), interactive=False, wrap=True, elem_id="training-learned-table",
+        column_widths=["6%", "16%", "16%", "14%", "14%", "6%", "6%", "7%", "15%"],
+    )
 
     overview_outputs = [
         policy, status, curve, log, job_id, timer, versions, chosen, compare_version, learned_version, runs

@@ -164,6 +164,17 @@ def test_an_automatic_run_shows_at_login_with_the_counts_that_started_it(tmp_pat
             status = page.locator("#training-status").inner_text()
             assert "schedule: 20 approved examples, and no run yet; the policy retrains at 20" in status
             assert "Retrains when 20 new approved examples" in page.locator("#training-policy").inner_text()
+            # Once it ends, the versions and past-runs tables (long reasons included) fit the window.
+            page.wait_for_function(
+                "document.querySelector('#training-status').innerText.includes('succeeded')", timeout=60_000
+            )
+            page.get_by_text("Past runs").click()
+            page.locator("#training-runs").get_by_text("the policy retrains at 20").locator("visible=true").first.wait_for()
+            for table in ("#training-versions", "#training-runs"):
+                edges = page.evaluate(
+                    "s => [...document.querySelectorAll(s + ' th')].filter(th => th.offsetParent !== null)"
+                    ".map(th => th.getBoundingClientRect().right)", table)
+                assert edges and max(edges) <= 1280, (table, edges)
             page.close()
     finally:
         stop.set()
