@@ -306,11 +306,12 @@ class ChatHandlers:
 
     def new_chat(self, request: gr.Request | None = None) -> tuple[Any, ...]:
         """The New chat button: an empty chat (the one open stays in the list).
-        Returns the chat view: chatbot, conversation, ids, info, status, chat key, list, Send, Stop, Continue."""
+        Returns the chat view: chatbot, conversation, ids, info, status, chat key, list, Send, Stop, Continue,
+        and the note under the list (where the list's actions confirm themselves)."""
         self._idle_only(request)
         return (
             gr.update(value=[], feedback_value=[]), None, [], "", "", None, gr.update(value=None),
-            *IDLE[:2], gr.update(visible=False),
+            *IDLE[:2], gr.update(visible=False), "",
         )
 
     def reopen(
@@ -325,8 +326,8 @@ class ChatHandlers:
         history, ids = chat["history"], chat["ids"]
         thumbs = self.feedback_values(history, ids, rater)
         return (
-            gr.update(value=history, feedback_value=thumbs), None, ids, "", f"Reopened “{chat['title']}”.",
-            chat["key"], gr.update(value=chat["key"]), *IDLE[:2], gr.update(visible=False),
+            gr.update(value=history, feedback_value=thumbs), None, ids, "", "", chat["key"],
+            gr.update(value=chat["key"]), *IDLE[:2], gr.update(visible=False), f"Reopened “{chat['title']}”.",
         )
 
     def delete_chat(
@@ -337,9 +338,9 @@ class ChatHandlers:
         if not key:
             raise user_error("Pick a chat in the list first")
         chats = chat_history.forget(chats, key)
-        view = list(self.new_chat(request)) if key == open_key else [gr.skip()] * 10
-        view[4] = "Deleted the chat from this browser."
+        view = list(self.new_chat(request)) if key == open_key else [gr.skip()] * 11
         view[6] = gr.update(choices=chat_history.choices(chats), value=None)
+        view[10] = "Deleted the chat from this browser."
         return chats, *view
 
     @staticmethod
@@ -471,6 +472,7 @@ def build_chat_tab(service: ChatService) -> Any:
             new_chat = gr.Button("New chat", elem_id="new-chat")
             past = gr.Radio(choices=[], value=None, label="Past chats (kept in this browser)", elem_id="chat-history")
             delete = gr.Button("Delete the chosen chat", size="sm", variant="stop", elem_id="delete-chat")
+            history_note = gr.Markdown("", elem_id="chat-history-note")  # the list's actions confirm here
         with gr.Column(scale=5):
             chatbot = gr.Chatbot(
                 label="Exemplar",
@@ -564,7 +566,7 @@ def build_chat_tab(service: ChatService) -> Any:
     ).success(*save, **private)
 
     # Past chats: New chat, reopen one from the list, delete one.
-    chat_view = [chatbot, conversation_id, ids, info, status, chat_key, past, *buttons]
+    chat_view = [chatbot, conversation_id, ids, info, status, chat_key, past, *buttons, history_note]
     new_chat.click(handlers.new_chat, None, chat_view, **private)
     past.input(handlers.reopen, [past, chats, rater], chat_view, **private)
     delete.click(handlers.delete_chat, [past, chat_key, chats], [chats, *chat_view], **private)

@@ -59,12 +59,12 @@ def test_reopen_shows_the_chat_with_its_ratings_as_a_new_conversation(store):
     key, chats, _ = handlers.save_chat(None, history, ids, [])
     chats[0]["conversation_id"] = conversation_id  # what a client might add: never used
     view = handlers.reopen(key, chats, rater)
-    chatbot, conversation, reopened_ids, _, status, open_key = view[:6]
+    chatbot, conversation, reopened_ids, _, _, open_key = view[:6]
     assert chatbot["value"] == history and chatbot["feedback_value"] == ["Like"]
-    assert conversation is None and reopened_ids == ids and open_key == key and "Reopened" in status
+    assert conversation is None and reopened_ids == ids and open_key == key and "Reopened" in view[-1]
     with pytest.raises(gr.Error, match="no longer saved"):
         handlers.reopen("d" * 32, chats, rater)
     listing, *view = handlers.delete_chat(key, key, chats)
-    assert listing == [] and view[5] is None and view[0]["value"] == []
+    assert listing == [] and view[5] is None and view[0]["value"] == [] and view[-1].startswith("Deleted")
     with pytest.raises(gr.Error, match="Pick a chat"):
         handlers.delete_chat(None, key, chats)

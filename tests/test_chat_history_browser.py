@@ -82,7 +82,9 @@ def test_a_past_chat_reopens_with_its_messages_and_ratings(tmp_path, browser):
 
         # Reopen the first chat: its messages, and its answer still liked (from the store).
         page.locator("#chat-history label", has_text="capital of Zorvania").click()
-        wait_for_text(page, "#feedback-status", "Reopened")
+        wait_for_text(page, "#chat-history-note", "Reopened")
+        button, note = page.locator("#delete-chat").bounding_box(), page.locator("#chat-history-note").bounding_box()
+        assert 0 <= note["y"] - (button["y"] + button["height"]) < 80 and abs(note["x"] - button["x"]) < 20  # by the list
         wait_for_text(page, "#chatbot", "And its river?")
         assert "Mount Orrin" not in chat.inner_text()
         assert chat.get_by_label("Liked", exact=True).count() == 1
@@ -103,7 +105,7 @@ def test_a_past_chat_reopens_with_its_messages_and_ratings(tmp_path, browser):
         page.locator("#chat-history label", has_text="Mount Orrin").click()
         wait_for_text(page, "#chatbot", "How tall is Mount Orrin?")
         page.locator("#delete-chat").click()
-        wait_for_text(page, "#feedback-status", "Deleted")
+        wait_for_text(page, "#chat-history-note", "Deleted")  # by the list, not under the chat
         wait_for_list(page, 1)
         assert chat.locator("[data-testid=bot]").count() == 0  # it was open: the view emptied
 
