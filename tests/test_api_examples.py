@@ -209,3 +209,42 @@ def test_importing_the_same_body_again_reports_the_rows_it_replaced(client, stor
     assert (again["imported"], again["new"], again["replaced"]) == (3, 0, 3)
     assert again["replaced_ids"] == first["ids"] and "3 replaced" in again["message"]
     assert store.count_examples(status="approved") == 3 and store.count_examples(status="superseded") == 3
+
+
+def test_many_admins_importing_and_trimming_at_once_get_consistent_reports(tmp_path):
+    """Real HTTP on 127.0.0.1, real SQLite: 12 imports of the same file and 12 trims of one
+    correction at once. Exactly one import finds the questions new and the others each replace
+    them; one trim changes the input and the others find nothing left to trim."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.live_app import serve_in_thread
+
+    store = Store(tmp_path / "exemplar.db")
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Capital of Zorvania?"}]
+    corrected = store.add_example(chat, "Velmora.", source="correction")
+    app = FastAPI()
+    add_api(app, ChatService(FakeEngine(), store, ServeConfig()), AdminGuard(PASSWORD))
+    start = threading.Barrier(24)
+
+    def call(i):
+        with httpx.Client(base_url=url, headers=ADMIN, timeout=60) as client:
+            start.wait()
+            if i % 2:
+                return client.patch(f"/api/examples/{corrected}", json={"keep_turns": 1})
+            return client.post("/api/examples/import", content=JSONL)
+
+    with serve_in_thread(app) as url, ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(call, range(24)))
+    assert all(r.status_code < 300 for r in responses), [r.text for r in responses if r.status_code >= 300]
+    imports = [r.json() for r in responses[0::2]]
+    assert sorted(r["new"] for r in imports) == [0] * 11 + [3]
+    assert sorted(r["replaced"] for r in imports) == [0] + [3] * 11
+    assert store.count_examples(status="approved", source="import") == 3
+    assert store.count_examples(status="superseded") == 33
+    assert store.get_example(corrected)["input"] == chat[-1:]
+    assert len([h for h in store.example_history(corrected) if h["field"] == "input"]) == 1
+    store.close()
