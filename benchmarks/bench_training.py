@@ -1,22 +1,28 @@
 """Training benchmark on this machine, with the bundled model (or --base-model):
 
-- training throughput at the same thread count, one whole epoch each: today's
-  random padded batches against length-grouped batches (`length_grouped`), as a ratio;
-- training throughput (tokens/s, s/step) of the default recipe, measured over a
-  few steps, and the wall time for 200 examples × the default epochs
-  (extrapolated from the measured s/step: said so in the output);
+- training throughput at the same thread count (default 1, the worker's), one whole
+  epoch of the same examples each, variants interleaved A B C D A B C D in one run:
+  today's padded batches ("padded", the recipe before packing), packed batches
+  ("packed", training/dataset.py pack: no padding, the shared system-turn prefix
+  computed once, the output layer only where an answer token is predicted, the
+  base model's side of the KL term cached), and each under bf16 autocast;
+  medians of the per-step times, ratios against "padded", and the largest
+  difference of the loss curves (same seed, same batches);
 - the judging cost per correction and for the canary, and from both the
   estimated wall time of a whole retrain job on 24 and 200 corrections
-  (selection run + refit + judging);
-- adapter swap time in the serving engine (first load of a version, and
-  switching back to one seen before);
-- decode speed of the serving engine while a retrain runs beside it, against
-  idle, as a ratio (goal ≥ 0.7): the retrain is a real job started by the
-  TrainingManager (child process, its default threads and nice level).
+  (selection run + refit + judging), before (padded) and after (the default);
+- optionally (--measure-job N) a whole retrain job on N corrections, timed
+  through the TrainingManager as the server starts one;
+- adapter swap time in the serving engine, and decode speed of the serving
+  engine while a retrain runs beside it, against idle, as a ratio (goal ≥ 0.7):
+  the retrain is a real job started by the TrainingManager (child process, its
+  default threads, idle threads and nice level).
 
-    python benchmarks/bench_training.py                  # about 4 minutes on 2 cores
-    python benchmarks/bench_training.py --steps 4 --decode-tokens 48
-    python benchmarks/bench_training.py --training-only --json training.json   # the batching comparison only
+Prints the tables (with load averages) and writes JSON with --json.
+
+    python benchmarks/bench_training.py                          # about 15 minutes on 2 quiet cores
+    python benchmarks/bench_training.py --training-only --json training.json
+    python benchmarks/bench_training.py --training-only --measure-job 24
 """
 
 from __future__ import annotations
@@ -47,33 +53,108 @@ def examples(n: int) -> list[dict]:
     return rows
 
 
-def measure_training(ref, steps: int, threads: int, grouped: bool = True, count: int = 64) -> dict:
+# Training variants compared at the same thread count, interleaved in one run. "padded" is the
+# recipe before packing (random batches, right-padded, logits over every position, an extra base-model
+# forward for the KL term at every step).
+VARIANTS = {
+    "padded": {"packed": False},
+    "padded_bf16": {"packed": False, "bf16": True},
+    "packed": {"packed": True},
+    "packed_bf16": {"packed": True, "bf16": True},
+}
+BASELINE = "padded"
+
+
+def load_avg() -> list[float]:
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def time_run(ref, overrides: dict, threads: int, rows: list[dict], steps: int) -> dict:
+    """One training run of `steps` steps from a fresh base model: per-step times (the first step,
+    which pays for allocation and warm-up, left out of the median), the losses, the run's wall time."""
     import torch
+    from transformers import TrainerCallback
 
     from core.models import load_base_model
     from training.config import TrainConfig
-    from training.dataset import load_replay
-    from training.finetune import total_steps, train_adapter
+    from training.finetune import train_adapter
 
     torch.set_num_threads(threads)
     model, tokenizer = load_base_model(ref)
-    config = TrainConfig(length_grouped=grouped)
+    config = TrainConfig(**{**overrides, "max_steps": steps})
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+    started = time.perf_counter()
+    _, result = train_adapter(model, tokenizer, rows, config, callbacks=[Clock()])
+    wall = time.perf_counter() - started
+    durations = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
+    return {
+        "step_seconds": durations,
+        "losses": result.losses,
+        "tokens_per_step": result.tokens / max(1, result.steps),
+        "wall_seconds": wall,
+    }
+
+
+def compare_training(ref, threads: int, count: int, rounds: int, variants: dict = VARIANTS) -> dict:
+    """Each variant trains one whole epoch of the same examples (same seed, so the same batches in the
+    same order), A B C D A B C D ..., at the same thread count; medians and ratios against the baseline."""
+    from training.config import TrainConfig
+    from training.dataset import load_replay
+
+    rows = examples(count) + load_replay(TrainConfig().replay_examples)
+    steps = math.ceil(len(rows) / TrainConfig().batch_size)
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    loads = [load_avg()]
+    for _ in range(rounds):
+        for name, overrides in variants.items():
+            runs[name].append(time_run(ref, overrides, threads, rows, steps))
+            loads.append(load_avg())
+    out: dict = {"threads": threads, "examples": len(rows), "steps_per_run": steps, "rounds": rounds,
+                 "load_average_1min": [x[0] for x in loads], "variants": {}}
+    for name, results in runs.items():
+        per_step = statistics.median(d for r in results for d in r["step_seconds"][1:])
+        tokens = results[0]["tokens_per_step"]
+        out["variants"][name] = {
+            "settings": variants[name],
+            "seconds_per_step": round(per_step, 3),
+            "tokens_per_second": round(tokens / per_step, 1),
+            "run_wall_seconds": round(statistics.median(r["wall_seconds"] for r in results), 1),
+            "losses": [round(x, 4) for x in results[0]["losses"]],
+        }
+    base = out["variants"][BASELINE]
+    for name, row in out["variants"].items():
+        row["tokens_per_second_ratio"] = round(row["tokens_per_second"] / base["tokens_per_second"], 2)
+        row["max_loss_difference"] = round(max(abs(a - b) for a, b in zip(row["losses"], base["losses"])), 4)
+    return out
+
+
+def measure_training(ref, steps: int, threads: int, overrides: dict | None = None, count: int = 64) -> dict:
+    """s/step and tokens/s of one recipe over `steps` timed steps, and the extrapolated time for 200 examples."""
+    from training.config import TrainConfig
+    from training.dataset import load_replay
+    from training.finetune import total_steps
+
+    config = TrainConfig(**(overrides or {}))
     rows = examples(count) + load_replay(config.replay_examples)
-    if steps <= 0:  # one whole epoch, so the tokens counted are exactly the tokens trained on
-        steps = math.ceil(len(rows) / config.batch_size)
-    warm = TrainConfig(**{**config.as_dict(), "max_steps": 1})
-    train_adapter(model, tokenizer, rows, warm)  # first step pays for allocation and kernel warm-up
-    model, tokenizer = load_base_model(ref)
-    timed = TrainConfig(**{**config.as_dict(), "max_steps": steps})
-    _, result = train_adapter(model, tokenizer, rows, timed)
-    per_step = result.train_seconds / result.steps
+    run = time_run(ref, overrides or {}, threads, rows, steps + 1)
+    per_step = statistics.median(run["step_seconds"][1:])
     full_steps = total_steps(200 + len(load_replay(config.replay_examples)), config)
     return {
         "threads": threads,
-        "length_grouped": grouped,
-        "steps_measured": result.steps,
+        "settings": overrides or {},
+        "steps_measured": steps,
         "seconds_per_step": round(per_step, 2),
-        "tokens_per_second": round(result.tokens_per_second, 1),
+        "tokens_per_second": round(run["tokens_per_step"] / per_step, 1),
         "steps_for_200_examples": full_steps,
         "minutes_for_200_examples_extrapolated": round(full_steps * per_step / 60, 1),
     }
@@ -122,6 +203,37 @@ def job_minutes(n: int, per_step: float, evaluation: dict, heldout_share: float 
         "minutes_training": round((selection + final) * per_step / 60, 1),
         "minutes_judging": round(judging / 60, 1),
         "minutes_total_estimated": round(((selection + final) * per_step + judging) / 60, 1),
+    }
+
+
+def measure_job(ref, n: int, timeout: float = 3600) -> dict:
+    """A whole retrain on n corrections, timed: the worker the server starts (its default threads and
+    nice level), the default recipe and gate; splits fall by the store's hash, as for users' corrections."""
+    from storage import Store
+    from training.manager import TrainingManager
+
+    with tempfile.TemporaryDirectory(prefix="bench-job-") as scratch:
+        store = Store(Path(scratch) / "exemplar.db")
+        for row in examples(n):
+            store.add_example(row["input"], row["output"], source="correction", rejected="I do not know.")
+        manager = TrainingManager(store, Path(scratch), ref.path)
+        loads = [load_avg()]
+        started = time.perf_counter()
+        job_id = manager.start()
+        view = manager.wait(job_id, timeout=timeout)
+        minutes = (time.perf_counter() - started) / 60
+        loads.append(load_avg())
+        metrics = store.get_job(job_id).get("metrics") or {}
+        store.close()
+    return {
+        "corrections": n,
+        "status": view["status"],
+        "minutes": round(minutes, 1),
+        "timings": metrics.get("timings"),
+        "learned": metrics.get("learned"),
+        "heldout": metrics.get("heldout"),
+        "canary": metrics.get("canary"),
+        "load_average": loads,
     }
 
 
@@ -194,28 +306,54 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int) -> dict
     }
 
 
-def print_grouping(results: dict) -> None:
-    grouping = results.get("training_batches")
-    if not grouping:
-        return
-    print("\n| training batches (one epoch, same threads) | tokens/s | s/step | ratio |")
-    print("|---|---|---|---|")
-    for name in ("random_padded", "length_grouped"):
-        row = grouping[name]
-        ratio = row["tokens_per_second"] / grouping["random_padded"]["tokens_per_second"]
-        print(f"| {name.replace('_', ' ')} | {row['tokens_per_second']} | {row['seconds_per_step']} | {ratio:.2f}x |")
+def default_variant() -> str:
+    """The variant the default TrainConfig runs."""
+    from training.config import TrainConfig
+
+    config = TrainConfig()
+    return next(name for name, v in VARIANTS.items() if all(getattr(config, k) == x for k, x in v.items())
+                and v.get("bf16", False) == config.bf16)
+
+
+def print_tables(results: dict) -> None:
+    comparison = results.get("training_batches")
+    if comparison:
+        print(f"\n| training, one epoch of {comparison['examples']} examples, {comparison['threads']} thread(s), "
+              f"{comparison['rounds']} interleaved rounds | tokens/s | s/step | ratio | max loss diff |")
+        print("|---|---|---|---|---|")
+        for name, row in comparison["variants"].items():
+            print(f"| {name}{' (default)' if name == results.get('default_variant') else ''} | "
+                  f"{row['tokens_per_second']} | {row['seconds_per_step']} | {row['tokens_per_second_ratio']:.2f}x | "
+                  f"{row['max_loss_difference']} |")
+        print(f"load average (1 min) during the runs: {comparison['load_average_1min']}")
+    jobs = results.get("job_estimates")
+    if jobs:
+        print("\n| retrain job (estimated from the timed steps and judging) | corrections | steps | training min | judging min | total min |")
+        print("|---|---|---|---|---|---|")
+        for label, rows in jobs.items():
+            for row in rows:
+                steps = "+".join(str(v) for v in row["steps"].values())
+                print(f"| {label} | {row['corrections']} | {steps} | {row['minutes_training']} | "
+                      f"{row['minutes_judging']} | {row['minutes_total_estimated']} |")
+    measured = results.get("measured_jobs")
+    for row in measured or []:
+        print(f"\nmeasured job, {row['corrections']} corrections: {row['status']} in {row['minutes']} min "
+              f"(phases {row['timings']}; load average {row['load_average']})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-model", default=None, help="model folder or hub id (default: the bundled model)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the bundled model is converted")
-    parser.add_argument("--steps", type=int, default=4, help="training steps to time")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the training comparison (the worker's default is 1)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the training comparison")
+    parser.add_argument("--examples", type=int, default=64, help="examples (plus replay) in the training comparison")
     parser.add_argument("--decode-tokens", type=int, default=64, help="tokens per decode measurement")
-    parser.add_argument("--no-compare-grouping", dest="compare_grouping", action="store_false",
-                        help="skip timing random padded batches against length-grouped ones")
-    parser.add_argument("--examples", type=int, default=64, help="examples (plus replay) in the batching comparison")
-    parser.add_argument("--training-only", action="store_true", help="only the training throughput comparison")
+    parser.add_argument("--training-only", action="store_true",
+                        help="only the training comparison and the job estimates (no serving measurements)")
+    parser.add_argument("--measure-job", type=int, action="append", default=[], metavar="N",
+                        help="also run a whole retrain job on N corrections and time it (repeatable; 24 takes minutes)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
 
@@ -224,42 +362,36 @@ def main() -> int:
     ref = resolve_base_model(args.base_model, args.data_dir)
     import torch
 
-    results = {"machine": {"torch_threads_default": torch.get_num_threads()}}
-    threads = torch.get_num_threads()
-    if args.compare_grouping:
-        # Same threads, same examples, one whole epoch each: today's random padded batches vs length-grouped.
-        padded = measure_training(ref, 0, threads, grouped=False, count=args.examples)
-        grouped = measure_training(ref, 0, threads, grouped=True, count=args.examples)
-        results["training_batches"] = {
-            "random_padded": padded,
-            "length_grouped": grouped,
-            "tokens_per_second_ratio": round(grouped["tokens_per_second"] / padded["tokens_per_second"], 2),
-        }
-    for threads in sorted({1, torch.get_num_threads()}) if not args.training_only else []:
-        results[f"training_{threads}_thread"] = measure_training(ref, args.steps, threads)
-    torch.set_num_threads(results["machine"]["torch_threads_default"])
-    if args.training_only:
-        print(json.dumps(results, indent=2))
-        print_grouping(results)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
-        return 0
-    # Whole-job estimates from the timed 1-thread steps and judging (the worker runs at 1 thread).
+    default_threads = torch.get_num_threads()
+    results: dict = {"machine": {"torch_threads_default": default_threads, "load_average_start": load_avg()},
+                     "default_variant": default_variant()}
+    comparison = compare_training(ref, args.threads, args.examples, args.rounds)
+    results["training_batches"] = comparison
+    # Whole-job estimates: the worker trains at 1 thread, so the timed steps are at --threads (default 1).
     evaluation = measure_evaluation(ref, 1)
     results["judging_1_thread"] = evaluation
-    per_step = results["training_1_thread"]["seconds_per_step"]
-    results["job_estimates_1_thread"] = [job_minutes(n, per_step, evaluation) for n in (24, 200)]
-    torch.set_num_threads(results["machine"]["torch_threads_default"])
-    with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
-        results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens)
+    before = comparison["variants"][BASELINE]["seconds_per_step"]
+    after = comparison["variants"][results["default_variant"]]["seconds_per_step"]
+    results["job_estimates"] = {
+        f"before ({BASELINE}, {before} s/step)": [job_minutes(n, before, evaluation) for n in (24, 200)],
+        f"after ({results['default_variant']}, {after} s/step)": [job_minutes(n, after, evaluation) for n in (24, 200)],
+    }
+    torch.set_num_threads(default_threads)
+    if args.measure_job:
+        results["measured_jobs"] = [measure_job(ref, n) for n in args.measure_job]
+    if not args.training_only:
+        with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
+            results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens)
+    results["machine"]["load_average_end"] = load_avg()
     print(json.dumps(results, indent=2))
-    print_grouping(results)
+    print_tables(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    ratio = results["serving"]["decode_ratio_during_retrain"]
-    print(f"\nDecode during a retrain: {ratio:.2f}x idle (goal >= 0.70). "
-          "Wall times for 200 examples are extrapolated from the measured seconds per step.")
-    return 0 if not math.isnan(ratio) else 1
+    if "serving" in results:
+        ratio = results["serving"]["decode_ratio_during_retrain"]
+        print(f"\nDecode during a retrain: {ratio:.2f}x idle (goal >= 0.70).")
+    print("Job times for 24 and 200 corrections are estimated from the timed steps and judging unless marked measured.")
+    return 0
 
 
 if __name__ == "__main__":

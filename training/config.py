@@ -126,6 +126,13 @@ class TrainConfig:
         "known facts stays up when the users' examples are reworded. 0 turns them off.",
         default=0,
     )
+    packed: bool = _help(
+        "Pack each batch into one row without padding: the prompt prefix all its examples share (the system "
+        "turn) is computed once, each example attends only to that prefix and to itself, the output layer runs "
+        "only where an answer token is predicted, and the base model's side of the replay KL term is computed "
+        "once per run. The loss is the padded batch's (tests/test_training_packing.py); off pads every batch.",
+        default=True,
+    )
     bf16: bool = _help(
         "Train under bfloat16 autocast: about 25% faster on this CPU, loss within 0.03 of fp32.", default=False
     )
@@ -137,6 +144,12 @@ class TrainConfig:
         "Torch CPU threads of the training process. 1 leaves a core to the chat server: with both processes "
         "on both cores, chat slowed from 22 to 5.7 tokens/s.",
         default=1,
+    )
+    idle_threads: int = _help(
+        "Torch threads of the training process while the process that started it (the chat server, or the CLI) "
+        "is idle: checked before every step, so a chat that starts sends training back to `threads` within a "
+        "step. 0 always uses `threads`.",
+        default=2,
     )
     nice: int = _help(
         "How much to lower the training process's CPU priority (0-19); the chat server wins any contest for a core.",
@@ -192,6 +205,8 @@ class TrainConfig:
             problems.append("max_steps must be at least 1, or empty to train for `epochs`")
         if self.threads < 1:
             problems.append("threads must be at least 1")
+        if self.idle_threads < 0:
+            problems.append("idle_threads must be 0 (always use `threads`) or more")
         if not (0 <= self.nice <= 19):
             problems.append(f"nice={self.nice}: give 0 (normal priority) to 19 (lowest)")
         if self.processes < 1:

@@ -117,3 +117,78 @@ class Collator:
 
     def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
         return collate(features, self.pad_token_id)
+
+
+def shared_prefix_length(features: Sequence[dict[str, list[int]]]) -> int:
+    """Tokens at the start that every row has in common and that no row's loss needs.
+
+    Position t predicts token t+1, so the last shared position predicts each row's own next
+    token: the prefix stops one token before the first answer token of any row.
+    """
+    rows = [list(f["input_ids"]) for f in features]
+    limit = min(next(i for i, label in enumerate(f["labels"]) if label != IGNORE_INDEX) for f in features) - 1
+    shared = 0
+    while shared < limit and all(row[shared] == rows[0][shared] for row in rows):
+        shared += 1
+    return shared
+
+
+def pack(features: Sequence[dict[str, Any]], *, additive_mask: bool = False) -> dict[str, Any]:
+    """One batch as one row with no padding: the prompt prefix every example shares (the system turn)
+    computed once, then each example's own tokens, attending only to the prefix and to themselves.
+
+    The attention mask is a 4D block mask (prefix causal; each example causal over its own tokens
+    and the whole prefix) and position_ids restart each example where the prefix ends, so every token
+    sees exactly what it would in a row of its own: the loss equals the padded batch's. Only the
+    positions that predict an answer token are returned (`predict_at`, with `targets`), so the
+    output layer runs on those alone.
+
+    `replay_rows` lists the dataset rows of the replay examples in batch order (each example's
+    targets are contiguous and in order), for the cached base-model distributions (finetune.py).
+    """
+    import torch
+
+    shared = shared_prefix_length(features)
+    first = list(features[0]["input_ids"])
+    input_ids, positions, owner = first[:shared], list(range(shared)), [-1] * shared
+    predict_at, targets, target_replay, replay_rows = [], [], [], []
+    for index, f in enumerate(features):
+        ids, labels, start = list(f["input_ids"]), list(f["labels"]), len(input_ids)
+        input_ids += ids[shared:]
+        positions += range(shared, len(ids))
+        owner += [index] * (len(ids) - shared)
+        replay = bool(f.get("replay"))
+        for t in range(shared + 1, len(ids)):  # token t is predicted at position t-1, which is this example's own
+            if labels[t] != IGNORE_INDEX:
+                predict_at.append(start + t - 1 - shared)
+                targets.append(labels[t])
+                target_replay.append(replay)
+        if replay:
+            replay_rows.append(int(f["row"]) if "row" in f else index)
+    total = len(input_ids)
+    owners = torch.tensor(owner)
+    causal = torch.ones(total, total, dtype=torch.bool).tril()
+    # A token sees the prefix (owner -1) and earlier tokens of its own example.
+    visible = causal & ((owners[None, :] == -1) | (owners[:, None] == owners[None, :]))
+    mask = visible[None, None]
+    if additive_mask:  # eager attention adds the mask to the scores
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return {
+        "input_ids": torch.tensor([input_ids]),
+        "position_ids": torch.tensor([positions]),
+        "attention_mask": mask,
+        "predict_at": torch.tensor(predict_at),
+        "targets": torch.tensor(targets),
+        "target_replay": torch.tensor(target_replay, dtype=torch.bool),
+        "replay_rows": torch.tensor(replay_rows, dtype=torch.long),
+    }
+
+
+class PackingCollator:
+    """pack() for the Trainer: one row per batch, the shared prompt prefix computed once."""
+
+    def __init__(self, additive_mask: bool = False):
+        self.additive_mask = additive_mask
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return pack(features, additive_mask=self.additive_mask)

@@ -8,6 +8,13 @@ Measured on the bundled model (training/README.md): replaying the base model's
 answers as plain text still lost a quarter of the canary answers; the KL term
 kept them.
 
+Batches are packed (training/dataset.py pack, on by default): each batch is one
+row without padding, the system turn its examples share is computed once, the
+output layer runs only where an answer token is predicted, and the base model's
+distributions on the replay answers are computed once per run instead of at
+every step. The loss is the padded batch's (tests/test_training_packing.py);
+benchmarks/bench_training.py measures the speed.
+
 Every version is trained from the base model on the whole current approved
 train set, not on top of the previous adapter. At this project's scale
 (hundreds of examples, minutes per run) that costs little, and it buys a lot:
@@ -27,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training.config import TrainConfig
-from training.dataset import IGNORE_INDEX, Collator, build_dataset
+from training.dataset import IGNORE_INDEX, Collator, PackingCollator, build_dataset, pack
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +118,13 @@ def make_trainer_class(kl_weight: float) -> type:
     from transformers import Trainer
 
     class ReplayTrainer(Trainer):
+        # dataset row → the base model's log-probabilities at that replay example's answer tokens,
+        # computed once before training (packed batches only; see base_distributions).
+        base_logp: dict[int, Any] = {}
+
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            if "predict_at" in inputs:
+                return self.packed_loss(model, inputs, return_outputs)
             is_replay = inputs.pop("replay").bool()
             labels = inputs.pop("labels")
             outputs = model(**inputs)
@@ -134,7 +147,65 @@ def make_trainer_class(kl_weight: float) -> type:
                 loss = loss + kl_weight * kl
             return (loss, outputs) if return_outputs else loss
 
+        def packed_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            """The same loss on a packed batch (training/dataset.py pack): the output layer runs only
+            where an answer token is predicted, and the base model's side of the KL term is cached."""
+            predict_at, targets = inputs.pop("predict_at"), inputs.pop("targets")
+            is_replay, replay_rows = inputs.pop("target_replay").bool(), inputs.pop("replay_rows")
+            outputs = model(**inputs, logits_to_keep=predict_at)
+            logits = outputs.logits[0].float()
+            distil = is_replay if kl_weight > 0 else torch.zeros_like(is_replay)
+            learn = ~distil
+            loss = logits.new_zeros(())
+            if learn.any():
+                loss = loss + F.cross_entropy(logits[learn], targets[learn])
+            if distil.any():
+                base_logp = torch.cat([self.base_logp[int(r)] for r in replay_rows]).to(logits.device)
+                tuned_logp = F.log_softmax(logits[distil], dim=-1)
+                kl = (base_logp.exp() * (base_logp - tuned_logp)).sum(-1).mean()
+                loss = loss + kl_weight * kl
+            return (loss, outputs) if return_outputs else loss
+
     return ReplayTrainer
+
+
+def packing_mask_kind(model: Any) -> str | None:
+    """How pack() must shape its 4D mask for this model's attention ("bool" for SDPA, "additive" for
+    eager), or None when the attention takes no custom mask (e.g. flash attention): then batches are padded."""
+    implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+    return {"sdpa": "bool", "eager": "additive"}.get(implementation)
+
+
+def base_distributions(model: Any, dataset: Any, batch_size: int, additive_mask: bool) -> dict[int, Any]:
+    """The base model's log-probabilities at each replay example's answer tokens, by dataset row.
+
+    The KL term compares the adapter's predictions with these; the base model never changes during a
+    run, so they are computed once here instead of in an extra forward pass at every step.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rows = [i for i, replay in enumerate(dataset["replay"]) if replay]
+    cache: dict[int, Any] = {}
+    model_was_training = model.training
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = pack([dataset[i] for i in chunk], additive_mask=additive_mask)
+        device = model.device
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                position_ids=batch["position_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                logits_to_keep=batch["predict_at"].to(device),
+            ).logits[0].float()
+        logp = F.log_softmax(logits, dim=-1)
+        counts = [sum(label != IGNORE_INDEX for label in dataset[i]["labels"][1:]) for i in chunk]
+        for row, part in zip(chunk, torch.split(logp, counts)):
+            cache[row] = part
+    model.train(model_was_training)
+    return cache
 
 
 def train_adapter(
@@ -158,6 +229,12 @@ def train_adapter(
     dataset = build_dataset(tokenizer, examples, config.max_length)
     if len(dataset) == 0:
         raise ValueError("No training examples with an answer inside max_length")
+    mask_kind = packing_mask_kind(model) if config.packed else None
+    base_logp: dict[int, Any] = {}
+    if mask_kind:
+        dataset = dataset.add_column("row", list(range(len(dataset))))
+        if config.replay_kl_weight > 0:
+            base_logp = base_distributions(model, dataset, config.batch_size, mask_kind == "additive")
     torch.manual_seed(config.seed)
     peft_model = add_lora(model, config)
     losses: list[float] = []
@@ -197,9 +274,10 @@ def train_adapter(
             model=peft_model,
             args=args,
             train_dataset=dataset,
-            data_collator=Collator(tokenizer.pad_token_id),
+            data_collator=PackingCollator(mask_kind == "additive") if mask_kind else Collator(tokenizer.pad_token_id),
             callbacks=[_Losses(), *callbacks],
         )
+        trainer.base_logp = base_logp
         # Progress is reported by our callbacks; the Trainer's own printing would flood the job log.
         trainer.remove_callback(PrinterCallback)
         planned = total_steps(len(dataset), config)
