@@ -16,7 +16,7 @@ Greedy, --tokens new tokens (default 128). Each figure is the median of
 
     python benchmarks/bench_serving.py                  # about 6 minutes on 2 cores
     python benchmarks/bench_serving.py --repeats 1 --tokens 64 --json out.json
-    python benchmarks/bench_serving.py --llama-cpp      # also llama.cpp, if llama_cpp imports (see benchmarks/README.md)
+    python benchmarks/bench_serving.py --llama-cpp /work/bench-venv/bin/python   # also llama.cpp (benchmarks/README.md)
 """
 
 from __future__ import annotations
@@ -171,23 +171,52 @@ class PlainGenerate:
         return {"ttft": first, "tok_s": n / seconds, "tokens": n, "prompt_tokens": ids.shape[1]}
 
 
-def llama_cpp_stream(gguf: Path, prompt_text: str, tokens: int, threads: int) -> dict | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    llm = Llama(model_path=str(gguf), n_threads=threads, n_ctx=2048, verbose=False)
+# Runs in the benchmark-only Python that has llama_cpp (never the app's): loads the GGUF once, then
+# answers one JSON request per line ({"prompt", "tokens"}) with one JSON result per line.
+LLAMA_CPP_WORKER = r"""
+import json, sys, time
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[2]), n_threads_batch=int(sys.argv[2]), n_ctx=2048,
+            verbose=False)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
     started = time.perf_counter()
-    first = None
-    count = 0
-    for chunk in llm.create_chat_completion([{"role": "user", "content": prompt_text}], max_tokens=tokens,
-                                            temperature=0, stream=True):
-        if chunk["choices"][0]["delta"].get("content"):
-            count += 1
-            if first is None:
-                first = time.perf_counter() - started
+    first, count = None, 0
+    for chunk in llm.create_completion(request["prompt"], max_tokens=request["tokens"], temperature=0.0,
+                                       stream=True):
+        count += 1
+        if first is None and chunk["choices"][0]["text"]:
+            first = time.perf_counter() - started
     seconds = time.perf_counter() - started
-    return {"ttft": first, "tok_s": count / seconds, "tokens": count}
+    llm.reset()
+    print(json.dumps({"ttft": first if first is not None else seconds, "seconds": seconds, "tokens": count,
+                      "tok_s": count / seconds}), flush=True)
+"""
+
+
+class LlamaCpp:
+    """llama.cpp (llama-cpp-python) on the bundled GGUF, in a separate benchmark-only Python, fed the
+    exact prompt text the engine renders (same template, same system turn), greedy."""
+
+    def __init__(self, python: str, gguf: Path, threads: int):
+        self.process = subprocess.Popen([python, "-c", LLAMA_CPP_WORKER, str(gguf), str(threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self.process.stdout.readline()
+        if not ready:
+            raise RuntimeError(f"llama.cpp did not start under {python} (is llama-cpp-python installed there?)")
+
+    def __call__(self, prompt_text: str, tokens: int, tokenizer) -> dict:
+        from core.prompts import render_prompt
+
+        prompt = render_prompt(tokenizer, [{"role": "user", "content": prompt_text}])
+        self.process.stdin.write(json.dumps({"prompt": prompt, "tokens": tokens}) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(30)
 
 
 def make_active_adapter(ref, data_dir: Path) -> str:
@@ -258,7 +287,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--concurrency", default="1,4,8,16")
-    parser.add_argument("--llama-cpp", action="store_true", help="also time llama.cpp on the bundled GGUF")
+    parser.add_argument("--llama-cpp", nargs="?", const=sys.executable, default=None, metavar="PYTHON",
+                        help="also time llama.cpp on the bundled GGUF, run by PYTHON (a benchmark-only venv with "
+                             "llama-cpp-python, e.g. /work/bench-venv/bin/python; default: this Python)")
     parser.add_argument("--server-args", default="", help="extra flags for launch.py serve, e.g. '--bf16-from-batch 0'")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
@@ -284,13 +315,21 @@ def main() -> int:
             else:
                 raise RuntimeError(f"the server never served {version}")
             post_stream(url, "Hello", 8)  # warm-up
-            # API and plain generate take turns, so both meet the same background load.
+            # API, plain generate (and llama.cpp) take turns, so all meet the same background load.
             plain = PlainGenerate(ref, args.threads)
+            cpp = LlamaCpp(args.llama_cpp, bundled_gguf_path(), args.threads) if args.llama_cpp else None
             for name, text in (("short", SHORT), ("long", long_text)):
-                api_runs, plain_runs = [], []
+                api_runs, plain_runs, cpp_runs = [], [], []
+                if cpp:
+                    cpp("Hello", 8, tokenizer)  # warm-up
                 for _ in range(args.repeats):
                     api_runs.append(post_stream(url, text, args.tokens))
                     plain_runs.append(plain(text, args.tokens))
+                    if cpp:
+                        cpp_runs.append(cpp(text, args.tokens, tokenizer))
+                if cpp_runs:
+                    results[f"llama_cpp_{name}"] = {"tok_s": med(cpp_runs, "tok_s"), "ttft": med(cpp_runs, "ttft"),
+                                                    "tokens": med(cpp_runs, "tokens")}
                 results[f"api_one_stream_{name}"] = {
                     "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in api_runs),
                     "ttft": med(api_runs, "ttft"), "prompt_tokens": api_runs[0]["prompt_tokens"],
@@ -298,6 +337,8 @@ def main() -> int:
                 results[f"plain_generate_{name}"] = {"tok_s": med(plain_runs, "tok_s"), "ttft": med(plain_runs, "ttft"),
                                                      "prompt_tokens": plain_runs[0]["prompt_tokens"]}
             del plain
+            if cpp:
+                cpp.close()
             # Each round runs every concurrency once, so each ratio to one stream comes from the same stretch of time.
             levels = [int(c) for c in args.concurrency.split(",")]
             rounds = [{n: concurrent(url, n, args.tokens) for n in levels} for _ in range(args.repeats)]
@@ -313,13 +354,6 @@ def main() -> int:
             process.terminate()
             process.wait(30)
         results["adapter_version"] = version
-
-    if args.llama_cpp:
-        gguf = bundled_gguf_path()
-        for name, text in (("short", SHORT), ("long", long_text)):
-            runs = [llama_cpp_stream(gguf, text, args.tokens, args.threads) for _ in range(args.repeats)]
-            if runs[0] is not None:
-                results[f"llama_cpp_{name}"] = {"tok_s": med(runs, "tok_s"), "ttft": med(runs, "ttft")}
 
     print(f"\nExemplar HTTP API ({'adapter ' + results['adapter_version']} active), greedy, {args.tokens} new tokens, "
           f"{args.threads} threads, median of {args.repeats}\n")
