@@ -183,13 +183,13 @@ for line in sys.stdin:
     request = json.loads(line)
     started = time.perf_counter()
     first, count = None, 0
+    llm.reset()  # no prompt reuse from the previous request: every run prefills the whole prompt
     for chunk in llm.create_completion(request["prompt"], max_tokens=request["tokens"], temperature=0.0,
                                        stream=True):
         count += 1
         if first is None and chunk["choices"][0]["text"]:
             first = time.perf_counter() - started
     seconds = time.perf_counter() - started
-    llm.reset()
     print(json.dumps({"ttft": first if first is not None else seconds, "seconds": seconds, "tokens": count,
                       "tok_s": count / seconds}), flush=True)
 """
@@ -197,7 +197,7 @@ for line in sys.stdin:
 
 class LlamaCpp:
     """llama.cpp (llama-cpp-python) on the bundled GGUF, in a separate benchmark-only Python, fed the
-    exact prompt text the engine renders (same template, same system turn), greedy."""
+    exact prompt tokens the engine renders (same template, same system turn), greedy."""
 
     def __init__(self, python: str, gguf: Path, threads: int):
         self.process = subprocess.Popen([python, "-c", LLAMA_CPP_WORKER, str(gguf), str(threads)],
@@ -207,9 +207,9 @@ class LlamaCpp:
             raise RuntimeError(f"llama.cpp did not start under {python} (is llama-cpp-python installed there?)")
 
     def __call__(self, prompt_text: str, tokens: int, tokenizer) -> dict:
-        from core.prompts import render_prompt
+        from core.prompts import encode, render_prompt
 
-        prompt = render_prompt(tokenizer, [{"role": "user", "content": prompt_text}])
+        prompt = encode(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": prompt_text}]))
         self.process.stdin.write(json.dumps({"prompt": prompt, "tokens": tokens}) + "\n")
         self.process.stdin.flush()
         return json.loads(self.process.stdout.readline())

@@ -55,3 +55,18 @@ def test_canary_answers_batched_in_fp32_equal_plain_generate_and_single_answers_
     batched = ask_all_at_once(fp32, CANARY)
     assert [g.text for g in batched] == expected
     assert all(g.model_version == "base" for g in batched)
+
+
+def test_long_prompts_keep_plain_generate_answers_with_fp32_prefill(real_engine):
+    """bf16 prefill of long prompts (the default from 256 tokens) may change a greedy answer (the measured
+    rate is in the README); bf16_prefill_from_tokens=0 keeps every answer as plain `generate` gives it."""
+    passage = ("The Halvard ferry company runs boats between the harbour and the three islands. Ferries leave "
+               "every hour from seven in the morning until ten at night in summer. ") * 12
+    question = passage + "\nWhen do the ferries leave?"
+    expected = plain_generate(real_engine, question)
+    fp32 = Engine(real_engine.model, real_engine.tokenizer, base_name="bundled", bf16_from_batch=0,
+                  bf16_prefill_from_tokens=0)
+    answer = fp32.generate([{"role": "user", "content": question}], GenerationParams(max_new_tokens=TOKENS))
+    assert answer.prompt_tokens > 300 and answer.text == expected
+    served = real_engine.generate([{"role": "user", "content": question}], GenerationParams(max_new_tokens=TOKENS))
+    assert served.completion_tokens >= 1 and served.text  # prefilled in bf16, decoded in fp32
