@@ -137,7 +137,70 @@ class JobReporter:
             raise Cancelled()
 
 
-def progress_callback(reporter: JobReporter, total: int) -> Any:
+class ThreadGovernor:
+    """Torch threads for the next piece of work: `idle` while the process that started the job used
+    (almost) no CPU since the last look, else `busy`.
+
+    On a machine the chat server shares with training, a second thread speeds training up only while
+    nobody chats; the worker's low priority keeps a chat ahead anyway, and looking before every step
+    hands the core back within one step. Only training steps use it: judging runs at `busy`.
+    """
+
+    IDLE_CORES = 0.1  # the owner's CPU use, in cores, below which it counts as idle
+
+    def __init__(self, owner_pid: int | None, busy: int, idle: int):
+        self.busy, self.idle = busy, idle
+        self.process = None
+        if owner_pid and idle and idle != busy and distributed.world_size() == 1:
+            try:
+                self.process = psutil.Process(owner_pid)
+                self._last = self._sample()
+            except psutil.Error:
+                self.process = None
+        self.threads = busy
+        self.idle_steps = self.busy_steps = 0
+
+    def _sample(self) -> tuple[float, float]:
+        times = self.process.cpu_times()
+        return time.monotonic(), times.user + times.system
+
+    def owner_cores(self) -> float:
+        """CPU the owner used since the last look, in cores."""
+        now_, cpu = self._sample()
+        then, before = self._last
+        self._last = (now_, cpu)
+        return (cpu - before) / max(now_ - then, 1e-3)
+
+    def hold(self) -> None:
+        """Back to `busy` threads for work that cannot look between steps (judging: minutes of generation)."""
+        import torch
+
+        if torch.get_num_threads() != self.busy:
+            torch.set_num_threads(self.busy)
+        self.threads = self.busy
+
+    def adjust(self) -> int:
+        """Set and return the torch threads for what comes next."""
+        import torch
+
+        if self.process is None:
+            return self.threads
+        try:
+            idle = self.owner_cores() < self.IDLE_CORES
+        except psutil.Error:  # the owner is gone; the heartbeat cancels the job
+            idle = False
+        threads = self.idle if idle else self.busy
+        if idle:
+            self.idle_steps += 1
+        else:
+            self.busy_steps += 1
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        self.threads = threads
+        return threads
+
+
+def progress_callback(reporter: JobReporter, total: int, governor: ThreadGovernor | None = None) -> Any:
     """A TrainerCallback that reports each step and stops training on a cancel request."""
     from transformers import TrainerCallback
 
@@ -149,6 +212,10 @@ def progress_callback(reporter: JobReporter, total: int) -> Any:
             if logs and "loss" in logs:
                 elapsed = time.perf_counter() - self.started
                 reporter.step(state.global_step, total, state.epoch or 0.0, float(logs["loss"]), elapsed)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if governor is not None:
+                governor.adjust()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             # Every process stops at the same step, or the others would wait for it forever.
@@ -171,6 +238,7 @@ class TrainingJob:
         self.data_dir = data_dir
         self.job_id = job_id
         self.temp_dir: Path | None = None  # the adapter being written; removed unless it became a version
+        self.governor: ThreadGovernor | None = None
 
     def run(self) -> str:
         store, job_id = self.store, self.job_id
@@ -223,6 +291,7 @@ class TrainingJob:
         # -- prepare -----------------------------------------------------------
         plan = recipe.prepare(store, params)
         torch.set_num_threads(plan.config.threads)
+        self.governor = ThreadGovernor(reporter.owner_pid, plan.config.threads, plan.config.idle_threads)
         log.info(
             "Training on %d approved examples (+%d replay); %d held out of the selection run (%s); "
             "judging against %s",
@@ -241,6 +310,7 @@ class TrainingJob:
             peft_model, _ = self._train(reporter, model, tokenizer, plan, recipe.selection_examples(plan), "selection")
             lap("selection_train")
             reporter.phase("judging the selection run on held-out examples")
+            self.governor.hold()
             selection = recipe.judge_selection(peft_model, tokenizer, plan)
             model = peft_model.unload()  # the base model again, for the refit
             lap("selection_evaluate")
@@ -264,6 +334,7 @@ class TrainingJob:
             + (f", {plan.serving_name}" if plan.serving else "")
             + " and the base model on every correction and the canary"
         )
+        self.governor.hold()
         evaluation = recipe.evaluate(peft_model, tokenizer, plan)
         truncated = recipe.truncated_ids(tokenizer, plan)
         lap("evaluate")
@@ -281,11 +352,13 @@ class TrainingJob:
         total = total_steps(len(examples) + len(plan.replay), plan.config)
         reporter.run = run
         reporter.phase("training", run=run, step=0, total_steps=total)
-        peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[progress_callback(reporter, total)])
+        callback = progress_callback(reporter, total, self.governor)
+        peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[callback])
         reporter.check()
         log.info(
-            "%s run: %d examples, %d steps in %.1f s (%.0f tokens/s)",
+            "%s run: %d examples, %d steps in %.1f s (%.0f tokens/s); steps begun with the owner idle: %d, busy: %d",
             run, len(examples), result.steps, result.train_seconds, result.tokens_per_second,
+            self.governor.idle_steps, self.governor.busy_steps,
         )
         return peft_model, result
 
