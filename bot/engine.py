@@ -575,6 +575,16 @@ class Engine(PromptFitting):
                 continue
             generation.model_version = self.version
             admitted.append(generation)
+        if self._bf16_model is not None and self.bf16_prefill_from_tokens > 0 and admitted:
+            # Long prompts (prefilled in bf16) and short ones are prefilled apart, so a short prompt
+            # keeps its fp32 prefill (and answer) when a long one arrives at the same moment.
+            def is_long(g: Generation) -> bool:
+                return len(g.prompt.token_ids) >= self.bf16_prefill_from_tokens
+
+            later = [g for g in admitted if is_long(g) != is_long(admitted[0])]
+            if later:
+                admitted = [g for g in admitted if is_long(g) == is_long(admitted[0])]
+                self._waiting.extendleft(reversed(later))
         return admitted
 
     def _loop(self) -> None:

@@ -379,3 +379,17 @@ def test_long_prompts_prefill_in_bf16_and_the_answer_decodes_in_fp32(tiny_model,
     assert {dtype for _, dtype in prompt_calls} == {torch.bfloat16}
     assert sum(columns for columns, _ in prompt_calls) == answer.prompt_tokens - 1
     assert max(columns for columns, _ in prompt_calls) == 16
+
+
+def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
+                    bf16_prefill_from_tokens=64)
+    expected = greedy_reference(engine, QUESTION, 6)
+    calls = _record_forwards(engine)
+    with engine._cond:  # both wait, so the decode thread admits them in one go
+        short = engine.stream(QUESTION, GenerationParams(max_new_tokens=6))
+        long = engine.stream(LONG, GenerationParams(max_new_tokens=6))
+    assert "".join(short).strip() == expected
+    list(long)
+    prefills = [call for call in calls if call[1] > 1]
+    assert prefills == [(1, short.prompt_tokens, torch.float32), (1, long.prompt_tokens - 1, torch.bfloat16)]
