@@ -10,6 +10,7 @@ Every change is recorded with who made it and when (the example history).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -163,8 +164,9 @@ class ReviewHandlers:
         return ", ".join(ids)
 
     @admin_handler
-    def details(self, password: str, ids_text: str) -> tuple[str, str, str, pd.DataFrame]:
-        """The first selected example in full: its conversation, original answer, output and history."""
+    def details(self, password: str, ids_text: str) -> tuple[str, str, str, pd.DataFrame, str]:
+        """The first selected example in full: its conversation, original answer, output, history,
+        and its input as JSON for editing."""
         ids = parse_ids(ids_text)
         example = self.store.get_example(ids[0])
         history = self.store.example_history(example["id"])
@@ -180,7 +182,8 @@ class ReviewHandlers:
             columns=HISTORY_COLUMNS,
         )
         body = heading + "\n\n" + conversation_markdown(example["input"])
-        return body, example["rejected"] or "", example["output"], frame
+        editable = json.dumps(example["input"], ensure_ascii=False, indent=1)
+        return body, example["rejected"] or "", example["output"], frame, editable
 
     def _change(self, ids_text: str, request: Any, done: str, **change: Any) -> str:
         """Apply `change` to the selected examples (the caller, an admin handler, checked the password)."""
@@ -231,6 +234,21 @@ class ReviewHandlers:
         rest = len(ids) - len(trimmed)
         return (f"Trimmed the input of {len(trimmed)} example{'s' if len(trimmed) != 1 else ''} to the last {turns}: "
                 f"{listed}." + (f" {rest} had {turns} or fewer." if rest else "") + " The old input is in the history.")
+
+    @admin_handler
+    def save_input(self, password: str, ids_text: str, text: str, request: gr.Request = None) -> str:
+        """Replace the input of the one selected example with the edited chat messages (JSON)."""
+        ids = parse_ids(ids_text)
+        if len(ids) != 1:
+            raise user_error("Edit one example at a time: select a single id")
+        try:
+            messages = json.loads(text or "")
+        except json.JSONDecodeError as exc:
+            raise ValidationError(
+                f'The input must be JSON, a list of {{"role": ..., "content": ...}} messages ending with the '
+                f"user's question: {exc.msg} at line {exc.lineno}"
+            ) from None
+        return self._change(str(ids[0]), request, "Saved the edited input of", input=messages)
 
     @admin_handler
     def save_output(self, password: str, ids_text: str, output: str, request: gr.Request = None) -> str:
@@ -342,6 +360,9 @@ def build_review_section(
             scale=3, elem_id="review-keep-turns",
         )
         trim = gr.Button("Trim the input to its last turns", scale=1, elem_id="review-trim")
+    with gr.Accordion("Edit the input (chat messages as JSON)", open=False):
+        input_json = gr.Code(language="json", lines=6, interactive=True, elem_id="review-input")
+        save_input = gr.Button("Save the edited input", elem_id="review-save-input")
     result = gr.Markdown("", elem_id="review-result")
     with gr.Accordion("History of the selected example", open=False):
         history = gr.Dataframe(
@@ -380,15 +401,15 @@ def build_review_section(
     for control in (status, source, split):
         control.input(handlers.table, filters, listing, **private)
     table.select(handlers.pick, [password, table], ids, **private).success(
-        handlers.details, [password, ids], [details, original, output, history], **private
+        handlers.details, [password, ids], [details, original, output, history, input_json], **private
     )
     select_all.click(handlers.pick_all, [password, table], ids, **private)
-    ids.submit(handlers.details, [password, ids], [details, original, output, history], **private)
+    ids.submit(handlers.details, [password, ids], [details, original, output, history, input_json], **private)
 
     def after_change(event: Any) -> None:
         # Refresh the table and the details once a change is stored.
         event.success(handlers.table, filters, listing, **private).then(
-            handlers.details, [password, ids], [details, original, output, history], **private
+            handlers.details, [password, ids], [details, original, output, history, input_json], **private
         )
 
     for button, action in (
@@ -401,6 +422,7 @@ def build_review_section(
         after_change(button.click(action, [password, ids], result, **private))
     after_change(save.click(handlers.save_output, [password, ids, output], result, **private))
     after_change(trim.click(handlers.trim_context, [password, ids, keep_turns], result, **private))
+    after_change(save_input.click(handlers.save_input, [password, ids, input_json], result, **private))
     add.click(handlers.add, [password, question, answer, add_split], [added, question, answer], **private).success(
         handlers.table, filters, listing, **private
     )
@@ -410,5 +432,5 @@ def build_review_section(
     do_export.click(handlers.export, [password, export_format, export_selection], [download, exported], **private)
     # For views elsewhere that open an example here (the Feedback view's link).
     handlers.selection = ids
-    handlers.detail_outputs = [details, original, output, history]
+    handlers.detail_outputs = [details, original, output, history, input_json]
     return handlers

@@ -66,9 +66,12 @@ def header_edges(page, table):
 
 
 def below(page, first, second):
-    """How far (px) the top of `second` is below the bottom of `first`."""
-    a, b = page.locator(first).bounding_box(), page.locator(second).bounding_box()
-    return b["y"] - (a["y"] + a["height"])
+    """How far (px) the top of `second` is below the bottom of `first` (measured together, in one frame)."""
+    return page.evaluate(
+        "([a, b]) => document.querySelector(b).getBoundingClientRect().top"
+        " - document.querySelector(a).getBoundingClientRect().bottom",
+        [first, second],
+    )
 
 
 @pytest.fixture
@@ -126,10 +129,13 @@ def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page, capfd, c
     page.locator("#review-keep-turns input").fill("1")
     page.locator("#review-trim").click()
     wait_for_text(page, "#review-result", "Trimmed the input of 1 example to the last 1 turn")
+    wait_for_text(page, "#review-details", "input of 1 turn")  # the page has refreshed
     assert 0 <= below(page, "#review-trim", "#review-result") < 120
-    wait_for_text(page, "#review-details", "input of 1 turn")
     assert "Hello! I am the help desk assistant" not in page.locator("#review-details").inner_text()
     assert QUESTION in page.locator("#review-details").inner_text()
+    page.get_by_text("Edit the input (chat messages as JSON)").click()  # or edit it by hand, as JSON
+    wait_for_text(page, "#review-input", QUESTION[:30])
+    assert "Hello! I am the help desk assistant" not in page.locator("#review-input").inner_text()
 
     # Adding an example by hand confirms under the Add button, not in the queue's line above.
     page.get_by_text("Add an example by hand").click()

@@ -56,6 +56,7 @@ def test_every_handler_checks_the_password_before_anything(handlers, store, queu
         "to_test": ("1",),
         "save_output": ("1", "Hacked."),
         "trim_context": ("1", 1),
+        "save_input": ("1", "\"Hacked?\""),
         "add": ("Q?", "A.", "auto"),
         "import_upload": ("/etc/passwd", "jsonl", "approved"),
         "export": ("jsonl", "all"),
@@ -102,7 +103,7 @@ def test_picking_rows_and_the_side_by_side_details(handlers, store, queue):
     event = gr.SelectData(None, {"index": [2, 4], "value": "x", "row_value": frame.iloc[2].tolist()})
     assert handlers.pick(PASSWORD, frame, event) == str(queue[0])
     assert handlers.pick_all(PASSWORD, frame) == f"{queue[3]}, {queue[1]}, {queue[0]}"
-    body, original, output, history = handlers.details(PASSWORD, str(queue[0]))
+    body, original, output, history, _ = handlers.details(PASSWORD, str(queue[0]))
     assert "What is the capital of Zorvania?" in body and "pending" in body
     assert (original, output) == ("Paris.", "Velmora.")
     assert list(history["field"]) == ["created"]
@@ -228,7 +229,7 @@ def test_trim_a_corrections_input_to_its_last_turns(handlers, store):
     message = handlers.trim_context(PASSWORD, f"{example_id}, {single}", 1)
     assert message.startswith(f"Trimmed the input of 1 example to the last 1 turn: #{example_id}. 1 had 1 turn or fewer.")
     assert store.get_example(example_id)["input"] == chat[-1:]
-    body, _, _, history = handlers.details(PASSWORD, str(example_id))
+    body, _, _, history, _ = handlers.details(PASSWORD, str(example_id))
     assert "input of 1 turn" in body and "Hello!" not in body
     assert "input" in list(history["field"]) and "alice" in list(history["actor"])
     assert handlers.trim_context(PASSWORD, str(example_id), 1).startswith("Nothing to trim")
@@ -237,3 +238,22 @@ def test_trim_a_corrections_input_to_its_last_turns(handlers, store):
             handlers.trim_context(PASSWORD, str(example_id), bad)
     with pytest.raises(gr.Error):
         handlers.trim_context("wrong", str(example_id), 1)
+
+
+def test_edit_an_examples_input_as_json(handlers, store):
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Capital of Zorvania?"}]
+    example_id = store.add_example(chat, "Velmora.", source="correction")
+    *_, editable = handlers.details(PASSWORD, str(example_id))
+    assert json.loads(editable) == chat
+    edited = json.dumps([{"role": "system", "content": "Answer with a city."}, chat[-1]])
+    assert handlers.save_input(PASSWORD, str(example_id), edited).startswith(f"Saved the edited input of 1 example: #{example_id}")
+    assert store.get_example(example_id)["input"] == json.loads(edited)
+    assert [h["field"] for h in store.example_history(example_id)][-1] == "input"
+    for bad, words in [("[{", "must be JSON"), ('[{"role": "assistant", "content": "x"}]', "end with a user message"),
+                       ("[]", "non-empty list"), ("", "must be JSON")]:
+        with pytest.raises(gr.Error, match=words):
+            handlers.save_input(PASSWORD, str(example_id), bad)
+    assert store.get_example(example_id)["input"] == json.loads(edited)  # refused edits changed nothing
+    with pytest.raises(gr.Error, match="one example at a time"):
+        handlers.save_input(PASSWORD, f"{example_id}, {example_id + 1}", edited)
