@@ -149,8 +149,8 @@ class TrainConfig:
     )
     idle_threads: int = _help(
         "Torch threads of the training process while the process that started it (the chat server, or the CLI) "
-        "is idle: checked before every training step, so a chat that starts sends training back to `threads` "
-        "within a step (judging always runs at `threads`). 0 always uses `threads`.",
+        "is idle and no other work holds the cores: checked before every training step, so a chat that starts "
+        "sends training back to `threads` within a step (judging always runs at `threads`). 0 always uses `threads`.",
         default=2,
     )
     nice: int = _help(

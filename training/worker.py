@@ -139,18 +139,25 @@ class JobReporter:
 
 class ThreadGovernor:
     """Torch threads for the next piece of work: `idle` while the process that started the job used
-    (almost) no CPU since the last look, else `busy`.
+    (almost) no CPU since the last look and the machine has a core to spare for each extra thread,
+    else `busy`.
 
     On a machine the chat server shares with training, a second thread speeds training up only while
     nobody chats; the worker's low priority keeps a chat ahead anyway, and looking before every step
-    hands the core back within one step. Only training steps use it: judging runs at `busy`.
+    hands the core back within one step. The spare-core rule matters as much: on a machine busy with
+    other work, two threads that each get a slice of a core wait for each other at every operation
+    (a step ran several times slower than with one thread). Only training steps use it: judging runs
+    at `busy`.
     """
 
     IDLE_CORES = 0.1  # the owner's CPU use, in cores, below which it counts as idle
+    SPARE_MARGIN = 0.3  # each extra thread needs a core that others use less than this much of
 
     def __init__(self, owner_pid: int | None, busy: int, idle: int):
         self.busy, self.idle = busy, idle
         self.process = None
+        self.own = psutil.Process()
+        self.cores = psutil.cpu_count() or 1
         if owner_pid and idle and idle != busy and distributed.world_size() == 1:
             try:
                 self.process = psutil.Process(owner_pid)
@@ -160,16 +167,26 @@ class ThreadGovernor:
         self.threads = busy
         self.idle_steps = self.busy_steps = 0
 
-    def _sample(self) -> tuple[float, float]:
-        times = self.process.cpu_times()
-        return time.monotonic(), times.user + times.system
+    def _sample(self) -> tuple[float, float, float, float]:
+        """(time, the owner's CPU seconds, this process's, the whole machine's busy CPU seconds)."""
+        owner, own, machine = self.process.cpu_times(), self.own.cpu_times(), psutil.cpu_times()
+        busy = machine.user + machine.nice + machine.system + getattr(machine, "irq", 0) + getattr(machine, "softirq", 0)
+        return time.monotonic(), owner.user + owner.system, own.user + own.system, busy
 
-    def owner_cores(self) -> float:
-        """CPU the owner used since the last look, in cores."""
-        now_, cpu = self._sample()
-        then, before = self._last
-        self._last = (now_, cpu)
-        return (cpu - before) / max(now_ - then, 1e-3)
+    def usage(self) -> tuple[float, float]:
+        """(cores the owner used, cores everything but this process used) since the last look."""
+        now_, owner, own, machine = self._sample()
+        then, owner0, own0, machine0 = self._last
+        self._last = (now_, owner, own, machine)
+        wall = max(now_ - then, 1e-3)
+        return (owner - owner0) / wall, max(0.0, (machine - machine0) - (own - own0)) / wall
+
+    def choose(self, owner_cores: float, other_cores: float) -> int:
+        """The rule: the extra threads only with the owner idle and a free core for each."""
+        spare = self.cores - other_cores
+        if owner_cores < self.IDLE_CORES and spare >= self.idle - self.SPARE_MARGIN:
+            return self.idle
+        return self.busy
 
     def hold(self) -> None:
         """Back to `busy` threads for work that cannot look between steps (judging: minutes of generation)."""
@@ -186,11 +203,10 @@ class ThreadGovernor:
         if self.process is None:
             return self.threads
         try:
-            idle = self.owner_cores() < self.IDLE_CORES
+            threads = self.choose(*self.usage())
         except psutil.Error:  # the owner is gone; the heartbeat cancels the job
-            idle = False
-        threads = self.idle if idle else self.busy
-        if idle:
+            threads = self.busy
+        if threads == self.idle:
             self.idle_steps += 1
         else:
             self.busy_steps += 1
