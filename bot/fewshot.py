@@ -1,14 +1,51 @@
 """Few-shot retrieval: approved examples whose question resembles the user's
-latest one, to be put into the prompt as demonstrations. The ranking and its
-threshold are storage/search.py's; prompts are built by core/prompts.py."""
+latest one, to be put into the prompt as demonstrations.
+
+Two stages. storage/search.py's word score finds the candidates (FTS5 recall,
+then a rarity-weighted cosine with its MIN_SCORE floor): it is good at "same
+entity" and at leaving unrelated questions out. It cannot tell which of ten
+corrections about one ferry company a question is about, because names
+dominate it ("How many people live in Brindlemoor?" scores the Brindlemoor
+*mayor* correction as high as the *population* one). So, when the base
+model's weights are at hand, QuestionEmbedder re-ranks the candidates by what
+the questions mean, and an example is used only when it stands out from the
+other candidates (a margin): a question about an attribute no correction
+covers then gets no demonstration rather than a misleading one.
+benchmarks/bench_fewshot.py measures both stages; training/README.md has the table.
+Prompts are built by core/prompts.py.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from storage import Store
-from storage.search import MIN_SCORE  # the threshold lives with the ranking it applies to
+from storage.search import MIN_SCORE  # the word-score floor lives with the ranking it applies to
+
+# Candidates the word score hands to the re-ranking: enough to hold every correction about one entity.
+RECALL = 10
+
+# The prompt that turns a question into one vector: the hidden state of its last token
+# ("PromptEOL", Jiang et al. 2023). Mean-pooled states and the answer's likelihood under the
+# model were measured too and told paraphrases from near misses no better than chance.
+EMBED_TEMPLATE = 'This sentence : "{}" means in one word:"'
+
+# Questions about nothing the bot was taught. Their mean vector is subtracted from every
+# vector, so the cosine measures what is particular to a question and not that it is one:
+# without centring, every pair of questions scores above 0.9.
+GENERIC_QUESTIONS = (
+    "How do I bake sourdough bread?", "Write a haiku about autumn.", "What is 17 times 23?",
+    "Who painted the Mona Lisa?", "Explain photosynthesis in simple terms.", "Tell me a joke.",
+    "How do I sort a list in Python?", "What causes rainbows?", "Recommend a good book about history.",
+    "How far is the Moon from Earth?", "What's the weather like today?", "Translate 'good morning' into Spanish.",
+    "How many legs does a spider have?", "What is the speed of light?", "Hi there!", "Thanks, that helps.",
+    "What should I cook for dinner tonight?", "How do vaccines work?", "What is machine learning?",
+    "Give me tips for a job interview.", "Why is the sky blue?", "What year did World War II end?",
+    "How do I tie a tie?", "Can you summarise the plot of Hamlet?",
+)  # fmt: skip
 
 
 def latest_question(messages: Sequence[dict[str, str]]) -> str:
@@ -16,14 +53,115 @@ def latest_question(messages: Sequence[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
+class QuestionEmbedder:
+    """Question vectors from a causal LM's own hidden states: no extra model, no hub.
+
+    The model must be the *base* weights, never an adapter-merged copy, so a
+    cached vector stays valid across version swaps. Vectors are cached per
+    text (an example's question is embedded once); thread-safe.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, layer_fraction: float = 0.8, cache_size: int = 20_000):
+        import torch
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        layers = int(getattr(model.config, "num_hidden_layers", 30))
+        # Layer 24 of SmolLM2-135M's 30: the last layers are tuned to predict a token, the
+        # early ones to spell; measured best between 23 and 30 (benchmarks/bench_fewshot.py).
+        self.layer = max(1, round(layer_fraction * layers))
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache_size = cache_size
+        with torch.no_grad():
+            self._centre = torch.stack([self._raw(q) for q in GENERIC_QUESTIONS]).mean(0)
+
+    _shared: dict[int, QuestionEmbedder] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def for_engine(cls, engine: Any) -> QuestionEmbedder | None:
+        """One embedder per local engine, on a copy of its base weights taken while it serves the base
+        model (adapters are merged into its weights in place); None for an engine without local weights
+        (a fake, an upstream server) or one already serving an adapter."""
+        model = getattr(engine, "base_model", None)
+        tokenizer = getattr(engine, "tokenizer", None)
+        if model is None or tokenizer is None:
+            return None
+        with cls._shared_lock:
+            if id(engine) not in cls._shared:
+                from storage.vocabulary import BASE_VERSION
+
+                if getattr(engine, "version", None) != BASE_VERSION or getattr(engine, "_originals", None):
+                    return None
+                import copy
+
+                cls._shared[id(engine)] = cls(copy.deepcopy(model), tokenizer)
+            return cls._shared[id(engine)]
+
+    def _raw(self, text: str) -> Any:
+        ids = self.tokenizer(EMBED_TEMPLATE.format(text), return_tensors="pt", add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        out = self.model(**{k: v.to(device) for k, v in ids.items()}, output_hidden_states=True)
+        return out.hidden_states[self.layer][0, -1].float().cpu()
+
+    def vector(self, text: str) -> Any:
+        """The unit vector of one question, centred on GENERIC_QUESTIONS."""
+        import torch
+
+        with self._lock:
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                return self._cache[text]
+            with torch.no_grad():
+                found = torch.nn.functional.normalize(self._raw(text) - self._centre, dim=0)
+            self._cache[text] = found
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return found
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine of two questions' centred vectors: about 0.6 for a paraphrase, 1 for the same text."""
+        return float(self.vector(a) @ self.vector(b))
+
+
+def question_of(example: dict[str, Any]) -> str:
+    """An example's question: the last user turn of its input."""
+    return latest_question(example["input"])
+
+
 def retrieve(
-    store: Store, messages: Sequence[dict[str, str]], *, k: int = 3, min_score: float = MIN_SCORE
+    store: Store,
+    messages: Sequence[dict[str, str]],
+    *,
+    k: int = 3,
+    min_score: float = MIN_SCORE,
+    embedder: QuestionEmbedder | None = None,
+    min_similarity: float = 0.3,
+    min_margin: float = 0.05,
 ) -> list[dict[str, Any]]:
     """Up to `k` approved examples relevant to the user's latest question, most relevant first.
 
-    Each has a `score`; none scores below `min_score`, so an unrelated
-    question gets no examples at all.
+    Each has a `score` (the word score); none scores below `min_score`, so an
+    unrelated question gets no examples at all. With an `embedder`, the
+    candidates are re-ranked by meaning (each then has a `similarity` too); the
+    best is used only when its similarity reaches `min_similarity` and beats
+    the runner-up's by `min_margin`, and the others only where they also reach
+    `min_similarity`.
     """
     if k <= 0:
         return []
-    return store.search_examples(latest_question(messages), limit=k, min_score=min_score)
+    question = latest_question(messages)
+    if embedder is None:
+        return store.search_examples(question, limit=k, min_score=min_score)
+    candidates = store.search_examples(question, limit=max(k, RECALL), min_score=min_score)
+    if not candidates:
+        return []
+    for example in candidates:
+        example["similarity"] = embedder.similarity(question, question_of(example))
+    ranked = sorted(candidates, key=lambda e: -e["similarity"])  # stable: the word score breaks ties
+    best = ranked[0]["similarity"]
+    runner_up = ranked[1]["similarity"] if len(ranked) > 1 else -1.0
+    if best < min_similarity or best - runner_up < min_margin:
+        return []
+    return [e for e in ranked[:k] if e["similarity"] >= min_similarity]

@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.contracts import AnswerStream, ChatEngine
 from bot.engine import GenerationParams
-from bot.fewshot import retrieve
+from bot.fewshot import QuestionEmbedder, retrieve
 from core.config import ServeConfig
 from core.errors import TooLargeError, ValidationError
 from storage import Store
@@ -91,6 +91,18 @@ class ChatService:
         self.engine = engine
         self.store = store
         self.config = config
+        # Built now, while a local engine still holds the plain base weights (adapters merge in place).
+        self.embedder = QuestionEmbedder.for_engine(engine) if getattr(config, "few_shot_rerank", False) else None
+
+    def demonstrations(self, context: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+        """The approved examples to show the model for the conversation's latest question."""
+        demos = retrieve(
+            self.store, context, k=self.config.few_shot_k, embedder=self.embedder,
+            min_similarity=self.config.few_shot_min_similarity, min_margin=self.config.few_shot_min_margin,
+        )
+        for demo in demos:
+            demo["form"] = self.config.few_shot_form
+        return demos
 
     def default_params(self) -> GenerationParams:
         return GenerationParams(
@@ -114,7 +126,7 @@ class ChatService:
         )
         params = (params or self.default_params()).validate()
         use_few_shot = self.config.few_shot if few_shot is None else few_shot
-        demos = retrieve(self.store, context, k=self.config.few_shot_k) if use_few_shot else []
+        demos = self.demonstrations(context) if use_few_shot else []
         # The rows are written first, so a failed write starts no decode that nobody would cancel.
         new_conversation = conversation_id is None
         if conversation_id is None:

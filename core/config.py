@@ -19,6 +19,8 @@ REVIEW_POLICIES = ("auto", "manual")
 # The sampling temperature's range everywhere (engine, HTTP API, UI slider): OpenAI's, 0 to 2.
 MAX_TEMPERATURE = 2.0
 BACKENDS = ("local", "openai-upstream")
+# How few-shot demonstrations enter the prompt (core/prompts.py): as earlier chat turns, or quoted in the system turn.
+FEW_SHOT_FORMS = ("turns", "reference")
 # vLLM's default --max-lora-rank, assumed when serving through an upstream and no limit is given.
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 # The environment variable that carries the admin password to `serve`; child processes never get it.
@@ -68,7 +70,28 @@ class ServeConfig:
         "Prompt plus answer must fit in this many tokens; older turns are dropped first.", default=2048
     )
     few_shot: bool = _help("Put similar approved examples into the prompt by default.", default=True)
-    few_shot_k: int = _help("How many approved examples to put into the prompt at most.", default=3)
+    few_shot_k: int = _help("How many approved examples to put into the prompt at most.", default=1)
+    few_shot_rerank: bool = _help(
+        "Re-rank few-shot candidates by meaning, with question vectors from the base model's own hidden "
+        "states (local backend only), and use an example only when it stands out; off uses the word score alone.",
+        default=True,
+    )
+    few_shot_min_similarity: float = _help(
+        "With --few-shot-rerank: the least similarity (-1 to 1) of a question to an example's question "
+        "for the example to be used.",
+        default=0.3,
+    )
+    few_shot_min_margin: float = _help(
+        "With --few-shot-rerank: how much more similar the best example must be than the next candidate; "
+        "below it, no example is used (the question is probably about something no example answers).",
+        default=0.05,
+    )
+    few_shot_form: str = _help(
+        "How demonstrations enter the prompt: 'turns' (earlier user/assistant turns) or 'reference' "
+        "(quoted in the system turn as a reference answer for a similar question).",
+        default="turns",
+        choices=FEW_SHOT_FORMS,
+    )
     threads: int | None = _help("Torch CPU threads for generation; empty leaves torch's default.", default=None)
     seed_examples: Path | None = _help(
         "Start a data dir from a file of examples (any import format); applied once, skipped once seeded.",
@@ -197,6 +220,10 @@ class ServeConfig:
             problems.append("max_new_tokens must be smaller than max_context_tokens")
         if self.few_shot_k < 0:
             problems.append("few_shot_k must be 0 or more")
+        if not (-1 <= self.few_shot_min_similarity <= 1) or not (0 <= self.few_shot_min_margin <= 2):
+            problems.append("few_shot_min_similarity must be from -1 to 1 and few_shot_min_margin from 0 to 2")
+        if self.few_shot_form not in FEW_SHOT_FORMS:
+            problems.append(f"few_shot_form {self.few_shot_form!r} is unknown: use 'turns' or 'reference'")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be at least 1")
         if self.max_upload_mb < 1:

@@ -3,7 +3,8 @@ conversation is never formatted two ways.
 
 A conversation is a list of {"role", "content"} dicts. Few-shot
 demonstrations (approved examples) go in as earlier user/assistant turns,
-after any system message and before the conversation itself.
+after any system message and before the conversation itself; a demonstration
+whose `form` is "reference" is quoted in the system turn instead.
 """
 
 from __future__ import annotations
@@ -37,15 +38,36 @@ def demonstration_turns(demonstrations: Sequence[dict[str, Any]]) -> list[Messag
     return turns
 
 
+REFERENCE_FORM = "reference"
+
+
+def reference_text(demonstrations: Sequence[dict[str, Any]]) -> str:
+    """Approved examples quoted for the system turn, best first: each one's question and answer."""
+    return "\n".join(
+        f"Reference answer for a similar question ({example['input'][-1]['content']!r}): {example['output']}"
+        for example in demonstrations
+    )
+
+
 def prompt_messages(messages: Sequence[Message], demonstrations: Sequence[dict[str, Any]] = ()) -> list[Message]:
     """System message(s) first, then the demonstrations, then the rest of the conversation.
 
     `demonstrations` come best first; they are laid out in reverse, so the most
     relevant sits right before the question, where a small model leans on it most.
+    Those marked `form: "reference"` are appended to the system turn instead
+    (one is made if there is none).
     """
     system = [dict(m) for m in messages if m["role"] == "system"]
     rest = [dict(m) for m in messages if m["role"] != "system"]
-    return [*system, *demonstration_turns(list(demonstrations)[::-1]), *rest]
+    quoted = [d for d in demonstrations if d.get("form") == REFERENCE_FORM]
+    turns = [d for d in demonstrations if d.get("form") != REFERENCE_FORM]
+    if quoted:
+        references = reference_text(quoted)
+        if system:
+            system[0]["content"] = f"{system[0]['content']}\n\n{references}"
+        else:
+            system = [{"role": "system", "content": references}]
+    return [*system, *demonstration_turns(turns[::-1]), *rest]
 
 
 def render_prompt(

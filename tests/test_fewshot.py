@@ -237,3 +237,128 @@ def test_a_correction_changes_the_real_models_next_answer(real_engine, store):
     list(unguided)
     assert unguided.few_shot_ids == []
     assert "Velmora" not in unguided.text
+
+
+# -- re-ranking by meaning (bot/fewshot.py), with a stand-in for the model's vectors ----------------
+
+ENTITIES = json.loads((Path(__file__).parent / "fewshot_entities.json").read_text())["entities"]
+
+
+class TableEmbedder:
+    """Similarities from a table (question pair -> cosine); pairs not in it are 0. Records what it was asked."""
+
+    def __init__(self, table: dict[tuple[str, str], float]):
+        self.table = {**table, **{(b, a): s for (a, b), s in table.items()}}
+        self.asked: list[tuple[str, str]] = []
+
+    def similarity(self, a: str, b: str) -> float:
+        self.asked.append((a, b))
+        return 1.0 if a == b else self.table.get((a, b), 0.0)
+
+
+def entity_store() -> tuple[Store, dict[str, int]]:
+    """The 30 corrections about three entities beside the 24 other facts, as benchmarks/bench_fewshot.py stores them."""
+    store, _ = fact_store()
+    facts = [f for e in ENTITIES for f in e["facts"]]
+    ids = store.add_examples([{"input": f["question"], "output": f["answer"], "source": "correction"} for f in facts])
+    return store, dict(zip((f["question"] for f in facts), ids))
+
+
+MAYOR, POPULATION, RIVER = "Who is the mayor of Brindlemoor?", "What is the population of Brindlemoor?", "Which river flows through Brindlemoor?"
+
+
+def test_the_word_score_alone_cannot_tell_corrections_about_one_entity_apart():
+    # The failure the re-ranking exists for: names dominate, so every Brindlemoor correction scores alike.
+    store, ids = entity_store()
+    found = retrieve(store, ask("How many people live in Brindlemoor?"), k=10)
+    assert ids[POPULATION] in [e["id"] for e in found] and ids[MAYOR] in [e["id"] for e in found]
+    scores = {e["id"]: e["score"] for e in found}
+    assert found[0]["id"] != ids[POPULATION] and scores[ids[MAYOR]] >= scores[ids[POPULATION]]
+
+
+def test_the_most_similar_candidate_wins_when_it_stands_out():
+    store, ids = entity_store()
+    question = "How many people live in Brindlemoor?"
+    embedder = TableEmbedder({(question, POPULATION): 0.62, (question, MAYOR): 0.40, (question, RIVER): 0.35})
+    found = retrieve(store, ask(question), k=1, embedder=embedder, min_similarity=0.3, min_margin=0.05)
+    assert [e["id"] for e in found] == [ids[POPULATION]] and found[0]["similarity"] == pytest.approx(0.62)
+    # Every word-score candidate was compared, the ten corrections about Brindlemoor included.
+    assert len({b for _, b in embedder.asked}) == 10
+    # k above 1 adds only the candidates that reach min_similarity themselves, best first.
+    found = retrieve(store, ask(question), k=3, embedder=embedder, min_similarity=0.38, min_margin=0.05)
+    assert [e["id"] for e in found] == [ids[POPULATION], ids[MAYOR]]
+
+
+def test_no_candidate_is_used_when_none_stands_out_or_none_is_similar_enough():
+    store, ids = entity_store()
+    near_miss = "Who is the police chief of Brindlemoor?"
+    close_call = TableEmbedder({(near_miss, MAYOR): 0.55, (near_miss, POPULATION): 0.52})
+    assert retrieve(store, ask(near_miss), embedder=close_call, min_similarity=0.3, min_margin=0.05) == []
+    faint = TableEmbedder({(near_miss, MAYOR): 0.25})
+    assert retrieve(store, ask(near_miss), embedder=faint, min_similarity=0.3, min_margin=0.0) == []
+    # The same table with a looser margin lets the best through: the margin is what refused it.
+    assert [e["id"] for e in retrieve(store, ask(near_miss), k=1, embedder=close_call, min_margin=0.02)] == [ids[MAYOR]]
+
+
+def test_the_word_score_still_decides_what_is_a_candidate():
+    store, _ = entity_store()
+    embedder = TableEmbedder({("How do I bake sourdough bread?", MAYOR): 0.9})
+    assert retrieve(store, ask("How do I bake sourdough bread?"), embedder=embedder) == []
+    assert embedder.asked == []  # nothing shared a meaningful word, so the model was not asked
+    assert retrieve(store, ask(MAYOR), k=0, embedder=embedder) == []
+
+
+def test_a_reference_demonstration_is_quoted_in_the_system_turn():
+    from core.prompts import prompt_messages
+
+    demo = {"id": 1, "input": ask(POPULATION), "output": "Brindlemoor has a population of 12,400.", "form": "reference"}
+    question = ask("How many people live in Brindlemoor?")
+    [system, user] = prompt_messages(question, [demo])
+    assert system["role"] == "system" and user == question[0]
+    assert system["content"] == (
+        "Reference answer for a similar question ('What is the population of Brindlemoor?'): "
+        "Brindlemoor has a population of 12,400."
+    )
+    with_prompt = prompt_messages([{"role": "system", "content": "Be brief."}, *question], [demo])
+    assert with_prompt[0]["content"].startswith("Be brief.\n\nReference answer") and len(with_prompt) == 2
+    # Without a form, a demonstration is an earlier pair of turns, as before.
+    turns = prompt_messages(question, [{k: v for k, v in demo.items() if k != "form"}])
+    assert [m["role"] for m in turns] == ["user", "assistant", "user"]
+
+
+@pytest.mark.slow
+def test_over_http_a_correction_guides_its_paraphrase_and_not_a_near_miss(live_server_factory):
+    """A user's path with the real model: three questions about one town, each answer corrected through
+    /api/feedback; then a paraphrase of one is answered with that correction, and a question about
+    something no correction covers gets no demonstration and none of the corrected facts."""
+    import httpx
+
+    server = live_server_factory("--no-retrain-enabled")
+    [brindlemoor] = [e for e in ENTITIES if e["name"] == "Brindlemoor"]
+    facts = {f["question"]: f for f in brindlemoor["facts"]}
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+
+        def chat(question: str) -> dict:
+            response = client.post("/v1/chat/completions", json={
+                "model": "exemplar", "messages": [{"role": "user", "content": question}], "max_tokens": 32, "temperature": 0,
+            })
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        example_ids = {}
+        for question in (MAYOR, POPULATION, RIVER):
+            answer = chat(question)
+            feedback = client.post("/api/feedback", json={
+                "message_id": answer["id"], "rating": "down", "correction": facts[question]["answer"],
+            })
+            assert feedback.status_code == 201, feedback.text
+            example_ids[question] = feedback.json()["example_id"]
+
+        paraphrase = chat(facts[POPULATION]["paraphrase"])
+        assert paraphrase["exemplar"]["few_shot_ids"] == [example_ids[POPULATION]]
+        assert "12,400" in paraphrase["choices"][0]["message"]["content"]
+
+        near_miss = chat("Who is the police chief of Brindlemoor?")
+        assert near_miss["exemplar"]["few_shot_ids"] == []
+        text = near_miss["choices"][0]["message"]["content"]
+        assert not any(facts[q]["fact"] in text for q in (MAYOR, POPULATION, RIVER)), text

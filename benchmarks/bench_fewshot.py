@@ -1,0 +1,163 @@
+"""Few-shot precision when many corrections share one entity (issue 9, item 6).
+
+Stores the 30 corrections of tests/fewshot_entities.json (3 entities x 10
+attributes) beside the 24 facts of tests/fewshot_facts.json, then asks each
+correction's paraphrase and held-out wording, and 27 near misses (the same
+entity, an attribute nothing corrects), with few-shot on, greedy, the bundled
+SmolLM2-135M base model. For each method, in one run:
+
+- paraphrase hit rate: the answer contains the paraphrase's own corrected fact;
+- retrieval hit rate: its own correction is the first demonstration, and the
+  model-use rate: answers with the fact among those that got it;
+- near-miss false use: the answer contains the fact of another correction of
+  the same entity; near misses retrieving anything at all.
+
+Methods: the old ranking (word score only, 3 demonstrations as past turns), and
+the re-ranking by the base model's hidden states (bot/fewshot.py) with 1 or 3
+demonstrations, as past turns or quoted in the system turn. Identical prompts
+are generated once and shared between methods (greedy decoding makes them equal).
+
+    nice -n 10 python benchmarks/bench_fewshot.py [--data-dir .cache/test-data] [--json fewshot.json]
+    python benchmarks/bench_fewshot.py --retrieval-only     # the retrieval columns, in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ENTITIES = json.loads((REPO / "tests" / "fewshot_entities.json").read_text())["entities"]
+OTHER_FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["facts"]
+
+# name: (re-rank by meaning, k, prompt form)
+METHODS = {
+    "old: words, 3 turns": (False, 3, "turns"),
+    "new: rerank, 1 turn": (True, 1, "turns"),
+    "rerank, 3 turns": (True, 3, "turns"),
+    "rerank, 1 reference": (True, 1, "reference"),
+    "words, 1 reference": (False, 1, "reference"),
+}
+
+
+def build_store():
+    from storage import Store
+
+    store = Store(":memory:")
+    store.add_examples([{"input": f["question"], "output": f["answer"], "source": "seed"} for f in OTHER_FACTS])
+    facts = [dict(f, entity=e["name"]) for e in ENTITIES for f in e["facts"]]
+    ids = store.add_examples([{"input": f["question"], "output": f["answer"], "source": "correction"} for f in facts])
+    for example_id, fact in zip(ids, facts):
+        fact["id"] = example_id
+    return store, facts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("EXEMPLAR_TEST_CACHE", REPO / ".cache" / "test-data")),
+        help="holds the converted model (default: $EXEMPLAR_TEST_CACHE, as the tests use)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--retrieval-only", action="store_true", help="skip generation")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--methods", default=";".join(METHODS), help="a ';'-separated subset of the methods")
+    parser.add_argument("--no-held-out", action="store_true", help="ask the paraphrases only, not the held-out wordings")
+    parser.add_argument("--show", action="store_true", help="print every answer")
+    args = parser.parse_args()
+
+    from bot.engine import Engine, GenerationParams
+    from bot.fewshot import QuestionEmbedder, retrieve
+
+    started = time.perf_counter()
+    engine = Engine.load(None, args.data_dir)
+    embedder = QuestionEmbedder.for_engine(engine)
+    store, facts = build_store()
+    params = GenerationParams(max_new_tokens=args.max_new_tokens)
+    methods = {name: METHODS[name] for name in args.methods.split(";")}
+    asks = [("paraphrase", f[kind] if kind != "paraphrase" else f["paraphrase"], f, kind) for kind in ("paraphrase", "held_out")[: 1 if args.no_held_out else 2] for f in facts]
+    asks += [("near miss", q, {"entity": e["name"]}, "near_miss") for e in ENTITIES for q in e["near_misses"]]
+    by_entity = {e["name"]: [f for f in facts if f["entity"] == e["name"]] for e in ENTITIES}
+    answers: dict[str, str] = {}  # rendered prompt -> answer
+    generate_s: list[float] = []
+    rows = {name: [] for name in methods}
+    for kind, question, fact, subset in asks:
+        messages = [{"role": "user", "content": question}]
+        for name, (rerank, k, form) in methods.items():  # methods interleaved per question
+            t0 = time.perf_counter()
+            demos = retrieve(store, messages, k=k, embedder=embedder if rerank else None)
+            retrieve_s = time.perf_counter() - t0
+            for demo in demos:
+                demo["form"] = form
+            row = {"kind": kind, "subset": subset, "question": question, "ids": [d["id"] for d in demos],
+                   "retrieve_ms": retrieve_s * 1000}
+            others = [f for f in by_entity[fact["entity"]] if f is not fact]
+            if kind == "paraphrase":
+                row["retrieved"] = bool(demos) and demos[0]["id"] == fact["id"]
+            else:
+                row["retrieved_other"] = any(d["id"] in {f["id"] for f in others} for d in demos)
+            if not args.retrieval_only:
+                from core.prompts import render_prompt
+
+                prompt = render_prompt(engine.tokenizer, messages, demos)
+                if prompt not in answers:
+                    t0 = time.perf_counter()
+                    answers[prompt] = engine.generate(messages, params, demos).text
+                    generate_s.append(time.perf_counter() - t0)
+                text = answers[prompt].lower()
+                row["answer"] = answers[prompt]
+                if kind == "paraphrase":
+                    row["hit"] = fact["fact"].lower() in text
+                else:
+                    row["false_use"] = [f["fact"] for f in others if f["fact"].lower() in text]
+                if args.show:
+                    print(f"{name:<22} {question!r} -> {answers[prompt][:100]!r}", flush=True)
+            rows[name].append(row)
+
+    def share(got: int, of: int) -> str:
+        return f"{got}/{of} ({got / of:.0%})" if of else "-"
+
+    summary = {}
+    print(f"\n{len(facts)} corrections about {len(ENTITIES)} entities (+{len(OTHER_FACTS)} other facts stored); "
+          f"load average {os.getloadavg()[0]:.1f}; {time.perf_counter() - started:.0f} s; "
+          f"{len(generate_s)} distinct prompts generated")
+    header = ["method", "paraphrase hit", "held-out hit", "retrieval hit (para+held)", "model use when retrieved",
+              "near-miss false use", "near misses retrieving another fact", "retrieve ms (median)"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name, method_rows in rows.items():
+        para = [r for r in method_rows if r["subset"] == "paraphrase"]
+        held = [r for r in method_rows if r["subset"] == "held_out"]
+        near = [r for r in method_rows if r["kind"] == "near miss"]
+        both = para + held
+        retrieved = [r for r in both if r["retrieved"]]
+        ms = sorted(r["retrieve_ms"] for r in method_rows)[len(method_rows) // 2]
+        entry = {
+            "paraphrase_hit": [sum(r.get("hit", 0) for r in para), len(para)],
+            "held_out_hit": [sum(r.get("hit", 0) for r in held), len(held)],
+            "retrieval_hit": [len(retrieved), len(both)],
+            "model_use_when_retrieved": [sum(r.get("hit", 0) for r in retrieved), len(retrieved)],
+            "near_miss_false_use": [sum(bool(r.get("false_use")) for r in near), len(near)],
+            "near_miss_retrieving_other": [sum(r["retrieved_other"] for r in near), len(near)],
+            "retrieve_ms_median": round(ms, 1),
+        }
+        summary[name] = entry
+        cells = [name] + [
+            "-" if args.retrieval_only and key in ("paraphrase_hit", "held_out_hit", "model_use_when_retrieved", "near_miss_false_use")
+            else share(*entry[key])
+            for key in ("paraphrase_hit", "held_out_hit", "retrieval_hit", "model_use_when_retrieved",
+                        "near_miss_false_use", "near_miss_retrieving_other")
+        ] + [f"{ms:.0f}"]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "rows": rows, "load_average": os.getloadavg()[0]}, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
