@@ -18,6 +18,7 @@ Prompts are built by core/prompts.py.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +77,7 @@ class QuestionEmbedder:
         with torch.no_grad():
             self._centre = torch.stack([self._raw(q) for q in GENERIC_QUESTIONS]).mean(0)
 
-    _shared: dict[int, QuestionEmbedder] = {}
+    _shared: weakref.WeakKeyDictionary[Any, QuestionEmbedder] = weakref.WeakKeyDictionary()
     _shared_lock = threading.Lock()
 
     @classmethod
@@ -89,15 +90,15 @@ class QuestionEmbedder:
         if model is None or tokenizer is None:
             return None
         with cls._shared_lock:
-            if id(engine) not in cls._shared:
+            if engine not in cls._shared:
                 from storage.vocabulary import BASE_VERSION
 
                 if getattr(engine, "version", None) != BASE_VERSION or getattr(engine, "_originals", None):
                     return None
                 import copy
 
-                cls._shared[id(engine)] = cls(copy.deepcopy(model), tokenizer)
-            return cls._shared[id(engine)]
+                cls._shared[engine] = cls(copy.deepcopy(model), tokenizer)
+            return cls._shared[engine]
 
     def _raw(self, text: str) -> Any:
         ids = self.tokenizer(EMBED_TEMPLATE.format(text), return_tensors="pt", add_special_tokens=False)
