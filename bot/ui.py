@@ -295,6 +295,14 @@ class ChatHandlers:
         key, chats = chat_history.remember(chats, key, normalise_history(history), ids or [])
         return key, chats, gr.update(choices=chat_history.choices(chats), value=key)
 
+    def idle_and_save(
+        self, history: list[Any], ids: list[int | None], rater: str | None, key: str | None, chats: Any,
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """After an answer: `idle`, and the chat saved in this browser's list, in one event
+        (one step fewer between an answer's end and the next message)."""
+        return (*self.idle(history, ids, rater, request), *self.save_chat(key, history, ids, chats))
+
     @staticmethod
     def list_chats(chats: Any) -> Any:
         """The list of past chats, as the page opens."""
@@ -519,8 +527,11 @@ def build_chat_tab(service: ChatService) -> Any:
                     max_tokens = gr.Slider(16, 1024, value=config.max_new_tokens, step=16, label="Max new tokens")
     settings = [system_prompt, few_shot, temperature, max_tokens, rater]
     buttons = [send, stop, more]
-    after_answer = (handlers.idle, [chatbot, ids, rater], [chatbot, *buttons])
-    # Every change to the open chat saves it in this browser's list of past chats.
+    # Every change to the open chat saves it in this browser's list of past chats: after an answer
+    # together with setting the thumbs (one event), after an undo or a correction on its own.
+    after_answer = (
+        handlers.idle_and_save, [chatbot, ids, rater, chat_key, chats], [chatbot, *buttons, chat_key, chats, past]
+    )
     save = (handlers.save_chat, [chat_key, chatbot, ids, chats], [chat_key, chats, past])
     private = {"api_visibility": "private"}
 
@@ -535,14 +546,14 @@ def build_chat_tab(service: ChatService) -> Any:
         # As many chats at once as the engine's batch decodes together.
         concurrency_limit=service.config.max_batch,
         trigger_mode="always_last",
-    ).then(*after_answer, **private).then(*save, **private)
+    ).then(*after_answer, **private)
     more.click(
         handlers.continue_answer,
         [chatbot, ids, conversation_id, *settings],
         [message, chatbot, conversation_id, ids, info, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(*after_answer, **private).then(*save, **private)
+    ).then(*after_answer, **private)
     stop.click(handlers.stop, None, info, queue=False, **private)
     chatbot.retry(
         handlers.retry,
@@ -550,7 +561,7 @@ def build_chat_tab(service: ChatService) -> Any:
         [chatbot, conversation_id, ids, info, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(*after_answer, **private).then(*save, **private)
+    ).then(*after_answer, **private)
     chatbot.undo(handlers.undo, [chatbot, ids], [chatbot, ids, message, info], **private).then(*save, **private)
     chatbot.clear(handlers.clear, None, [chatbot, conversation_id, ids, info, status, chat_key, past], **private)
     chatbot.like(handlers.like, [chatbot, ids, comment, rater], [status, comment, chatbot], **private)
@@ -560,7 +571,7 @@ def build_chat_tab(service: ChatService) -> Any:
         [chatbot, conversation_id, ids, info, status, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(*after_answer, **private).then(*save, **private)
+    ).then(*after_answer, **private)
     correct.click(
         handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], **private
     ).success(*save, **private)
