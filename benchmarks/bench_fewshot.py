@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--methods", default=";".join(METHODS), help="a ';'-separated subset of the methods")
     parser.add_argument("--no-held-out", action="store_true", help="ask the paraphrases only, not the held-out wordings")
+    parser.add_argument("--held-out-only", action="store_true", help="ask the held-out wordings only (no near misses)")
     parser.add_argument("--show", action="store_true", help="print every answer")
     args = parser.parse_args()
 
@@ -83,7 +84,10 @@ def main() -> None:
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     methods = {name: METHODS[name] for name in args.methods.split(";")}
     asks = [("paraphrase", f[kind] if kind != "paraphrase" else f["paraphrase"], f, kind) for kind in ("paraphrase", "held_out")[: 1 if args.no_held_out else 2] for f in facts]
-    asks += [("near miss", q, {"entity": e["name"]}, "near_miss") for e in ENTITIES for q in e["near_misses"]]
+    if args.held_out_only:
+        asks = [a for a in asks if a[3] == "held_out"]
+    else:
+        asks += [("near miss", q, {"entity": e["name"]}, "near_miss") for e in ENTITIES for q in e["near_misses"]]
     by_entity = {e["name"]: [f for f in facts if f["entity"] == e["name"]] for e in ENTITIES}
     answers: dict[str, str] = {}  # rendered prompt -> answer
     generate_s: list[float] = []
