@@ -17,8 +17,9 @@ the re-ranking by the base model's hidden states (bot/fewshot.py) with 1 or 3
 demonstrations, as past turns or quoted in the system turn. Identical prompts
 are generated once and shared between methods (greedy decoding makes them equal).
 
-    nice -n 10 python benchmarks/bench_fewshot.py [--data-dir .cache/test-data] [--json fewshot.json]
-    python benchmarks/bench_fewshot.py --retrieval-only     # the retrieval columns, in seconds
+    nice -n 10 python benchmarks/bench_fewshot.py [--data-dir .cache/test-data] [--json bench_fewshot.json]
+    nice -n 10 python benchmarks/bench_fewshot.py --no-held-out --methods "words, 3 turns (default);rerank, 1 turn"
+    python benchmarks/bench_fewshot.py --retrieval-only     # the retrieval columns only, no answers
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> None:
         "--data-dir", type=Path, default=Path(os.environ.get("EXEMPLAR_TEST_CACHE", REPO / ".cache" / "test-data")),
         help="holds the converted model (default: $EXEMPLAR_TEST_CACHE, as the tests use)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures and every answer here")
     parser.add_argument("--retrieval-only", action="store_true", help="skip generation")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--methods", default=";".join(METHODS), help="a ';'-separated subset of the methods")
