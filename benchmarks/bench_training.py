@@ -232,7 +232,7 @@ def measure_job(ref, n: int, timeout: float = 3600) -> dict:
         "timings": metrics.get("timings"),
         "learned": metrics.get("learned"),
         "heldout": metrics.get("heldout"),
-        "canary": metrics.get("canary"),
+        "canary": {k: (metrics.get("canary") or {}).get(k) for k in ("n", "score")},
         "load_average": loads,
     }
 

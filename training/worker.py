@@ -368,13 +368,14 @@ class TrainingJob:
         total = total_steps(len(examples) + len(plan.replay), plan.config)
         reporter.run = run
         reporter.phase("training", run=run, step=0, total_steps=total)
+        counts = (self.governor.idle_steps, self.governor.busy_steps)
         callback = progress_callback(reporter, total, self.governor)
         peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[callback])
         reporter.check()
         log.info(
             "%s run: %d examples, %d steps in %.1f s (%.0f tokens/s); steps begun with the owner idle: %d, busy: %d",
             run, len(examples), result.steps, result.train_seconds, result.tokens_per_second,
-            self.governor.idle_steps, self.governor.busy_steps,
+            self.governor.idle_steps - counts[0], self.governor.busy_steps - counts[1],
         )
         return peft_model, result
 
