@@ -150,8 +150,10 @@ class TrainConfig:
     idle_threads: int = _help(
         "Torch threads of the training process while the process that started it (the chat server, or the CLI) "
         "is idle and no other work holds the cores: checked before every training step, so a chat that starts "
-        "sends training back to `threads` within a step (judging always runs at `threads`). 0 always uses `threads`.",
-        default=2,
+        "sends training back to `threads` within a step (judging always runs at `threads`). 0, the default, always "
+        "uses `threads`: with 2, chat decode during a retrain measured 0.57x and 0.74x idle against 0.73x and 0.90x "
+        "(benchmarks/bench_training.py, two runs).",
+        default=0,
     )
     nice: int = _help(
         "How much to lower the training process's CPU priority (0-19); the chat server wins any contest for a core.",
