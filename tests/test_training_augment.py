@@ -34,6 +34,8 @@ def test_rewordings_are_deterministic_new_and_keep_the_names():
     assert "Veloria's capital?" in augment.rewordings("What is the capital of Veloria?", 9)
     assert "The zephyr clock was invented by whom?" in augment.rewordings("Who invented the zephyr clock?", 9)
     assert augment.rewordings("Hello there", 3) == []  # not a question: nothing to reword
+    assert augment.rewordings("I have a dog. Can I take it on the ferry?", 3) == []  # context first: left as asked
+    assert augment.statement_prompts("I have a dog. Can I take it on the ferry?", 3) == []
     assert augment.rewordings("What is X?", 0) == []
 
 

@@ -43,6 +43,7 @@ _PARTICIPLES = {
     "sang": "sung", "led": "led", "won": "won", "took": "taken", "gave": "given", "ran": "run", "bought": "bought",
     "sold": "sold", "held": "held", "chose": "chosen", "designed": "designed", "composed": "composed",
 }
+_MAX_WORDS = 25
 _QUESTION = re.compile(r"^\s*(?P<body>.*?)\s*\?\s*$", re.S)
 # "What is the capital of Veloria?", "Who was the founder of Marrowgate?"
 _ATTRIBUTE_OF = re.compile(r"^(?:what|who|which)(?:'s| is| was| are| were) the (?P<attr>[\w' -]+?) of (?P<ent>.+)$", re.I)
@@ -104,6 +105,12 @@ def _strip_the(text: str) -> str:
     return text[4:] if text.lower().startswith("the ") else text
 
 
+def _one_short_sentence(body: str) -> bool:
+    """Templates fit a one-sentence question; a message with context before its question ("I have a dog.
+    Can I bring it?") or a long one would come out garbled, so it is left as asked."""
+    return "\n" not in body and not re.search(r"[.!?;:]\s", body) and len(body.split()) <= _MAX_WORDS
+
+
 def _embedded(body: str) -> str:
     """The question as a clause after "Tell me" / "Do you know": "What is the capital of X" → "what the
     capital of X is"; "What language do the people of X speak" → "what language the people of X speak"."""
@@ -131,7 +138,7 @@ def rewordings(question: str, n: int) -> list[str]:
     inside a frame ("Quick question: ...") only when no other is left.
     """
     match = _QUESTION.match(question)
-    if n <= 0 or not match or "\n" in question.strip():
+    if n <= 0 or not match or not _one_short_sentence(match["body"]):
         return []
     body = match["body"]
     if m := _NAME_OF.match(body):  # "What is the name of the largest moon of X" → "What is the largest moon of X"
@@ -167,7 +174,7 @@ def subject_of(question: str) -> str | None:
     """What a question is about: its longest name ("The Glass Orchard", "Dunmere University"), else the
     words after its last "the" ("the element zorvium" → "element zorvium"); None when neither is there."""
     match = _QUESTION.match(question)
-    if not match:
+    if not match or not _one_short_sentence(match["body"]):
         return None
     body = match["body"]
     names = [n.strip() for n in _NAME.findall(body) if n.strip().lower() not in _WH_AND_AUX]
