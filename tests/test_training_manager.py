@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -234,6 +235,7 @@ def test_an_automatic_run_says_which_counts_started_it(tmp_path):
     store.update_job(job_id, status="succeeded")
     store.add_example("Question 9?", "Answer 9.", source="import")
     manager.policy = RetrainPolicy(min_new_examples=3, every_hours=0.000001)
+    time.sleep(0.01)  # the timer (3.6 ms) must have run out: on a quiet machine the lines above take less
     later = manager.check_schedule()
     assert store.get_job(later)["params"]["reason"] == (
         "schedule: 1 approved example added or changed since the last run; the timer retrains every 1e-06 h "
