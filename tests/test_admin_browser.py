@@ -20,6 +20,7 @@ from core.config import ServeConfig
 from storage import Store
 from storage.exchange import seed_examples
 from tests.fakes import FakeEngine
+from tests.browser_steps import send_and_wait, wait_for_text
 from tests.live_app import serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -35,24 +36,9 @@ CORRECTION = ("Open Settings › Privacy and press Export data: a zip with your 
               "to download within a few minutes, and you get an email when it is.")
 
 
-def wait_for_text(page, selector, text, timeout=60_000):
-    page.wait_for_function(
-        "([s, t]) => { const el = document.querySelector(s); return el && el.innerText.includes(t); }",
-        arg=[selector, text], timeout=timeout,
-    )
-
-
 def ask(page, question, reply):
     """Send `question` and wait until `reply` has streamed in full and Send is back."""
-    box = page.locator("#chat-input textarea")
-    box.fill(question)
-    box.press("Enter")
-    page.wait_for_function(
-        "r => { const bots = document.querySelectorAll('#chatbot [data-testid=bot]');"
-        " return bots.length && bots[bots.length - 1].innerText.includes(r); }",
-        arg=reply[-30:], timeout=60_000,
-    )
-    page.locator("#send-button").wait_for(state="visible")
+    send_and_wait(page, question, reply[-30:])
 
 
 def header_edges(page, table):

@@ -16,6 +16,7 @@ from bot.service import ChatService
 from core.config import ServeConfig
 from storage import Store
 from tests.fakes import FakeEngine
+from tests.browser_steps import send_and_wait, wait_for_text
 from tests.live_app import serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -23,23 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 PASSWORD = "chat-history-password"
 
 
-def wait_for_text(page, selector, text, timeout=30_000):
-    page.wait_for_function(
-        "([s, t]) => { const el = document.querySelector(s); return el && el.innerText.includes(t); }",
-        arg=[selector, text], timeout=timeout,
-    )
-
-
 def send(page, text, reply):
-    box = page.locator("#chat-input textarea")
-    box.fill(text)
-    box.press("Enter")
-    page.wait_for_function(
-        "r => { const bots = document.querySelectorAll('#chatbot [data-testid=bot]');"
-        " return bots.length && bots[bots.length - 1].innerText.includes(r); }",
-        arg=reply, timeout=30_000,
-    )
-    page.locator("#send-button").wait_for(state="visible")
+    send_and_wait(page, text, reply, timeout=30_000)
 
 
 def past_chats(page):

@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser_steps import wait_for_text
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 QUESTION = "What is the capital of Zorvania?"
 CORRECTION = "The capital of Zorvania is Velmora."
 SEED = Path(__file__).resolve().parent.parent / "examples" / "help_desk.jsonl"
-
-
-def wait_for_text(page, selector, text, timeout=60_000):
-    page.wait_for_function(
-        "([s, t]) => { const el = document.querySelector(s); return el && el.innerText.includes(t); }",
-        arg=[selector, text],
-        timeout=timeout,
-    )
 
 
 def ask(page, question):
