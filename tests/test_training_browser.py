@@ -64,6 +64,18 @@ class ThreadWorkerManager(TrainingManager):
         threading.Thread(target=work, daemon=True).start()
 
 
+def open_training_tab(browser, url):
+    """A 1280 px page logged in on the Admin tab with the Training section open, as an admin gets there."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(url + "/")
+    page.get_by_role("tab", name="Admin").click()
+    password = page.locator("#admin-password input")
+    password.fill(PASSWORD)
+    password.press("Enter")
+    page.get_by_role("tab", name="Training").click()
+    return page
+
+
 @pytest.fixture
 def admin_page(tmp_path, browser):
     store = Store(tmp_path / "exemplar.db")
@@ -72,13 +84,7 @@ def admin_page(tmp_path, browser):
     manager = ThreadWorkerManager(store, tmp_path)
     app = create_app(ChatService(FakeEngine(), store, config), AdminGuard(PASSWORD), training=manager)
     with serve_in_thread(app) as url:
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(url + "/")
-        page.get_by_role("tab", name="Admin").click()
-        password = page.locator("#admin-password input")
-        password.fill(PASSWORD)
-        password.press("Enter")
-        page.get_by_role("tab", name="Training").click()
+        page = open_training_tab(browser, url)
         yield page
         page.close()
     store.close()
@@ -151,13 +157,7 @@ def test_an_automatic_run_shows_at_login_with_the_counts_that_started_it(tmp_pat
                      AdminGuard(PASSWORD), training=manager)
     try:
         with serve_in_thread(app) as url:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url + "/")
-            page.get_by_role("tab", name="Admin").click()
-            password = page.locator("#admin-password input")
-            password.fill(PASSWORD)
-            password.press("Enter")
-            page.get_by_role("tab", name="Training").click()
+            page = open_training_tab(browser, url)
             page.wait_for_function(
                 "document.querySelector('#training-status').innerText.includes('Job 1')", timeout=30_000
             )
