@@ -10,10 +10,11 @@ the batch at the next boundary. Each request has its own sampling settings,
 stop strings and token queue, so it streams on its own.
 
 Prefill: on the CPU a prompt of `bf16_prefill_from_tokens` (256) or more
-tokens is prefilled in bf16, about 2.5x faster than fp32, except its last
-token, which runs on the decode weights after the KV cache is cast to their
-dtype (so the first token and the answer come from the same weights as
-before). Short prompts keep their fp32 prefill, even when a long one arrives
+tokens is prefilled in bf16, about 2.5x faster than fp32, its first token
+included; the KV cache is then cast to the decode weights' dtype and the rest
+of the answer decodes as before. (Running the last prompt token on the fp32
+weights instead cost a whole fp32 step, about a tenth of a long prompt's first
+token, for one logit vector.) Short prompts keep their fp32 prefill, even when a long one arrives
 at the same moment. While other answers decode, a new prompt is prefilled
 `prefill_chunk_tokens` (256) at a time with one decode step of the batch
 between chunks, so a long prompt delays the others' next token by one chunk,
@@ -327,9 +328,8 @@ class _Batch:
 class _Prefill:
     """New prompts being prefilled (left-padded together), possibly a chunk at a time.
 
-    The columns before the last run on `model` (bf16 for long prompts, when enabled); the last
-    column runs on the decode weights after the cache is cast to their dtype, so the first token
-    comes from the same weights as the rest of the answer.
+    Every column runs on `model` (bf16 for long prompts, when enabled), which also gives the first
+    token; the cache is then cast to the decode weights' dtype.
     """
 
     def __init__(self, rows: list[Generation], ids: Any, mask: Any, cache: Any, model: Any):
@@ -426,7 +426,7 @@ class Engine(PromptFitting):
         return self.model
 
     def _prefill_model_for(self, width: int, rows: int) -> Any:
-        """The weights the prompt columns before the last run on: bf16 for long prompts (when enabled)."""
+        """The weights a prompt is prefilled on (and its first token comes from): bf16 for long prompts (when enabled)."""
         if self._bf16_model is not None and 0 < self.bf16_prefill_from_tokens <= width:
             return self._bf16_model
         return self._model_for(rows)
@@ -688,23 +688,14 @@ class Engine(PromptFitting):
         import torch
 
         final = self._model_for(running + len(prefill.rows))  # the weights the joined batch decodes with
-        # The last column runs on the decode weights; with the same weights it needs no step of its own.
-        bulk_end = prefill.width - (prefill.model is not final)
-        logits = None
-        if prefill.done < bulk_end:
-            end = bulk_end if chunk <= 0 else min(bulk_end, prefill.done + chunk)
-            logits = self._forward(
-                prefill.model, prefill.ids[:, prefill.done : end], prefill.mask[:, :end],
-                prefill.positions[:, prefill.done : end], prefill.cache,
-            )
-            prefill.done = end
-            if end < bulk_end:
-                return None  # the running batch decodes a step before the next chunk
-        if prefill.done < prefill.width:  # the last column, on the decode weights
-            _cast_cache(prefill.cache, final.dtype)
-            start = prefill.done
-            logits = self._forward(final, prefill.ids[:, start:], prefill.mask, prefill.positions[:, start:], prefill.cache)
-            prefill.done = prefill.width
+        end = prefill.width if chunk <= 0 else min(prefill.width, prefill.done + chunk)
+        logits = self._forward(
+            prefill.model, prefill.ids[:, prefill.done : end], prefill.mask[:, :end],
+            prefill.positions[:, prefill.done : end], prefill.cache,
+        )
+        prefill.done = end
+        if end < prefill.width:
+            return None  # the running batch decodes a step before the next chunk
         first = _sample(logits, prefill.rows)
         batch = _Batch(list(prefill.rows), prefill.cache, prefill.mask, prefill.mask.sum(-1),
                        torch.tensor(first, dtype=torch.long, device=self.device))

@@ -353,7 +353,7 @@ def test_with_nobody_decoding_a_long_prompt_is_prefilled_whole(tiny_model, token
     assert answer.text == greedy_reference(engine, LONG, 4)
 
 
-def test_long_prompts_prefill_in_bf16_and_the_answer_decodes_in_fp32(tiny_model, tokenizer):
+def test_long_prompts_prefill_in_bf16_and_the_rest_of_the_answer_decodes_in_fp32(tiny_model, tokenizer):
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
                     bf16_prefill_from_tokens=64, prefill_chunk_tokens=16)
     calls = _record_forwards(engine)
@@ -363,10 +363,10 @@ def test_long_prompts_prefill_in_bf16_and_the_answer_decodes_in_fp32(tiny_model,
     calls.clear()
     answer = engine.generate(LONG, GenerationParams(max_new_tokens=6))
     assert answer.completion_tokens == 6
-    # All but the last prompt token in bf16; the last one and the answer in fp32, on the cast cache.
-    assert calls[0] == (1, answer.prompt_tokens - 1, torch.bfloat16)
-    assert calls[1:] == [(1, 1, torch.float32)] * 6
-    # Joining a decoding batch: bf16 chunks with decode steps between, the last prompt token in fp32.
+    # The whole prompt in bf16 (it gives the first token); the rest of the answer in fp32, on the cast cache.
+    assert calls[0] == (1, answer.prompt_tokens, torch.bfloat16)
+    assert calls[1:] == [(1, 1, torch.float32)] * 5
+    # Joining a decoding batch: bf16 chunks with decode steps between.
     calls.clear()
     running = engine.stream(QUESTION, GenerationParams(max_new_tokens=120))
     pieces = iter(running)
@@ -377,7 +377,7 @@ def test_long_prompts_prefill_in_bf16_and_the_answer_decodes_in_fp32(tiny_model,
     assert calls[0] == (1, short.prompt_tokens, torch.float32)  # the running answer's own prompt
     prompt_calls = [(columns, dtype) for rows, columns, dtype in calls[1:] if columns > 1 or dtype == torch.bfloat16]
     assert {dtype for _, dtype in prompt_calls} == {torch.bfloat16}
-    assert sum(columns for columns, _ in prompt_calls) == answer.prompt_tokens - 1
+    assert sum(columns for columns, _ in prompt_calls) == answer.prompt_tokens
     assert max(columns for columns, _ in prompt_calls) == 16
 
 
@@ -392,4 +392,4 @@ def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_mod
     assert "".join(short).strip() == expected
     list(long)
     prefills = [call for call in calls if call[1] > 1]
-    assert prefills == [(1, short.prompt_tokens, torch.float32), (1, long.prompt_tokens - 1, torch.bfloat16)]
+    assert prefills == [(1, short.prompt_tokens, torch.float32), (1, long.prompt_tokens, torch.bfloat16)]
