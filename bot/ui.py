@@ -8,6 +8,7 @@ correction always points at what the model really said and in what context.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -111,9 +112,14 @@ class ChatHandlers:
 
     def _params(self, temperature: float | None, max_tokens: float | None) -> GenerationParams:
         defaults = self.service.default_params()
+        # Gradio's own API passes these through unchecked: NaN or infinity must get a message, not a traceback.
         if temperature is not None:
+            if not math.isfinite(float(temperature)):
+                raise gr.Error(f"Temperature must be a number between 0 and {MAX_TEMPERATURE:g}.")
             defaults.temperature = float(temperature)
         if max_tokens is not None:
+            if not math.isfinite(float(max_tokens)) or max_tokens < 1:
+                raise gr.Error("Max new tokens must be a whole number of at least 1.")
             defaults.max_new_tokens = int(max_tokens)
         return defaults
 

@@ -146,6 +146,15 @@ def test_errors_become_gradio_errors(store, engine):
         like(handlers, [None], 0, True)
 
 
+@pytest.mark.parametrize("temperature, max_tokens", [(float("nan"), 64), (float("inf"), 64), (0.0, float("inf")),
+                                                     (0.0, float("nan")), (0.0, 0)])
+def test_settings_out_of_range_become_gradio_errors_and_store_nothing(store, engine, temperature, max_tokens):
+    _, handlers = make(store, engine)
+    with pytest.raises(gr.Error):
+        list(handlers.submit("What is the capital of France?", [], [], None, "", True, temperature, max_tokens))
+    assert store.db["messages"].count == 0
+
+
 def test_history_normalisation_accepts_gradio_parts():
     history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}], "metadata": None},
                {"role": "assistant", "content": "Hello", "options": None}]
