@@ -37,14 +37,22 @@ sys.path.insert(0, str(REPO))
 ENTITIES = json.loads((REPO / "tests" / "fewshot_entities.json").read_text())["entities"]
 OTHER_FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["facts"]
 
-# name: (re-rank by meaning, k, prompt form, min_similarity, min_margin); the defaults are ServeConfig's.
+# name: (re-rank by meaning: None, "masked" (names masked, as served) or "plain" (the vectors before
+# names were masked), k, prompt form, min_similarity, min_margin, direct); the defaults are ServeConfig's.
+# direct: an approved answer is served word for word when approved_answer_for() is sure (ServeConfig's
+# few_shot_direct gate), and otherwise the method goes on as the rest of its tuple says.
+DIRECT = (0.5, 0.25)
 METHODS = {
-    "words, 3 turns (default)": (False, 3, "turns", 0.3, 0.05),
-    "rerank, 1 turn": (True, 1, "turns", 0.3, 0.05),
-    "rerank, 3 turns": (True, 3, "turns", 0.3, 0.05),
-    "rerank, 1 reference": (True, 1, "reference", 0.3, 0.05),
-    "rerank order only, 3 turns": (True, 3, "turns", -1.0, 0.0),
-    "words, 1 reference": (False, 1, "reference", 0.3, 0.05),
+    "words, 3 turns (default)": (None, 3, "turns", 0.3, 0.05, False),
+    "direct, else words, 3 turns": (None, 3, "turns", 0.3, 0.05, True),
+    "direct, else rerank, 1 turn": ("masked", 1, "turns", 0.3, 0.05, True),
+    "rerank, 1 turn": ("masked", 1, "turns", 0.3, 0.05, False),
+    "rerank, 3 turns": ("masked", 3, "turns", 0.3, 0.05, False),
+    "rerank order only, 3 turns": ("masked", 3, "turns", -1.0, 0.0, False),
+    "rerank unmasked, 1 turn": ("plain", 1, "turns", 0.3, 0.05, False),
+    "rerank unmasked order only, 3 turns": ("plain", 3, "turns", -1.0, 0.0, False),
+    "rerank, 1 reference": ("masked", 1, "reference", 0.3, 0.05, False),
+    "words, 1 reference": (None, 1, "reference", 0.3, 0.05, False),
 }
 
 
@@ -73,17 +81,27 @@ def main() -> None:
     parser.add_argument("--no-held-out", action="store_true", help="ask the paraphrases only, not the held-out wordings")
     parser.add_argument("--held-out-only", action="store_true", help="ask the held-out wordings only (no near misses)")
     parser.add_argument("--show", action="store_true", help="print every answer")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps a shared machine usable)")
     args = parser.parse_args()
 
+    import torch
+
+    torch.set_num_threads(args.threads)
+
     from bot.engine import Engine, GenerationParams
-    from bot.fewshot import QuestionEmbedder, retrieve
+    from bot.fewshot import QuestionEmbedder, approved_answer_for, retrieve
 
     started = time.perf_counter()
     engine = Engine.load(None, args.data_dir)
     embedder = QuestionEmbedder.for_engine(engine)
+    methods = {name: METHODS[name] for name in args.methods.split(";")}
+    embedders = {"masked": embedder}
+    if any(m[0] == "plain" for m in methods.values()):
+        import copy
+
+        embedders["plain"] = QuestionEmbedder(copy.deepcopy(engine.base_model), engine.tokenizer, masked=False)
     store, facts = build_store()
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    methods = {name: METHODS[name] for name in args.methods.split(";")}
     asks = [("paraphrase", f[kind] if kind != "paraphrase" else f["paraphrase"], f, kind) for kind in ("paraphrase", "held_out")[: 1 if args.no_held_out else 2] for f in facts]
     if args.held_out_only:
         asks = [a for a in asks if a[3] == "held_out"]
@@ -95,15 +113,19 @@ def main() -> None:
     rows = {name: [] for name in methods}
     for kind, question, fact, subset in asks:
         messages = [{"role": "user", "content": question}]
-        for name, (rerank, k, form, min_similarity, min_margin) in methods.items():  # interleaved per question
+        for name, (rerank, k, form, min_similarity, min_margin, direct) in methods.items():  # interleaved per question
             t0 = time.perf_counter()
-            demos = retrieve(store, messages, k=k, embedder=embedder if rerank else None,
-                             min_similarity=min_similarity, min_margin=min_margin)
+            served = direct and approved_answer_for(store, messages, embedder, min_similarity=DIRECT[0], min_margin=DIRECT[1])
+            if served:
+                demos = [served]
+            else:
+                demos = retrieve(store, messages, k=k, embedder=embedders.get(rerank),
+                                 min_similarity=min_similarity, min_margin=min_margin)
             retrieve_s = time.perf_counter() - t0
             for demo in demos:
                 demo["form"] = form
             row = {"kind": kind, "subset": subset, "question": question, "ids": [d["id"] for d in demos],
-                   "retrieve_ms": retrieve_s * 1000}
+                   "retrieve_ms": retrieve_s * 1000, "direct": bool(served)}
             others = [f for f in by_entity[fact["entity"]] if f is not fact]
             if kind == "paraphrase":
                 row["retrieved"] = fact["id"] in row["ids"]
@@ -113,8 +135,10 @@ def main() -> None:
             if not args.retrieval_only:
                 from core.prompts import render_prompt
 
-                prompt = render_prompt(engine.tokenizer, messages, demos)
-                if prompt not in answers:
+                prompt = f"direct:{served['id']}" if served else render_prompt(engine.tokenizer, messages, demos)
+                if served:
+                    answers[prompt] = served["output"]
+                elif prompt not in answers:
                     t0 = time.perf_counter()
                     answers[prompt] = engine.generate(messages, params, demos).text
                     generate_s.append(time.perf_counter() - t0)
@@ -154,6 +178,9 @@ def main() -> None:
             "model_use_when_retrieved": [sum(r.get("hit", 0) for r in retrieved), len(retrieved)],
             "near_miss_false_use": [sum(bool(r.get("false_use")) for r in near), len(near)],
             "near_miss_retrieving_other": [sum(r["retrieved_other"] for r in near), len(near)],
+            "served_directly": [sum(r["direct"] for r in para), sum(r["direct"] for r in held), sum(r["direct"] for r in near)],
+            "served_directly_right": [sum(r["direct"] and r["retrieved_first"] for r in para),
+                                      sum(r["direct"] and r["retrieved_first"] for r in held)],
             "retrieve_ms_median": round(ms, 1),  # vectors are cached: the first re-ranking method pays for them
         }
         summary[name] = entry
@@ -165,9 +192,16 @@ def main() -> None:
         ]
         cells[3] += f" ({first})"
         print("| " + " | ".join(cells) + " |")
+    for name, entry in summary.items():
+        if methods[name][5]:
+            (p, h, n), (pr, hr) = entry["served_directly"], entry["served_directly_right"]
+            print(f"{name}: approved answers served directly: paraphrases {p} ({pr} its own), "
+                  f"held-out {h} ({hr} its own), near misses {n}")
     if generate_s:
         median_generate = sorted(generate_s)[len(generate_s) // 2]
-        reranked = [r["retrieve_ms"] for name, method_rows in rows.items() if methods[name][0] for r in method_rows]
+        # The first method that uses the model's vectors computes them (they are cached for the others).
+        reranked = [r["retrieve_ms"] for name, method_rows in rows.items() if methods[name][0] or methods[name][5]
+                    for r in method_rows]
         if reranked:
             first_ms = sorted(reranked[: len(asks)])[len(asks) // 2] / 1000
             print(f"cost: re-ranked retrieval {first_ms * 1000:.0f} ms median per question (vectors computed), "

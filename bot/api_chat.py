@@ -97,6 +97,11 @@ class Usage(BaseModel):
 class ExemplarInfo(BaseModel):
     model_version: str | None = Field(description="The model version that wrote the answer ('base' or vN).")
     few_shot_ids: list[int] = Field(description="Ids of the examples put into the prompt.")
+    from_example: int | None = Field(
+        None,
+        description="The id of the approved example whose answer this is, word for word, when the question "
+        "reworded its question (--few-shot-direct); null when the model wrote the answer.",
+    )
     message_id: int = Field(description="The stored assistant message id (also `id`, as a string).")
     conversation_id: int
 
@@ -249,6 +254,7 @@ def exemplar_of(answer: Answer) -> dict[str, Any]:
     return {
         "model_version": answer.model_version,
         "few_shot_ids": answer.few_shot_ids,
+        "from_example": answer.from_example,
         "message_id": answer.message_id,
         "conversation_id": answer.conversation_id,
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.contracts import AnswerStream, ChatEngine
 from bot.engine import GenerationParams
-from bot.fewshot import QuestionEmbedder, retrieve
+from bot.fewshot import ApprovedAnswer, QuestionEmbedder, answer_tokens, approved_answer_for, retrieve
 from core.config import ServeConfig
 from core.errors import TooLargeError, ValidationError
 from storage import Store
@@ -62,6 +62,11 @@ class Answer:
         return self.generation.few_shot_ids
 
     @property
+    def from_example(self) -> int | None:
+        """The id of the approved example whose answer this is, word for word; None for the model's own answer."""
+        return getattr(self.generation, "from_example", None)
+
+    @property
     def notices(self) -> list[str]:
         return self.generation.prompt.notices
 
@@ -92,12 +97,34 @@ class ChatService:
         self.store = store
         self.config = config
         # Built now, while a local engine still holds the plain base weights (adapters merge in place).
-        self.embedder = QuestionEmbedder.for_engine(engine) if getattr(config, "few_shot_rerank", False) else None
+        wants_embedder = getattr(config, "few_shot_rerank", False) or getattr(config, "few_shot_direct", False)
+        self.embedder = QuestionEmbedder.for_engine(engine) if wants_embedder else None
+        self.rerank = self.embedder if getattr(config, "few_shot_rerank", False) else None
+
+    def approved_answer(self, context: Sequence[dict[str, str]], params: GenerationParams) -> dict[str, Any] | None:
+        """The approved example to answer with word for word (few_shot_direct), or None to let the model answer.
+
+        Only for a conversation without a system prompt (an approved answer knows nothing of one), and
+        only when the answer fits the requested length and holds none of its stop strings."""
+        if not getattr(self.config, "few_shot_direct", False) or self.embedder is None:
+            return None
+        if any(m["role"] == "system" for m in context):
+            return None
+        example = approved_answer_for(
+            self.store, context, self.embedder,
+            min_similarity=self.config.few_shot_direct_min_similarity,
+            min_margin=self.config.few_shot_direct_min_margin,
+        )
+        if example is None or any(s in example["output"] for s in params.stop):
+            return None
+        if answer_tokens(example["output"], getattr(self.engine, "tokenizer", None)) > params.max_new_tokens:
+            return None
+        return example
 
     def demonstrations(self, context: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
         """The approved examples to show the model for the conversation's latest question."""
         demos = retrieve(
-            self.store, context, k=self.config.few_shot_k, embedder=self.embedder,
+            self.store, context, k=self.config.few_shot_k, embedder=self.rerank,
             min_similarity=self.config.few_shot_min_similarity, min_margin=self.config.few_shot_min_margin,
         )
         for demo in demos:
@@ -126,7 +153,8 @@ class ChatService:
         )
         params = (params or self.default_params()).validate()
         use_few_shot = self.config.few_shot if few_shot is None else few_shot
-        demos = self.demonstrations(context) if use_few_shot else []
+        direct = self.approved_answer(context, params) if use_few_shot else None
+        demos = [direct] if direct else self.demonstrations(context) if use_few_shot else []
         # The rows are written first, so a failed write starts no decode that nobody would cancel.
         new_conversation = conversation_id is None
         if conversation_id is None:
@@ -138,7 +166,11 @@ class ChatService:
             gen_params=params.as_dict(),
         )
         try:
-            generation = self.engine.stream(context, params, demos)
+            if direct:
+                tokens = answer_tokens(direct["output"], getattr(self.engine, "tokenizer", None))
+                generation = ApprovedAnswer(direct, params, model_version=self.engine.version, completion_tokens=tokens)
+            else:
+                generation = self.engine.stream(context, params, demos)
         except BaseException:  # refused (e.g. the prompt does not fit): leave no trace of the turn
             self.store.discard_turn([message_id, user_id], conversation_id=conversation_id if new_conversation else None)
             raise

@@ -186,8 +186,12 @@ class ChatHandlers:
     def describe(self, answer: Any, *, params: GenerationParams | None = None, stopped: bool = False) -> str:
         """The line under the chat that says which model answered and which examples guided it,
         and whether the answer was stopped or cut at the token limit."""
-        parts = [f"Answer #{answer.message_id} by model **{answer.model_version}**"]
-        examples = answer.few_shot_examples and [
+        from_example = getattr(answer, "from_example", None)
+        if from_example is not None:
+            parts = [f"Answer #{answer.message_id}: the approved answer of example #{from_example}, word for word"]
+        else:
+            parts = [f"Answer #{answer.message_id} by model **{answer.model_version}**"]
+        examples = from_example is None and answer.few_shot_examples and [
             e for e in answer.few_shot_examples if e["id"] in set(answer.few_shot_ids)
         ]
         if examples:

@@ -67,6 +67,11 @@ def terms(text: str) -> dict[str, float]:
     return out
 
 
+def name_words(text: str) -> list[str]:
+    """The words of `text` that look like names (capitalised inside a sentence), as written, without repeats."""
+    return list(dict.fromkeys(w for w, is_name in _meaningful(text) if is_name))
+
+
 def _meaningful(text: str) -> list[tuple[str, bool]]:
     """(word, looks like a name) for each word that is not a stopword or a single letter."""
     found, previous_end = [], 0

@@ -133,7 +133,7 @@ def test_stream_sends_openai_chunks_all_carrying_the_stored_id(client, engine, s
     last = chunks[-1]
     assert last["choices"][0]["finish_reason"] == "stop" and last["choices"][0]["delta"] == {}
     assert last["usage"]["completion_tokens"] == 5
-    assert last["exemplar"] == {"model_version": "base", "few_shot_ids": [], "message_id": message_id,
+    assert last["exemplar"] == {"model_version": "base", "few_shot_ids": [], "from_example": None, "message_id": message_id,
                                 "conversation_id": store.get_message(message_id)["conversation_id"]}
     assert store.get_message(message_id)["content"] == text
 

@@ -247,9 +247,13 @@ ENTITIES = json.loads((Path(__file__).parent / "fewshot_entities.json").read_tex
 class TableEmbedder:
     """Similarities from a table (question pair -> cosine); pairs not in it are 0. Records what it was asked."""
 
-    def __init__(self, table: dict[tuple[str, str], float]):
+    def __init__(self, table: dict[tuple[str, str], float], contrast: dict[str, float] | None = None):
         self.table = {**table, **{(b, a): s for (a, b), s in table.items()}}
+        self.contrast = contrast or {}
         self.asked: list[tuple[str, str]] = []
+
+    def contrast_similarity(self, text: str) -> float:
+        return self.contrast.get(text, 0.0)
 
     def similarity(self, a: str, b: str) -> float:
         self.asked.append((a, b))
@@ -326,42 +330,170 @@ def test_a_reference_demonstration_is_quoted_in_the_system_turn():
     assert [m["role"] for m in turns] == ["user", "assistant", "user"]
 
 
+def test_names_are_masked_so_vectors_compare_what_is_asked():
+    from bot.fewshot import mask_names
+
+    assert mask_names("How many people live in Brindlemoor?") == "How many people live in it?"
+    assert mask_names("Who is the mayor of Brindlemoor?") == "Who is the mayor of it?"
+    assert mask_names("What is Brindlemoor's twin town?") == "What is its twin town?"
+    # A name of several words (and a model number) becomes one mask; the first word of a sentence is no name.
+    assert mask_names("How much does the Veltrix Aero 14 weigh?") == "How much does it weigh?"
+    assert mask_names("Is there wifi on Harbrook Ferries?") == "Is there wifi on it?"
+    assert mask_names("What is the capital of France?") == "What is the capital of it?"
+    assert mask_names("how do I bake bread?") == "how do I bake bread?"
+
+
+POPULATION_PARAPHRASE = "How many people live in Brindlemoor?"
+NEAR_MISS = "What is the weather like in Brindlemoor?"
+
+
+def test_an_approved_answer_is_served_only_when_retrieval_is_sure():
+    from bot.fewshot import approved_answer_for
+
+    store, ids = entity_store()
+    sure = TableEmbedder({(POPULATION_PARAPHRASE, POPULATION): 0.70, (POPULATION_PARAPHRASE, MAYOR): 0.40},
+                         contrast={POPULATION_PARAPHRASE: 0.30})
+    found = approved_answer_for(store, ask(POPULATION_PARAPHRASE), sure, min_similarity=0.5, min_margin=0.25)
+    assert found["id"] == ids[POPULATION] and found["output"] == "Brindlemoor has a population of 12,400."
+    assert found["margin"] == pytest.approx(0.30)  # against the runner-up (0.40), the higher of the two
+    # The margin is also taken against the generic questions about any entity: a question close to
+    # one of them ("how big is it?") is not served, however few corrections compete.
+    generic = TableEmbedder({(POPULATION_PARAPHRASE, POPULATION): 0.70}, contrast={POPULATION_PARAPHRASE: 0.50})
+    assert approved_answer_for(store, ask(POPULATION_PARAPHRASE), generic, min_similarity=0.5, min_margin=0.25) is None
+    assert approved_answer_for(store, ask(POPULATION_PARAPHRASE), generic, min_similarity=0.5, min_margin=0.15)
+    # A near miss close to two corrections, or to none, is not served.
+    near_miss = "Who is the police chief of Brindlemoor?"
+    close_call = TableEmbedder({(near_miss, MAYOR): 0.66, (near_miss, POPULATION): 0.45})
+    assert approved_answer_for(store, ask(near_miss), close_call, min_similarity=0.5, min_margin=0.25) is None
+    faint = TableEmbedder({(near_miss, MAYOR): 0.45})
+    assert approved_answer_for(store, ask(near_miss), faint, min_similarity=0.5, min_margin=0.25) is None
+    # Nothing shares a word with the store: no candidate, and the model's vectors are not asked for.
+    unrelated = TableEmbedder({})
+    assert approved_answer_for(store, ask("How do I bake sourdough bread?"), unrelated) is None
+    assert unrelated.asked == []
+
+
+def test_an_approved_answer_is_served_only_to_a_question_about_what_it_names():
+    from bot.fewshot import approved_answer_for, same_entity
+
+    store, ids = entity_store()
+    weight = "How much does the Veltrix Aero 14 weigh?"
+    # The masked vectors cannot tell these apart (both are "how heavy is it?"); the names and numbers can.
+    for question, served in [("How heavy is the Veltrix Aero 14?", True), ("How heavy is the Veltrix Aero 15?", False),
+                             ("How heavy is the Zephyr Aero 14?", False), ("how heavy is it?", False)]:
+        embedder = TableEmbedder({(question, weight): 0.95})
+        found = approved_answer_for(store, ask(question), embedder, min_similarity=0.5, min_margin=0.25, min_score=0.0)
+        assert (found is not None and found["id"] == ids[weight]) is served, question
+    assert same_entity("What is the population of Brindlemoor?", POPULATION)
+    assert not same_entity("What is the population of Harbrook?", POPULATION)
+    assert same_entity("How old is the Harbrook Ferries company?", "When was harbrook ferries founded?")
+
+
+def test_an_example_of_several_turns_is_never_served_word_for_word():
+    from bot.fewshot import approved_answer_for
+
+    store = Store(":memory:")
+    conversation = [{"role": "user", "content": "I live in Brindlemoor."}, {"role": "assistant", "content": "Nice!"},
+                    {"role": "user", "content": POPULATION}]
+    store.add_examples([{"input": conversation, "output": "12,400 people.", "source": "correction"}])
+    embedder = TableEmbedder({(POPULATION_PARAPHRASE, POPULATION): 0.9})
+    assert approved_answer_for(store, ask(POPULATION_PARAPHRASE), embedder, min_similarity=0.5, min_margin=0.25) is None
+
+
+def direct_service(store, embedder, **config):
+    from tests.fakes import FakeEngine
+
+    engine = FakeEngine()
+    service = make_service(engine, store, few_shot_direct=True, **config)
+    service.embedder = embedder  # the fake engine has no weights to take vectors from
+    return engine, service
+
+
+def test_the_service_answers_a_reworded_question_with_the_approved_answer_and_says_so(store):
+    from bot.engine import GenerationParams
+
+    population = store.add_example(POPULATION, "Brindlemoor has a population of 12,400.", source="correction")
+    mayor = store.add_example(MAYOR, "The mayor of Brindlemoor is Odessa Quint.", source="correction")
+    embedder = TableEmbedder({(POPULATION_PARAPHRASE, POPULATION): 0.70, (POPULATION_PARAPHRASE, MAYOR): 0.40})
+    engine, service = direct_service(store, embedder)
+    answer = service.answer(ask(POPULATION_PARAPHRASE))
+    assert "".join(answer) == "Brindlemoor has a population of 12,400."
+    assert engine.calls == []  # no decoding at all
+    assert answer.few_shot_ids == [population] and answer.from_example == population
+    stored = store.get_message(answer.message_id)
+    assert stored["content"] == "Brindlemoor has a population of 12,400." and stored["few_shot_ids"] == [population]
+
+    # Not sure (the near miss is as close to the mayor as to the population): the model answers, with
+    # the usual demonstrations, and the answer is its own.
+    near_miss = "Who is the police chief of Brindlemoor?"
+    embedder.table.update({(near_miss, MAYOR): 0.60, (near_miss, POPULATION): 0.55})
+    guided = service.answer(ask(near_miss))
+    list(guided)
+    assert len(engine.calls) == 1 and guided.from_example is None
+    assert set(guided.few_shot_ids) == {population, mayor}
+    # Served only where the approved answer fits the request: no system prompt, within max_tokens,
+    # no stop string in it; and never with few-shot off.
+    for messages, params in [
+        ([{"role": "system", "content": "Answer in French."}, *ask(POPULATION_PARAPHRASE)], None),
+        (ask(POPULATION_PARAPHRASE), GenerationParams(max_new_tokens=3)),
+        (ask(POPULATION_PARAPHRASE), GenerationParams(stop=["12,400"])),
+    ]:
+        assert service.answer(messages, params=params).from_example is None
+    assert service.answer(ask(POPULATION_PARAPHRASE), few_shot=False).few_shot_ids == []
+    assert make_service(engine, store, few_shot_direct=False).answer(ask(POPULATION_PARAPHRASE)).from_example is None
+    assert len(engine.calls) == 6
+
+
 @pytest.mark.slow
-def test_over_http_a_correction_guides_its_paraphrase_and_not_a_near_miss(live_server_factory):
-    """A user's path with the real model and the re-ranking on (--few-shot-rerank): three questions about
-    one town, each answer corrected through /api/feedback; then a paraphrase of one is answered with that
-    correction (the word score alone ranks the mayor first), and a question about something no correction
-    covers gets no demonstration and none of the corrected facts."""
+def test_over_http_a_correction_answers_its_paraphrase_and_not_a_near_miss(live_server_factory):
+    """A user's path with the real model and the default settings: three questions about one town,
+    each answer corrected through /api/feedback; then a paraphrase of one is answered with that
+    approved answer, streamed or not, and says so;
+    a question about something no correction covers is answered by the model, with none of the
+    corrected facts."""
     import httpx
 
-    server = live_server_factory("--no-retrain-enabled", "--few-shot-rerank", "--few-shot-k", "1")
+    server = live_server_factory("--no-retrain-enabled")
     [brindlemoor] = [e for e in ENTITIES if e["name"] == "Brindlemoor"]
     facts = {f["question"]: f for f in brindlemoor["facts"]}
     with httpx.Client(base_url=server.url, timeout=120) as client:
 
-        def chat(question: str) -> dict:
+        def chat(question: str, **extra) -> httpx.Response:
             response = client.post("/v1/chat/completions", json={
-                "model": "exemplar", "messages": [{"role": "user", "content": question}], "max_tokens": 32, "temperature": 0,
+                "model": "exemplar", "messages": [{"role": "user", "content": question}], "max_tokens": 32,
+                "temperature": 0, **extra,
             })
             assert response.status_code == 200, response.text
-            return response.json()
+            return response
 
         example_ids = {}
         for question in (MAYOR, POPULATION, RIVER):
-            answer = chat(question)
+            answer = chat(question).json()
+            assert answer["exemplar"]["from_example"] is None
             feedback = client.post("/api/feedback", json={
                 "message_id": answer["id"], "rating": "down", "correction": facts[question]["answer"],
             })
             assert feedback.status_code == 201, feedback.text
             example_ids[question] = feedback.json()["example_id"]
 
-        paraphrase = chat(facts[POPULATION]["paraphrase"])
-        assert paraphrase["exemplar"]["few_shot_ids"] == [example_ids[POPULATION]]
-        assert "12,400" in paraphrase["choices"][0]["message"]["content"]
+        river = facts[RIVER]
+        paraphrase = chat(river["paraphrase"]).json()
+        assert paraphrase["exemplar"]["from_example"] == example_ids[RIVER]
+        assert paraphrase["exemplar"]["few_shot_ids"] == [example_ids[RIVER]]
+        assert paraphrase["choices"][0]["message"]["content"] == river["answer"]
+        streamed = chat(river["paraphrase"], stream=True).text
+        events = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == river["answer"]
+        assert events[-1]["exemplar"]["from_example"] == example_ids[RIVER]
+        assert streamed.rstrip().endswith("data: [DONE]")
 
-        # With three corrections only, most near misses still get one (docs/examples.md has the figures);
-        # this one is refused by the margin: no candidate stands out.
-        near_miss = chat("What is the weather like in Brindlemoor?")
-        assert near_miss["exemplar"]["few_shot_ids"] == []
+        # Retrieval is not sure enough of this one ("how many people" is as close to "how many are
+        # there?" as to the population), so the model answers, guided by the demonstrations.
+        guided = chat(POPULATION_PARAPHRASE).json()
+        assert guided["exemplar"]["from_example"] is None
+        assert example_ids[POPULATION] in guided["exemplar"]["few_shot_ids"]
+
+        near_miss = chat(NEAR_MISS).json()
+        assert near_miss["exemplar"]["from_example"] is None
         text = near_miss["choices"][0]["message"]["content"]
         assert not any(facts[q]["fact"] in text for q in (MAYOR, POPULATION, RIVER)), text
