@@ -187,14 +187,14 @@ class ChatHandlers:
         """The line under the chat that says which model answered and which examples guided it,
         and whether the answer was stopped or cut at the token limit."""
         from_example = getattr(answer, "from_example", None)
-        if from_example is not None:
-            parts = [f"Answer #{answer.message_id}: the approved answer of example #{from_example}, word for word"]
-        else:
-            parts = [f"Answer #{answer.message_id} by model **{answer.model_version}**"]
-        examples = from_example is None and answer.few_shot_examples and [
+        examples = answer.few_shot_examples and [
             e for e in answer.few_shot_examples if e["id"] in set(answer.few_shot_ids)
         ]
-        if examples:
+        if from_example is not None:  # no model wrote it (ServeConfig.few_shot_direct)
+            parts = [f"Answer #{answer.message_id}", f"guided by 1 example: approved answer #{from_example}, word for word"]
+        else:
+            parts = [f"Answer #{answer.message_id} by model **{answer.model_version}**"]
+        if examples and from_example is None:
             parts.append(f"guided by {len(examples)} example{'s' if len(examples) != 1 else ''}")
         text = " · ".join(parts)
         notices = list(answer.notices)
