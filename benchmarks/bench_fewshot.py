@@ -12,13 +12,16 @@ SmolLM2-135M base model. For each method, in one run:
 - near-miss false use: the answer contains the fact of another correction of
   the same entity; near misses retrieving anything at all.
 
-Methods: the old ranking (word score only, 3 demonstrations as past turns), and
-the re-ranking by the base model's hidden states (bot/fewshot.py) with 1 or 3
+Methods (METHODS): the word score alone (3 demonstrations as past turns: the
+ranking before approved answers were served); approved answers served word for
+word when bot/fewshot.py's approved_answer_for() is sure, else the word score
+(the default, ServeConfig.few_shot_direct); and the re-ranking by the base
+model's hidden states (names masked, or not as before), with 1 or 3
 demonstrations, as past turns or quoted in the system turn. Identical prompts
 are generated once and shared between methods (greedy decoding makes them equal).
 
     nice -n 10 python benchmarks/bench_fewshot.py [--data-dir .cache/test-data] [--json bench_fewshot.json]
-    nice -n 10 python benchmarks/bench_fewshot.py --no-held-out --methods "words, 3 turns (default);rerank, 1 turn"
+    nice -n 10 python benchmarks/bench_fewshot.py --no-held-out --methods "words, 3 turns (before);direct, else words, 3 turns (default)"
     python benchmarks/bench_fewshot.py --retrieval-only     # the retrieval columns only, no answers
 """
 
@@ -40,11 +43,13 @@ OTHER_FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["f
 # name: (re-rank by meaning: None, "masked" (names masked, as served) or "plain" (the vectors before
 # names were masked), k, prompt form, min_similarity, min_margin, direct); the defaults are ServeConfig's.
 # direct: an approved answer is served word for word when approved_answer_for() is sure (ServeConfig's
-# few_shot_direct gate), and otherwise the method goes on as the rest of its tuple says.
+# few_shot_direct gate), and otherwise the method goes on as the rest of its tuple says. An optional
+# 7th item is the re-ranking's recall (how many of the word score's best it re-orders; default 10).
 DIRECT = (0.5, 0.25)
 METHODS = {
-    "words, 3 turns (default)": (None, 3, "turns", 0.3, 0.05, False),
-    "direct, else words, 3 turns": (None, 3, "turns", 0.3, 0.05, True),
+    "words, 3 turns (before)": (None, 3, "turns", 0.3, 0.05, False),
+    "direct, else words, 3 turns (default)": (None, 3, "turns", 0.3, 0.05, True),
+    "direct, else words' 3 ordered by meaning": ("masked", 3, "turns", -1.0, 0.0, True, 3),
     "direct, else rerank, 1 turn": ("masked", 1, "turns", 0.3, 0.05, True),
     "rerank, 1 turn": ("masked", 1, "turns", 0.3, 0.05, False),
     "rerank, 3 turns": ("masked", 3, "turns", 0.3, 0.05, False),
@@ -113,13 +118,13 @@ def main() -> None:
     rows = {name: [] for name in methods}
     for kind, question, fact, subset in asks:
         messages = [{"role": "user", "content": question}]
-        for name, (rerank, k, form, min_similarity, min_margin, direct) in methods.items():  # interleaved per question
+        for name, (rerank, k, form, min_similarity, min_margin, direct, *recall) in methods.items():  # interleaved
             t0 = time.perf_counter()
             served = direct and approved_answer_for(store, messages, embedder, min_similarity=DIRECT[0], min_margin=DIRECT[1])
             if served:
                 demos = [served]
             else:
-                demos = retrieve(store, messages, k=k, embedder=embedders.get(rerank),
+                demos = retrieve(store, messages, k=k, embedder=embedders.get(rerank), recall=recall[0] if recall else 10,
                                  min_similarity=min_similarity, min_margin=min_margin)
             retrieve_s = time.perf_counter() - t0
             for demo in demos:

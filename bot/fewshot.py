@@ -10,8 +10,16 @@ dominate it ("How many people live in Brindlemoor?" scores the Brindlemoor
 model's weights are at hand, QuestionEmbedder re-ranks the candidates by what
 the questions mean, and an example is used only when it stands out from the
 other candidates (a margin): a question about an attribute no correction
-covers then gets no demonstration rather than a misleading one.
-benchmarks/bench_fewshot.py measures both stages; training/README.md has the table.
+covers then gets no demonstration rather than a misleading one. The vectors are
+taken with names masked (mask_names), so they compare what two questions ask.
+
+The 135M model carries a demonstration over to a reworded question only 60-80%
+of the time, so when retrieval is sure that a question rewords an approved
+example's question (approved_answer_for: similar enough, clearly more than any
+other candidate and than generic questions about any entity, and about the same
+names), the example's approved answer is served word for word (ApprovedAnswer;
+ServeConfig.few_shot_direct) instead of asking the model.
+benchmarks/bench_fewshot.py measures all of it; docs/examples.md has the table.
 Prompts are built by core/prompts.py.
 """
 
@@ -190,6 +198,7 @@ def retrieve(
     embedder: QuestionEmbedder | None = None,
     min_similarity: float = 0.3,
     min_margin: float = 0.05,
+    recall: int = RECALL,
 ) -> list[dict[str, Any]]:
     """Up to `k` approved examples relevant to the user's latest question, most relevant first.
 
@@ -198,14 +207,14 @@ def retrieve(
     candidates are re-ranked by meaning (each then has a `similarity` too); the
     best is used only when its similarity reaches `min_similarity` and beats
     the runner-up's by `min_margin`, and the others only where they also reach
-    `min_similarity`.
+    `min_similarity`. `recall` is how many of the word score's best are candidates.
     """
     if k <= 0:
         return []
     question = latest_question(messages)
     if embedder is None:
         return store.search_examples(question, limit=k, min_score=min_score)
-    candidates = store.search_examples(question, limit=max(k, RECALL), min_score=min_score)
+    candidates = store.search_examples(question, limit=max(k, recall), min_score=min_score)
     if not candidates:
         return []
     for example in candidates:
