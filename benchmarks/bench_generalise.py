@@ -44,7 +44,21 @@ AVENUES: dict[str, dict] = {
     "templates+statements": {"rewordings": 3, "statement_prompts": 1, "epochs": None},
     "templates+statements+replay": {"rewordings": 3, "statement_prompts": 1, "replay_rewordings": 2, "epochs": None},
     "templates-10-epochs": {"rewordings": 3, "statement_prompts": 1},
+    # Cheaper settings of the same avenue (fewer wordings, fewer epochs, bf16 autocast), to find a default.
+    "2rw+1st-6ep": {"rewordings": 2, "statement_prompts": 1, "epochs": 6},
+    "2rw+1st-6ep-bf16": {"rewordings": 2, "statement_prompts": 1, "epochs": 6, "bf16": True},
+    "2rw+1st-5ep-bf16": {"rewordings": 2, "statement_prompts": 1, "epochs": 5, "bf16": True},
+    "1rw+1st-6ep-bf16": {"rewordings": 1, "statement_prompts": 1, "epochs": 6, "bf16": True},
+    "1rw+1st-5ep-bf16": {"rewordings": 1, "statement_prompts": 1, "epochs": 5, "bf16": True},
+    "1rw+1st-4ep-bf16": {"rewordings": 1, "statement_prompts": 1, "epochs": 4, "bf16": True},
+    "1st-6ep-bf16": {"statement_prompts": 1, "epochs": 6, "bf16": True},
+    "2rw-6ep-bf16": {"rewordings": 2, "epochs": 6, "bf16": True},
+    "3rw+1st-5ep-bf16": {"rewordings": 3, "statement_prompts": 1, "epochs": 5, "bf16": True},
+    "plain-bf16": {"bf16": True},
 }
+# The avenues that set every augmentation field: the others start from TrainConfig's defaults, which may
+# themselves turn augmentation on; "plain" must be the question as asked whatever the defaults are.
+PLAIN = {"rewordings": 0, "statement_prompts": 0, "replay_rewordings": 0, "bf16": False, "epochs": 10.0}
 
 
 def load(n: int) -> tuple[list[dict], list[dict], list[dict]]:
@@ -77,7 +91,8 @@ def judge(model, tokenizer, items: list[dict], eval_config) -> dict:
     }
 
 
-def run_avenue(name: str, ref, facts, paraphrases, fresh, threads: int, max_steps: int | None = None) -> dict:
+def run_avenue(name: str, ref, facts, paraphrases, fresh, threads: int, max_steps: int | None = None,
+               seed: int = 0) -> dict:
     import torch
 
     from core.models import load_base_model
@@ -90,8 +105,8 @@ def run_avenue(name: str, ref, facts, paraphrases, fresh, threads: int, max_step
     torch.set_num_threads(threads)
     model, tokenizer = load_base_model(ref)
     eval_config = EvalConfig()
-    overrides = dict(AVENUES[name])
-    base_config = TrainConfig()
+    overrides = {**PLAIN, **AVENUES[name], "seed": seed}
+    base_config = TrainConfig(**PLAIN)
     plan = recipe.Plan(
         config=base_config, eval_config=eval_config, base_model=None, examples=examples(facts), heldout=[],
         replay=load_replay(base_config.replay_examples), canary=load_canary(), active_name="base", serving=None,
@@ -159,6 +174,7 @@ def main() -> int:
     parser.add_argument("--facts", type=int, default=24, help="how many of the 24 facts to train on")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps (smoke test)")
+    parser.add_argument("--seed", type=int, default=0, help="TrainConfig.seed of every run (LoRA init, data order)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON (after each avenue)")
     args = parser.parse_args()
     unknown = [a for a in args.avenues.split(",") if a not in AVENUES]
@@ -171,14 +187,14 @@ def main() -> int:
     facts, paraphrases, fresh = load(args.facts)
     results = []
     for name in args.avenues.split(","):
-        results.append(run_avenue(name, ref, facts, paraphrases, fresh, args.threads, args.max_steps))
+        results.append(run_avenue(name, ref, facts, paraphrases, fresh, args.threads, args.max_steps, args.seed))
         r = results[-1]
         print(f"{name}: trained {r['trained']['keyword']}/{r['trained']['n']}, paraphrases "
               f"{r['paraphrases']['keyword']}/{r['paraphrases']['n']}, fresh {r['fresh']['keyword']}/{r['fresh']['n']}, "
               f"canary {r['canary']['hits']}/{r['canary']['n']}, train {r.get('train_seconds', 0)} s, "
               f"load {r['load_before']}-{r['load_after']}", flush=True)
         if args.json:
-            args.json.write_text(json.dumps({"facts": len(facts), "threads": args.threads, "results": results}, indent=1))
+            args.json.write_text(json.dumps({"facts": len(facts), "threads": args.threads, "seed": args.seed, "results": results}, indent=1))
     print()
     print(table(results))
     return 0

@@ -183,19 +183,22 @@ def measure_evaluation(ref, threads: int, n: int = 16) -> dict:
     return {"seconds_per_correction": round(per_item, 2), "seconds_for_canary": round(canary, 1)}
 
 
-def job_minutes(n: int, per_step: float, evaluation: dict, heldout_share: float = 0.2) -> dict:
-    """Wall time of one retrain on n corrections with the default recipe, from the timed parts:
-    a selection run (when >= 5 are held out) and the refit, then the judging (candidate and serving
-    answer every correction and the canary)."""
+def job_minutes(n: int, per_step: float, evaluation: dict, heldout_share: float = 0.2, config=None) -> dict:
+    """Wall time of one retrain on n corrections with `config` (default: the default recipe), from the
+    timed parts: a selection run (when >= 5 are held out) and the refit, then the judging (candidate and
+    serving answer every correction and the canary). Each correction trains as 1 + rewordings + statement
+    rows and each replay row as 1 + replay_rewordings (the most training/augment.py makes)."""
     from training.config import EvalConfig, TrainConfig
     from training.dataset import load_replay
     from training.finetune import total_steps
 
-    config = TrainConfig()
-    replay = len(load_replay(config.replay_examples))
+    config = config or TrainConfig()
+    replay = len(load_replay(config.replay_examples)) * (1 + config.replay_rewordings)
+    per_correction = 1 + config.rewordings + config.statement_prompts
     heldout = round(n * heldout_share)
-    selection = total_steps(n - heldout + replay, config) if heldout >= EvalConfig().heldout_min_items else 0
-    final = total_steps(n + replay, config)
+    selection = (total_steps((n - heldout) * per_correction + replay, config)
+                 if heldout >= EvalConfig().heldout_min_items else 0)
+    final = total_steps(n * per_correction + replay, config)
     judging = 2 * n * evaluation["seconds_per_correction"] + 2 * evaluation["seconds_for_canary"]
     return {
         "corrections": n,
@@ -383,11 +386,19 @@ def main() -> int:
     # Whole-job estimates: the worker trains at 1 thread, so the timed steps are at --threads (default 1).
     evaluation = measure_evaluation(ref, 1)
     results["judging_1_thread"] = evaluation
-    before = comparison["variants"][BASELINE]["seconds_per_step"]
-    after = comparison["variants"][results["default_variant"]]["seconds_per_step"]
+    from training.config import TrainConfig
+
+    per_step = {name: row["seconds_per_step"] for name, row in comparison["variants"].items()}
+    plain = TrainConfig(rewordings=0, statement_prompts=0, replay_rewordings=0, epochs=10.0)
+    default = TrainConfig()
+    augmented = f"{default.rewordings} rewordings + {default.statement_prompts} statement, {default.epochs:g} epochs"
     results["job_estimates"] = {
-        f"before ({BASELINE}, {before} s/step)": [job_minutes(n, before, evaluation) for n in (24, 200)],
-        f"after ({results['default_variant']}, {after} s/step)": [job_minutes(n, after, evaluation) for n in (24, 200)],
+        f"before ({BASELINE}, plain, {per_step[BASELINE]} s/step)":
+            [job_minutes(n, per_step[BASELINE], evaluation, config=plain) for n in (24, 200)],
+        f"packed, plain ({per_step['packed']} s/step)":
+            [job_minutes(n, per_step["packed"], evaluation, config=plain) for n in (24, 200)],
+        f"default ({results['default_variant']}, {augmented}, {per_step[results['default_variant']]} s/step)":
+            [job_minutes(n, per_step[results["default_variant"]], evaluation) for n in (24, 200)],
     }
     torch.set_num_threads(default_threads)
     if args.measure_job:
