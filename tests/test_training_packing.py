@@ -123,7 +123,8 @@ def test_packed_loss_and_gradients_equal_the_padded_batch_with_replay_under_kl(t
 
 
 def test_a_packed_run_follows_the_padded_runs_loss_curve(tokenizer):
-    fast = dict(learning_rate=2e-2, batch_size=4, target_modules="all-linear", warmup_steps=0, max_steps=8)
+    # fp32: the curves must agree to rounding, which bf16 autocast (on by default) does not promise.
+    fast = dict(learning_rate=2e-2, batch_size=4, target_modules="all-linear", warmup_steps=0, max_steps=8, bf16=False)
     curves = {}
     for packed in (False, True):
         model = learnable_tiny_llama(tokenizer)

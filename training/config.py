@@ -69,9 +69,12 @@ class TrainConfig:
     """
 
     epochs: float = _help(
-        "Passes over the training set. 3 teach the answer format but not new facts; 8 taught the bundled "
-        "model 15-17 of 18 distinct facts, 10 taught 18 of 18.",
-        default=10.0,
+        "Passes over the training set (the extra wordings included). With the question as asked only, 3 teach "
+        "the answer format but not new facts, 8 taught the bundled model 15-17 of 18 distinct facts and 10 taught "
+        "18 of 18; with the default extra wordings (2 rewordings + 1 statement per example, four rows per example) "
+        "6 taught all 24 of the test facts (two seeds) and 4 epochs, with 1 rewording, only 9 of 24 "
+        "(training/README.md, Generalisation).",
+        default=6.0,
     )
     learning_rate: float = _help(
         "Peak learning rate (linear decay after a short warm-up). 2e-3 made the bundled model forget "
@@ -112,14 +115,17 @@ class TrainConfig:
         "Extra wordings of each example's question to train on, made from templates (training/augment.py: "
         "'Tell me the Y of X.', 'X's Y?', 'X was written by whom?'...), so a learned fact also answers questions "
         "worded otherwise. 0 trains on the question as asked only. Each one adds a row per example: time grows "
-        "with it (see training/README.md, Generalisation).",
-        default=0,
+        "with it. On 24 facts, 2 rewordings + 1 statement at 6 epochs (the default) answered 21-22/24 paraphrases "
+        "and 46/48 other wordings never trained on (two seeds), against 13/24 and 29/48 with the question alone "
+        "at 10 epochs; 1 rewording learned 23-24 facts and kept one canary answer fewer "
+        "(training/README.md, Generalisation).",
+        default=2,
     )
     statement_prompts: int = _help(
         "Extra rows per example that ask for what is known about the question's subject ('What do you know "
         "about X?') and are answered with the example's answer: the fact trained as a statement, reached from "
         "its subject. 0 turns them off.",
-        default=0,
+        default=1,
     )
     replay_rewordings: int = _help(
         "Template rewordings of each replay example (general questions, under the KL term), so the share of "
@@ -134,9 +140,11 @@ class TrainConfig:
         default=True,
     )
     bf16: bool = _help(
-        "Train under bfloat16 autocast (AMX on this CPU): packed steps 1.45x faster than fp32 in "
-        "benchmarks/bench_training.py. Off by default: on the 24 facts it learned the same answers but kept one "
-        "canary answer fewer (38 against 39 of 40), and the gate allows one lost.", default=False
+        "Train under bfloat16 autocast (AMX on this CPU; a GPU without bf16 trains in fp32): packed steps about "
+        "2x faster than fp32 (benchmarks/bench_training.py), which pays for the extra wordings. With 2 rewordings "
+        "+ 1 statement it learned the same 24 facts as fp32 and kept the canary (40 of 40); with the question "
+        "alone it once kept one canary answer fewer (38 against 39). A CPU without bf16 instructions may run it "
+        "slower than fp32: turn it off there.", default=True
     )
     seed: int = _help("Random seed for LoRA initialisation and data order.", default=0)
     max_steps: int | None = _help(

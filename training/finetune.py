@@ -246,6 +246,9 @@ def train_adapter(
                 losses.append(float(logs["loss"]))
 
     use_cuda = torch.cuda.is_available()
+    # bf16 is on by default (it pays for the extra wordings); a GPU without it would make the Trainer refuse
+    # to start, so such a GPU trains in fp32 instead.
+    bf16 = config.bf16 and (not use_cuda or torch.cuda.is_bf16_supported())
     with tempfile.TemporaryDirectory(prefix="exemplar-trainer-") as scratch:
         args = TrainingArguments(
             output_dir=scratch,  # the Trainer wants one; nothing is saved there (save_strategy "no")
@@ -260,7 +263,7 @@ def train_adapter(
             lr_scheduler_type="linear",
             warmup_steps=config.warmup_steps,
             weight_decay=config.weight_decay,
-            bf16=config.bf16,
+            bf16=bf16,
             seed=config.seed,
             logging_steps=1,
             save_strategy="no",
