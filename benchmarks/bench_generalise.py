@@ -39,7 +39,7 @@ FRESH = Path(__file__).resolve().with_name("generalise_paraphrases.jsonl")
 # epochs over more rows), so the comparison is at equal time; "epochs" None means: scale to the plain run's steps.
 AVENUES: dict[str, dict] = {
     "base": {},  # no training: what the base model answers
-    "plain": {},  # today's recipe: the question as asked, 10 epochs
+    "plain": {},  # the recipe before augmentation: the question as asked, 10 epochs, fp32 (PLAIN below)
     "templates": {"rewordings": 3, "epochs": None},
     "templates+statements": {"rewordings": 3, "statement_prompts": 1, "epochs": None},
     "templates+statements+replay": {"rewordings": 3, "statement_prompts": 1, "replay_rewordings": 2, "epochs": None},

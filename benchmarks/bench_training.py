@@ -56,10 +56,11 @@ def examples(n: int) -> list[dict]:
 # Training variants compared at the same thread count, interleaved in one run. "padded" is the
 # recipe before packing (random batches, right-padded, logits over every position, an extra base-model
 # forward for the KL term at every step).
+# Each variant names both fields, since the defaults (bf16 on) would otherwise leak into the fp32 ones.
 VARIANTS = {
-    "padded": {"packed": False},
+    "padded": {"packed": False, "bf16": False},
     "padded_bf16": {"packed": False, "bf16": True},
-    "packed": {"packed": True},
+    "packed": {"packed": True, "bf16": False},
     "packed_bf16": {"packed": True, "bf16": True},
 }
 BASELINE = "padded"
