@@ -487,6 +487,16 @@ def test_over_http_a_correction_answers_its_paraphrase_and_not_a_near_miss(live_
         assert events[-1]["exemplar"]["from_example"] == example_ids[RIVER]
         assert streamed.rstrip().endswith("data: [DONE]")
 
+        # Many users at once (the vectors are shared and computed under a lock): each gets the approved
+        # answer, in a turn of its own.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: chat(river["paraphrase"]).json(), range(24)))
+        assert {a["exemplar"]["from_example"] for a in answers} == {example_ids[RIVER]}
+        assert {a["choices"][0]["message"]["content"] for a in answers} == {river["answer"]}
+        assert len({a["id"] for a in answers}) == 24 and len({a["exemplar"]["conversation_id"] for a in answers}) == 24
+
         # Retrieval is not sure enough of this one ("how many people" is as close to "how many are
         # there?" as to the population), so the model answers, guided by the demonstrations.
         guided = chat(POPULATION_PARAPHRASE).json()
