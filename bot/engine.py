@@ -536,6 +536,21 @@ class Engine(PromptFitting):
                 for name in set(self._originals) | set(deltas):
                     copies[name].weight.copy_(modules[name].weight)
 
+    def base_copy(self) -> Any:
+        """A copy of the plain base model, any merged adapter taken out, for work that needs the base's
+        own outputs whichever version serves (few-shot question vectors)."""
+        import copy
+
+        import torch
+
+        with self._model_lock:
+            clone = copy.deepcopy(self.base_model)
+            modules = dict(clone.named_modules())
+            with torch.no_grad():
+                for name, original in self._originals.items():
+                    modules[name].weight.copy_(original)
+        return clone.eval()
+
     def activate(self, version: str | None, adapter_path: str | Path | None = None) -> float:
         """Serve `version` from now on (None or "base": the base model); return the seconds the swap took.
 

@@ -132,22 +132,16 @@ class QuestionEmbedder:
 
     @classmethod
     def for_engine(cls, engine: Any) -> QuestionEmbedder | None:
-        """One embedder per local engine, on a copy of its base weights taken while it serves the base
-        model (adapters are merged into its weights in place); None for an engine without local weights
-        (a fake, an upstream server) or one already serving an adapter."""
-        model = getattr(engine, "base_model", None)
+        """One embedder per local engine, on a copy of its plain base weights (whichever version it
+        serves: adapters are merged into its weights in place, and the engine keeps the originals);
+        None for an engine without local weights (a fake, an upstream server)."""
+        base_copy = getattr(engine, "base_copy", None)
         tokenizer = getattr(engine, "tokenizer", None)
-        if model is None or tokenizer is None:
+        if base_copy is None or tokenizer is None:
             return None
         with cls._shared_lock:
             if engine not in cls._shared:
-                from storage.vocabulary import BASE_VERSION
-
-                if getattr(engine, "version", None) != BASE_VERSION or getattr(engine, "_originals", None):
-                    return None
-                import copy
-
-                cls._shared[engine] = cls(copy.deepcopy(model), tokenizer)
+                cls._shared[engine] = cls(base_copy(), tokenizer)
             return cls._shared[engine]
 
     def _raw(self, text: str) -> Any:

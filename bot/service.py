@@ -96,7 +96,7 @@ class ChatService:
         self.engine = engine
         self.store = store
         self.config = config
-        # Built now, while a local engine still holds the plain base weights (adapters merge in place).
+        # Question vectors come from the plain base weights, whichever version the engine serves.
         wants_embedder = getattr(config, "few_shot_rerank", False) or getattr(config, "few_shot_direct", False)
         self.embedder = QuestionEmbedder.for_engine(engine) if wants_embedder else None
         self.rerank = self.embedder if getattr(config, "few_shot_rerank", False) else None

@@ -393,3 +393,22 @@ def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_mod
     list(long)
     prefills = [call for call in calls if call[1] > 1]
     assert prefills == [(1, short.prompt_tokens, torch.float32), (1, long.prompt_tokens, torch.bfloat16)]
+
+
+def test_base_copy_is_the_plain_base_while_an_adapter_serves(engine, tmp_path, tiny_model, tokenizer):
+    """Few-shot question vectors come from a base copy, so they must not depend on the version served."""
+    import copy
+
+    from bot.fewshot import QuestionEmbedder
+
+    base_logits = _logits(tiny_model, tokenizer).clone()
+    fresh = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer)
+    make_adapter(copy.deepcopy(tiny_model), tmp_path / "v1", seed=1)
+    engine.activate("v1", tmp_path / "v1")
+    assert not torch.equal(_logits(engine.model, tokenizer), base_logits)  # the adapter is merged in place
+    assert torch.equal(_logits(engine.base_copy(), tokenizer), base_logits)
+    embedder = QuestionEmbedder.for_engine(engine)  # a server that starts with a trained version active
+    assert embedder is not None
+    question = "How many people live in Brindlemoor?"
+    torch.testing.assert_close(embedder.vector(question), fresh.vector(question))
+    assert not torch.equal(_logits(engine.model, tokenizer), base_logits)  # still serving v1
