@@ -252,7 +252,7 @@ def decode_rate(engine, tokens: int, runs: int = 3) -> float:
     return statistics.median(rates)
 
 
-def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int) -> dict:
+def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int, rounds: int = 2) -> dict:
     import torch
 
     from bot.engine import Engine
@@ -303,10 +303,18 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int) -> dict
 
     # Idle, then a retrain with the default settings (threads fixed at `threads`), idle again, then one
     # with idle_threads 2 (a second thread while the server is idle, dropped at the next step once it decodes).
+    # The retrain in fp32 too (bf16 is the default), taking turns with the default: bf16 steps are shorter,
+    # so the question is whether they take more of the server's core.
     config = TrainConfig()
     idle = [decode_rate(engine, decode_tokens)]
-    default, progress = during_retrain({})
-    idle.append(decode_rate(engine, decode_tokens))
+    defaults, fp32 = [], []
+    for _ in range(rounds):
+        rate, progress = during_retrain({})
+        defaults.append(rate)
+        idle.append(decode_rate(engine, decode_tokens))
+        fp32.append(during_retrain({"bf16": False})[0])
+        idle.append(decode_rate(engine, decode_tokens))
+    default = statistics.median(defaults)
     two, _ = during_retrain({"idle_threads": 2})
     idle.append(decode_rate(engine, decode_tokens))
     store.close()
@@ -317,6 +325,9 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int) -> dict
         "decode_tokens_per_second_during_retrain": round(default, 1),
         "decode_ratio_during_retrain": round(default / idle_rate, 2),
         "decode_ratio_during_retrain_idle_threads_2": round(two / idle_rate, 2),
+        "decode_ratio_during_retrain_each_round": {"default": [round(r / idle_rate, 2) for r in defaults],
+                                                   "fp32": [round(r / idle_rate, 2) for r in fp32]},
+        "decode_ratio_during_retrain_fp32": round(statistics.median(fp32) / idle_rate, 2),
         "retrain_child": {"threads": config.threads, "idle_threads": config.idle_threads, "nice": config.nice,
                           "step_reached": progress.get("step")},
         "load_average": load_avg(),
@@ -369,6 +380,8 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=int, default=64, help="tokens per decode measurement")
     parser.add_argument("--training-only", action="store_true",
                         help="only the training comparison and the job estimates (no serving measurements)")
+    parser.add_argument("--serving-only", action="store_true",
+                        help="only decode during a retrain (default bf16 and fp32 taking turns, --rounds times)")
     parser.add_argument("--measure-job", type=int, action="append", default=[], metavar="N",
                         help="also run a whole retrain job on N corrections and time it (repeatable; 24 takes minutes)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
@@ -382,6 +395,13 @@ def main() -> int:
     default_threads = torch.get_num_threads()
     results: dict = {"machine": {"torch_threads_default": default_threads, "load_average_start": load_avg()},
                      "default_variant": default_variant()}
+    if args.serving_only:
+        with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
+            results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens, args.rounds)
+        print(json.dumps(results, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     comparison = compare_training(ref, args.threads, args.examples, args.rounds)
     results["training_batches"] = comparison
     # Whole-job estimates: the worker trains at 1 thread, so the timed steps are at --threads (default 1).
@@ -406,7 +426,7 @@ def main() -> int:
         results["measured_jobs"] = [measure_job(ref, n) for n in args.measure_job]
     if not args.training_only:
         with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
-            results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens)
+            results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens, args.rounds)
     results["machine"]["load_average_end"] = load_avg()
     print(json.dumps(results, indent=2))
     print_tables(results)
