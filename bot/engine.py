@@ -13,8 +13,10 @@ Prefill: on the CPU a prompt of `bf16_prefill_from_tokens` (256) or more
 tokens is prefilled in bf16, about 2.5x faster than fp32, its first token
 included; the KV cache is then cast to the decode weights' dtype and the rest
 of the answer decodes as before. (Running the last prompt token on the fp32
-weights instead cost a whole fp32 step, about a tenth of a long prompt's first
-token, for one logit vector.) Short prompts keep their fp32 prefill, even when a long one arrives
+weights every time cost a whole fp32 step, about a tenth of a long prompt's
+first token.) Only when bf16's two likeliest first tokens are within
+FIRST_TOKEN_RECHECK_MARGIN logits does the last prompt token run again on the
+decode weights, so a near tie is decided as fp32 would. Short prompts keep their fp32 prefill, even when a long one arrives
 at the same moment. While other answers decode, a new prompt is prefilled
 `prefill_chunk_tokens` (256) at a time with one decode step of the batch
 between chunks, so a long prompt delays the others' next token by one chunk,
@@ -56,9 +58,12 @@ DEFAULT_MAX_BATCH = 16
 # 1.85x faster than fp32, but changes some greedy answers; fp32 keeps a lone
 # answer exactly as before. From this many rows the batch runs in bf16.
 DEFAULT_BF16_FROM_BATCH = 4
-# Prompts at least this long are prefilled in bf16 (all but their last token, which runs in the
-# decode dtype after the cache is cast to it): see DEFAULT_* figures in the README. 0 = never.
+# Prompts at least this long are prefilled in bf16 (their first token comes from that pass, see
+# FIRST_TOKEN_RECHECK_MARGIN): see DEFAULT_* figures in the README. 0 = never.
 DEFAULT_BF16_PREFILL_FROM_TOKENS = 256
+# A long prompt's first token comes from its bf16 prefill, unless its two likeliest tokens are closer
+# than this many logits: then the last prompt token runs again on the decode weights (one step).
+FIRST_TOKEN_RECHECK_MARGIN = 1.0
 # While other answers decode, a new prompt is prefilled this many tokens at a time, with a decode
 # step for the running batch between chunks, so a long prompt does not stall everyone. 0 = whole.
 DEFAULT_PREFILL_CHUNK_TOKENS = 256
@@ -244,6 +249,12 @@ class Generation(AnswerState):
         self.text = self.text.strip()
 
 
+def _near_tie(logits: Any, margin: float) -> bool:
+    """Whether any row's two likeliest next tokens are within `margin` logits of each other."""
+    top = logits.topk(2, dim=-1).values
+    return bool(((top[:, 0] - top[:, 1]) < margin).any())
+
+
 def _cast_cache(cache: Any, dtype: Any) -> None:
     for layer in cache.layers:
         if layer.keys.dtype != dtype:
@@ -329,7 +340,8 @@ class _Prefill:
     """New prompts being prefilled (left-padded together), possibly a chunk at a time.
 
     Every column runs on `model` (bf16 for long prompts, when enabled), which also gives the first
-    token; the cache is then cast to the decode weights' dtype.
+    token unless that is a near tie (then the last column runs again on the decode weights); the
+    cache is then cast to the decode weights' dtype.
     """
 
     def __init__(self, rows: list[Generation], ids: Any, mask: Any, cache: Any, model: Any):
@@ -711,6 +723,15 @@ class Engine(PromptFitting):
         prefill.done = end
         if end < prefill.width:
             return None  # the running batch decodes a step before the next chunk
+        if prefill.model is not final and _near_tie(logits, FIRST_TOKEN_RECHECK_MARGIN):
+            # bf16 may rank two near-equal first tokens the other way round from the decode weights,
+            # and greedy answers then part from the first word: redo the last column on those weights.
+            for layer in prefill.cache.layers:
+                layer.keys = layer.keys[:, :, :-1, :]
+                layer.values = layer.values[:, :, :-1, :]
+            _cast_cache(prefill.cache, final.dtype)
+            last = prefill.width - 1
+            logits = self._forward(final, prefill.ids[:, last:], prefill.mask, prefill.positions[:, last:], prefill.cache)
         first = _sample(logits, prefill.rows)
         batch = _Batch(list(prefill.rows), prefill.cache, prefill.mask, prefill.mask.sum(-1),
                        torch.tensor(first, dtype=torch.long, device=self.device))

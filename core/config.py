@@ -188,8 +188,8 @@ class ServeConfig:
     )
     bf16_prefill_from_tokens: int = _help(
         "On the CPU, prefill prompts at least this many tokens long in bf16 (about 2.5x faster, so a long "
-        "prompt's first token comes sooner), its first token included; the rest of the answer still decodes "
-        "in the decode dtype. It changes a few greedy answers to long prompts (see the README). 0 keeps fp32 always.",
+        "prompt's first token comes sooner), its first token included (a near tie is decided again on the "
+        "decode weights); the rest of the answer still decodes in the decode dtype. It changes a few greedy answers to long prompts (see the README). 0 keeps fp32 always.",
         default=256,
     )
     prefill_chunk_tokens: int = _help(

@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 
+import bot.engine as engine_module
 from bot.engine import BASE_VERSION, Engine, GenerationParams
 from core.errors import ModelLoadError, ValidationError
 
@@ -353,7 +354,8 @@ def test_with_nobody_decoding_a_long_prompt_is_prefilled_whole(tiny_model, token
     assert answer.text == greedy_reference(engine, LONG, 4)
 
 
-def test_long_prompts_prefill_in_bf16_and_the_rest_of_the_answer_decodes_in_fp32(tiny_model, tokenizer):
+def test_long_prompts_prefill_in_bf16_and_the_rest_of_the_answer_decodes_in_fp32(tiny_model, tokenizer, monkeypatch):
+    monkeypatch.setattr(engine_module, "FIRST_TOKEN_RECHECK_MARGIN", 0.0)  # never a near tie (see the next test)
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
                     bf16_prefill_from_tokens=64, prefill_chunk_tokens=16)
     calls = _record_forwards(engine)
@@ -379,6 +381,31 @@ def test_long_prompts_prefill_in_bf16_and_the_rest_of_the_answer_decodes_in_fp32
     assert {dtype for _, dtype in prompt_calls} == {torch.bfloat16}
     assert sum(columns for columns, _ in prompt_calls) == answer.prompt_tokens
     assert max(columns for columns, _ in prompt_calls) == 16
+
+
+def test_a_near_tie_first_token_is_taken_again_on_the_decode_weights(tiny_model, tokenizer, monkeypatch):
+    """When bf16's two likeliest first tokens are close, the first token is the fp32 weights' own pick."""
+    from transformers import DynamicCache
+
+    monkeypatch.setattr(engine_module, "FIRST_TOKEN_RECHECK_MARGIN", float("inf"))  # every first token a near tie
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
+                    bf16_prefill_from_tokens=64)
+    calls = _record_forwards(engine)
+    firsts = []
+    sample = engine_module._sample
+    monkeypatch.setattr(engine_module, "_sample", lambda logits, rows: firsts.append(sample(logits, rows)) or firsts[-1])
+    answer = engine.generate(LONG, GenerationParams(max_new_tokens=3))
+    assert calls == [(1, answer.prompt_tokens, torch.bfloat16)] + [(1, 1, torch.float32)] * 3
+    # By hand: all but the last prompt token on the bf16 weights, the last one on the fp32 weights.
+    ids = torch.tensor([engine.prepare(LONG, GenerationParams(max_new_tokens=3)).token_ids])
+    cache = DynamicCache(config=tiny_model.config)
+    with torch.inference_mode():
+        engine._bf16_model(input_ids=ids[:, :-1], cache=cache, use_cache=True)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.float(), layer.values.float()
+        logits = tiny_model(input_ids=ids[:, -1:], cache=cache, use_cache=True,
+                            position_ids=torch.tensor([[ids.shape[1] - 1]])).logits[0, -1]
+    assert firsts[0] == [int(logits.argmax())]
 
 
 def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_model, tokenizer):
