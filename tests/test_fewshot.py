@@ -371,6 +371,12 @@ def test_an_approved_answer_is_served_only_when_retrieval_is_sure():
     unrelated = TableEmbedder({})
     assert approved_answer_for(store, ask("How do I bake sourdough bread?"), unrelated) is None
     assert unrelated.asked == []
+    # A long message (a pasted passage, then the question) is not embedded at all: no rewording is that long.
+    passage = "Brindlemoor is a market town on the river with a station, two schools and a library. " * 3
+    long = TableEmbedder({(passage + POPULATION_PARAPHRASE, POPULATION): 0.9})
+    assert approved_answer_for(store, ask(passage + POPULATION_PARAPHRASE), long, min_similarity=0.5,
+                               min_margin=0.25) is None
+    assert long.asked == []
 
 
 def test_an_approved_answer_is_served_only_to_a_question_about_what_it_names():
