@@ -84,26 +84,53 @@ def build_store():
     return store, facts
 
 
-def train_and_activate(engine, store, facts: list[dict], data_dir: Path, seed: int, max_steps: int | None = None) -> dict:
-    """Train a version on the entity corrections as the retrain job does, and serve it from `engine`."""
-    import tempfile
+def parse_recipe(text: str) -> dict:
+    """'default' -> {}; 'unknown_attributes=3,rewordings=0' -> TrainConfig overrides (values as JSON, else text)."""
+    overrides = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if item == "default":
+            continue
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return overrides
 
+
+def train_version(store, facts: list[dict], data_dir: Path, seed: int, adapter: str, overrides: dict | None = None,
+                  max_steps: int | None = None, judge: bool = False) -> dict:
+    """Train a version on the entity corrections as the retrain job does (`overrides` on its default TrainConfig)
+    and save it to `adapter`; with `judge`, also the gate's own checks of it, few-shot off: the trained questions
+    answered with their fact ("learned") and the canary."""
     from core.models import load_base_model, resolve_base_model
     from training import recipe
 
     load_before = round(os.getloadavg()[0], 1)
-    plan = recipe.prepare(store, {"config": {"seed": seed, "max_steps": max_steps}})  # the job's default TrainConfig and replay rows
+    config = {**(overrides or {}), "seed": seed, "max_steps": max_steps}
+    plan = recipe.prepare(store, {"config": config})  # the job's default TrainConfig and replay rows
     own = {f["id"] for f in facts}
     examples = [e for e in plan.examples if e["id"] in own]
     model, tokenizer = load_base_model(resolve_base_model(None, data_dir))
     peft_model, result = recipe.train(model, tokenizer, plan, examples)
-    with tempfile.TemporaryDirectory(prefix="bench-fewshot-") as adapter:
-        peft_model.save_pretrained(adapter)  # as the worker does; the engine merges it as for a promoted version
-        del peft_model, model
-        engine.activate("bench-trained", adapter)
-    return {"examples": len(examples), "rows": len(recipe.training_rows(plan, examples)), "steps": result.steps,
-            "train_seconds": result.train_seconds, "final_loss": result.final_loss, "config": vars(plan.config),
-            "load_before": load_before, "load_after": round(os.getloadavg()[0], 1)}
+    peft_model.save_pretrained(adapter)  # as the worker does; the engine merges it as for a promoted version
+    rows = recipe.training_rows(plan, examples)
+    out = {"overrides": overrides or {}, "examples": len(examples), "rows": len(rows),
+           "unknown_rows": [r["input"][-1]["content"] for r in rows if r.get("unknown_of")],
+           "steps": result.steps, "train_seconds": result.train_seconds, "final_loss": result.final_loss,
+           "config": vars(plan.config), "load_before": load_before}
+    if judge:
+        from training.evaluate import canary_answers, judge_answers
+
+        peft_model.eval()
+        asked = [{"id": f["id"], "input": [{"role": "user", "content": f["question"]}], "output": f["answer"]} for f in facts]
+        judged = judge_answers(peft_model, tokenizer, asked, plan.eval_config)
+        out["learned"] = [sum(f["fact"].lower() in j["answer"].lower() for f, j in zip(facts, judged)), len(facts)]
+        canary = canary_answers(peft_model, tokenizer, plan.canary, plan.eval_config)
+        out["canary"] = [sum(canary["hits"]), canary["n"]]
+    out["load_after"] = round(os.getloadavg()[0], 1)
+    del peft_model, model
+    return out
 
 
 def main() -> None:
@@ -124,6 +151,12 @@ def main() -> None:
                         help="first train and serve a version on the 30 entity corrections (the state after the retrain)")
     parser.add_argument("--seed", type=int, default=0, help="with --trained: TrainConfig.seed (LoRA init, data order)")
     parser.add_argument("--max-steps", type=int, default=None, help="with --trained: stop training after this many steps (smoke test)")
+    parser.add_argument("--recipes", default="default",
+                        help="with --trained: ';'-separated recipes, each 'default' or TrainConfig overrides such as "
+                             "'unknown_attributes=3' or 'rewordings=0,statement_prompts=0'; each is trained in turn, and "
+                             "every question is then asked of each (the adapter swapped in per question), methods interleaved")
+    parser.add_argument("--judge", action="store_true",
+                        help="with --trained: also the trained questions answered with their fact and the canary, per recipe")
     args = parser.parse_args()
     if args.trained and args.retrieval_only:
         parser.error("--trained changes the answers only; retrieval uses the base weights either way")
@@ -133,7 +166,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bot.engine import Engine, GenerationParams
-    from bot.fewshot import QuestionEmbedder, approved_answer_for, retrieve
+    from bot.fewshot import QuestionEmbedder
 
     started = time.perf_counter()
     engine = Engine.load(None, args.data_dir)
@@ -145,7 +178,19 @@ def main() -> None:
 
         embedders["plain"] = QuestionEmbedder(copy.deepcopy(engine.base_model), engine.tokenizer, masked=False)
     store, facts = build_store()
-    trained = train_and_activate(engine, store, facts, args.data_dir, args.seed, args.max_steps) if args.trained else None
+    import tempfile
+
+    adapters_dir = tempfile.TemporaryDirectory(prefix="bench-fewshot-")
+    recipes = [r.strip() for r in args.recipes.split(";")] if args.trained else [""]
+    trained = {}
+    for i, name in enumerate(recipes if args.trained else []):
+        adapter = str(Path(adapters_dir.name) / f"r{i}")
+        trained[name] = train_version(store, facts, args.data_dir, args.seed, adapter, parse_recipe(name),
+                                      args.max_steps, args.judge)
+        trained[name]["adapter"] = adapter
+        print(f"trained {name!r}: {trained[name]['rows']} rows ({len(trained[name]['unknown_rows'])} 'not known'), "
+              f"{trained[name]['steps']} steps, {trained[name]['train_seconds']:.0f} s, learned {trained[name].get('learned')}, "
+              f"canary {trained[name].get('canary')}, load {trained[name]['load_before']}-{trained[name]['load_after']}", flush=True)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     asks = [("paraphrase", f[kind] if kind != "paraphrase" else f["paraphrase"], f, kind) for kind in ("paraphrase", "held_out")[: 1 if args.no_held_out else 2] for f in facts]
     if args.held_out_only:
@@ -155,58 +200,84 @@ def main() -> None:
     by_entity = {e["name"]: [f for f in facts if f["entity"] == e["name"]] for e in ENTITIES}
     answers: dict[str, str] = {}  # rendered prompt -> answer
     generate_s: list[float] = []
-    rows = {name: [] for name in methods}
+
+    def label(method: str, recipe_name: str) -> str:
+        return f"{method} [{recipe_name}]" if len(recipes) > 1 else method
+
+    rows = {label(name, r): [] for r in recipes for name in methods}
     for kind, question, fact, subset in asks:
         messages = [{"role": "user", "content": question}]
-        for name, (rerank, k, form, min_similarity, min_margin, direct, *recall) in methods.items():  # interleaved
-            t0 = time.perf_counter()
-            served = direct and k and approved_answer_for(store, messages, embedder, min_similarity=DIRECT[0], min_margin=DIRECT[1])
+        for recipe_name in recipes:  # every recipe's version answers each question in turn
+            if args.trained and engine.version != f"bench-{recipe_name}":
+                engine.activate(f"bench-{recipe_name}", trained[recipe_name]["adapter"])
+            ask_methods(engine, store, embedder, embedders, methods, messages, kind, question, fact, subset,
+                        recipe_name, label, by_entity, answers, generate_s, rows, params, args)
+
+    summarise(args, engine, facts, asks, rows, methods, trained, recipes, generate_s, started)
+    adapters_dir.cleanup()
+
+
+def ask_methods(engine, store, embedder, embedders, methods, messages, kind, question, fact, subset, recipe_name,
+                label, by_entity, answers, generate_s, rows, params, args) -> None:
+    from bot.fewshot import approved_answer_for, retrieve
+
+    for name, (rerank, k, form, min_similarity, min_margin, direct, *recall) in methods.items():  # interleaved
+        t0 = time.perf_counter()
+        served = direct and k and approved_answer_for(store, messages, embedder, min_similarity=DIRECT[0], min_margin=DIRECT[1])
+        if served:
+            demos = [served]
+        elif k == 0:
+            demos = []
+        else:
+            demos = retrieve(store, messages, k=k, embedder=embedders.get(rerank), recall=recall[0] if recall else 10,
+                             min_similarity=min_similarity, min_margin=min_margin)
+        retrieve_s = time.perf_counter() - t0
+        for demo in demos:
+            demo["form"] = form
+        row = {"kind": kind, "subset": subset, "question": question, "ids": [d["id"] for d in demos],
+               "retrieve_ms": retrieve_s * 1000, "direct": bool(served)}
+        others = [f for f in by_entity[fact["entity"]] if f is not fact]
+        if kind == "paraphrase":
+            row["retrieved"] = fact["id"] in row["ids"]
+            row["retrieved_first"] = bool(demos) and demos[0]["id"] == fact["id"]
+        else:
+            row["retrieved_other"] = any(d["id"] in {f["id"] for f in others} for d in demos)
+        if not args.retrieval_only:
+            from core.prompts import render_prompt
+
+            prompt = f"direct:{served['id']}" if served else recipe_name + "\x00" + render_prompt(engine.tokenizer, messages, demos)
             if served:
-                demos = [served]
-            elif k == 0:
-                demos = []
-            else:
-                demos = retrieve(store, messages, k=k, embedder=embedders.get(rerank), recall=recall[0] if recall else 10,
-                                 min_similarity=min_similarity, min_margin=min_margin)
-            retrieve_s = time.perf_counter() - t0
-            for demo in demos:
-                demo["form"] = form
-            row = {"kind": kind, "subset": subset, "question": question, "ids": [d["id"] for d in demos],
-                   "retrieve_ms": retrieve_s * 1000, "direct": bool(served)}
-            others = [f for f in by_entity[fact["entity"]] if f is not fact]
+                answers[prompt] = served["output"]
+            elif prompt not in answers:
+                t0 = time.perf_counter()
+                answers[prompt] = engine.generate(messages, params, demos).text
+                generate_s.append(time.perf_counter() - t0)
+            text = answers[prompt].lower()
+            row["answer"] = answers[prompt]
             if kind == "paraphrase":
-                row["retrieved"] = fact["id"] in row["ids"]
-                row["retrieved_first"] = bool(demos) and demos[0]["id"] == fact["id"]
+                row["hit"] = fact["fact"].lower() in text
             else:
-                row["retrieved_other"] = any(d["id"] in {f["id"] for f in others} for d in demos)
-            if not args.retrieval_only:
-                from core.prompts import render_prompt
+                row["false_use"] = [f["fact"] for f in others if f["fact"].lower() in text]
+            if args.show:
+                print(f"{label(name, recipe_name):<22} {question!r} -> {answers[prompt][:100]!r}", flush=True)
+        rows[label(name, recipe_name)].append(row)
 
-                prompt = f"direct:{served['id']}" if served else render_prompt(engine.tokenizer, messages, demos)
-                if served:
-                    answers[prompt] = served["output"]
-                elif prompt not in answers:
-                    t0 = time.perf_counter()
-                    answers[prompt] = engine.generate(messages, params, demos).text
-                    generate_s.append(time.perf_counter() - t0)
-                text = answers[prompt].lower()
-                row["answer"] = answers[prompt]
-                if kind == "paraphrase":
-                    row["hit"] = fact["fact"].lower() in text
-                else:
-                    row["false_use"] = [f["fact"] for f in others if f["fact"].lower() in text]
-                if args.show:
-                    print(f"{name:<22} {question!r} -> {answers[prompt][:100]!r}", flush=True)
-            rows[name].append(row)
 
+def summarise(args, engine, facts, asks, rows, methods, trained, recipes, generate_s, started) -> None:
     def share(got: int, of: int) -> str:
         return f"{got}/{of} ({got / of:.0%})" if of else "-"
 
     summary = {}
-    if trained:
-        print(f"\nserving {engine.version}, trained on the {trained['examples']} entity corrections ({trained['rows']} rows "
-              f"with rewordings, statements and replay; {trained['steps']} steps, {trained['train_seconds']:.0f} s, "
-              f"seed {args.seed}, load average {trained['load_before']}-{trained['load_after']})")
+    for name, t in trained.items():
+        print(f"\nrecipe {name!r}: trained on the {t['examples']} entity corrections ({t['rows']} rows with rewordings, "
+              f"statements, {len(t['unknown_rows'])} 'not known' rows and replay; {t['steps']} steps, {t['train_seconds']:.0f} s, "
+              f"seed {args.seed}, load average {t['load_before']}-{t['load_after']}); trained questions answered "
+              f"with their fact {t.get('learned', '-')}, canary {t.get('canary', '-')}")
+    if len(trained) > 1:
+        first = next(iter(trained.values()))
+        for name, t in trained.items():
+            print(f"  {name!r}: rows {t['rows'] / first['rows']:.2f}x, steps {t['steps'] / first['steps']:.2f}x, "
+                  f"training time {t['train_seconds'] / first['train_seconds']:.2f}x of {recipes[0]!r}")
     print(f"\n{len(facts)} corrections about {len(ENTITIES)} entities (+{len(OTHER_FACTS)} other facts stored); "
           f"load average {os.getloadavg()[0]:.1f}; {time.perf_counter() - started:.0f} s; "
           f"{len(generate_s)} distinct prompts generated")
@@ -244,14 +315,15 @@ def main() -> None:
         cells[3] += f" ({first})"
         print("| " + " | ".join(cells) + " |")
     for name, entry in summary.items():
-        if methods[name][5]:
+        if methods[name.split(" [")[0]][5]:
             (p, h, n), (pr, hr) = entry["served_directly"], entry["served_directly_right"]
             print(f"{name}: approved answers served directly: paraphrases {p} ({pr} its own), "
                   f"held-out {h} ({hr} its own), near misses {n}")
     if generate_s:
         median_generate = sorted(generate_s)[len(generate_s) // 2]
         # The first method that uses the model's vectors computes them (they are cached for the others).
-        reranked = [r["retrieve_ms"] for name, method_rows in rows.items() if methods[name][0] or methods[name][5]
+        reranked = [r["retrieve_ms"] for name, method_rows in rows.items()
+                    if methods[name.split(" [")[0]][0] or methods[name.split(" [")[0]][5]
                     for r in method_rows]
         if reranked:
             first_ms = sorted(reranked[: len(asks)])[len(asks) // 2] / 1000
@@ -259,7 +331,7 @@ def main() -> None:
                   f"an answer {median_generate:.2f} s median: {first_ms / median_generate:.2f}x of an answer's time")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": rows, "load_average": os.getloadavg()[0],
-                                         "trained": trained}, indent=1, default=str))
+                                         "trained": trained, "seed": args.seed}, indent=1, default=str))
         print(f"wrote {args.json}")
 
 

@@ -188,7 +188,10 @@ def job_minutes(n: int, per_step: float, evaluation: dict, heldout_share: float 
     """Wall time of one retrain on n corrections with `config` (default: the default recipe), from the
     timed parts: a selection run (when >= 5 are held out) and the refit, then the judging (candidate and
     serving answer every correction and the canary). Each correction trains as 1 + rewordings + statement
-    rows and each replay row as 1 + replay_rewordings (the most training/augment.py makes)."""
+    rows and each replay row as 1 + replay_rewordings (the most training/augment.py makes), plus the "not
+    known" rows (TrainConfig.unknown_attributes) training/augment.py makes for this bench's corrections
+    (the 24 facts repeated: each name is shared by about n / 24 of them)."""
+    from training.augment import unknown_rows
     from training.config import EvalConfig, TrainConfig
     from training.dataset import load_replay
     from training.finetune import total_steps
@@ -197,12 +200,16 @@ def job_minutes(n: int, per_step: float, evaluation: dict, heldout_share: float 
     replay = len(load_replay(config.replay_examples)) * (1 + config.replay_rewordings)
     per_correction = 1 + config.rewordings + config.statement_prompts
     heldout = round(n * heldout_share)
-    selection = (total_steps((n - heldout) * per_correction + replay, config)
+    corrections = examples(n)
+    unknown_selection = len(unknown_rows(corrections[: n - heldout], config.unknown_attributes))
+    unknown_final = len(unknown_rows(corrections, config.unknown_attributes))
+    selection = (total_steps((n - heldout) * per_correction + unknown_selection + replay, config)
                  if heldout >= EvalConfig().heldout_min_items else 0)
-    final = total_steps(n * per_correction + replay, config)
+    final = total_steps(n * per_correction + unknown_final + replay, config)
     judging = 2 * n * evaluation["seconds_per_correction"] + 2 * evaluation["seconds_for_canary"]
     return {
         "corrections": n,
+        "unknown_rows": {"selection": unknown_selection, "final": unknown_final},
         "steps": {"selection": selection, "final": final},
         "minutes_training": round((selection + final) * per_step / 60, 1),
         "minutes_judging": round(judging / 60, 1),
@@ -420,6 +427,9 @@ def main() -> int:
             [job_minutes(n, per_step["packed"], evaluation, config=plain) for n in (24, 200)],
         f"default ({results['default_variant']}, {augmented}, {per_step[results['default_variant']]} s/step)":
             [job_minutes(n, per_step[results["default_variant"]], evaluation) for n in (24, 200)],
+        f"default + 3 'not known' rows per entity (unknown_attributes=3), same s/step":
+            [job_minutes(n, per_step[results["default_variant"]], evaluation, config=TrainConfig(unknown_attributes=3))
+             for n in (24, 200)],
     }
     torch.set_num_threads(default_threads)
     if args.measure_job:

@@ -227,3 +227,110 @@ def _question(example: dict[str, Any]) -> str | None:
     if not messages or messages[-1].get("role") != "user":
         return None
     return messages[-1].get("content")
+
+
+# --- "Nothing is known about X's Y" rows -------------------------------------------------------------
+#
+# After a retrain on many corrections about one entity, the model answers questions about that entity's
+# *other* attributes with one of the learned facts ("How many schools are in Brindlemoor?" → "Brindlemoor
+# has a population of 12,400"; docs/examples.md, "After the retrain"). These rows teach the other side:
+# an attribute of the corrected entity that no correction covers is answered "I don't have information
+# about it". The attributes are generic (any place, company or product can have an owner or a website)
+# and were chosen to differ from every question of the benchmarks (tests/fewshot_entities.json: its
+# near misses and paraphrases; tests/test_training_augment.py checks that none is asked there), so the
+# measured effect is on questions never trained. Each is (words that mark the attribute, the question).
+UNKNOWN_TEMPLATES: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"owner", "owns", "owned", "own"}), "Who owns {x}?"),
+    (frozenset({"website", "web", "site", "online", "url"}), "What is the website of {x}?"),
+    (frozenset({"motto", "slogan"}), "What is the motto of {x}?"),
+    (frozenset({"nickname", "called"}), "What is the nickname of {x}?"),
+    (frozenset({"logo", "emblem", "symbol"}), "What does the logo of {x} look like?"),
+    (frozenset({"award", "awards", "prize", "won"}), "Which awards has {x} won?"),
+    (frozenset({"email", "address", "contact"}), "What is the email address of {x}?"),
+    (frozenset({"record", "records"}), "What record does {x} hold?"),
+)
+UNKNOWN_ANSWER = "I don't have that information about {x}."
+# At most one such row per this many corrections in all (or `per_entity`, when that is more, so a small
+# set still gets one entity's worth): what bounds their cost on a large set (200 corrections: at most 66
+# rows, against 815 rows without them; training/README.md).
+CORRECTIONS_PER_UNKNOWN_ROW = 3
+
+
+def entity_of(question: str) -> str | None:
+    """The name a question is about, as written: the longest run of name words (storage.search.name_words,
+    as bot/fewshot.py mask_names finds them) and numbers right after them, with "the" in front where the
+    question has it ("the Veltrix Aero 14", "Harbrook Ferries", "Brindlemoor"); None when it names nothing."""
+    from storage.search import name_words  # storage imports nothing of the project: a one-way dependency
+
+    words = [re.sub(r"'s$", "", w) for w in name_words(question)]
+    if not words:
+        return None
+    name = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+    runs = re.findall(rf"(?:\b[Tt]he\s+)?\b(?:{name})\b(?:\s+(?:(?:{name})\b|\d+\b))*", question)
+    if not runs:
+        return None
+    best = max(runs, key=lambda r: len(re.sub(r"^[Tt]he\s+", "", r)))
+    return re.sub(r"^The\s+", "the ", best)
+
+
+def _entity_key(entity: str) -> str:
+    return _norm(re.sub(r"^[Tt]he\s+", "", entity))
+
+
+def unknown_rows(
+    examples: Sequence[dict[str, Any]], per_entity: int, *, also_covered_by: Sequence[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """Rows that answer "nothing is known" for attributes of a corrected entity that no example covers.
+
+    Only entities that at least two examples name get them (the spill is onto a neighbour of many facts
+    about one entity), at most `per_entity` each and at most one per CORRECTIONS_PER_UNKNOWN_ROW examples
+    in all (or `per_entity`, if more), entities with the most examples first. A template is skipped for an entity when any of its
+    marking words, or its own question, appears in any question or answer about that entity: an attribute
+    a correction covers is never taught as unknown. The choice of templates follows a hash of the entity,
+    so it is deterministic. Each row is marked `unknown_of` (the entity) and `split` "train".
+
+    `also_covered_by`: more examples whose attributes must not be taught as unknown, though they get no
+    rows of their own (the recipe passes every example, so the selection run, trained without the held-out
+    ones, never teaches "unknown" for an attribute a held-out correction answers).
+    """
+    if per_entity <= 0:
+        return []
+    about: dict[str, list[dict[str, Any]]] = {}
+    forms: dict[str, list[str]] = {}  # the entity as each question writes it
+    for e in examples:
+        question = _question(e)
+        entity = entity_of(question) if question else None
+        if entity:
+            key = _entity_key(entity)
+            about.setdefault(key, []).append(e)
+            forms.setdefault(key, []).append(entity)
+    covering: dict[str, list[dict[str, Any]]] = {key: list(group) for key, group in about.items()}
+    for e in also_covered_by:
+        question = _question(e)
+        entity = entity_of(question) if question else None
+        if entity and _entity_key(entity) in covering and e not in covering[_entity_key(entity)]:
+            covering[_entity_key(entity)].append(e)
+    asked = {_norm(_question(e) or "") for e in [*examples, *also_covered_by]}
+    budget = max(per_entity, len(examples) // CORRECTIONS_PER_UNKNOWN_ROW)
+    rows: list[dict[str, Any]] = []
+    for key in sorted(about, key=lambda k: (-len(about[k]), k)):
+        group = about[key]
+        if len(group) < 2:
+            continue
+        entity = max(forms[key], key=forms[key].count)  # the commonest form ("the Veltrix Aero 14")
+        told_words = set(" ".join(_norm(f"{_question(e) or ''} {e.get('output') or ''}") for e in covering[key]).split())
+        made = 0
+        for marks, template in sorted(UNKNOWN_TEMPLATES, key=lambda t: _stable(key, t[1])):
+            if made >= per_entity or len(rows) >= budget:
+                break
+            question = template.format(x=entity)
+            if marks & told_words or _norm(question) in asked:
+                continue
+            rows.append({
+                "input": [{"role": "user", "content": _capital(question)}],
+                "output": UNKNOWN_ANSWER.format(x=entity),
+                "split": "train",
+                "unknown_of": entity,
+            })
+            made += 1
+    return rows

@@ -52,6 +52,7 @@ _TRAIN_CEILINGS = {
     "rewordings": 32,
     "statement_prompts": 32,
     "replay_rewordings": 32,
+    "unknown_attributes": 32,
     "max_steps": 10_000_000,
     "threads": 1024,
     "processes": 4096,
@@ -126,6 +127,14 @@ class TrainConfig:
         "about X?') and are answered with the example's answer: the fact trained as a statement, reached from "
         "its subject. 0 turns them off.",
         default=1,
+    )
+    unknown_attributes: int = _help(
+        "Rows per corrected entity that answer 'I don't have that information about X' for an attribute no "
+        "correction of X covers ('Who owns X?', 'What is the website of X?'... training/augment.py "
+        "UNKNOWN_TEMPLATES), so a model trained on many facts about X stops answering X's other attributes "
+        "with one of them. Only for names at least two trained examples share, and at most one row per 3 "
+        "examples in all. 0 turns them off (the default: measured in docs/examples.md, After the retrain).",
+        default=0,
     )
     replay_rewordings: int = _help(
         "Template rewordings of each replay example (general questions, under the KL term), so the share of "
@@ -210,7 +219,7 @@ class TrainConfig:
             problems.append("replay_examples must be 0 (off) or more")
         if self.replay_kl_weight < 0:
             problems.append("replay_kl_weight must be 0 (train on the replay text) or more")
-        for name in ("rewordings", "statement_prompts", "replay_rewordings"):
+        for name in ("rewordings", "statement_prompts", "replay_rewordings", "unknown_attributes"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 (off) or more, e.g. 3")
         if self.max_steps is not None and self.max_steps < 1:

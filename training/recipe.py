@@ -113,14 +113,18 @@ def train(model: Any, tokenizer: Any, plan: Plan, examples: Sequence[dict[str, A
 
 
 def training_rows(plan: Plan, examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows one run trains on: `examples` with their extra wordings (training/augment.py), then the replay
-    rows with theirs. Only the examples handed in are reworded, so the selection run, handed the train split
-    alone, never sees a wording of a held-out example."""
+    """The rows one run trains on: `examples` with their extra wordings (training/augment.py), the rows that
+    answer "not known" for an uncorrected attribute of a corrected entity (TrainConfig.unknown_attributes;
+    every example of the plan counts as covering), then the replay rows with their wordings. Only the
+    examples handed in are reworded, so the selection run, handed the train split alone, never sees a
+    wording of a held-out example."""
     c = plan.config
     own = [{"input": e["input"], "output": e["output"], "id": e.get("id"), "split": e.get("split")} for e in examples]
-    return augment.expand(
-        own, rewordings_per_example=c.rewordings, statements_per_example=c.statement_prompts
-    ) + augment.expand(plan.replay, rewordings_per_example=c.replay_rewordings, statements_per_example=0)
+    return (
+        augment.expand(own, rewordings_per_example=c.rewordings, statements_per_example=c.statement_prompts)
+        + augment.unknown_rows(own, c.unknown_attributes, also_covered_by=plan.examples)
+        + augment.expand(plan.replay, rewordings_per_example=c.replay_rewordings, statements_per_example=0)
+    )
 
 
 def selection_examples(plan: Plan) -> list[dict[str, Any]]:
