@@ -33,6 +33,15 @@ A near miss answered with a fact the model *learned* counts as misled exactly li
 demonstration. The 24 other stored facts are retrieved from but not trained on.
 
     nice -n 10 python benchmarks/bench_fewshot.py --trained --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)"
+
+--recipes compares training recipes in one run: each (TrainConfig overrides on the default, e.g.
+"default;unknown_attributes=3") is trained in turn, then every question is asked of each version in turn (its
+adapter swapped in), the methods interleaved as above; rows are labelled "method [recipe]". The bench-only key
+unknown_cap=N allows one "not known" row per N corrections (augment.CORRECTIONS_PER_UNKNOWN_ROW; the recipe's is
+3), to measure a larger dose. --judge adds, per recipe and few-shot off, the 30 trained questions answered with
+their fact and the canary (training/evaluate.py, as the gate asks them).
+
+    nice -n 10 python benchmarks/bench_fewshot.py --trained --judge --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)" --recipes "default;unknown_attributes=3"
 """
 
 from __future__ import annotations
@@ -103,11 +112,25 @@ def train_version(store, facts: list[dict], data_dir: Path, seed: int, adapter: 
     """Train a version on the entity corrections as the retrain job does (`overrides` on its default TrainConfig)
     and save it to `adapter`; with `judge`, also the gate's own checks of it, few-shot off: the trained questions
     answered with their fact ("learned") and the canary."""
+    from training import augment
+
+    load_before = round(os.getloadavg()[0], 1)
+    overrides = dict(overrides or {})
+    # Bench-only key: "not known" rows allowed per this many corrections (augment.CORRECTIONS_PER_UNKNOWN_ROW),
+    # to measure a larger dose than the recipe allows itself.
+    cap = overrides.pop("unknown_cap", augment.CORRECTIONS_PER_UNKNOWN_ROW)
+    default_cap, augment.CORRECTIONS_PER_UNKNOWN_ROW = augment.CORRECTIONS_PER_UNKNOWN_ROW, cap
+    try:
+        return _train_version(store, facts, data_dir, seed, adapter, overrides, max_steps, judge, load_before)
+    finally:
+        augment.CORRECTIONS_PER_UNKNOWN_ROW = default_cap
+
+
+def _train_version(store, facts, data_dir, seed, adapter, overrides, max_steps, judge, load_before) -> dict:
     from core.models import load_base_model, resolve_base_model
     from training import recipe
 
-    load_before = round(os.getloadavg()[0], 1)
-    config = {**(overrides or {}), "seed": seed, "max_steps": max_steps}
+    config = {**overrides, "seed": seed, "max_steps": max_steps}
     plan = recipe.prepare(store, {"config": config})  # the job's default TrainConfig and replay rows
     own = {f["id"] for f in facts}
     examples = [e for e in plan.examples if e["id"] in own]
