@@ -95,10 +95,24 @@ def build_admin_tab(
             message = f"**Warning: {warning}**\n\n{message}"
         return gr.Column(visible=True), message
 
-    for trigger in (password.submit, login.click):
-        event = trigger(log_in, [password], [tools, signed_in], **private)
+    # The sections load in the login's own event rather than in events chained to it: one round
+    # trip instead of four, and no new events joining just as the login's event stream closes,
+    # which Gradio's browser client (6.31) can lose, leaving a section's spinner up for ever.
+    load_inputs = [component for _, inputs, _ in loaders for component in inputs]
+    load_outputs = [component for _, _, outputs in loaders for component in outputs]
+
+    def log_in_and_load(password_value: str, *values: Any) -> tuple[Any, ...]:
+        """Log in, then fill in every section (each loader gets its own inputs, in order)."""
+        results = list(log_in(password_value))
+        start = 0
         for fn, inputs, outputs in loaders:
-            event.success(fn, inputs, outputs, **private)
+            result = fn(*values[start : start + len(inputs)])
+            start += len(inputs)
+            results.extend(result if len(outputs) > 1 else [result])
+        return tuple(results)
+
+    for trigger in (password.submit, login.click):
+        trigger(log_in_and_load, [password, *load_inputs], [tools, signed_in, *load_outputs], **private)
 
     def show_example(password_value: str, chosen: int | None) -> tuple[Any, ...]:
         """The Feedback view's link: select the rating's example in the Examples tab and go there."""

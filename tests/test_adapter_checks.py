@@ -106,8 +106,10 @@ def admin_login_message(engine, store, watcher) -> str:
 
     service = ChatService(engine, store, ServeConfig(data_dir=watcher.data_dir))
     demo = build_ui(service, AdminGuard(PASSWORD), serving_warning=lambda: watcher.fallback)
-    log_in = next(block.fn for block in demo.fns.values() if block.name == "log_in")
-    return log_in(PASSWORD)[1]
+    block = next(block for block in demo.fns.values() if block.name == "log_in_and_load")
+    # The sections' loaders get the password box and their controls' initial values, as in a fresh tab.
+    box = block.inputs[0]
+    return block.fn(PASSWORD, *(PASSWORD if c is box else c.value for c in block.inputs[1:]))[1]
 
 
 def test_a_restart_with_a_damaged_active_adapter_serves_the_newest_that_loads(

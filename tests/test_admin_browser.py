@@ -20,7 +20,7 @@ from core.config import ServeConfig
 from storage import Store
 from storage.exchange import seed_examples
 from tests.fakes import FakeEngine
-from tests.browser_steps import send_and_wait, wait_for_text
+from tests.browser_steps import open_app, send_and_wait, wait_for_text
 from tests.live_app import serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -70,7 +70,7 @@ def page(tmp_path, browser):
                      AdminGuard(PASSWORD))
     with serve_in_thread(app) as url:
         page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.goto(url + "/")
+        open_app(page, url)
         yield page
         page.close()
     store.close()

@@ -5,13 +5,15 @@ import sqlite3
 
 import pytest
 
+from tests.browser_steps import open_app
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def test_dislike_and_edit_an_answer_stores_the_correction(live_server_factory, browser):
     server = live_server_factory()
     page = browser.new_page(viewport={"width": 1200, "height": 1000})
-    page.goto(server.url + "/")
+    open_app(page, server.url)
     box = page.locator("#chat-input textarea")
     box.fill("What is the capital of France?")
     box.press("Enter")

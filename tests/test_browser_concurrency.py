@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from tests.browser_steps import open_app
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 QUESTIONS = [
@@ -31,7 +33,7 @@ def test_eight_pages_chatting_at_once_all_stream_together(live_server_factory, b
     pages = []
     for _ in QUESTIONS:
         page = browser.new_context().new_page()
-        page.goto(server.url + "/")
+        open_app(page, server.url)
         page.locator("#chat-input textarea").wait_for(timeout=60_000)
         pages.append(page)
     for page, question in zip(pages, QUESTIONS):

@@ -16,7 +16,7 @@ from bot.service import ChatService
 from core.config import ServeConfig
 from storage import Store
 from tests.fakes import FakeEngine
-from tests.browser_steps import send_and_wait, wait_for_text
+from tests.browser_steps import open_app, send_and_wait, wait_for_text
 from tests.live_app import serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -50,7 +50,7 @@ def test_a_past_chat_reopens_with_its_messages_and_ratings(tmp_path, browser):
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     with serve(tmp_path, store) as url:
-        page.goto(url + "/")
+        open_app(page, url)
         chat = page.locator("#chatbot")
         send(page, "What is the capital of Zorvania?", "You said: What is the capital of Zorvania?")
         chat.get_by_label("Like", exact=True).first.click()
@@ -98,7 +98,7 @@ def test_a_past_chat_reopens_with_its_messages_and_ratings(tmp_path, browser):
     # The list is this browser's: it is there after a reload against a restarted server
     # (on the same port: local storage belongs to an origin).
     with serve(tmp_path, store, port=int(url.rsplit(":", 1)[1])) as url:
-        page.goto(url + "/")
+        open_app(page, url)
         wait_for_list(page, 1)
         assert past_chats(page)[0].startswith("What is the capital of Zorvania? · 3 answers")
     context.close()

@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 
+from tests.browser_steps import open_app
 from tests.live_app import LiveServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -25,7 +26,7 @@ def server(tmp_path_factory, bundled_checkpoint):
 @pytest.fixture
 def page(server, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.goto(server.url + "/")
+    open_app(page, server.url)
     yield page
     page.close()
 
@@ -152,7 +153,7 @@ def test_the_server_exits_on_sigterm_with_a_browser_tab_open(live_server_factory
 
     other = live_server_factory()
     page = browser.new_page()
-    page.goto(other.url + "/")
+    open_app(page, other.url)
     page.locator("#chat-input textarea").wait_for()
     started = time.monotonic()
     other.process.send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_steps import wait_for_text
+from tests.browser_steps import open_app, wait_for_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -27,7 +27,7 @@ def ask(page, question):
 def test_approving_a_pending_correction_guides_the_next_answer(live_server_factory, browser):
     server = live_server_factory("--review-policy", "manual", "--seed-examples", str(SEED))
     page = browser.new_page(viewport={"width": 1300, "height": 1100})
-    page.goto(server.url + "/")
+    open_app(page, server.url)
 
     ask(page, QUESTION)
     assert "Velmora" not in page.locator("#chatbot").inner_text()

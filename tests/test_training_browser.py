@@ -20,6 +20,7 @@ from core.config import ServeConfig
 from storage import Store
 from storage.exchange import seed_examples
 from storage.store import now
+from tests.browser_steps import open_app, settle
 from tests.fakes import FakeEngine
 from tests.live_app import serve_in_thread
 from training.manager import TrainingManager
@@ -67,12 +68,13 @@ class ThreadWorkerManager(TrainingManager):
 def open_training_tab(browser, url):
     """A 1280 px page logged in on the Admin tab with the Training section open, as an admin gets there."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.goto(url + "/")
+    open_app(page, url)
     page.get_by_role("tab", name="Admin").click()
     password = page.locator("#admin-password input")
     password.fill(PASSWORD)
     password.press("Enter")
     page.get_by_role("tab", name="Training").click()
+    settle(page)  # the sections' loaders, chained to the login, have finished
     return page
 
 
