@@ -614,4 +614,23 @@ def build_ui(
         demo.load(handlers.new_rater, rater, rater, api_visibility="private")
         demo.load(*handlers.chat_list, api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * service.config.max_batch))
+    quiet_queue_polling(demo)
     return demo
+
+
+# Gradio's queue looks for new events every 1 ms and for progress every 10 ms on Linux (50 and
+# 100 ms on Windows), busy or idle: about 1,100 wake-ups a second of the event loop, each taking
+# the GIL from the decode thread between its tensor operations. An idle server used 2.5% of a
+# core for it here; with these intervals, 0.6%. Polling every 20 ms delays the start of a UI
+# event by at most 20 ms, which no person notices.
+QUEUE_POLL_SECONDS = 0.02
+QUEUE_PROGRESS_POLL_SECONDS = 0.1
+
+
+def quiet_queue_polling(demo: gr.Blocks) -> None:
+    """Make the Gradio queue's polling loops wake 20 ms (progress: 100 ms) apart rather than 1 ms (10 ms)."""
+    queue = demo._queue
+    if not hasattr(queue, "sleep_when_free") or not hasattr(queue, "progress_update_sleep_when_free"):
+        raise RuntimeError("this Gradio's queue has no polling intervals to set: check bot/ui.py quiet_queue_polling")
+    queue.sleep_when_free = QUEUE_POLL_SECONDS
+    queue.progress_update_sleep_when_free = QUEUE_PROGRESS_POLL_SECONDS
