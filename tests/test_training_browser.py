@@ -74,7 +74,7 @@ def open_training_tab(browser, url):
     password.fill(PASSWORD)
     password.press("Enter")
     page.get_by_role("tab", name="Training").click()
-    settle(page)  # the sections' loaders, chained to the login, have finished
+    settle(page)  # the login event, which also fills in every section, has finished
     return page
 
 
