@@ -611,8 +611,16 @@ def build_ui(
             rater, handlers = build_chat_tab(service)
         with gr.Tab("Admin"):
             build_admin_tab(service, guard, training=training, serving_warning=serving_warning)
-        demo.load(handlers.new_rater, rater, rater, api_visibility="private")
-        demo.load(*handlers.chat_list, api_visibility="private")
+        list_chats, list_inputs, list_outputs = handlers.chat_list
+
+        def open_page(rater_value: str | None, *values: Any) -> tuple[Any, ...]:
+            """As the page opens: this browser's rater id and its list of past chats."""
+            return handlers.new_rater(rater_value), list_chats(*values)
+
+        # One load event rather than two: two events joined at once can have the first one's end
+        # close the page's event stream as the second joins, which Gradio's browser client (6.31)
+        # then never hears about (see bot/admin_ui.py, the login).
+        demo.load(open_page, [rater, *list_inputs], [rater, *list_outputs], api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * service.config.max_batch))
     quiet_queue_polling(demo)
     return demo
