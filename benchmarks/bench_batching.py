@@ -8,7 +8,7 @@ one request at a time, in fp32 and bf16. Greedy, same prompts, one run.
 
 It also answers the canary questions (training/canary.jsonl) alone in fp32
 (today's answers) and 4/8/16 at once, and counts the greedy answers that change:
-batched in fp32, batched with the served default (bf16 from 4 at once), prefilled
+batched in fp32, alone and batched with the served default (bf16 from 1 at once on a CPU with native bf16, else 4), prefilled
 in bf16, and, after a ~660-token passage, with the long-prompt default (bf16
 prefill from 256 tokens); with the canary score (keyword hits) of each.
 
@@ -99,7 +99,8 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
     (today's answer, the same as plain `generate`), and the canary score (keyword hits) of each:
 
     - answered N at once, kept in fp32 (`bf16_from_batch=0`): batching alone;
-    - answered N at once with the served default (bf16 from `DEFAULT_BF16_FROM_BATCH` at once);
+    - answered alone and N at once with the served default (bf16 from `default_bf16_from_batch()` at
+      once: 1 on a CPU with native bf16, so even a lone answer is bf16 there, else 4);
     - alone, with the prompt prefilled in bf16 (every prompt; the long-prompt setting);
     - with `long_count` > 0: the first `long_count` questions after a ~650-token passage, alone,
       fp32 against the long-prompt default (bf16 prefill from `DEFAULT_BF16_PREFILL_FROM_TOKENS`).
@@ -114,7 +115,7 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
     questions = [c["question"] for c in canary]
     model, tokenizer = load_base_model(ref, dtype=torch.float32, device="cpu")
     fp32 = Engine(model, tokenizer, base_name=ref.name, bf16_from_batch=0, bf16_prefill_from_tokens=0)
-    served = Engine(model, tokenizer, base_name=ref.name)  # the served defaults: bf16 from 4 at once
+    served = Engine(model, tokenizer, base_name=ref.name)  # the served defaults (bf16 from 1 or 4 at once)
     bf16_prefill = Engine(model, tokenizer, base_name=ref.name, bf16_from_batch=0, bf16_prefill_from_tokens=1)
 
     def score(answers: list[str], keys: list[dict]) -> int:
@@ -122,7 +123,8 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
 
     alone = ask_each(fp32, questions, tokens, 1)
     rows = [{"setting": "fp32, alone (reference)", "changed": 0, "score": score(alone, canary), "n": len(alone)}]
-    runs = [("fp32", fp32, max(batches))] + [("served default (bf16 from 4 at once)", served, b) for b in batches]
+    label = f"served default (bf16 from {served.bf16_from_batch} at once)"
+    runs = [("fp32", fp32, max(batches))] + [(label, served, b) for b in [1, *batches]]
     for name, engine, at_once in runs:
         answers = ask_each(engine, questions, tokens, at_once)
         rows.append({"setting": f"{name}, {at_once} at once", "n": len(answers),

@@ -7,7 +7,9 @@ records it as the active version (the server's watcher merges it), then:
 
 - one stream, short (~48-token) and long (~675-token) prompt: tokens/s and
   time to first token, against plain `generate` on the same base model in this
-  process (the server idle meanwhile);
+  process (the server idle meanwhile), as the model loads (fp32), and on a bf16
+  copy of it (the dtype the server decodes one answer in on a CPU with native
+  bf16), so the serving path's own cost shows apart from the dtype's gain;
 - 1, 4, 8 and 16 simultaneous streaming chats (`/v1/chat/completions`):
   aggregate tokens/s, and p50/p95 time to first token.
 
@@ -131,15 +133,18 @@ def concurrent(url: str, n: int, tokens: int) -> dict:
 
 
 class PlainGenerate:
-    """transformers `generate` on the base model, batch 1, fp32, loaded once in this process."""
+    """transformers `generate` on the base model, batch 1, loaded once in this process (fp32, as it
+    loads, or a bf16 copy)."""
 
-    def __init__(self, ref, threads: int):
+    def __init__(self, ref, threads: int, bf16: bool = False):
         import torch
 
         from core.models import load_base_model
 
         torch.set_num_threads(threads)
         self.model, self.tokenizer = load_base_model(ref, device="cpu")
+        if bf16:
+            self.model = self.model.to(torch.bfloat16)
 
     def __call__(self, prompt_text: str, tokens: int) -> dict:
         import torch
@@ -317,14 +322,16 @@ def main() -> int:
             post_stream(url, "Hello", 8)  # warm-up
             # API, plain generate (and llama.cpp) take turns, so all meet the same background load.
             plain = PlainGenerate(ref, args.threads)
+            plain16 = PlainGenerate(ref, args.threads, bf16=True)
             cpp = LlamaCpp(args.llama_cpp, bundled_gguf_path(), args.threads) if args.llama_cpp else None
             for name, text in (("short", SHORT), ("long", long_text)):
-                api_runs, plain_runs, cpp_runs = [], [], []
+                api_runs, plain_runs, plain16_runs, cpp_runs = [], [], [], []
                 if cpp:
                     cpp("Hello", 8, tokenizer)  # warm-up
                 for _ in range(args.repeats):
                     api_runs.append(post_stream(url, text, args.tokens))
                     plain_runs.append(plain(text, args.tokens))
+                    plain16_runs.append(plain16(text, args.tokens))
                     if cpp:
                         cpp_runs.append(cpp(text, args.tokens, tokenizer))
                 if cpp_runs:
@@ -336,7 +343,10 @@ def main() -> int:
                 }
                 results[f"plain_generate_{name}"] = {"tok_s": med(plain_runs, "tok_s"), "ttft": med(plain_runs, "ttft"),
                                                      "prompt_tokens": plain_runs[0]["prompt_tokens"]}
-            del plain
+                results[f"plain_generate_bf16_{name}"] = {"tok_s": med(plain16_runs, "tok_s"),
+                                                          "ttft": med(plain16_runs, "ttft"),
+                                                          "prompt_tokens": plain16_runs[0]["prompt_tokens"]}
+            del plain, plain16
             if cpp:
                 cpp.close()
             # Each round runs every concurrency once, so each ratio to one stream comes from the same stretch of time.
@@ -365,18 +375,21 @@ def main() -> int:
             print(f"| {n} | {row['aggregate_tok_s']:.1f} | {row.get('vs_one_stream', float('nan')):.2f}x | "
                   f"{row['ttft_p50']:.2f} s | {row['ttft_p95']:.2f} s | "
                   f"{row.get('slowest_ttft_vs_one_stream', float('nan')):.1f}x | {row['errors']} |")
-    print("\n| one stream | prompt tokens | tok/s | first token | tok/s vs plain generate |")
-    print("|---|---|---|---|---|")
+    print("\n| one stream | prompt tokens | tok/s | first token | tok/s vs plain generate | vs plain generate, bf16 copy |")
+    print("|---|---|---|---|---|---|")
     for name in ("short", "long"):
         api, plain = results[f"api_one_stream_{name}"], results[f"plain_generate_{name}"]
+        plain16 = results[f"plain_generate_bf16_{name}"]
         print(f"| Exemplar API, {name} prompt | {api['prompt_tokens']} | {api['tok_s']:.1f} | {api['ttft']:.2f} s | "
-              f"{api['tok_s'] / plain['tok_s']:.2f}x |")
+              f"{api['tok_s'] / plain['tok_s']:.2f}x | {api['tok_s'] / plain16['tok_s']:.2f}x |")
         print(f"| plain generate, {name} prompt | {plain['prompt_tokens']} | {plain['tok_s']:.1f} | "
-              f"{plain['ttft']:.2f} s | 1.00x |")
+              f"{plain['ttft']:.2f} s | 1.00x | |")
+        print(f"| plain generate on a bf16 copy, {name} prompt | {plain16['prompt_tokens']} | {plain16['tok_s']:.1f} | "
+              f"{plain16['ttft']:.2f} s | {plain16['tok_s'] / plain['tok_s']:.2f}x | 1.00x |")
         if f"llama_cpp_{name}" in results:
             cpp = results[f"llama_cpp_{name}"]
             print(f"| llama.cpp, {name} prompt | | {cpp['tok_s']:.1f} | {cpp['ttft']:.2f} s | "
-                  f"{cpp['tok_s'] / plain['tok_s']:.2f}x |")
+                  f"{cpp['tok_s'] / plain['tok_s']:.2f}x | {cpp['tok_s'] / plain16['tok_s']:.2f}x |")
     if "llama_cpp_short" in results and "api_concurrency_8" in results:
         ratio = results["api_concurrency_8"]["aggregate_tok_s"] / results["llama_cpp_short"]["tok_s"]
         results["api_8_vs_llama_cpp_one_stream"] = ratio

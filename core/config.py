@@ -181,10 +181,11 @@ class ServeConfig:
         "The chat UI admits as many at once.",
         default=16,
     )
-    bf16_from_batch: int = _help(
+    bf16_from_batch: int | None = _help(
         "On the CPU, decode in bf16 once the batch holds this many answers (faster there, but it changes some "
-        "greedy answers); smaller batches stay fp32. 0 keeps fp32 always.",
-        default=4,
+        "greedy answers: see the README); smaller batches stay fp32. Empty: 1 on a CPU with native bf16 "
+        "(AVX512-BF16 or AMX), where one answer decodes 1.25x faster in bf16, else 4. 0 keeps fp32 always.",
+        default=None,
     )
     bf16_prefill_from_tokens: int = _help(
         "On the CPU, prefill prompts at least this many tokens long in bf16 (about 2.5x faster, so a long "
@@ -258,7 +259,7 @@ class ServeConfig:
             problems.append("admin_login_attempts must be at least 1 and admin_login_window_s a positive number")
         if not (1 <= self.max_batch <= 256):
             problems.append("max_batch must be from 1 to 256")
-        if self.bf16_from_batch < 0:
+        if self.bf16_from_batch is not None and self.bf16_from_batch < 0:
             problems.append("bf16_from_batch must be 0 (never) or more")
         if self.bf16_prefill_from_tokens < 0:
             problems.append("bf16_prefill_from_tokens must be 0 (never) or more")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bot.engine as engine_module
-from bot.engine import BASE_VERSION, Engine, GenerationParams
+from bot.engine import BASE_VERSION, Engine, GenerationParams, default_bf16_from_batch
 from core.errors import ModelLoadError, ValidationError
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -302,6 +302,19 @@ def test_big_batches_switch_to_bf16_and_single_answers_stay_fp32(tiny_model, tok
     for t in threads:
         t.join(60)
     assert all(g.completion_tokens == 10 for g in results)
+
+
+def test_one_answer_decodes_in_bf16_by_default_only_on_a_cpu_with_native_bf16(tiny_model, tokenizer, monkeypatch):
+    for avx512_bf16, amx, expected in ((True, False, 1), (False, True, 1), (False, False, 4)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert default_bf16_from_batch() == expected
+        engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
+        assert engine.bf16_from_batch == expected
+        assert engine._model_for(1).dtype == (torch.bfloat16 if expected == 1 else torch.float32)
+        assert engine._model_for(4).dtype == torch.bfloat16
+    # A setting given wins over the CPU's default.
+    assert Engine(tiny_model, tokenizer, base_name="tiny", bf16_from_batch=0)._model_for(16).dtype == torch.float32
 
 
 # -- prefill: chunks while others decode, bf16 for long prompts ------------------
