@@ -125,11 +125,18 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
     rows = [{"setting": "fp32, alone (reference)", "changed": 0, "score": score(alone, canary), "n": len(alone)}]
     label = f"served default (bf16 from {served.bf16_from_batch} at once)"
     runs = [("fp32", fp32, max(batches))] + [(label, served, b) for b in [1, *batches]]
+    default_alone = None
     for name, engine, at_once in runs:
         answers = ask_each(engine, questions, tokens, at_once)
-        rows.append({"setting": f"{name}, {at_once} at once", "n": len(answers),
-                     "changed": sum(a != b for a, b in zip(alone, answers)), "score": score(answers, canary),
-                     "changed_questions": [q for q, a, b in zip(questions, alone, answers) if a != b]})
+        row = {"setting": f"{name}, {at_once} at once", "n": len(answers),
+               "changed": sum(a != b for a, b in zip(alone, answers)), "score": score(answers, canary),
+               "changed_questions": [q for q, a, b in zip(questions, alone, answers) if a != b]}
+        if engine is served and at_once == 1:
+            default_alone = answers
+        elif engine is served and default_alone is not None and served.bf16_from_batch == 1:
+            # Batching alone, at the same dtype: against the default's own answer to one person (bf16 too).
+            row["changed_vs_default_alone"] = sum(a != b for a, b in zip(default_alone, answers))
+        rows.append(row)
     answers = ask_each(bf16_prefill, questions, tokens, 1)
     rows.append({"setting": "bf16 prefill (every prompt), alone", "n": len(answers),
                  "changed": sum(a != b for a, b in zip(alone, answers)), "score": score(answers, canary),
@@ -158,10 +165,11 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
 def print_canary(canary: dict) -> None:
     print(f"\nCanary ({canary['questions']} questions, {canary['tokens']} tokens, greedy): answers that differ from "
           "the same question answered alone in fp32, and the canary score (keyword hits)")
-    print("| setting | answers changed | canary score |")
-    print("|---|---|---|")
+    print("| setting | answers changed | changed vs the default alone (same dtype) | canary score |")
+    print("|---|---|---|---|")
     for row in canary["rows"]:
-        print(f"| {row['setting']} | {row['changed']}/{row['n']} | {row['score']}/{row['n']} |")
+        same_dtype = f"{row['changed_vs_default_alone']}/{row['n']}" if "changed_vs_default_alone" in row else ""
+        print(f"| {row['setting']} | {row['changed']}/{row['n']} | {same_dtype} | {row['score']}/{row['n']} |")
 
 
 def run_transformers_cb(model, tokenizer, n: int, tokens: int) -> tuple[float, list[str]]:
