@@ -628,9 +628,11 @@ class Engine(PromptFitting):
                 continue
             generation.model_version = self.version
             admitted.append(generation)
-        if self._bf16_model is not None and self.bf16_prefill_from_tokens > 0 and admitted:
+        short_prefill_fp32 = self._model_for(running + 1) is not self._bf16_model
+        if self._bf16_model is not None and self.bf16_prefill_from_tokens > 0 and short_prefill_fp32 and admitted:
             # Long prompts (prefilled in bf16) and short ones are prefilled apart, so a short prompt
-            # keeps its fp32 prefill (and answer) when a long one arrives at the same moment.
+            # keeps its fp32 prefill (and answer) when a long one arrives at the same moment. (Where
+            # even one answer decodes in bf16, every prompt is prefilled in bf16: nothing to keep apart.)
             def is_long(g: Generation) -> bool:
                 return len(g.prompt.token_ids) >= self.bf16_prefill_from_tokens
 

@@ -435,6 +435,18 @@ def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_mod
     assert prefills == [(1, short.prompt_tokens, torch.float32), (1, long.prompt_tokens, torch.bfloat16)]
 
 
+def test_with_bf16_from_one_answer_short_and_long_prompts_arriving_together_prefill_together(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=1,
+                    bf16_prefill_from_tokens=64)
+    calls = _record_forwards(engine)
+    with engine._cond:  # both wait, so the decode thread admits them in one go
+        short = engine.stream(QUESTION, GenerationParams(max_new_tokens=6))
+        long = engine.stream(LONG, GenerationParams(max_new_tokens=6))
+    assert "".join(short) and "".join(long)
+    # Both would be prefilled in bf16 anyway: one pass for the two, not one each.
+    assert [call for call in calls if call[1] > 1] == [(2, long.prompt_tokens, torch.bfloat16)]
+
+
 def test_base_copy_is_the_plain_base_while_an_adapter_serves(engine, tmp_path, tiny_model, tokenizer):
     """Few-shot question vectors come from a base copy, so they must not depend on the version served."""
     import copy
