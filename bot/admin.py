@@ -45,7 +45,7 @@ class AdminGuard:
 
     def check(self, supplied: object, client: str = "ui") -> None:
         """Raise AuthError unless `supplied` is the admin password, RateLimitError while `client`
-        (an IP address, or "ui" for the Gradio app) has used up its failed tries."""
+        (an IP address; "ui:" and an address for the Gradio app) has used up its failed tries."""
         if not isinstance(supplied, str) or not supplied:
             raise AuthError("The admin password is required")
         with self._lock:

@@ -19,12 +19,23 @@ from core.errors import AuthError, RateLimitError
 from storage.vocabulary import ExampleStatus
 
 
+def ui_client() -> str:
+    """Who is trying the password in the current Gradio event, for the login limit: "ui:" and the
+    browser's address, so a stranger's wrong guesses do not lock an admin out of the Admin tab.
+    ("ui" outside an event.) Behind a reverse proxy every browser shares the proxy's address."""
+    from gradio.context import LocalContext  # the request Gradio sets for the event being handled
+
+    request = LocalContext.request.get(None)
+    host = getattr(getattr(request, "client", None), "host", None)
+    return f"ui:{host}" if host else "ui"
+
+
 def ui_checker(guard: AdminGuard) -> Callable[[str], None]:
     """A check_admin(password) for Gradio handlers: raises gr.Error on a wrong password."""
 
     def check_admin(password: str) -> None:
         try:
-            guard.check(password)
+            guard.check(password, ui_client())
         except (AuthError, RateLimitError) as exc:
             # A wrong password is the user's mistake, not the server's: no traceback in the log.
             raise user_error(str(exc)) from None

@@ -171,8 +171,9 @@ class ServeConfig:
         default=64,
     )
     admin_login_attempts: int = _help(
-        "Wrong admin passwords allowed per client within --admin-login-window-s; further tries get 429 "
-        "(a calm error in the Admin tab) until the window passes.",
+        "Wrong admin passwords allowed per client address within --admin-login-window-s (the HTTP API and "
+        "the Admin tab count apart); further tries from that address get 429 (a calm error in the Admin "
+        "tab) until the window passes.",
         default=10,
     )
     admin_login_window_s: float = _help("The window, in seconds, over which wrong admin passwords count.", default=60.0)

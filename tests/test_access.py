@@ -100,6 +100,30 @@ def test_wrong_admin_passwords_in_the_admin_tab_get_a_calm_error(caplog):
     check_admin(PASSWORD)
 
 
+def test_the_admin_tab_counts_wrong_passwords_per_browser_address():
+    """A stranger's wrong guesses in the Admin tab (or through Gradio's API) lock out the stranger's
+    address only, not an admin at another address."""
+    from types import SimpleNamespace
+
+    from gradio.context import LocalContext
+
+    check_admin = ui_checker(AdminGuard(PASSWORD, max_failures=3, window_s=30, clock=Clock()))
+
+    def as_client(host, password):
+        token = LocalContext.request.set(SimpleNamespace(client=SimpleNamespace(host=host)))
+        try:
+            check_admin(password)
+        finally:
+            LocalContext.request.reset(token)
+
+    for _ in range(3):
+        with pytest.raises(gr.Error, match="wrong"):
+            as_client("203.0.113.9", "guess")
+    with pytest.raises(gr.Error, match="Too many wrong admin passwords"):
+        as_client("203.0.113.9", PASSWORD)
+    as_client("192.0.2.10", PASSWORD)  # the admin, elsewhere, still gets in
+
+
 def test_serve_wires_the_configured_login_limit(store, tmp_path):
     config = ServeConfig(data_dir=tmp_path, admin_login_attempts=2)
     app, watcher = build_server(FakeEngine(), store, config, PASSWORD, watch_interval=60)

@@ -35,8 +35,9 @@ def server(store):
         yield url, engine
 
 
-def call_event(url: str, dependency: dict[str, Any], data: list[Any]) -> tuple[bool, Any]:
-    """Run one Gradio event by its index over the raw queue protocol, as any HTTP client could.
+def call_event(url: str, dependency: dict[str, Any], data: list[Any], client: Any = httpx) -> tuple[bool, Any]:
+    """Run one Gradio event by its index over the raw queue protocol, as any HTTP client could
+    (`client`: an httpx.Client, e.g. one bound to another loopback address; default: httpx itself).
 
     Returns (success, output data or the error message).
     """
@@ -44,14 +45,14 @@ def call_event(url: str, dependency: dict[str, Any], data: list[Any]) -> tuple[b
     trigger = dependency["targets"][0][0] if dependency["targets"] else None
     # Handlers that take gr.SelectData and the like get a plausible payload (a click on the first row).
     event_data = EVENT_DATA if dependency.get("collects_event_data") else None
-    joined = httpx.post(
+    joined = client.post(
         f"{url}/gradio_api/queue/join",
         json={"data": data, "fn_index": dependency["id"], "session_hash": session, "event_data": event_data,
               "trigger_id": trigger},
         timeout=10,
     )
     assert joined.status_code == 200, joined.text
-    with httpx.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session}, timeout=30) as stream:
+    with client.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session}, timeout=30) as stream:
         for line in stream.iter_lines():
             if not line.startswith("data: "):
                 continue
@@ -163,6 +164,25 @@ def test_admin_handlers_refuse_without_the_password(server, store):
     for event in events:
         ok, result = call_event(url, event, default_inputs(config, event, password_id, PASSWORD))
         assert ok or "password" not in result.lower(), f"admin event {event.get('api_name')} refused the password"
+
+
+def test_the_admin_login_limit_counts_each_address_apart(store):
+    """Wrong passwords sent from one address (127.0.0.2, over Gradio's own API) lock that address
+    out of the Admin tab; an admin at another address (127.0.0.1) still logs in."""
+    app = create_app(ChatService(FakeEngine(), store, ServeConfig()), AdminGuard(PASSWORD, max_failures=2))
+    with serve_in_thread(app) as url:
+        config, events, password_id = admin_events(url)
+        components = {c["id"]: c for c in config["components"]}
+        login = next(e for e in events if any(components.get(t[0], {}).get("props", {}).get("elem_id") == "admin-login"
+                                              for t in e["targets"]))
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as stranger:
+            for _ in range(2):
+                ok, result = call_event(url, login, default_inputs(config, login, password_id, "a-wrong-guess"), stranger)
+                assert not ok and "wrong" in result
+            ok, result = call_event(url, login, default_inputs(config, login, password_id, PASSWORD), stranger)
+            assert not ok and "Too many wrong admin passwords" in result
+        ok, result = call_event(url, login, default_inputs(config, login, password_id, PASSWORD))
+        assert ok, result
 
 
 def test_examples_from_the_http_api_show_up_in_the_admin_tab(server, store):
