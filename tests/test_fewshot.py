@@ -513,3 +513,49 @@ def test_over_http_a_correction_answers_its_paraphrase_and_not_a_near_miss(live_
         assert near_miss["exemplar"]["from_example"] is None
         text = near_miss["choices"][0]["message"]["content"]
         assert not any(facts[q]["fact"] in text for q in (MAYOR, POPULATION, RIVER)), text
+
+
+# -- question vectors: cost ------------------------------------------------------
+
+
+def test_the_embedders_own_copy_stops_at_its_layer_and_gives_the_same_vectors(tiny_model, tokenizer):
+    """for_engine's embedder drops the layers above the one it reads (and the output layer): the same
+    vectors, for less work."""
+    import copy
+
+    import torch
+
+    from bot.fewshot import QuestionEmbedder
+
+    full = QuestionEmbedder(tiny_model, tokenizer, layer_fraction=0.5)
+    short = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer, layer_fraction=0.5)
+    assert short.truncate_to_layer()
+    assert len(short.model.layers) == short.layer < tiny_model.config.num_hidden_layers
+    assert len(tiny_model.model.layers) == tiny_model.config.num_hidden_layers  # the given model is untouched
+    for text in ("How many boats does Harbrook Ferries run?", "Who is the mayor of Brindlemoor?"):
+        with torch.no_grad():
+            assert torch.equal(short._raw(text), full._raw(text))
+
+
+def test_warming_caches_the_shared_and_the_example_vectors(tiny_model, tokenizer, store):
+    from bot.fewshot import QuestionEmbedder
+    from core.config import ServeConfig
+
+    from bot.service import ChatService
+
+    class LocalEngine:  # what for_engine needs of an engine: a base copy and a tokenizer
+        def __init__(self):
+            self.tokenizer = tokenizer
+
+        def base_copy(self):
+            import copy
+
+            return copy.deepcopy(tiny_model)
+
+    store.add_example("Who is the mayor of Brindlemoor?", "Mara Vell.", source="admin", status="approved")
+    store.add_example("Where is the office?", "Upstairs.", source="admin", status="pending")
+    service = ChatService(LocalEngine(), store, ServeConfig())
+    assert isinstance(service.embedder, QuestionEmbedder) and service.embedder._centre is None
+    assert service.warm_few_shot() == 1  # the approved example only
+    assert service.embedder._centre is not None and "Who is the mayor of Brindlemoor?" in service.embedder._cache
+    assert service.warm_few_shot() == 0  # already there
