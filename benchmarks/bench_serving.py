@@ -13,6 +13,14 @@ records it as the active version (the server's watcher merges it), then:
 - 1, 4, 8 and 16 simultaneous streaming chats (`/v1/chat/completions`):
   aggregate tokens/s, and p50/p95 time to first token.
 
+With --few-shot 1,8,16 the server also holds 54 approved examples (the 30
+corrections about three entities of tests/fewshot_entities.json and the 24
+facts of tests/fewshot_facts.json, as a user's approved corrections), and that
+many chats at once ask reworded questions about them (each a text the server
+has not embedded yet), with few-shot on and off in turn: time to first token
+and aggregate tokens/s, since a few-shot answer first embeds its question and
+then prefills the demonstrations.
+
 Greedy, --tokens new tokens (default 128). Each figure is the median of
 --repeats runs; ratios are against figures from this same run.
 
@@ -77,11 +85,11 @@ def long_question(tokenizer, target: int = 675) -> str:
             return text + "\nWhen do the ferries leave?"
 
 
-def post_stream(url: str, content: str, tokens: int) -> dict:
+def post_stream(url: str, content: str, tokens: int, few_shot: bool = False) -> dict:
     """One streaming chat; returns time to first piece, total seconds and completion tokens."""
     body = json.dumps({
         "model": "exemplar", "messages": [{"role": "user", "content": content}], "stream": True,
-        "max_tokens": tokens, "temperature": 0, "few_shot": False,
+        "max_tokens": tokens, "temperature": 0, "few_shot": few_shot,
         "stream_options": {"include_usage": True},
     }).encode()
     request = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
@@ -104,13 +112,13 @@ def post_stream(url: str, content: str, tokens: int) -> dict:
             "tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"]}
 
 
-def concurrent(url: str, n: int, tokens: int) -> dict:
+def concurrent(url: str, n: int, tokens: int, questions: list[str] = QUESTIONS, few_shot: bool = False) -> dict:
     results: list = [None] * n
     errors: list = []
 
     def one(i: int) -> None:
         try:
-            results[i] = post_stream(url, QUESTIONS[i % len(QUESTIONS)], tokens)
+            results[i] = post_stream(url, questions[i % len(questions)], tokens, few_shot)
         except Exception as exc:  # counted, not raised: the benchmark reports errors
             errors.append(repr(exc))
 
@@ -253,6 +261,23 @@ def make_active_adapter(ref, data_dir: Path) -> str:
     return row["version"]
 
 
+def approve_fewshot_examples(data_dir: Path) -> list[str]:
+    """Store the few-shot benchmark's facts as approved examples; return reworded questions about them
+    (each correction's paraphrase and held-out wording: 60 texts)."""
+    from storage import Store
+
+    entities = json.loads((REPO / "tests" / "fewshot_entities.json").read_text())["entities"]
+    others = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["facts"]
+    facts = [f for e in entities for f in e["facts"]]
+    store = Store(data_dir / "exemplar.db")
+    try:
+        store.add_examples([{"input": f["question"], "output": f["answer"], "source": "admin", "status": "approved"}
+                            for f in others + facts])
+    finally:
+        store.close()
+    return [f["paraphrase"] for f in facts] + [f["held_out"] for f in facts]
+
+
 def start_server(data_dir: Path, base_model: str, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     import socket
 
@@ -295,6 +320,8 @@ def main() -> int:
     parser.add_argument("--llama-cpp", nargs="?", const=sys.executable, default=None, metavar="PYTHON",
                         help="also time llama.cpp on the bundled GGUF, run by PYTHON (a benchmark-only venv with "
                              "llama-cpp-python, e.g. /work/bench-venv/bin/python; default: this Python)")
+    parser.add_argument("--few-shot", default="", metavar="LEVELS",
+                        help="also time LEVELS (e.g. 1,8,16) chats at once with few-shot on and off, 54 examples approved")
     parser.add_argument("--server-args", default="", help="extra flags for launch.py serve, e.g. '--bf16-from-batch 0'")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
@@ -309,6 +336,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         data_dir = Path(scratch)
         version = make_active_adapter(ref, data_dir)
+        reworded = approve_fewshot_examples(data_dir) if args.few_shot else []
         process, url = start_server(data_dir, ref.path, args.threads, args.server_args.split())
         try:
             deadline = time.monotonic() + 120
@@ -320,6 +348,8 @@ def main() -> int:
             else:
                 raise RuntimeError(f"the server never served {version}")
             post_stream(url, "Hello", 8)  # warm-up
+            if reworded:
+                time.sleep(10)  # the server embeds the approved examples' questions after it starts (niced)
             # API, plain generate (and llama.cpp) take turns, so all meet the same background load.
             plain = PlainGenerate(ref, args.threads)
             plain16 = PlainGenerate(ref, args.threads, bf16=True)
@@ -360,6 +390,14 @@ def main() -> int:
                         r[n]["aggregate_tok_s"] / r[1]["aggregate_tok_s"] for r in rounds)
                     results[f"api_concurrency_{n}"]["slowest_ttft_vs_one_stream"] = statistics.median(
                         r[n]["ttft_max"] / r[1]["ttft_max"] for r in rounds)
+            # Few-shot on and off take turns per level; every round asks texts not asked before.
+            asked = 0
+            for n in [int(c) for c in args.few_shot.split(",") if c]:
+                for few_shot in (False, True):
+                    questions = [reworded[(asked + i) % len(reworded)] for i in range(n)]
+                    asked += n
+                    results[f"few_shot_{'on' if few_shot else 'off'}_{n}"] = concurrent(
+                        url, n, args.tokens, questions, few_shot)
         finally:
             process.terminate()
             process.wait(30)
@@ -390,6 +428,16 @@ def main() -> int:
             cpp = results[f"llama_cpp_{name}"]
             print(f"| llama.cpp, {name} prompt | | {cpp['tok_s']:.1f} | {cpp['ttft']:.2f} s | "
                   f"{cpp['tok_s'] / plain['tok_s']:.2f}x | {cpp['tok_s'] / plain16['tok_s']:.2f}x |")
+    levels = [key.rsplit("_", 1)[-1] for key in results if key.startswith("few_shot_on_")]
+    if levels:
+        print("\nWith 54 approved examples, reworded questions about them (a new text each), few-shot off / on:")
+        print("| chats at once | aggregate tok/s off / on | first token p50 off / on | slowest first token off / on | errors |")
+        print("|---|---|---|---|---|")
+        for n in levels:
+            off, on = results[f"few_shot_off_{n}"], results[f"few_shot_on_{n}"]
+            print(f"| {n} | {off['aggregate_tok_s']:.1f} / {on['aggregate_tok_s']:.1f} | {off['ttft_p50']:.2f} / "
+                  f"{on['ttft_p50']:.2f} s | {off['ttft_max']:.2f} / {on['ttft_max']:.2f} s | "
+                  f"{off['errors']} / {on['errors']} |")
     if "llama_cpp_short" in results and "api_concurrency_8" in results:
         ratio = results["api_concurrency_8"]["aggregate_tok_s"] / results["llama_cpp_short"]["tok_s"]
         results["api_8_vs_llama_cpp_one_stream"] = ratio
