@@ -289,7 +289,9 @@ def start_server(data_dir: Path, base_model: str, threads: int, extra: list[str]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen(
         [sys.executable, str(REPO / "launch.py"), "serve", "--data-dir", str(data_dir), "--base-model", base_model,
-         "--port", str(port), "--admin-password", "bench-admin-password", "--threads", str(threads), *extra],
+         "--port", str(port), "--admin-password", "bench-admin-password", "--threads", str(threads),
+         # With --few-shot's 54 approved examples the server would start a retrain of its own mid-run.
+         "--no-retrain-enabled", *extra],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     deadline = time.monotonic() + 300
