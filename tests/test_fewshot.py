@@ -535,6 +535,12 @@ def test_the_embedders_own_copy_stops_at_its_layer_and_gives_the_same_vectors(ti
     for text in ("How many boats does Harbrook Ferries run?", "Who is the mayor of Brindlemoor?"):
         with torch.no_grad():
             assert torch.equal(short._raw(text), full._raw(text))
+    # Reading the last layer, nothing is dropped: the model gives that state after its final norm.
+    last = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer, layer_fraction=1.0)
+    assert not last.truncate_to_layer()
+    with torch.no_grad():
+        assert torch.equal(last._raw("Who is the mayor of Brindlemoor?"),
+                           QuestionEmbedder(tiny_model, tokenizer, layer_fraction=1.0)._raw("Who is the mayor of Brindlemoor?"))
 
 
 def test_warming_caches_the_shared_and_the_example_vectors(tiny_model, tokenizer, store):
