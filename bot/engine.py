@@ -70,8 +70,11 @@ def default_bf16_from_batch() -> int:
     import torch
 
     cpu = getattr(torch, "cpu", None)
-    native = any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPU feature tests
+    native = any(getattr(cpu, check, lambda: False)() for check in checks)
     return NATIVE_BF16_FROM_BATCH if native else DEFAULT_BF16_FROM_BATCH
+
+
 # Prompts at least this long are prefilled in bf16 (their first token comes from that pass, see
 # FIRST_TOKEN_RECHECK_MARGIN): see DEFAULT_* figures in the README. 0 = never.
 DEFAULT_BF16_PREFILL_FROM_TOKENS = 256
