@@ -565,3 +565,35 @@ def test_warming_caches_the_shared_and_the_example_vectors(tiny_model, tokenizer
     assert service.warm_few_shot() == 1  # the approved example only
     assert service.embedder._centre is not None and "Who is the mayor of Brindlemoor?" in service.embedder._cache
     assert service.warm_few_shot() == 0  # already there
+
+
+def test_vectors_asked_from_many_threads_during_the_warm_up_are_each_their_own(tiny_model, tokenizer):
+    """The truncated copy hands its state over through a hook: chats asking at once, while the server
+    warms up, must each get their own question's vector."""
+    import copy
+    import threading
+
+    import torch
+
+    from bot.fewshot import QuestionEmbedder
+
+    def embedder():
+        made = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer, layer_fraction=0.5)
+        assert made.truncate_to_layer()
+        return made
+
+    questions = [f"How many ferries leave pier {i} of Harbrook on a Sunday?" for i in range(16)]
+    shared = embedder()
+    results: dict[str, torch.Tensor] = {}
+
+    def ask(question):
+        results[question] = shared.vector(question)
+
+    warming = threading.Thread(target=shared.warm, args=([f"Who runs depot {i}?" for i in range(16)],))
+    askers = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for thread in [warming, *askers]:
+        thread.start()
+    for thread in [warming, *askers]:
+        thread.join(60)
+    alone = embedder()
+    assert all(torch.equal(results[q], alone.vector(q)) for q in questions)
