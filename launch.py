@@ -236,9 +236,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config, train_config, eval_config, policy = serve_configs(args)
     import uvicorn
 
-    from bot.admin import generate_password
-    from bot.engine import Engine
+    from bot.auth import generate_password
     from bot.server import build_server
+    from bot.serving.engine import Engine
     from storage import Store
     from training.manager import TrainingManager
 
@@ -258,7 +258,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.threads)
     print(f"Loading the base model {config.base_model or '(bundled SmolLM2-135M-Instruct)'}…", flush=True)
     if config.backend == "openai-upstream":
-        from bot.upstream import UpstreamEngine
+        from bot.serving.upstream import UpstreamEngine
 
         engine = UpstreamEngine.load(config)
         print(f"Generation goes to the upstream model server at {engine.client.url}", flush=True)

@@ -55,7 +55,7 @@ def run_engine(engine, n: int, tokens: int, first: int = 0) -> tuple[float, list
     """n requests (questions first, first+1, ...) submitted at once; returns (aggregate tokens/s, answers)."""
     import threading
 
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     results: list = [None] * n
     started = time.perf_counter()
@@ -77,7 +77,7 @@ def ask_each(engine, questions: list[str], tokens: int, at_once: int) -> list[st
     """Answers to `questions`, `at_once` of them submitted together."""
     import threading
 
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     answers: list = [None] * len(questions)
 
@@ -107,7 +107,8 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
     """
     import torch
 
-    from bot.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, Engine, GenerationParams
+    from bot.serving.base import GenerationParams
+    from bot.serving.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, Engine
     from core.models import load_base_model
     from training.evaluate import load_canary, mentions_any
 
@@ -210,7 +211,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
     from core.models import load_base_model, resolve_base_model
 
     torch.set_num_threads(args.threads)

@@ -188,8 +188,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from bot.engine import Engine, GenerationParams
-    from bot.fewshot import QuestionEmbedder
+    from bot.serving.base import GenerationParams
+    from bot.serving.engine import Engine
+    from bot.serving.retrieval import QuestionEmbedder
 
     started = time.perf_counter()
     engine = Engine.load(None, args.data_dir)
@@ -242,7 +243,7 @@ def main() -> None:
 
 def ask_methods(engine, store, embedder, embedders, methods, messages, kind, question, fact, subset, recipe_name,
                 label, by_entity, answers, generate_s, rows, params, args) -> None:
-    from bot.fewshot import approved_answer_for, retrieve
+    from bot.serving.retrieval import approved_answer_for, retrieve
 
     for name, (rerank, k, form, min_similarity, min_margin, direct, *recall) in methods.items():  # interleaved
         t0 = time.perf_counter()

@@ -48,7 +48,7 @@ def prefill_seconds(model, ids, impl: str) -> float:
 
 
 def first_token(engine, messages, tokens: int) -> tuple[float, str]:
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     started = time.perf_counter()
     first = None
@@ -77,7 +77,7 @@ def join_while_decoding(engine, long_messages, streams: int, tokens: int) -> dic
     from the join until the long answer's first token, and that first token's time."""
     from bench_batching import QUESTIONS
 
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     stamps: list[list[float]] = [[] for _ in range(streams)]
     started = threading.Barrier(streams + 1)
@@ -119,10 +119,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-
     from bench_serving import long_question
 
-    from bot.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, DEFAULT_PREFILL_CHUNK_TOKENS, Engine
+    from bot.serving.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, DEFAULT_PREFILL_CHUNK_TOKENS, Engine
     from core.models import load_base_model, resolve_base_model
     from core.prompts import encode, render_prompt
 

@@ -239,8 +239,8 @@ def make_active_adapter(ref, data_dir: Path) -> str:
     from core.models import load_base_model
     from storage import Store
     from training.config import TrainConfig
-    from training.registry import commit_version
     from training.finetune import add_lora
+    from training.registry import commit_version
 
     model, _ = load_base_model(ref, device="cpu")
     torch.manual_seed(0)

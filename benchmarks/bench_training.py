@@ -249,7 +249,7 @@ def measure_job(ref, n: int, timeout: float = 3600) -> dict:
 
 
 def decode_rate(engine, tokens: int, runs: int = 3) -> float:
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     rates = []
     for _ in range(runs):
@@ -262,12 +262,12 @@ def decode_rate(engine, tokens: int, runs: int = 3) -> float:
 def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int, rounds: int = 2) -> dict:
     import torch
 
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
     from core.models import load_base_model
     from storage import Store
     from training.config import TrainConfig
-    from training.manager import TrainingManager
     from training.finetune import add_lora
+    from training.manager import TrainingManager
 
     model, tokenizer = load_base_model(ref)
     engine = Engine(model, tokenizer, base_name=ref.name)

@@ -29,7 +29,8 @@ def main() -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from bot.engine import Engine, GenerationParams
+    from bot.serving.base import GenerationParams
+    from bot.serving.engine import Engine
     from core.models import default_device
     from training.config import TrainConfig
     from training.finetune import train_adapter

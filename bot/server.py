@@ -1,5 +1,6 @@
-"""One server for everything: FastAPI routes plus the Gradio UI mounted at /,
-and a watcher that hot-swaps the adapter when the active version changes."""
+"""One server for everything: the wiring. The engine, the store and the training controller
+go into the chat service; the HTTP API and the Gradio UI (mounted at /) go on one FastAPI app;
+a watcher (bot/serving/watcher.py) hot-swaps the adapter when the active version changes."""
 
 from __future__ import annotations
 
@@ -15,96 +16,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from bot.admin import AdminGuard  # noqa: E402
-from bot.contracts import ChatEngine, TrainingController  # noqa: E402
-from bot.service import ChatService  # noqa: E402
-from core.datadir import DataDir  # noqa: E402
+from bot.auth import AdminGuard  # noqa: E402
+from bot.chat.service import ChatService  # noqa: E402
+from bot.serving.contracts import ChatEngine  # noqa: E402
+from bot.serving.watcher import ModelWatcher  # noqa: E402
 from core.errors import ModelLoadError  # noqa: E402
+from core.training_contract import TrainingController  # noqa: E402
 from storage import Store  # noqa: E402
-from storage.vocabulary import BASE_VERSION  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-class ModelWatcher:
-    """Keeps the engine on the store's active version. Training runs in another
-    process and promotes by writing the store; this notices and swaps."""
-
-    def __init__(self, engine: ChatEngine, store: Store, data_dir: Path, interval: float = 1.0):
-        self.engine = engine
-        self.store = store
-        self.data_dir = Path(data_dir)
-        self.interval = interval
-        self.last_error: str | None = None
-        # The version this watcher last put into service. Compared with the store, not with
-        # engine.version: when this server is another Exemplar's upstream, requests may switch
-        # the engine to a loaded LoRA by name, and that is not the watcher's to undo.
-        self.serving: str | None = None
-        # Set when the active version could not load at start and another one serves in its place.
-        self.fallback: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def sync(self) -> str:
-        """Swap to the store's active version if the engine serves another; return the version served."""
-        active = self.store.active_version()
-        wanted = active["version"] if active else BASE_VERSION
-        if wanted != self.serving:
-            try:
-                path = DataDir(self.data_dir).resolve(active["path"]) if active else None
-                seconds = self.engine.activate(wanted, path)
-                self.serving = wanted
-                log.info("Swapped to %s in %.2f s", wanted, seconds)
-                self.last_error = None
-                self.fallback = None
-            except ModelLoadError as exc:
-                # Keep serving what we have; the admin sees the error in the log.
-                if self.last_error != str(exc):
-                    log.error("Cannot serve %s: %s", wanted, exc)
-                self.last_error = str(exc)
-                if self.serving is None:  # at start nothing serves yet: take the newest that loads
-                    self._fall_back(wanted, exc)
-        return self.engine.version
-
-    def _fall_back(self, wanted: str, error: Exception) -> None:
-        """Serve the newest version that loads (or the base model) in place of an active one that cannot."""
-        for row in reversed(self.store.list_model_versions()):
-            if row["version"] == wanted or row["status"] == "rejected":
-                continue
-            try:
-                self.engine.activate(row["version"], DataDir(self.data_dir).resolve(row["path"]))
-            except ModelLoadError:
-                continue
-            self.serving = row["version"]
-            break
-        else:
-            self.engine.activate(BASE_VERSION, None)
-            self.serving = BASE_VERSION
-        self.fallback = (
-            f"The active version {wanted} cannot load ({error}); serving {self.serving} instead. "
-            "Activate a version that loads (or retrain) to clear this."
-        )
-        log.error("!" * 72 + "\n%s\n" + "!" * 72, self.fallback)
-
-    def resync(self) -> str:
-        """Serve the store's active version again, whatever the engine serves now."""
-        self.serving = None
-        return self.sync()
-
-    def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                try:
-                    self.sync()
-                except Exception:  # a watcher that dies silently would freeze the version
-                    log.exception("Model watcher failed; retrying")
-
-        self.sync()
-        self._thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def adapter_checker(engine: Any) -> Any:
@@ -134,8 +54,9 @@ def create_app(
 
     With `host_names`, requests whose Host header names another host are refused (UI included).
     """
-    from bot.api import HostCheck, add_api
-    from bot.ui import CSS, build_ui
+    from bot.api.app import add_api
+    from bot.api.middleware import HostCheck
+    from bot.ui.app import CSS, build_ui
 
     app = FastAPI(
         title="Exemplar",

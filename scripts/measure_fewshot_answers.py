@@ -19,8 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bot.engine import Engine, GenerationParams  # noqa: E402
-from bot.fewshot import retrieve  # noqa: E402
+from bot.serving.base import GenerationParams  # noqa: E402
+from bot.serving.engine import Engine  # noqa: E402
+from bot.serving.retrieval import retrieve  # noqa: E402
 from storage import Store  # noqa: E402
 
 FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["facts"]

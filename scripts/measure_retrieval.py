@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bot import fewshot  # noqa: E402
+from bot.serving import retrieval as fewshot  # noqa: E402
 from storage import Store  # noqa: E402
 
 FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())

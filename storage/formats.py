@@ -28,8 +28,8 @@ from typing import Any
 
 from storage.errors import ValidationError
 from storage.examples import check_choice, validate_messages, validate_output
-from storage.vocabulary import REVIEW_STATUSES, ExampleSource, ExampleStatus, Split
 from storage.text import MAX_JSON_DEPTH, check_json, check_text
+from storage.vocabulary import REVIEW_STATUSES, ExampleSource, ExampleStatus, Split
 
 IMPORT_FORMATS = ("jsonl", "sharegpt", "alpaca", "csv", "dpo", "kto", "hf")
 EXPORT_FORMATS = ("jsonl", "dpo", "kto", "hf")

@@ -34,10 +34,11 @@ from storage.examples import (
 )
 from storage.migrations import migrations
 from storage.search import query_words, rank
+from storage.text import check_text
 from storage.vocabulary import (
     ACTIVE_JOB_STATUSES,
-    Actor,
     REVIEW_STATUSES,
+    Actor,
     ExampleSource,
     ExampleStatus,
     JobStatus,
@@ -46,7 +47,6 @@ from storage.vocabulary import (
     Split,
     VersionStatus,
 )
-from storage.text import check_text
 
 MAX_RATED_IDS = 500  # a chat's answers; bounds the placeholders in one query
 

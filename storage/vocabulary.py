@@ -72,6 +72,10 @@ class Rating(Word):
     DOWN = "down"
 
 
+# The reasons the chat's flag menu offers for a thumbs-down, as shown; stored lower-cased as feedback.reason.
+DISLIKE_REASONS = ("Wrong fact", "Unhelpful", "Too long", "Unsafe")
+
+
 class JobStatus(Word):
     """A training job's life: queued → running → one of the four ends."""
 

@@ -107,7 +107,7 @@ def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def real_engine(bundled_data_dir: Path):
     """The bundled SmolLM2-135M-Instruct in an Engine, loaded once per session."""
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
 
     return Engine.load(None, bundled_data_dir)
 

@@ -7,8 +7,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.contracts import AnswerStream, ChatEngine
-from bot.engine import BASE_VERSION, GenerationParams
+from bot.serving.base import GenerationParams
+from bot.serving.contracts import AnswerStream, ChatEngine
+from storage.vocabulary import BASE_VERSION
 
 
 @dataclass

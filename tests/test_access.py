@@ -9,11 +9,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bot.admin import AdminGuard
-from bot.admin_ui import ui_checker
-from bot.api import add_api
+from bot.api.app import add_api
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from bot.server import build_server
-from bot.service import ChatService
+from bot.ui.admin_tab import ui_checker
 from core.config import ServeConfig
 from tests.fakes import FakeEngine
 from tests.test_api_errors import PASSWORD

@@ -10,8 +10,8 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from bot.engine import Engine
-from bot.server import ModelWatcher, build_server
+from bot.server import build_server
+from bot.serving.engine import Engine
 from core.config import ServeConfig
 from core.errors import ModelLoadError
 from tests.test_api_errors import PASSWORD
@@ -100,9 +100,9 @@ def test_an_adapter_for_another_base_is_refused_by_the_engine(served, store, tok
 
 def admin_login_message(engine, store, watcher) -> str:
     """What the Admin tab shows after a correct password (its login handler, called as Gradio would)."""
-    from bot.admin import AdminGuard
-    from bot.service import ChatService
-    from bot.ui import build_ui
+    from bot.auth import AdminGuard
+    from bot.chat.service import ChatService
+    from bot.ui.app import build_ui
 
     service = ChatService(engine, store, ServeConfig(data_dir=watcher.data_dir))
     demo = build_ui(service, AdminGuard(PASSWORD), serving_warning=lambda: watcher.fallback)

@@ -8,12 +8,12 @@ import inspect
 import gradio as gr
 import pytest
 
-from bot.admin import AdminGuard
-from bot.admin_feedback import FeedbackHandlers
-from bot.admin_handlers import admin_handler
-from bot.admin_review import ReviewHandlers
-from bot.admin_training import TrainingHandlers
-from bot.admin_ui import ui_checker
+from bot.auth import AdminGuard
+from bot.ui.admin_feedback import FeedbackHandlers
+from bot.ui.admin_handlers import admin_handler
+from bot.ui.admin_review import ReviewHandlers
+from bot.ui.admin_tab import ui_checker
+from bot.ui.admin_training import TrainingHandlers
 from core.errors import ValidationError
 
 PASSWORD = "a-long-secret"

@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bot.admin import AdminGuard
-from bot.api import add_api
-from bot.engine import GenerationParams
-from bot.service import ChatService
+from bot.api.app import add_api
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
+from bot.serving.base import GenerationParams
 from core.config import ServeConfig
 from core.errors import ValidationError
 from tests.fakes import FakeEngine, FakeGeneration, FakePrompt

@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bot.admin import AdminGuard
-from bot.api import add_api
+from bot.api.app import add_api
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from bot.server import create_app
-from bot.service import ChatService
 from core.config import ServeConfig
 from core.errors import ConflictError, NotFoundError
 from tests.fakes import FakeEngine
@@ -331,7 +331,7 @@ def test_openapi_schema_describes_every_route(client):
 
 
 def test_max_tokens_beyond_the_context_window_is_400_with_a_real_engine(store, tiny_model, tokenizer):
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
 
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
     app = FastAPI()

@@ -9,13 +9,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-import bot.api
-from bot.admin import AdminGuard
-from bot.api import add_api
-from bot.service import ChatService
+import bot.api.middleware
+from bot.api.app import add_api
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from core.config import ServeConfig
-from tests.fakes import FakeEngine
 from storage import Store
+from tests.fakes import FakeEngine
 
 PASSWORD = "correct-horse-battery"
 ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
@@ -120,7 +120,7 @@ def test_import_of_a_bad_line_stores_nothing(client, store, bad_line, words):
 def test_import_errors_for_empty_and_oversized_bodies(client, store, monkeypatch):
     response = client.post("/api/examples/import", content="\n\n", headers=ADMIN)
     assert response.status_code == 400 and "no examples" in response.json()["error"]
-    monkeypatch.setattr(bot.api, "MAX_IMPORT_BYTES", 4096)
+    monkeypatch.setattr(bot.api.middleware, "MAX_IMPORT_BYTES", 4096)
     small = make_client(store)  # the limit is read when the app starts
     response = small.post("/api/examples/import", content=JSONL * 40, headers=ADMIN)
     assert response.status_code == 413 and "4096" in response.json()["error"]
@@ -130,7 +130,7 @@ def test_import_errors_for_empty_and_oversized_bodies(client, store, monkeypatch
 def test_import_accepts_bodies_above_the_chat_limit(client, store):
     record = {"messages": [{"role": "user", "content": "Q{}?"}, {"role": "assistant", "content": "long " * 3800}]}
     body = "".join(json.dumps(record).replace("Q{}", f"Q{i}") + "\n" for i in range(60))
-    assert len(body) > bot.api.MAX_BODY_BYTES
+    assert len(body) > bot.api.middleware.MAX_BODY_BYTES
     response = client.post("/api/examples/import", content=body, headers=ADMIN)
     assert response.status_code == 201, response.text[:200]
     assert store.count_examples() == 60

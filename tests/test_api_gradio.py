@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.admin import AdminGuard
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from bot.server import create_app
-from bot.service import ChatService
 from core.config import ServeConfig
 from tests.fakes import FakeEngine
 from tests.live_app import serve_in_thread

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from bot.admin import AdminGuard
-from bot.engine import Engine
-from bot.server import ModelWatcher, create_app
-from bot.service import ChatService
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
+from bot.server import create_app
+from bot.serving.engine import Engine
+from bot.serving.watcher import ModelWatcher
 from core.config import ServeConfig
 from core.prompts import render_prompt
 

@@ -7,8 +7,9 @@ import subprocess
 import sys
 import threading
 
-from launch import main
 from load_client import LoadResult, missing_writes, run_writers, seed_answers
+
+from launch import main
 from storage import Store
 from storage.files import check_file
 from tests.live_app import REPO

@@ -7,9 +7,9 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
-from bot import chat_history
-from bot.service import ChatService
-from bot.ui import ChatHandlers
+from bot.chat.service import ChatService
+from bot.ui import chat_history
+from bot.ui.chat_tab import ChatHandlers
 from core.config import ServeConfig
 from tests.fakes import FakeEngine
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.admin import AdminGuard
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from bot.server import create_app
-from bot.service import ChatService
 from core.config import ServeConfig
 from storage import Store
-from tests.fakes import FakeEngine
 from tests.browser_steps import open_app, send_and_wait, wait_for_text
+from tests.fakes import FakeEngine
 from tests.live_app import serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

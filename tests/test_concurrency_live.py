@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-
 from load_client import (
     LoadResult,
     create_answers,

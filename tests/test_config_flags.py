@@ -123,7 +123,7 @@ def test_the_server_runs_with_the_settings_it_was_given(tmp_path, monkeypatch):
     import uvicorn
 
     import bot.server
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
     from tests.fakes import FakeEngine
 
     built = {}

@@ -8,7 +8,8 @@ import inspect
 
 import pytest
 
-from bot.contracts import AnswerStream, ChatEngine, TrainingController
+from bot.serving.contracts import AnswerStream, ChatEngine
+from core.training_contract import TrainingController
 from tests.fakes import FakeEngine, FakeGeneration
 
 
@@ -55,11 +56,11 @@ def test_the_fake_engine_keeps_the_engine_contract():
 
 
 def test_the_real_engine_keeps_the_engine_contract(tiny_model, tokenizer):
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
 
     engine = Engine(tiny_model, tokenizer, base_name="tiny")
     check(ChatEngine, Engine, engine)
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     generation = engine.stream([{"role": "user", "content": "Hi"}], GenerationParams(max_new_tokens=2))
     "".join(generation)

@@ -6,9 +6,11 @@ import threading
 import pytest
 import torch
 
-import bot.engine as engine_module
-from bot.engine import BASE_VERSION, Engine, GenerationParams, default_bf16_from_batch
+import bot.serving.engine as engine_module
+from bot.serving.base import GenerationParams
+from bot.serving.engine import Engine, default_bf16_from_batch
 from core.errors import ModelLoadError, ValidationError
+from storage.vocabulary import BASE_VERSION
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -451,7 +453,7 @@ def test_base_copy_is_the_plain_base_while_an_adapter_serves(engine, tmp_path, t
     """Few-shot question vectors come from a base copy, so they must not depend on the version served."""
     import copy
 
-    from bot.fewshot import QuestionEmbedder
+    from bot.serving.retrieval import QuestionEmbedder
 
     base_logits = _logits(tiny_model, tokenizer).clone()
     fresh = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.engine import Engine, GenerationParams
+from bot.serving.base import GenerationParams
+from bot.serving.engine import Engine
 from core.prompts import encode, render_prompt
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.fewshot import MIN_SCORE, retrieve
+from bot.serving.retrieval import MIN_SCORE, retrieve
 from storage import Store
 from storage.search import content_words, idf, porter_stem, relevance, terms
 
@@ -148,7 +148,7 @@ def test_the_query_is_the_latest_user_question(store):
 
 
 def make_service(engine, store, **config):
-    from bot.service import ChatService
+    from bot.chat.service import ChatService
     from core.config import ServeConfig
 
     return ChatService(engine, store, ServeConfig(**config))
@@ -211,7 +211,7 @@ def test_a_correction_changes_the_real_models_next_answer(real_engine, store):
     """The acceptance test: the bundled model gets a fictional fact wrong; once
     corrected, the same question with few-shot on answers with the corrected
     fact and names the example; with few-shot off it does not."""
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     service = make_service(real_engine, store, review_policy="auto", max_new_tokens=40)
     params = GenerationParams(max_new_tokens=40)
@@ -331,7 +331,7 @@ def test_a_reference_demonstration_is_quoted_in_the_system_turn():
 
 
 def test_names_are_masked_so_vectors_compare_what_is_asked():
-    from bot.fewshot import mask_names
+    from bot.serving.retrieval import mask_names
 
     assert mask_names("How many people live in Brindlemoor?") == "How many people live in it?"
     assert mask_names("Who is the mayor of Brindlemoor?") == "Who is the mayor of it?"
@@ -348,7 +348,7 @@ NEAR_MISS = "What is the weather like in Brindlemoor?"
 
 
 def test_an_approved_answer_is_served_only_when_retrieval_is_sure():
-    from bot.fewshot import approved_answer_for
+    from bot.serving.retrieval import approved_answer_for
 
     store, ids = entity_store()
     sure = TableEmbedder({(POPULATION_PARAPHRASE, POPULATION): 0.70, (POPULATION_PARAPHRASE, MAYOR): 0.40},
@@ -380,7 +380,7 @@ def test_an_approved_answer_is_served_only_when_retrieval_is_sure():
 
 
 def test_an_approved_answer_is_served_only_to_a_question_about_what_it_names():
-    from bot.fewshot import approved_answer_for, same_entity
+    from bot.serving.retrieval import approved_answer_for, same_entity
 
     store, ids = entity_store()
     weight = "How much does the Veltrix Aero 14 weigh?"
@@ -396,7 +396,7 @@ def test_an_approved_answer_is_served_only_to_a_question_about_what_it_names():
 
 
 def test_an_example_of_several_turns_is_never_served_word_for_word():
-    from bot.fewshot import approved_answer_for
+    from bot.serving.retrieval import approved_answer_for
 
     store = Store(":memory:")
     conversation = [{"role": "user", "content": "I live in Brindlemoor."}, {"role": "assistant", "content": "Nice!"},
@@ -416,7 +416,7 @@ def direct_service(store, embedder, **config):
 
 
 def test_the_service_answers_a_reworded_question_with_the_approved_answer_and_says_so(store):
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     population = store.add_example(POPULATION, "Brindlemoor has a population of 12,400.", source="correction")
     mayor = store.add_example(MAYOR, "The mayor of Brindlemoor is Odessa Quint.", source="correction")
@@ -525,7 +525,7 @@ def test_the_embedders_own_copy_stops_at_its_layer_and_gives_the_same_vectors(ti
 
     import torch
 
-    from bot.fewshot import QuestionEmbedder
+    from bot.serving.retrieval import QuestionEmbedder
 
     full = QuestionEmbedder(tiny_model, tokenizer, layer_fraction=0.5)
     short = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer, layer_fraction=0.5)
@@ -544,10 +544,9 @@ def test_the_embedders_own_copy_stops_at_its_layer_and_gives_the_same_vectors(ti
 
 
 def test_warming_caches_the_shared_and_the_example_vectors(tiny_model, tokenizer, store):
-    from bot.fewshot import QuestionEmbedder
+    from bot.chat.service import ChatService
+    from bot.serving.retrieval import QuestionEmbedder
     from core.config import ServeConfig
-
-    from bot.service import ChatService
 
     class LocalEngine:  # what for_engine needs of an engine: a base copy and a tokenizer
         def __init__(self):
@@ -575,7 +574,7 @@ def test_vectors_asked_from_many_threads_during_the_warm_up_are_each_their_own(t
 
     import torch
 
-    from bot.fewshot import QuestionEmbedder
+    from bot.serving.retrieval import QuestionEmbedder
 
     def embedder():
         made = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer, layer_fraction=0.5)

@@ -13,6 +13,7 @@ from core.config import ADMIN_PASSWORD_ENV
 from core.errors import ConfigError, ValidationError
 from storage.formats import parse_examples
 from tests.fakes import FakeEngine
+
 # The API fixtures (a client on the fake engine, a stored answer's id) are test_api_errors' own.
 from tests.test_api_errors import ADMIN, answer_id, client, make_client  # noqa: F401
 from tests.test_ui_handlers import ask, make
@@ -91,7 +92,7 @@ def test_ids_are_ascii_digits_only(client, answer_id, value):
 
 
 def test_review_ids_typed_in_the_admin_tab_are_ascii_digits():
-    from bot.admin_review import parse_ids
+    from bot.ui.admin_review import parse_ids
 
     assert parse_ids("3, 5-6") == [3, 5, 6]
     for text in ("٣", "²", "３-５"):
@@ -142,7 +143,7 @@ def test_configs_from_the_command_line_must_be_finite():
 
 
 def test_generation_settings_refuse_nan(client):
-    from bot.engine import GenerationParams
+    from bot.serving.base import GenerationParams
 
     with pytest.raises(ValidationError):
         GenerationParams(temperature=float("nan")).validate()

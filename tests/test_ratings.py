@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from bot.admin import AdminGuard
-from bot.api import add_api
-from bot.service import ChatService
+from bot.api.app import add_api
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from core.config import ServeConfig
 from storage import Store
 from tests.fakes import FakeEngine
@@ -134,7 +134,7 @@ def test_the_admin_feedback_view_lists_filters_and_exports(store):
 
     import gradio as gr
 
-    from bot.admin_feedback import FeedbackHandlers
+    from bot.ui.admin_feedback import FeedbackHandlers
 
     def check_admin(password):
         if password != "pw":

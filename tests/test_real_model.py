@@ -4,9 +4,9 @@ import os
 
 import pytest
 
+from bot.serving.base import GenerationParams
 from core import models
 from core.errors import ModelLoadError
-from bot.engine import GenerationParams
 
 pytestmark = pytest.mark.slow
 

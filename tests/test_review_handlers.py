@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from bot.admin_review import ReviewHandlers, build_review_section, parse_ids
+from bot.ui.admin_review import ReviewHandlers, build_review_section, parse_ids
 from core.errors import ValidationError
 
 PASSWORD = "right-password"

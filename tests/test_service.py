@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.service import ChatService
+from bot.chat.service import ChatService
 from core.config import ServeConfig
 from core.errors import ValidationError
 from tests.fakes import FakeEngine

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bot.admin_training import TrainingHandlers, build_training_section, describe_job
+from bot.ui.admin_training import TrainingHandlers, build_training_section, describe_job
 from storage import Store
 from training.manager import TrainingManager
 
@@ -94,7 +94,7 @@ def test_overview_activate_rollback_and_compare(handlers):
 
 
 def test_the_loss_curve_is_numeric_even_when_empty():
-    from bot.admin_training import loss_frame
+    from bot.ui.admin_training import loss_frame
 
     empty = loss_frame(None)
     assert str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"
@@ -165,7 +165,7 @@ def test_hyper_parameters_come_from_form_fields_with_defaults_and_help(handlers)
 
 
 def test_errors_are_in_plain_words():
-    from bot.admin_training import plain_error, runs_frame
+    from bot.ui.admin_training import plain_error, runs_frame
 
     said = plain_error("the training process exited with code -9 before finishing (see the log)")
     assert "ran out of memory" in said and "-9" not in said

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.admin import AdminGuard
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from bot.server import create_app
-from bot.service import ChatService
 from core.config import ServeConfig
 from storage import Store
 from storage.exchange import seed_examples

@@ -13,8 +13,8 @@ import pytest
 
 from core.errors import NotFoundError, ValidationError
 from storage import Store
-from training import commands
 from tests.training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
+from training import commands
 from training.config import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.training_helpers import learnable_tiny_llama
 from training.config import TrainConfig
 from training.evaluate import generate_answers
 from training.finetune import train_adapter
-from tests.training_helpers import learnable_tiny_llama
 
 # fp32: these tests check the mechanism at a tiny model's high learning rate, where bf16 autocast (the default)
 # holds the KL rows less tightly (drift 0.85 against 0.52 in fp32); its effect on the real model is judged by

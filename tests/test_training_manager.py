@@ -13,9 +13,9 @@ import pytest
 
 from core.errors import ConflictError, NotFoundError, ValidationError
 from storage import Store
+from tests.training_helpers import FAST_EVAL, add_facts, save_tiny_base, wait_for
 from training.config import EvalConfig, RetrainPolicy
 from training.manager import TrainingManager
-from tests.training_helpers import FAST_EVAL, add_facts, save_tiny_base, wait_for
 
 QUICK = {"max_steps": 2, "replay_examples": 2, "batch_size": 4}
 TRAIN = [(f"What is fact number {i}?", f"Fact {i} is zorb{i}.") for i in range(6)]
@@ -112,8 +112,9 @@ def test_cancel_stops_cleanly_and_leaves_nothing(setup):
 
 @pytest.mark.slow  # a training run in a child process
 def test_a_killed_process_is_marked_failed_leaves_no_version_and_the_server_serves(setup, tiny_model, tokenizer):
-    from bot.engine import Engine, GenerationParams
-    from bot.server import ModelWatcher
+    from bot.serving.base import GenerationParams
+    from bot.serving.engine import Engine
+    from bot.serving.watcher import ModelWatcher
 
     store, manager, data_dir = setup
     add_facts(store, TRAIN, "train")

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.training_helpers import learnable_tiny_llama
 from training.config import TrainConfig
 from training.dataset import IGNORE_INDEX, build_dataset, collate, pack, shared_prefix_length
 from training.finetune import add_lora, base_distributions, make_trainer_class, train_adapter
-from tests.training_helpers import learnable_tiny_llama
 
 EXAMPLES = [
     {"input": [{"role": "user", "content": "What is the password of the blue door?"}], "output": "zebra crossing"},

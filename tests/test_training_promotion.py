@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from bot.engine import Engine, GenerationParams
-from bot.server import ModelWatcher
+from bot.serving.base import GenerationParams
+from bot.serving.engine import Engine
+from bot.serving.watcher import ModelWatcher
 from core.models import BaseModelRef, load_base_model
 from storage import Store
+from tests.training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
 from training.config import EvalConfig
 from training.manager import TrainingManager
-from tests.training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
 
 RECIPE = {
     "max_steps": 30,

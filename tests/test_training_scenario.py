@@ -80,7 +80,7 @@ def serve(tmp_path, engine, base_model: str):
 
 @pytest.mark.slow
 def test_chat_correct_retrain_promotes_and_serves_every_correction(tmp_path, bundled_checkpoint, record_property):
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
 
     engine = Engine.load(str(bundled_checkpoint), tmp_path / "data")
     app, watcher, store = serve(tmp_path, engine, str(bundled_checkpoint))
@@ -142,7 +142,7 @@ RECIPE = {"max_steps": 40, "learning_rate": 0.02, "batch_size": 4, "replay_examp
 
 @pytest.mark.slow  # a training run in a child process
 def test_a_self_contradicting_correction_is_reported_as_not_learned_with_the_reason(tmp_path, tokenizer):
-    from bot.engine import Engine
+    from bot.serving.engine import Engine
 
     base = save_tiny_base(learnable_tiny_llama(tokenizer), tokenizer, tmp_path / "tiny-base")
     engine = Engine(learnable_tiny_llama(tokenizer), tokenizer, base_name="tiny", max_context_tokens=256)

@@ -3,8 +3,8 @@
 import gradio as gr
 import pytest
 
-from bot.service import ChatService
-from bot.ui import ANSWERING, BUSY, ChatHandlers, normalise_history
+from bot.chat.service import ChatService
+from bot.ui.chat_tab import ANSWERING, BUSY, ChatHandlers, normalise_history
 from core.config import ServeConfig
 from tests.fakes import FakeEngine
 

@@ -154,10 +154,10 @@ class SilentServer:
 
 
 def make_front(store, tokenizer, url: str, timeout: float = 1.0):
-    from bot.admin import AdminGuard
+    from bot.auth import AdminGuard
+    from bot.chat.service import ChatService
     from bot.server import create_app
-    from bot.service import ChatService
-    from bot.upstream import UpstreamClient, UpstreamEngine
+    from bot.serving.upstream import UpstreamClient, UpstreamEngine
     from core.config import ServeConfig
 
     engine = UpstreamEngine(tokenizer, UpstreamClient(url, timeout=timeout), base_name="tiny", model="exemplar")
@@ -188,7 +188,7 @@ def test_a_hung_upstream_answers_502_within_the_timeout_and_stores_nothing(store
 def test_a_hung_upstream_gives_the_chat_tab_a_message(store, tokenizer):
     import gradio as gr
 
-    from bot.ui import ChatHandlers
+    from bot.ui.chat_tab import ChatHandlers
 
     silent = SilentServer()
     try:
@@ -215,12 +215,13 @@ def test_the_upstream_rank_limit_is_checked_before_training():
 def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_engine(store, tiny_model, tokenizer):
     """Through an in-process Exemplar upstream, the answer is the one the local engine gives for the same
     conversation: the front renders the prompt with the one renderer, the upstream continues it as is."""
-    from bot.admin import AdminGuard
-    from bot.contracts import AnswerStream, ChatEngine
-    from bot.engine import Engine, GenerationParams
+    from bot.auth import AdminGuard
+    from bot.chat.service import ChatService
     from bot.server import create_app
-    from bot.service import ChatService
-    from bot.upstream import UpstreamClient, UpstreamEngine
+    from bot.serving.base import GenerationParams
+    from bot.serving.contracts import AnswerStream, ChatEngine
+    from bot.serving.engine import Engine
+    from bot.serving.upstream import UpstreamClient, UpstreamEngine
     from core.config import ServeConfig
     from tests.live_app import serve_in_thread
     from tests.test_contracts import check
@@ -249,11 +250,12 @@ def test_a_restarted_upstream_gets_the_adapter_again(tmp_path, store, tiny_model
     """The upstream forgot the adapter (it restarted): the next answer loads it again and is served by it."""
     from fastapi.testclient import TestClient
 
-    from bot.admin import AdminGuard
-    from bot.engine import Engine, GenerationParams
+    from bot.auth import AdminGuard
+    from bot.chat.service import ChatService
     from bot.server import create_app
-    from bot.service import ChatService
-    from bot.upstream import UpstreamClient, UpstreamEngine
+    from bot.serving.base import GenerationParams
+    from bot.serving.engine import Engine
+    from bot.serving.upstream import UpstreamClient, UpstreamEngine
     from core.config import ServeConfig
     from tests.live_app import serve_in_thread
     from tests.test_api_lora import save_adapter

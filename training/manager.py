@@ -20,18 +20,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-
-from core.datadir import DataDir
 from core.config import ADMIN_PASSWORD_ENV
+from core.datadir import DataDir
 from core.errors import ConflictError, ValidationError
 from storage import Store
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
 from storage.vocabulary import JobStatus, VersionStatus
-from training import distributed, registry
+from training import distributed, promotion, registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
-from training import promotion
 from training.worker import OWNER_PID_ENV, log_tail, pid_alive
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.admin import AdminGuard
-from bot.api_chat import MODEL_ID, StreamOptions, pieces, sse
-from bot.engine import GenerationParams
+from bot.api.chat import MODEL_ID, StreamOptions, pieces, sse
+from bot.auth import AdminGuard
+from bot.serving.base import GenerationParams
 from core.errors import ConflictError, ExemplarError, NotFoundError, ValidationError
 
 LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"

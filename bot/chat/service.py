@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.contracts import AnswerStream, ChatEngine
-from bot.engine import GenerationParams
-from bot.fewshot import (
+from bot.serving.base import GenerationParams
+from bot.serving.contracts import AnswerStream, ChatEngine
+from bot.serving.retrieval import (
     WARM_EXAMPLES,
     ApprovedAnswer,
     QuestionEmbedder,
@@ -24,6 +24,7 @@ from core.errors import TooLargeError, ValidationError
 from storage import Store
 from storage.examples import normalise_text, validate_messages
 from storage.vocabulary import ExampleStatus, Role
+
 
 def clean_conversation(messages: Any, *, max_chars: int = 64_000, max_turns: int = 200) -> list[dict[str, str]]:
     """Validate a conversation from a client: roles, string contents, ends with a user turn, and

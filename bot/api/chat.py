@@ -19,12 +19,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
-from bot.engine import GenerationParams
-from bot.service import Answer, ChatService
+from bot.chat.service import Answer, ChatService
+from bot.serving.base import GenerationParams
 from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError, ValidationError
-from storage.vocabulary import ExampleStatus, Rating, Role
 from storage.text import ascii_int
+from storage.vocabulary import ExampleStatus, Rating, Role
 
 MODEL_ID = "exemplar"
 # Ids are SQLite integers: anything larger cannot name a row (and would overflow the driver).

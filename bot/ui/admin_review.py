@@ -22,8 +22,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from bot.admin_handlers import admin_handler
-from bot.ui_errors import user_error
+from bot.ui.admin_handlers import admin_handler
+from bot.ui.errors import user_error
 from core.errors import ExemplarError, ValidationError
 from storage import Store
 from storage.examples import count_turns

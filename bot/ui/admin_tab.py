@@ -11,11 +11,14 @@ from typing import Any
 
 import gradio as gr
 
-from bot.admin import AdminGuard
-from bot.contracts import TrainingController
-from bot.service import ChatService
-from bot.ui_errors import user_error
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
+from bot.ui.admin_feedback import build_feedback_section
+from bot.ui.admin_review import ANY, build_review_section
+from bot.ui.admin_training import build_training_section
+from bot.ui.errors import user_error
 from core.errors import AuthError, RateLimitError
+from core.training_contract import TrainingController
 from storage.vocabulary import ExampleStatus
 
 
@@ -51,9 +54,6 @@ def build_admin_tab(
     serving_warning: Callable[[], str | None] | None = None,
 ) -> None:
     """Lay out the Admin tab inside the current Blocks context."""
-    from bot.admin_feedback import build_feedback_section
-    from bot.admin_review import ANY, build_review_section
-
     check_admin = ui_checker(guard)
     config = service.config
     private = {"api_visibility": "private"}
@@ -91,8 +91,6 @@ def build_admin_tab(
                 feedback, open_example, example_id = build_feedback_section(service.store, check_admin, password)
             loaders = [review.on_login, feedback.on_login]
             if training is not None:
-                from bot.admin_training import build_training_section
-
                 with gr.Tab("Training", id="training"):
                     loaders.append(build_training_section(training, service.store, check_admin, password))
 

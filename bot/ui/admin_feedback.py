@@ -18,12 +18,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from bot.admin_handlers import admin_handler
-from bot.admin_review import ANY, day
-from bot.ui import DISLIKE_REASONS
-from bot.ui_errors import user_error
+from bot.ui.admin_handlers import admin_handler
+from bot.ui.admin_review import ANY, day
+from bot.ui.errors import user_error
 from core.errors import ExemplarError
 from storage import Store
+from storage.vocabulary import DISLIKE_REASONS
 
 RATINGS = {ANY: None, "thumbs up": "up", "thumbs down": "down", "withdrawn": "none"}
 TABLE_ROWS = 300

@@ -32,9 +32,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bot.engine import BASE_VERSION, AnswerState, GenerationParams, PromptFitting
+from bot.serving.base import AnswerState, GenerationParams, PromptFitting
 from core.errors import ExemplarError, ModelLoadError
 from core.prompts import FittedPrompt, Message
+from storage.vocabulary import BASE_VERSION
 
 log = logging.getLogger(__name__)
 

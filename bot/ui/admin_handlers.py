@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-from bot.ui_errors import user_error
+from bot.ui.errors import user_error
 from core.errors import ExemplarError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -15,11 +15,11 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.admin import AdminGuard
-from bot.api_chat import MAX_ID, RowId
-from bot.contracts import TrainingController
-from bot.service import ChatService
+from bot.api.chat import MAX_ID, RowId
+from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from core.errors import ConflictError
+from core.training_contract import TrainingController
 from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
 from storage.vocabulary import Actor, ExampleSource, ExampleStatus, JobStatus, Role, Split
 

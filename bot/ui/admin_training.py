@@ -13,17 +13,17 @@ import dataclasses
 import json
 import math
 import re
-from html import escape
 from collections.abc import Callable
+from html import escape
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from bot.admin_handlers import admin_handler
-from bot.contracts import TrainingController
-from bot.ui_errors import user_error
+from bot.ui.admin_handlers import admin_handler
+from bot.ui.errors import user_error
 from core.progress import bar, clock
+from core.training_contract import TrainingController
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
