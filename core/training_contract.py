@@ -1,15 +1,286 @@
 """What the server needs from the training side: the TrainingController behind the Admin
-tab and the admin API.
+tab and the admin API, and the typed views its methods return.
 
-bot never imports training (training.manager.TrainingManager implements this, and
-launch.py hands it to the server), so this Protocol is the contract; it lives in core,
-which both sides import. tests/test_contracts.py checks the implementation member for
-member. Change the Protocol and its implementation together.
+bot never imports training (training.manager.TrainingManager implements the Protocol, and
+launch.py hands it to the server), so the contract lives in core, which both sides import.
+The views are pydantic models: the admin API uses them as its response models (so
+/openapi.json documents every field), the Admin tab and the CLI read their attributes, and
+tests/test_contracts.py checks the implementation member for member. Change the contract
+and its implementation together.
+
+Views built from stored JSON (a job's progress, a version's metrics) are read leniently: a
+field an older release did not write is None, and a key this release does not know is
+ignored, so versions trained long ago still list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.vocabulary import JobStatus, VersionStatus
+
+
+class View(BaseModel):
+    """A JSON-ready view: unknown keys from stored JSON are ignored, not kept."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- jobs ------------------------------------------------------------------------
+
+
+class JobProgress(View):
+    """Where a job is now (written by the training process as it goes)."""
+
+    phase: str = Field("starting", description="loading, training, judging…, evaluating…, saving, done.")
+    run: str | None = Field(None, description="Which training run: 'selection' (without held-out examples) or 'final'.")
+    step: int | None = Field(None, description="Optimiser steps done in this run.")
+    total_steps: int | None = Field(None, description="Optimiser steps this run will take.")
+    epoch: float | None = None
+    loss: float | None = Field(None, description="The latest training loss.")
+    elapsed_seconds: float | None = None
+    eta_seconds: float | None = Field(None, description="Estimated seconds left in this run.")
+    percent: float | None = Field(None, description="Share of this run's steps done, 0-100.")
+
+
+class LossPoint(View):
+    step: int
+    epoch: float | None = None
+    loss: float
+
+
+class GateRule(View):
+    """One rule of the promotion gate: passed or not, a sentence for a person, and the items behind it."""
+
+    name: str = Field(description="learned, no_regression, heldout, canary, unchanged, …")
+    passed: bool
+    message: str
+    items: list[Any] = Field(default_factory=list, description="The examples (or ids) the rule is about.")
+
+
+class NotLearned(View):
+    example_id: int
+    reason: str = Field(description="Why the version does not answer this correction, in plain words.")
+
+
+class GateVerdict(View):
+    """The promotion gate's verdict on a trained version."""
+
+    passed: bool
+    reasons: list[str] = Field(default_factory=list, description="Every rule's sentence.")
+    rules: list[GateRule] = Field(default_factory=list)
+    not_learned: list[NotLearned] = Field(default_factory=list)
+    next_steps: list[str] = Field(default_factory=list, description="What to do when the version was not promoted.")
+    summary: str = ""
+
+
+class HeldoutSummary(View):
+    """The selection run (trained without the held-out examples) judged on them."""
+
+    n: int | None = Field(None, description="Held-out examples.")
+    selection_run: bool | None = Field(None, description="Whether a selection run was made and judged.")
+    accuracy: float | None = Field(None, description="Percent of held-out examples answered right.")
+    token_f1: float | None = None
+    loss: float | None = None
+    reference: str | None = Field(None, description="What the selection run was compared with.")
+
+
+class CanarySummary(View):
+    """General questions any version should keep answering."""
+
+    n: int | None = None
+    score: float | None = Field(None, description="Percent answered right.")
+    misses: list[dict[str, Any]] = Field(default_factory=list, description="{question, answer} of each one missed.")
+
+
+class LearnedCount(View):
+    """How many approved corrections each version answers with few-shot off."""
+
+    n: int
+    candidate: int
+    serving: int
+
+
+class CurrentSummary(View):
+    """The version that served while the job ran, on the same checks."""
+
+    heldout: dict[str, float] | None = Field(None, description="accuracy and token_f1 of its reference run.")
+    canary: dict[str, float] | None = Field(None, description="n and score.")
+    learned: int | None = None
+
+
+class TrainSummary(View):
+    steps: int | None = None
+    total_steps: int | None = None
+    examples: int | None = None
+    replay_examples: int | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    train_seconds: float | None = None
+    tokens: int | None = None
+    tokens_per_second: float | None = None
+    stopped_early: bool | None = None
+
+
+class JobMetrics(View):
+    """What a finished training job measured and decided."""
+
+    compared_with: str | None = Field(None, description="The version the candidate was judged against.")
+    gate: GateVerdict | None = None
+    not_learned: list[NotLearned] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent in each phase.")
+    heldout: HeldoutSummary | None = None
+    current: CurrentSummary | None = None
+    learned: LearnedCount | None = None
+    canary: CanarySummary | None = None
+    train: TrainSummary | None = None
+
+
+class JobView(View):
+    """A training job as GET /api/jobs/{id} shows it."""
+
+    id: int
+    kind: str = Field(description="'train'.")
+    status: JobStatus
+    progress: JobProgress = Field(default_factory=JobProgress)
+    losses: list[LossPoint] = Field(default_factory=list, description="The training loss curve of the current run.")
+    metrics: JobMetrics | None = Field(None, description="Set once the job has judged its candidate.")
+    model_version: str | None = Field(None, description="The version the job produced, if it got that far.")
+    promoted: bool = Field(False, description="Whether that version was promoted and now serves.")
+    error: str | None = Field(None, description="Why the job failed or its version was not promoted.")
+    reason: str | None = Field(None, description="Why the job started: admin, api, cli, or the schedule's counts.")
+    cancel_requested: bool = False
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    log: str | None = Field(None, description="The tail of the job's log.")
+
+
+class ScheduleStatus(View):
+    """The retrain policy's view of the examples since the last run."""
+
+    new_examples: int = Field(description="Approved examples added or changed since the last run started.")
+    last_run: str | None = Field(None, description="When the last run started.")
+    due: bool = Field(description="Whether the policy starts a run now.")
+    policy: str = Field(description="The policy in words.")
+
+
+# -- versions ----------------------------------------------------------------------
+
+
+class ModelVersionView(View):
+    """A trained version with its headline metrics."""
+
+    version: str
+    status: VersionStatus
+    active: bool = Field(description="Whether the store names this version as the one to serve.")
+    parent_version: str | None = Field(None, description="The version it was trained to replace.")
+    base_model: str | None = None
+    created_at: str | None = None
+    activated_at: str | None = None
+    job_id: int | None = None
+    examples: int = Field(0, description="Approved examples it was trained on.")
+    heldout_n: int | None = None
+    heldout_loss: float | None = None
+    heldout_perplexity: float | None = Field(None, description="Written by older releases only.")
+    heldout_accuracy: float | None = Field(None, description="Percent of held-out examples its selection run answered.")
+    exact_match: float | None = Field(None, description="Written by older releases only.")
+    token_f1: float | None = None
+    canary: float | None = Field(None, description="Percent of canary questions answered.")
+    learned: int | None = Field(None, description="Approved corrections it answers with few-shot off.")
+    learned_of: int | None = Field(None, description="Approved corrections judged.")
+    compared_with: str | None = None
+    gate: GateVerdict | None = None
+    notes: str | None = Field(None, description="The gate's verdict in one paragraph.")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ModelVersionView:
+        """The view of a `model_versions` row (storage's Store.list_model_versions)."""
+        metrics = row.get("metrics") or {}
+        heldout, canary, learned = metrics.get("heldout") or {}, metrics.get("canary") or {}, metrics.get("learned") or {}
+        return cls.model_validate({
+            **{k: row.get(k) for k in ("version", "status", "parent_version", "base_model", "created_at",
+                                       "activated_at", "job_id", "notes")},
+            "active": row["status"] == VersionStatus.ACTIVE,
+            "examples": len(row.get("example_ids") or []),
+            "heldout_n": heldout.get("n"),
+            "heldout_loss": heldout.get("loss"),
+            "heldout_perplexity": heldout.get("perplexity"),
+            "heldout_accuracy": heldout.get("accuracy"),
+            "exact_match": heldout.get("exact_match"),
+            "token_f1": heldout.get("token_f1"),
+            "canary": canary.get("score"),
+            "learned": learned.get("candidate"),
+            "learned_of": learned.get("n"),
+            "compared_with": metrics.get("compared_with"),
+            "gate": metrics.get("gate"),
+        })
+
+
+class Activation(View):
+    """The outcome of an activation or a rollback."""
+
+    active: str = Field(description="The version serving from now on ('base' for the base model).")
+    previous: str = Field(description="The version that served before.")
+
+
+class ComparisonSample(View):
+    """One held-out question: the candidate's answer beside the one it was judged against."""
+
+    example_id: int | None = None
+    question: str = ""
+    reference: str = ""
+    candidate: str | None = None
+    candidate_correct: bool | None = None
+    current: str | None = None
+    current_correct: bool | None = None
+
+
+class LearningItem(View):
+    """One approved correction in "Did it learn this?"."""
+
+    example_id: int
+    source: str | None = None
+    split: str | None = None
+    question: str
+    reference: str = Field(description="The approved answer.")
+    rejected: str | None = Field(None, description="The answer it replaced, for a correction.")
+    serving_answer: str | None = None
+    serving_learned: bool = False
+    candidate_answer: str | None = None
+    candidate_learned: bool = False
+    contradicts: list[int] = Field(default_factory=list, description="Approved examples asking the same with another answer.")
+    margin_base: float | None = Field(None, description="log p(correction) − log p(replaced answer) under the base model.")
+    margin_serving: float | None = None
+    margin_candidate: float | None = None
+    reason: str | None = Field(None, description="Why it is not learned, when it is not.")
+
+
+class LearningReport(View):
+    """"Did it learn this?" for one version."""
+
+    version: str = Field(description="The version reported on.")
+    compared_with: str = Field(description="The version it was judged against when it was trained.")
+    learned: int | None = Field(None, description="Approved corrections it answers with few-shot off.")
+    serving_learned: int | None = Field(None, description="Those that `compared_with` answered.")
+    n: int | None = Field(None, description="Approved corrections judged (None: trained before these reports).")
+    gate: str | None = Field(None, description="The gate's verdict in one paragraph.")
+    items: list[LearningItem] = Field(default_factory=list)
+
+
+class HyperParameter(View):
+    """A training setting the Admin tab offers as a form field."""
+
+    name: str
+    default: float | int
+    help: str
+
+
+# -- the controller ------------------------------------------------------------------
 
 
 class RetrainPolicyView(Protocol):
@@ -18,48 +289,59 @@ class RetrainPolicyView(Protocol):
         ...
 
 
+# check(version, adapter folder): raises core.errors.ModelLoadError if the serving engine cannot serve it.
+AdapterCheck = Callable[[str, Path], None]
+
+
 @runtime_checkable
 class TrainingController(Protocol):
     """Training jobs and model versions, as the Admin tab and the admin API use them.
 
-    Views are JSON-ready dicts. Errors are core.errors exceptions (ValidationError
-    for bad hyper-parameters, ConflictError while a job runs, NotFoundError).
+    Errors are core.errors exceptions (ValidationError for bad hyper-parameters,
+    ConflictError while a job runs, NotFoundError, ModelLoadError for an adapter that
+    cannot serve).
     """
 
     policy: RetrainPolicyView
+    # Set by the server: activation loads the adapter into its engine before the store says it is active.
+    adapter_check: AdapterCheck | None
 
     def start(self, params: dict[str, Any] | None = None, reason: str = "admin") -> int:
         """Start a training job with optional hyper-parameter overrides; return its id."""
         ...
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
+    def cancel(self, job_id: int) -> JobView:
         """Ask a queued or running job to stop; return its view."""
         ...
 
-    def job_view(self, job_id: int) -> dict[str, Any]:
+    def job_view(self, job_id: int) -> JobView:
         """A job's status, progress, losses, metrics, log tail and the version it produced."""
         ...
 
-    def latest_job(self) -> dict[str, Any] | None: ...
+    def latest_job(self) -> JobView | None: ...
 
-    def schedule_status(self) -> dict[str, Any]:
+    def schedule_status(self) -> ScheduleStatus:
         """How many new examples arrived since the last run, and whether a run is due."""
         ...
 
-    def activate(self, version: str | None) -> dict[str, Any]:
-        """Serve `version` ('base' or None: the base model); return {"active", "previous"}."""
+    def activate(self, version: str | None) -> Activation:
+        """Serve `version` ('base' or None: the base model)."""
         ...
 
-    def rollback(self) -> dict[str, Any]: ...
+    def rollback(self) -> Activation: ...
 
-    def models_view(self) -> list[dict[str, Any]]:
+    def models_view(self) -> list[ModelVersionView]:
         """Every version, newest first, with its headline metrics."""
         ...
 
-    def comparison(self, version: str) -> list[dict[str, Any]]:
+    def comparison(self, version: str) -> list[ComparisonSample]:
         """Held-out answers of `version` beside those of the version it was judged against."""
         ...
 
-    def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> dict[str, Any]:
+    def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> LearningReport:
         """"Did it learn this?": per approved correction, learned or not and the margins (training/manager.py)."""
+        ...
+
+    def hyperparameters(self, names: tuple[str, ...]) -> list[HyperParameter]:
+        """The named training settings with their defaults and help text, for the Admin tab's form."""
         ...

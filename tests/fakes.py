@@ -9,7 +9,20 @@ from typing import Any
 
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream, ChatEngine
-from storage.vocabulary import BASE_VERSION
+from core.errors import ConflictError, NotFoundError
+from core.training_contract import (
+    Activation,
+    ComparisonSample,
+    HyperParameter,
+    JobView,
+    LearningItem,
+    LearningReport,
+    ModelVersionView,
+    ScheduleStatus,
+    TrainingController,
+)
+from storage.vocabulary import BASE_VERSION, JobStatus, VersionStatus
+from training.config import RetrainPolicy
 
 
 @dataclass
@@ -79,3 +92,69 @@ class FakeEngine(ChatEngine):
     def activate(self, version: str | None, adapter_path: Any = None) -> float:
         self.version = version or BASE_VERSION
         return 0.0
+
+
+class FakeTraining(TrainingController):
+    """Stands in for training.manager.TrainingManager in tests of the admin API: records the jobs
+    started, one at a time, and answers with typed views. It declares the TrainingController
+    contract, and tests/test_contracts.py checks it member for member."""
+
+    def __init__(self) -> None:
+        self.policy = RetrainPolicy()
+        self.adapter_check = None
+        self.jobs: dict[int, JobView] = {}
+        self.started: list[tuple[dict[str, Any] | None, str]] = []
+        self.active = BASE_VERSION
+
+    def start(self, params: dict[str, Any] | None = None, reason: str = "admin") -> int:
+        if any(j.status == JobStatus.RUNNING for j in self.jobs.values()):
+            raise ConflictError("A train job is already running")
+        job_id = len(self.jobs) + 1
+        self.jobs[job_id] = JobView(id=job_id, kind="train", status=JobStatus.RUNNING, reason=reason)
+        self.started.append((params, reason))
+        return job_id
+
+    def cancel(self, job_id: int) -> JobView:
+        view = self.job_view(job_id)
+        view.status = JobStatus.CANCELLED
+        return view
+
+    def job_view(self, job_id: int) -> JobView:
+        if job_id not in self.jobs:
+            raise NotFoundError(f"Job {job_id} does not exist")
+        return self.jobs[job_id]
+
+    def latest_job(self) -> JobView | None:
+        return self.jobs[max(self.jobs)] if self.jobs else None
+
+    def schedule_status(self) -> ScheduleStatus:
+        return ScheduleStatus(new_examples=0, due=False, policy=self.policy.describe())
+
+    def activate(self, version: str | None) -> Activation:
+        if version not in (None, BASE_VERSION, "v1"):
+            raise NotFoundError(f"Model version {version} does not exist")
+        previous, self.active = self.active, version or BASE_VERSION
+        return Activation(active=self.active, previous=previous)
+
+    def rollback(self) -> Activation:
+        return self.activate(BASE_VERSION)
+
+    def models_view(self) -> list[ModelVersionView]:
+        status = VersionStatus.ACTIVE if self.active == "v1" else VersionStatus.RETIRED
+        return [ModelVersionView(version="v1", status=status, active=self.active == "v1")]
+
+    def comparison(self, version: str) -> list[ComparisonSample]:
+        return []
+
+    def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> LearningReport:
+        if version not in (None, "v1"):
+            raise NotFoundError(f"Model version {version} does not exist")
+        items = [LearningItem(example_id=3, question="Q?", reference="A.", reason="try more epochs")]
+        learned = [LearningItem(example_id=4, question="R?", reference="B.", candidate_learned=True)]
+        return LearningReport(
+            version="v1", compared_with=BASE_VERSION, learned=1, serving_learned=0, n=2,
+            items=items if not_learned_only else items + learned,
+        )
+
+    def hyperparameters(self, names: tuple[str, ...]) -> list[HyperParameter]:
+        return []

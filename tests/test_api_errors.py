@@ -14,52 +14,11 @@ from bot.auth import AdminGuard
 from bot.chat.service import ChatService
 from bot.server import create_app
 from core.config import ServeConfig
-from core.errors import ConflictError, NotFoundError
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, FakeTraining
 
 PASSWORD = "correct-horse-battery"
 ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
 USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-class RecordingTrainer:
-    """Stands in for training.manager's TrainingManager: records calls, one job at a time."""
-
-    def __init__(self):
-        self.jobs: dict[int, dict] = {}
-        self.started: list[tuple] = []
-
-    def start(self, params, reason):
-        if any(j["status"] == "running" for j in self.jobs.values()):
-            raise ConflictError("A train job is already running")
-        job_id = len(self.jobs) + 1
-        self.jobs[job_id] = {"status": "running", "progress": None, "losses": [], "metrics": None,
-                             "model_version": None, "promoted": False, "error": None}
-        self.started.append((params, reason))
-        return job_id
-
-    def job_view(self, job_id):
-        if job_id not in self.jobs:
-            raise NotFoundError(f"Job {job_id} does not exist")
-        return self.jobs[job_id]
-
-    def cancel(self, job_id):
-        self.job_view(job_id)["status"] = "cancelled"
-
-    def models_view(self):
-        return [{"version": "v1", "status": "active", "metrics": {"test_loss": 1.0}}]
-
-    def learning_report(self, version, *, not_learned_only=False):
-        if version not in (None, "v1"):
-            raise NotFoundError(f"Model version {version} does not exist")
-        items = [{"example_id": 3, "candidate_learned": False, "reason": "try more epochs"}]
-        return {"version": "v1", "compared_with": "base", "learned": 0, "serving_learned": 0, "n": 1,
-                "items": items, "not_learned_only": not_learned_only}
-
-    def activate(self, version):
-        if version != "v1":
-            raise NotFoundError(f"Model version {version} does not exist")
-        return {"version": version, "status": "active"}
 
 
 def make_client(store, training=None, *, with_ui: bool = False) -> tuple[TestClient, FakeEngine]:
@@ -208,7 +167,7 @@ ADMIN_ROUTES = [
     ids=["none", "wrong", "basic", "empty", "no-scheme"],
 )
 def test_admin_routes_need_the_password(store, method, path, body, header):
-    client, _ = make_client(store, training=RecordingTrainer())
+    client, _ = make_client(store, training=FakeTraining())
     headers = {"Authorization": header} if header is not None else {}
     response = client.request(method, path, json=body, headers=headers)
     assert_error(response, 401, "password")
@@ -246,7 +205,7 @@ ADMIN_CASES = [
 
 @pytest.mark.parametrize("method,path,body,status,words", ADMIN_CASES, ids=[f"{c[0]} {c[1]} {c[3]}" for c in ADMIN_CASES])
 def test_bad_admin_requests(store, method, path, body, status, words):
-    client, _ = make_client(store, training=RecordingTrainer())
+    client, _ = make_client(store, training=FakeTraining())
     example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
     response = client.request(method, path.format(example=example_id), json=body, headers=ADMIN)
     assert_error(response, status, *words)
@@ -268,7 +227,7 @@ def test_training_routes_without_a_trainer_say_so(client):
 
 
 def test_training_routes_pass_through_to_the_trainer(store):
-    trainer = RecordingTrainer()
+    trainer = FakeTraining()
     client, _ = make_client(store, training=trainer)
     response = client.post("/api/train", json={"epochs": 2}, headers=ADMIN)
     assert response.status_code == 202 and response.json() == {"job_id": 1}
@@ -280,9 +239,13 @@ def test_training_routes_pass_through_to_the_trainer(store):
     assert client.post("/api/train", headers=ADMIN).status_code == 202  # empty body: default hyper-parameters
     assert trainer.started[-1] == (None, "api")
     assert client.get("/api/models", headers=ADMIN).json()["models"][0]["version"] == "v1"
-    assert client.post("/api/models/v1/activate", headers=ADMIN).json()["status"] == "active"
+    assert client.post("/api/models/v1/activate", headers=ADMIN).json() == {"active": "v1", "previous": "base"}
+    assert client.get("/api/models", headers=ADMIN).json()["models"][0]["active"] is True
     report = client.get("/api/learning", params={"version": "v1", "not_learned": "true"}, headers=ADMIN).json()
-    assert report["version"] == "v1" and report["not_learned_only"] is True and report["items"][0]["example_id"] == 3
+    assert report["version"] == "v1" and [i["example_id"] for i in report["items"]] == [3]
+    assert report["items"][0]["reason"] == "try more epochs"
+    report = client.get("/api/learning", params={"version": "v1"}, headers=ADMIN).json()
+    assert [i["example_id"] for i in report["items"]] == [3, 4]
     assert_error(client.get("/api/learning", params={"version": "v9"}, headers=ADMIN), 404, "v9")
 
 
@@ -330,6 +293,34 @@ def test_openapi_schema_describes_every_route(client):
     assert paths["/api/examples"]["get"]["security"]  # the bearer scheme is declared
 
 
+def test_openapi_schema_documents_the_admin_views_field_by_field(client):
+    """The training views are typed models (core/training_contract.py), so /openapi.json says what a
+    job, a version and a learning report hold, down to the nested fields, and nothing is left open."""
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+
+    def properties(name: str) -> set[str]:
+        return set(components[name]["properties"])
+
+    def response(path: str, method: str) -> str:
+        content = schema["paths"][path][method]["responses"]["2" + ("02" if path == "/api/train" else "00")]
+        return content["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    assert response("/api/jobs/{job_id}", "get") == "JobView"
+    assert {"status", "progress", "losses", "metrics", "model_version", "promoted", "error", "log"} <= properties("JobView")
+    assert {"phase", "step", "total_steps", "eta_seconds", "percent"} <= properties("JobProgress")
+    assert {"gate", "learned", "canary", "heldout", "train"} <= properties("JobMetrics")
+    assert {"passed", "rules", "not_learned", "next_steps", "summary"} <= properties("GateVerdict")
+    assert response("/api/models", "get") == "ModelVersions"
+    assert {"version", "status", "active", "heldout_accuracy", "canary", "learned", "notes"} <= properties("ModelVersionView")
+    assert response("/api/learning", "get") == "LearningReport"
+    assert {"question", "candidate_learned", "margin_base", "reason"} <= properties("LearningItem")
+    assert response("/api/models/{version}/activate", "post") == "Activation"
+    assert {"id", "input", "output", "source", "status", "split", "trained_in_version"} <= properties("Example")
+    open_ended = [name for name, c in components.items() if c.get("additionalProperties") is True]
+    assert open_ended == [], f"schemas that allow any extra field: {open_ended}"
+
+
 def test_max_tokens_beyond_the_context_window_is_400_with_a_real_engine(store, tiny_model, tokenizer):
     from bot.serving.engine import Engine
 
@@ -360,7 +351,7 @@ FIELD_ROUTES = [
 
 @pytest.mark.parametrize("method,path,base", FIELD_ROUTES, ids=[f"{m} {p}" for m, p, _ in FIELD_ROUTES])
 def test_odd_values_in_any_field_never_cause_a_5xx(store, answer_id, method, path, base):
-    client, _ = make_client(store, training=RecordingTrainer())
+    client, _ = make_client(store, training=FakeTraining())
     example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
     path = path.format(example=example_id)
     for field in base:

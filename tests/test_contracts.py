@@ -1,5 +1,5 @@
-"""The contracts bot relies on (bot/contracts.py) match their implementations:
-the real Engine and its Generation, the TrainingManager, and the test fakes.
+"""The contracts bot relies on (bot/serving/contracts.py, core/training_contract.py) match their
+implementations: the real engines and their answers, the TrainingManager, and the test fakes.
 A member added, removed or re-signed on one side fails here, not in a request."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from bot.serving.contracts import AnswerStream, ChatEngine
 from core.training_contract import TrainingController
-from tests.fakes import FakeEngine, FakeGeneration
+from tests.fakes import FakeEngine, FakeGeneration, FakeTraining
 
 
 def members(protocol: type) -> dict[str, str]:
@@ -67,10 +67,22 @@ def test_the_real_engine_keeps_the_engine_contract(tiny_model, tokenizer):
     check(AnswerStream, type(generation), generation)
 
 
-def test_the_training_manager_keeps_the_training_contract(tmp_path, store):
+def test_the_training_manager_and_its_fake_keep_the_training_contract(tmp_path, store):
     from training.manager import TrainingManager
 
     check(TrainingController, TrainingManager, TrainingManager(store, tmp_path))
+    check(TrainingController, FakeTraining, FakeTraining())
+    assert isinstance(FakeTraining(), TrainingController)
+
+
+def test_the_upstream_engine_keeps_the_engine_contract(tokenizer):
+    from bot.serving.upstream import UpstreamClient, UpstreamEngine
+
+    client = UpstreamClient("http://127.0.0.1:9", timeout=1)
+    try:
+        check(ChatEngine, UpstreamEngine, UpstreamEngine(tokenizer, client, base_name="tiny", model="m"))
+    finally:
+        client.close()
 
 
 def test_a_missing_member_is_caught():

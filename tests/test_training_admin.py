@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from bot.ui.admin_training import TrainingHandlers, build_training_section, describe_job
+from core.training_contract import JobView
 from storage import Store
 from training.manager import TrainingManager
 
@@ -98,7 +99,9 @@ def test_the_loss_curve_is_numeric_even_when_empty():
 
     empty = loss_frame(None)
     assert str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"
-    frame = loss_frame({"losses": [{"step": 1, "loss": "3.4"}, {"step": 2, "loss": 0.27}, {"step": 3, "loss": float("nan")}]})
+    stored = {"id": 1, "kind": "train", "status": "running",
+              "losses": [{"step": 1, "loss": "3.4"}, {"step": 2, "loss": 0.27}, {"step": 3, "loss": float("nan")}]}
+    frame = loss_frame(JobView.model_validate(stored))
     assert list(frame["loss"]) == [3.4, 0.27] and str(frame["loss"].dtype) == "float64"
 
 
@@ -125,12 +128,16 @@ def test_refusals_become_messages(handlers):
 
 
 def test_job_description_shows_progress_and_the_gate():
-    running = {"id": 3, "status": "running", "reason": "admin", "cancel_requested": False,
-               "progress": {"phase": "training", "step": 5, "total_steps": 10, "percent": 50.0, "loss": 0.7, "eta_seconds": 65}}
+    running = JobView.model_validate({
+        "id": 3, "kind": "train", "status": "running", "reason": "admin", "cancel_requested": False,
+        "progress": {"phase": "training", "step": 5, "total_steps": 10, "percent": 50.0, "loss": 0.7, "eta_seconds": 65},
+    })
     text = describe_job(running)
     assert "step 5/10" in text and "1:05 left" in text and "█" in text
-    done = {"id": 3, "status": "rejected", "model_version": "v2", "promoted": False, "error": "Not promoted: x",
-            "metrics": {"gate": {"reasons": ["canary score fell from 100% to 80%"]}}, "progress": {}}
+    done = JobView.model_validate({
+        "id": 3, "kind": "train", "status": "rejected", "model_version": "v2", "promoted": False,
+        "error": "Not promoted: x", "metrics": {"gate": {"passed": False, "reasons": ["canary score fell from 100% to 80%"]}},
+    })
     assert "v2 not promoted" in describe_job(done) and "canary score fell" in describe_job(done)
 
 
@@ -156,7 +163,7 @@ def test_hyper_parameters_come_from_form_fields_with_defaults_and_help(handlers)
     assert names == ["epochs", "learning_rate", "lora_r", "batch_size"] and all(text for _, _, text in fields)
     started = {}
     handlers.manager.start = lambda params, reason: started.update(params=params) or 1
-    handlers.manager.job_view = lambda job_id: {"id": 1, "status": "queued", "progress": {}, "losses": []}
+    handlers.manager.job_view = lambda job_id: JobView(id=1, kind="train", status="queued")
     defaults = [default for _, default, _ in fields]
     handlers.retrain(PASSWORD, "", *defaults)
     assert started["params"] is None  # the defaults are not overrides

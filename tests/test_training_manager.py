@@ -12,6 +12,7 @@ import time
 import pytest
 
 from core.errors import ConflictError, NotFoundError, ValidationError
+from core.training_contract import Activation
 from storage import Store
 from tests.training_helpers import FAST_EVAL, add_facts, save_tiny_base, wait_for
 from training.config import EvalConfig, RetrainPolicy
@@ -58,15 +59,16 @@ def test_a_run_trains_evaluates_and_records_a_version(setup):
     with pytest.raises(ConflictError, match="already"):
         manager.start(QUICK)
     view = manager.wait(job_id, timeout=300)
-    assert set(view) >= {"status", "progress", "losses", "metrics", "model_version", "promoted", "error"}
-    assert view["status"] in ("succeeded", "rejected"), view["error"] or view["log"]
-    assert view["model_version"] == "v1" and view["promoted"] is (view["status"] == "succeeded")
-    assert [p["step"] for p in view["losses"]] == [1, 2]
-    assert view["progress"]["phase"] == "done" and view["progress"]["total_steps"] == 2
-    metrics = view["metrics"]
-    assert metrics["heldout"] == {"n": 1, "selection_run": False}  # 1 held-out example cannot decide anything
-    assert metrics["canary"]["n"] == 40 and metrics["compared_with"] == "base"
-    assert metrics["learned"]["n"] == 7 and len(metrics["gate"]["reasons"]) == 4
+    assert view.status in ("succeeded", "rejected"), view.error or view.log
+    assert view.model_version == "v1" and view.promoted is (view.status == "succeeded")
+    assert [p.step for p in view.losses] == [1, 2]
+    assert view.progress.phase == "done" and view.progress.total_steps == 2
+    metrics = view.metrics
+    assert metrics is not None
+    assert metrics.heldout.n == 1 and metrics.heldout.selection_run is False  # 1 held-out example decides nothing
+    assert metrics.heldout.accuracy is None
+    assert metrics.canary.n == 40 and metrics.compared_with == "base"
+    assert metrics.learned.n == 7 and len(metrics.gate.reasons) == 4
 
     version = store.get_model_version("v1")
     assert version["example_ids"] == train_ids + test_ids  # every approved example is trained on
@@ -74,9 +76,9 @@ def test_a_run_trains_evaluates_and_records_a_version(setup):
     assert (data_dir / "adapters" / "v1" / "adapter_config.json").is_file()
     assert adapter_folders(data_dir) == ["v1"]
     assert {e["trained_in_version"] for e in store.list_examples()} == {"v1"}
-    assert [i["example_id"] for i in manager.learning_report("v1")["items"]] == train_ids + test_ids
-    assert "Promoted" in view["log"] or "Rejected" in view["log"]
-    assert manager.models_view()[0]["version"] == "v1"
+    assert [i.example_id for i in manager.learning_report("v1").items] == train_ids + test_ids
+    assert "Promoted" in view.log or "Rejected" in view.log
+    assert manager.models_view()[0].version == "v1"
 
 
 def test_bad_hyper_parameters_and_an_empty_train_set_are_refused(setup):
@@ -100,10 +102,10 @@ def test_cancel_stops_cleanly_and_leaves_nothing(setup):
     store, manager, data_dir = setup
     add_facts(store, TRAIN, "train")
     job_id = manager.start({**QUICK, "max_steps": 2000})
-    wait_for(lambda: (manager.job_view(job_id)["progress"].get("step") or 0) >= 1, 300, what="a training step")
+    wait_for(lambda: (manager.job_view(job_id).progress.step or 0) >= 1, 300, what="a training step")
     manager.cancel(job_id)
     view = manager.wait(job_id, timeout=120)
-    assert view["status"] == "cancelled" and view["model_version"] is None
+    assert view.status == "cancelled" and view.model_version is None
     assert store.list_model_versions() == []
     assert adapter_folders(data_dir) == []
     with pytest.raises(ConflictError, match="already cancelled"):
@@ -121,11 +123,11 @@ def test_a_killed_process_is_marked_failed_leaves_no_version_and_the_server_serv
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
     watcher = ModelWatcher(engine, store, data_dir)
     job_id = manager.start({**QUICK, "max_steps": 2000})
-    pid = wait_for(lambda: manager.job_view(job_id)["progress"].get("step") and store.get_job(job_id)["pid"], 300)
+    pid = wait_for(lambda: manager.job_view(job_id).progress.step and store.get_job(job_id)["pid"], 300)
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: manager.reap(), 30, what="reap to notice")
     view = manager.job_view(job_id)
-    assert view["status"] == "failed" and "exited" in view["error"]
+    assert view.status == "failed" and "exited" in (view.error or "")
     assert store.list_model_versions() == [] and store.active_job() is None
     assert adapter_folders(data_dir) == []
     assert watcher.sync() == "base"
@@ -173,11 +175,11 @@ def test_activate_and_rollback_along_the_parents_write_the_store(setup, tmp_path
         save_file({"lora": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))  # activation reads it
         status = "rejected" if name == "v2" else "candidate"
         store.add_model_version(name, path=str(folder), status=status, parent_version=parent)
-    assert manager.activate("v1") == {"active": "v1", "previous": "base"}
-    assert manager.activate("v2") == {"active": "v2", "previous": "v1"}  # rejected versions too
-    assert [r["version"] for r in manager.models_view() if r["active"]] == ["v2"]
-    assert manager.rollback() == {"active": "v1", "previous": "v2"}
-    assert manager.rollback()["active"] == "base"
+    assert manager.activate("v1") == Activation(active="v1", previous="base")
+    assert manager.activate("v2") == Activation(active="v2", previous="v1")  # rejected versions too
+    assert [r.version for r in manager.models_view() if r.active] == ["v2"]
+    assert manager.rollback() == Activation(active="v1", previous="v2")
+    assert manager.rollback().active == "base"
     assert store.active_version() is None
     with pytest.raises(ConflictError):
         manager.rollback()
@@ -232,7 +234,7 @@ def test_an_automatic_run_says_which_counts_started_it(tmp_path):
     job_id = manager.check_schedule()
     reason = store.get_job(job_id)["params"]["reason"]
     assert reason == "schedule: 5 approved examples, and no run yet; the policy retrains at 3"
-    assert manager.job_view(job_id)["reason"] == reason  # what the Training tab's job line and past runs show
+    assert manager.job_view(job_id).reason == reason  # what the Training tab's job line and past runs show
     store.update_job(job_id, status="succeeded")
     store.add_example("Question 9?", "Answer 9.", source="import")
     manager.policy = RetrainPolicy(min_new_examples=3, every_hours=0.000001)

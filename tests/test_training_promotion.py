@@ -12,6 +12,7 @@ from bot.serving.base import GenerationParams
 from bot.serving.engine import Engine
 from bot.serving.watcher import ModelWatcher
 from core.models import BaseModelRef, load_base_model
+from core.training_contract import Activation, LearnedCount
 from storage import Store
 from tests.training_helpers import FAST_EVAL, learnable_tiny_llama, save_tiny_base
 from training.config import EvalConfig
@@ -48,33 +49,33 @@ def test_better_is_promoted_worse_is_rejected_and_rollback_restores_answers(tmp_
         before = answer(engine, TEST[0])
 
         first = manager.wait(manager.start(RECIPE), timeout=300)
-        assert first["status"] == "succeeded", first["error"] or first["log"]
-        metrics = first["metrics"]
-        assert metrics["heldout"]["selection_run"] and metrics["heldout"]["accuracy"] == 100.0
-        assert metrics["current"]["heldout"]["accuracy"] == 0.0  # the base model, which did not train on them either
-        assert metrics["learned"] == {"n": 12, "candidate": 12, "serving": 0}
+        assert first.status == "succeeded", first.error or first.log
+        metrics = first.metrics
+        assert metrics.heldout.selection_run and metrics.heldout.accuracy == 100.0
+        assert metrics.current.heldout["accuracy"] == 0.0  # the base model, which did not train on them either
+        assert metrics.learned == LearnedCount(n=12, candidate=12, serving=0)
         assert store.get_model_version("v1")["example_ids"] == sorted(train_ids + test_ids)  # every one trained
         assert watcher.sync() == "v1"
         assert answer(engine, TEST[0]) == "yes indeed" != before
         report = manager.learning_report("v1")
-        assert report["learned"] == 12 and all(i["candidate_learned"] for i in report["items"])
+        assert report.learned == 12 and all(i.candidate_learned for i in report.items)
 
         # A deliberately worse candidate: the same questions, trained on wrong answers, while the held-out
         # examples still say "yes indeed". Its selection run loses every held-out answer v1's selection run gave.
         for example_id in train_ids:
             store.update_example(example_id, output="no way")
         second = manager.wait(manager.start(RECIPE), timeout=300)
-        assert second["status"] == "rejected" and second["promoted"] is False
-        assert second["model_version"] is None  # stopped after the selection run: no refit was spent on it
-        assert "held-out: worse beyond noise, 6 answers lost" in second["error"]
-        assert "v1's selection run" in second["error"] and "Next:" in second["error"]
-        gate = second["metrics"]["gate"]
-        assert gate["passed"] is False and [r["name"] for r in gate["rules"]] == ["heldout"]
+        assert second.status == "rejected" and second.promoted is False
+        assert second.model_version is None  # stopped after the selection run: no refit was spent on it
+        assert "held-out: worse beyond noise, 6 answers lost" in second.error
+        assert "v1's selection run" in second.error and "Next:" in second.error
+        gate = second.metrics.gate
+        assert gate.passed is False and [r.name for r in gate.rules] == ["heldout"]
         assert store.active_version()["version"] == "v1"
         assert watcher.sync() == "v1" and answer(engine, TEST[0]) == "yes indeed"
 
         # Rolling back serves the base model's answers again.
-        assert manager.rollback() == {"active": "base", "previous": "v1"}
+        assert manager.rollback() == Activation(active="base", previous="v1")
         assert watcher.sync() == "base" and answer(engine, TEST[0]) == before
     finally:
         store.close()

@@ -17,6 +17,7 @@ from core.config import validate_all
 from core.datadir import DataDir
 from core.flags import add_group, from_args
 from core.progress import bar, clock
+from core.training_contract import JobView, ModelVersionView
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES, BASE_VERSION, JobStatus
 from training import distributed
@@ -70,17 +71,17 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def progress_line(view: dict[str, Any]) -> str:
+def progress_line(view: JobView) -> str:
     """One line describing a running job: phase, bar, step, loss, time left."""
-    progress = view.get("progress") or {}
-    phase = progress.get("phase") or view["status"]
-    if phase != "training" or not progress.get("total_steps"):
-        return f"job {view['id']}: {phase}…"
-    step, total = progress.get("step", 0), progress["total_steps"]
-    loss = progress.get("loss")
+    progress = view.progress
+    phase = progress.phase or view.status
+    if phase != "training" or not progress.total_steps:
+        return f"job {view.id}: {phase}…"
+    step, total = progress.step or 0, progress.total_steps
+    loss = progress.loss
     return (
-        f"job {view['id']} training {bar(step / total)} {step}/{total}"
-        f"  loss {loss if loss is not None else '-'}  eta {clock(progress.get('eta_seconds'))}"
+        f"job {view.id} training {bar(step / total)} {step}/{total}"
+        f"  loss {loss if loss is not None else '-'}  eta {clock(progress.eta_seconds)}"
     )
 
 
@@ -111,7 +112,7 @@ def train(
         try:
             while True:
                 view = manager.wait(job_id, timeout=poll)
-                if view["status"] not in ACTIVE_JOB_STATUSES:
+                if view.status not in ACTIVE_JOB_STATUSES:
                     break
                 line = progress_line(view)
                 if progress and out.isatty():
@@ -167,46 +168,47 @@ def train_in_launch(
         store.close()
 
 
-def report(view: dict[str, Any], out: TextIO = sys.stdout) -> int:
+def report(view: JobView, out: TextIO = sys.stdout) -> int:
     """Print how a job ended (the gate's reasons in plain words, and the next step); return the exit code."""
-    status = view["status"]
-    metrics = view.get("metrics") or {}
-    gate = metrics.get("gate") or {}
-    if status in (JobStatus.SUCCEEDED, JobStatus.REJECTED) and gate:
-        learned, canary = metrics.get("learned") or {}, metrics.get("canary") or {}
+    status = view.status
+    metrics = view.metrics
+    gate = metrics.gate if metrics else None
+    if status in (JobStatus.SUCCEEDED, JobStatus.REJECTED) and metrics and gate:
+        learned, canary = metrics.learned, metrics.canary
         if learned:
+            current_canary = (metrics.current.canary or {}) if metrics.current else {}
             print(
-                f"{view.get('model_version') or 'candidate'}: answers {learned['candidate']} of {learned['n']} corrections "
-                f"with few-shot off ({metrics.get('compared_with')}: {learned['serving']}); "
-                f"canary {canary.get('score', '-')}% ({metrics.get('compared_with')}: "
-                f"{(metrics.get('current') or {}).get('canary', {}).get('score', '-')}%)",
+                f"{view.model_version or 'candidate'}: answers {learned.candidate} of {learned.n} corrections "
+                f"with few-shot off ({metrics.compared_with}: {learned.serving}); "
+                f"canary {canary.score if canary and canary.score is not None else '-'}% ({metrics.compared_with}: "
+                f"{current_canary.get('score', '-')}%)",
                 file=out,
             )
-        for rule in gate.get("rules", []):
-            print(f"  {'✓' if rule['passed'] else '✗'} {rule['message']}", file=out)
-        for item in metrics.get("not_learned") or []:
-            print(f"  not learned #{item['example_id']}: {item['reason']}", file=out)
-        for step in gate.get("next_steps", []):
+        for rule in gate.rules:
+            print(f"  {'✓' if rule.passed else '✗'} {rule.message}", file=out)
+        for item in metrics.not_learned:
+            print(f"  not learned #{item.example_id}: {item.reason}", file=out)
+        for step in gate.next_steps:
             print(f"  next: {step}", file=out)
     if status == JobStatus.SUCCEEDED:
-        print(f"Promoted {view['model_version']}; a running server serves it within seconds.", file=out)
+        print(f"Promoted {view.model_version}; a running server serves it within seconds.", file=out)
         return EXIT_PROMOTED
     if status == JobStatus.REJECTED:
-        if view.get("model_version"):
+        if view.model_version:
             print(
-                f"Not promoted: {view['model_version']} is kept as rejected "
-                f"(serve it anyway with: python launch.py models activate {view['model_version']}).",
+                f"Not promoted: {view.model_version} is kept as rejected "
+                f"(serve it anyway with: python launch.py models activate {view.model_version}).",
                 file=out,
             )
         else:
             print("Not promoted: the selection run failed on held-out examples, so no version was trained on all.", file=out)
         return EXIT_REJECTED
     if status == JobStatus.CANCELLED:
-        print(f"Job {view['id']} was cancelled; nothing was saved.", file=out)
+        print(f"Job {view.id} was cancelled; nothing was saved.", file=out)
         return EXIT_CANCELLED
-    print(f"Job {view['id']} failed: {view.get('error')}", file=out)
-    if view.get("log"):
-        print("Last lines of its log:\n" + "\n".join(view["log"].splitlines()[-15:]), file=out)
+    print(f"Job {view.id} failed: {view.error}", file=out)
+    if view.log:
+        print("Last lines of its log:\n" + "\n".join(view.log.splitlines()[-15:]), file=out)
     return EXIT_FAILED
 
 
@@ -216,7 +218,7 @@ def list_models(data_dir: Path, *, out: TextIO = sys.stdout) -> int:
     try:
         manager = TrainingManager(store, data_dir)
         rows = manager.models_view()
-        active = next((r["version"] for r in rows if r["active"]), BASE_VERSION)
+        active = next((r.version for r in rows if r.active), BASE_VERSION)
     finally:
         store.close()
     header = f"{'':2}{'version':8} {'status':10} {'examples':>8} {'learned':>9} {'held-out':>9} {'canary':>7}  created"
@@ -228,16 +230,16 @@ def list_models(data_dir: Path, *, out: TextIO = sys.stdout) -> int:
             return "-" if value is None else f"{value:g}{suffix}"
 
         print(
-            f"{'*' if r['active'] else ' ':2}{r['version']:8} {r['status']:10} {r['examples']:>8} "
-            f"{learned_cell(r):>9} {cell(r['heldout_accuracy'], '%'):>9} {cell(r['canary'], '%'):>7}  "
-            f"{(r['created_at'] or '')[:19]}",
+            f"{'*' if r.active else ' ':2}{r.version:8} {r.status:10} {r.examples:>8} "
+            f"{learned_cell(r):>9} {cell(r.heldout_accuracy, '%'):>9} {cell(r.canary, '%'):>7}  "
+            f"{(r.created_at or '')[:19]}",
             file=out,
         )
     return 0
 
 
-def learned_cell(row: dict[str, Any]) -> str:
-    return "-" if row.get("learned") is None else f"{row['learned']}/{row['learned_of']}"
+def learned_cell(row: ModelVersionView) -> str:
+    return "-" if row.learned is None else f"{row.learned}/{row.learned_of}"
 
 
 def activate(data_dir: Path, version: str, *, out: TextIO = sys.stdout) -> int:
@@ -247,7 +249,7 @@ def activate(data_dir: Path, version: str, *, out: TextIO = sys.stdout) -> int:
         result = TrainingManager(store, data_dir).activate(version)
     finally:
         store.close()
-    print(f"Now serving {result['active']} (was {result['previous']}); a running server swaps within seconds.", file=out)
+    print(f"Now serving {result.active} (was {result.previous}); a running server swaps within seconds.", file=out)
     return 0
 
 

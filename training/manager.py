@@ -9,6 +9,7 @@ store: the server notices a new active version and hot-swaps its adapter.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -23,11 +24,21 @@ from typing import Any
 from core.config import ADMIN_PASSWORD_ENV
 from core.datadir import DataDir
 from core.errors import ConflictError, ValidationError
+from core.training_contract import (
+    Activation,
+    AdapterCheck,
+    ComparisonSample,
+    HyperParameter,
+    JobView,
+    LearningReport,
+    ModelVersionView,
+    ScheduleStatus,
+)
 from storage import Store
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
-from storage.vocabulary import JobStatus, VersionStatus
+from storage.vocabulary import JobStatus
 from training import distributed, promotion, registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 from training.worker import OWNER_PID_ENV, log_tail, pid_alive
@@ -71,7 +82,7 @@ class TrainingManager:
         self._children: dict[int, subprocess.Popen] = {}
         # Set by a server: load `version`'s adapter from `path` into the serving engine, raising
         # ModelLoadError if it cannot serve (shapes that do not fit the base, non-finite weights).
-        self.adapter_check: Any = None
+        self.adapter_check: AdapterCheck | None = None
         self._lock = threading.Lock()
 
     # -- jobs --------------------------------------------------------------
@@ -136,7 +147,7 @@ class TrainingManager:
         self._children[job_id] = child
         self.store.update_job(job_id, pid=child.pid)
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
+    def cancel(self, job_id: int) -> JobView:
         """Ask a queued or running job to stop; it ends `cancelled` with nothing half-written.
 
         Returns the job as it is now (the worker stops within a training step).
@@ -149,13 +160,13 @@ class TrainingManager:
             self._finish(job_id, JobStatus.CANCELLED, "cancelled on request")
         return self.job_view(job_id)
 
-    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.5) -> JobView:
         """Block until the job has ended (or `timeout` seconds passed); return its view."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self.reap()
             view = self.job_view(job_id)
-            if view["status"] not in ACTIVE:
+            if view.status not in ACTIVE:
                 child = self._children.pop(job_id, None)
                 if child is not None:
                     child.wait(timeout=30)
@@ -207,11 +218,11 @@ class TrainingManager:
             return f"no heartbeat for over {self.heartbeat_timeout:.0f} s"
         return None
 
-    def job_view(self, job_id: int) -> dict[str, Any]:
+    def job_view(self, job_id: int) -> JobView:
         """A job as GET /api/jobs/{id} shows it."""
         job = self.store.get_job(job_id)
         active = job["status"] in ACTIVE
-        return {
+        return JobView.model_validate({
             "id": job["id"],
             "kind": job["kind"],
             "status": job["status"],
@@ -227,16 +238,16 @@ class TrainingManager:
             "started_at": job.get("started_at"),
             "finished_at": job.get("finished_at"),
             "log": log_tail(self.data_dir, job_id) if active else job.get("log") or log_tail(self.data_dir, job_id),
-        }
+        })
 
-    def latest_job(self) -> dict[str, Any] | None:
+    def latest_job(self) -> JobView | None:
         """The newest training job's view, or None before the first."""
         jobs = [j for j in self.store.list_jobs(limit=20) if j["kind"] == "train"]
         return self.job_view(jobs[0]["id"]) if jobs else None
 
     # -- the retrain policy ---------------------------------------------------
 
-    def schedule_status(self) -> dict[str, Any]:
+    def schedule_status(self) -> ScheduleStatus:
         """How many new examples have arrived since the last run, and whether a run is due."""
         jobs = [j for j in self.store.list_jobs(limit=20) if j["kind"] == "train"]
         last = jobs[0] if jobs else None
@@ -246,14 +257,14 @@ class TrainingManager:
         if self.policy.enabled and self.policy.every_hours and new >= 1:
             age = datetime.now(timezone.utc) - _parse_time(since) if since else None
             due = due or age is None or age >= timedelta(hours=self.policy.every_hours)
-        return {"new_examples": new, "last_run": since, "due": due, "policy": self.policy.describe()}
+        return ScheduleStatus(new_examples=new, last_run=since, due=due, policy=self.policy.describe())
 
-    def schedule_reason(self, status: dict[str, Any]) -> str:
+    def schedule_reason(self, status: ScheduleStatus) -> str:
         """Why the policy starts a run, with the counts that triggered it, as the Training tab shows
         it: the examples counted since the last run began, against the policy's threshold or timer."""
-        new, policy = status["new_examples"], self.policy
+        new, policy = status.new_examples, self.policy
         counted = f"{new} approved example{'s' if new != 1 else ''}"
-        counted += " added or changed since the last run" if status["last_run"] else ", and no run yet"
+        counted += " added or changed since the last run" if status.last_run else ", and no run yet"
         if new >= policy.min_new_examples:
             return f"schedule: {counted}; the policy retrains at {policy.min_new_examples}"
         return f"schedule: {counted}; the timer retrains every {policy.every_hours:g} h when at least one has"
@@ -263,7 +274,7 @@ class TrainingManager:
         if not self.policy.enabled or self.store.active_job() is not None:
             return None
         status = self.schedule_status()
-        if not status["due"]:
+        if not status.due:
             return None
         try:
             return self.start(reason=self.schedule_reason(status))
@@ -288,7 +299,7 @@ class TrainingManager:
 
     # -- versions -------------------------------------------------------------
 
-    def activate(self, version: str | None) -> dict[str, Any]:
+    def activate(self, version: str | None) -> Activation:
         """Serve `version` ('base' or None: the base model). Any version may be activated, rejected ones too.
 
         The adapter is checked first (files, checksums, weights readable; and, in a server, loaded
@@ -301,52 +312,22 @@ class TrainingManager:
             registry.verify_files(path, version)
             if self.adapter_check is not None:
                 self.adapter_check(version, path)
-        return promotion.activate(self.store, version)
+        return Activation.model_validate(promotion.activate(self.store, version))
 
-    def rollback(self) -> dict[str, Any]:
+    def rollback(self) -> Activation:
         """Serve the version the active one was trained to replace (its parent; the base model if none)."""
-        return promotion.rollback(self.store)
+        return Activation.model_validate(promotion.rollback(self.store))
 
-    def models_view(self) -> list[dict[str, Any]]:
+    def models_view(self) -> list[ModelVersionView]:
         """Every version, newest first, with its headline metrics; `active` marks the one serving."""
-        rows = []
-        for v in reversed(self.store.list_model_versions()):
-            metrics = v.get("metrics") or {}
-            heldout, canary = metrics.get("heldout", {}), metrics.get("canary", {})
-            learned = metrics.get("learned") or {}
-            rows.append(
-                {
-                    "version": v["version"],
-                    "status": v["status"],
-                    "active": v["status"] == VersionStatus.ACTIVE,
-                    "parent_version": v.get("parent_version"),
-                    "base_model": v.get("base_model"),
-                    "created_at": v.get("created_at"),
-                    "activated_at": v.get("activated_at"),
-                    "job_id": v.get("job_id"),
-                    "examples": len(v.get("example_ids") or []),
-                    "heldout_n": heldout.get("n"),
-                    "heldout_loss": heldout.get("loss"),
-                    "heldout_perplexity": heldout.get("perplexity"),
-                    "heldout_accuracy": heldout.get("accuracy"),
-                    "exact_match": heldout.get("exact_match"),
-                    "token_f1": heldout.get("token_f1"),
-                    "canary": canary.get("score"),
-                    "learned": learned.get("candidate"),
-                    "learned_of": learned.get("n"),
-                    "compared_with": metrics.get("compared_with"),
-                    "gate": metrics.get("gate"),
-                    "notes": v.get("notes"),
-                }
-            )
-        return rows
+        return [ModelVersionView.from_row(v) for v in reversed(self.store.list_model_versions())]
 
-    def comparison(self, version: str) -> list[dict[str, Any]]:
+    def comparison(self, version: str) -> list[ComparisonSample]:
         """Held-out answers of `version` beside those of the version it was judged against."""
         row = self.store.get_model_version(version)
-        return list((row.get("metrics") or {}).get("samples") or [])
+        return [ComparisonSample.model_validate(s) for s in (row.get("metrics") or {}).get("samples") or []]
 
-    def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> dict[str, Any]:
+    def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> LearningReport:
         """"Did it learn this?": per approved correction, learned or not under the version it was judged
         against and under `version` (default: the one serving), and the margins
         log p(correction) − log p(replaced answer) under the base model, that version and `version`.
@@ -366,7 +347,7 @@ class TrainingManager:
         if not_learned_only:
             items = [i for i in items if not i["candidate_learned"]]
         learned = metrics.get("learned") or {}
-        return {
+        return LearningReport.model_validate({
             "version": row["version"],
             "compared_with": metrics.get("compared_with") or BASE,
             "learned": learned.get("candidate"),
@@ -374,4 +355,13 @@ class TrainingManager:
             "n": learned.get("n"),
             "gate": (metrics.get("gate") or {}).get("summary"),
             "items": items,
-        }
+        })
+
+    def hyperparameters(self, names: tuple[str, ...]) -> list[HyperParameter]:
+        """The named training settings with their defaults (this server's) and help text, for the Admin tab's form."""
+        fields = {f.name: f for f in dataclasses.fields(self.train_config)}
+        return [
+            HyperParameter(name=n, default=getattr(self.train_config, n), help=fields[n].metadata.get("help", ""))
+            for n in names
+            if n in fields
+        ]

@@ -13,15 +13,15 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from bot.api.chat import MAX_ID, RowId
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
 from core.errors import ConflictError
-from core.training_contract import TrainingController
+from core.training_contract import Activation, JobView, LearningReport, ModelVersionView, TrainingController
 from storage.formats import EXPORT_FORMATS, IMPORT_FORMATS
-from storage.vocabulary import Actor, ExampleSource, ExampleStatus, JobStatus, Role, Split
+from storage.vocabulary import Actor, ExampleSource, ExampleStatus, Role, Split
 
 # The subsets of the vocabulary a route accepts (superseded is the store's to set; a folder cannot be posted).
 ReviewStatus = Literal[ExampleStatus.PENDING, ExampleStatus.APPROVED, ExampleStatus.REJECTED]
@@ -44,15 +44,19 @@ class ExampleMessage(BaseModel):
 class Example(BaseModel):
     """An input/output example as stored."""
 
-    model_config = ConfigDict(extra="allow")
-
     id: int
     input: list[ExampleMessage] = Field(description="The conversation up to the user's turn.")
+    input_text: str = Field(description="Its last user turn (what few-shot retrieval searches).")
+    input_key: str = Field(description="A hash of the normalised input: equal inputs share it (and their split).")
     output: str
     rejected: str | None = Field(None, description="For a correction, the answer it replaced.")
     source: ExampleSource
     status: ExampleStatus
     split: Split
+    message_id: int | None = Field(None, description="The answer it was made from (a correction or a thumbs-up).")
+    feedback_id: int | None = Field(None, description="The rating or correction that made it.")
+    superseded_by: int | None = Field(None, description="The newer approved example for the same input, if any.")
+    trained_in_version: str | None = Field(None, description="The first version trained on it.")
     created_at: str
     updated_at: str
 
@@ -95,35 +99,9 @@ class JobAccepted(BaseModel):
     job_id: int
 
 
-class JobView(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    status: JobStatus
-    progress: Any = None
-    losses: Any = None
-    metrics: Any = None
-    model_version: str | None = None
-    promoted: bool | None = None
-    error: str | None = None
-
-
 class ModelVersions(BaseModel):
     serving: str = Field(description="The version the engine answers with now ('base' for the base model).")
-    models: list[dict[str, Any]] = Field(description="Every trained version with its metrics and status.")
-
-
-class LearningReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    version: str = Field(description="The version reported on.")
-    compared_with: str = Field(description="The version it was judged against when it was trained.")
-    learned: int | None = Field(None, description="Approved corrections it answers with few-shot off.")
-    serving_learned: int | None = Field(None, description="Those that `compared_with` answered.")
-    n: int | None = Field(None, description="Approved corrections judged.")
-    items: list[dict[str, Any]] = Field(
-        description="Per correction: example_id, question, reference, rejected, serving_answer, serving_learned, "
-        "candidate_answer, candidate_learned, margin_base, margin_serving, margin_candidate, reason."
-    )
+    models: list[ModelVersionView] = Field(description="Every trained version with its metrics and status, newest first.")
 
 
 def admin_router(service: ChatService, guard: AdminGuard, training: TrainingController | None = None) -> APIRouter:
@@ -251,35 +229,38 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
         return {"job_id": need_training().start(params or None, reason="api")}
 
     @router.get("/jobs/{job_id}", response_model=JobView)
-    def get_job(job_id: RowId) -> dict[str, Any]:
+    def get_job(job_id: RowId) -> JobView:
         """A job's status, progress, losses, metrics, and the version it produced."""
         return need_training().job_view(job_id)
 
     @router.delete("/jobs/{job_id}", response_model=JobView)
-    def cancel_job(job_id: RowId) -> dict[str, Any]:
+    def cancel_job(job_id: RowId) -> JobView:
         """Ask a queued or running job to stop; answers the job as it is now."""
         runner = need_training()
         runner.cancel(job_id)
         return runner.job_view(job_id)
 
     @router.get("/models", response_model=ModelVersions)
-    def list_models() -> dict[str, Any]:
+    def list_models() -> ModelVersions:
         """Every trained version with its metrics, and the one serving."""
-        models = training.models_view() if training is not None else store.list_model_versions()
-        return {"serving": service.engine.version, "models": models}
+        if training is not None:
+            models = training.models_view()
+        else:
+            models = [ModelVersionView.from_row(row) for row in reversed(store.list_model_versions())]
+        return ModelVersions(serving=service.engine.version, models=models)
 
     @router.get("/learning", response_model=LearningReport)
     def learning(
         version: str | None = Query(None, description="A trained version such as v3 (default: the one serving)."),
         not_learned: bool = Query(False, description="Only the corrections the version does not answer."),
-    ) -> dict[str, Any]:
+    ) -> LearningReport:
         """"Did it learn this?": per approved correction, learned or not (few-shot off) under the version and
         under the one it was judged against, with the margins log p(correction) − log p(replaced answer)
         under the base model, that version and this one, and why a correction was not learned."""
         return need_training().learning_report(version, not_learned_only=not_learned)
 
-    @router.post("/models/{version}/activate")
-    def activate(version: str) -> dict[str, Any]:
+    @router.post("/models/{version}/activate", response_model=Activation)
+    def activate(version: str) -> Activation:
         """Serve `version` (promote or roll back; `base` for the base model)."""
         return need_training().activate(version)
 

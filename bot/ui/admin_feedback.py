@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from bot.ui.admin_handlers import admin_handler
+from bot.ui.admin_handlers import Loader, admin_handler
 from bot.ui.admin_review import ANY, day
 from bot.ui.errors import user_error
 from core.errors import ExemplarError
@@ -44,6 +44,8 @@ def _example(row: dict[str, Any]) -> str:
 
 class FeedbackHandlers:
     """The view's event handlers, apart from the layout so tests can call them directly."""
+
+    on_login: Loader  # set by build_feedback_section: what fills the view in at login
 
     def __init__(self, store: Store, check_admin: Callable[[str], None]):
         self.store = store
@@ -91,7 +93,7 @@ class FeedbackHandlers:
         return frame, line
 
     @admin_handler
-    def details(self, password: str, table: Any, event: gr.SelectData) -> tuple[str, Any]:
+    def details(self, password: str, table: Any, event: gr.SelectData) -> tuple[str, int | None, dict[str, Any]]:
         """A clicked rating in full, and the example it made (if any) to open in the Examples tab."""
         row = event.row_value if event.row_value is not None else table.iloc[event.index[0]].tolist()
         try:
@@ -121,7 +123,7 @@ class FeedbackHandlers:
     @admin_handler
     def export(
         self, password: str, rating: str, reason: str, model: str, since: str, until: str, text: str, history: bool
-    ) -> tuple[str, str]:
+    ) -> tuple[dict[str, Any], str]:
         """The ratings matching the filters as JSONL, one rating a line, for a download."""
         rows = self._rows(rating, reason, model, since, until, text, history, None)
         if self._last_export is not None:  # Gradio copies the file it is given; keep only the latest
@@ -141,7 +143,7 @@ def build_feedback_section(store: Store, check_admin: Callable[[str], None], pas
     Returns (the "open example" button, the state holding its example id), for the
     caller to wire to the Examples tab."""
     handlers = FeedbackHandlers(store, check_admin)
-    private = {"api_visibility": "private"}
+    private: dict[str, Any] = {"api_visibility": "private"}
     gr.Markdown("### Feedback: what people said about the answers")
     with gr.Row():
         rating = gr.Dropdown(list(RATINGS), value=ANY, label="Rating", elem_id="feedback-filter-rating")

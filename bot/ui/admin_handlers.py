@@ -24,6 +24,8 @@ from bot.ui.errors import user_error
 from core.errors import ExemplarError
 
 F = TypeVar("F", bound=Callable[..., Any])
+# What a section hands the Admin tab to fill itself in at login: (function, inputs, outputs).
+Loader = tuple[Callable[..., Any], list[Any], list[Any]]
 
 
 def shown(exc: ExemplarError, prefix: str = "") -> gr.Error:

@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from bot.ui.admin_handlers import admin_handler
+from bot.ui.admin_handlers import Loader, admin_handler
 from bot.ui.errors import user_error
 from core.errors import ExemplarError, ValidationError
 from storage import Store
@@ -40,8 +40,8 @@ COLUMNS = ["id", "status", "source", "split", "question", "original answer", "ou
 HISTORY_COLUMNS = ["at", "actor", "field", "old value", "new value"]
 # Fixed shares of the table's width: the text columns wrap inside them instead of pushing
 # the output column off-screen (checked at 1280 px in tests/test_admin_browser.py).
-COLUMN_WIDTHS = ["4%", "8%", "9%", "5%", "19%", "18%", "21%", "8%", "8%"]
-HISTORY_WIDTHS = ["16%", "10%", "10%", "32%", "32%"]
+COLUMN_WIDTHS: list[str | int] = ["4%", "8%", "9%", "5%", "19%", "18%", "21%", "8%", "8%"]
+HISTORY_WIDTHS: list[str | int] = ["16%", "10%", "10%", "32%", "32%"]
 
 
 def parse_ids(text: str | None) -> list[int]:
@@ -107,6 +107,12 @@ class ReviewHandlers:
     """The section's event handlers, apart from the layout so tests can call them directly.
     Each takes the admin password first and checks it before anything else."""
 
+    # Set by build_review_section: what fills the section in at login, and the box of selected ids
+    # with the detail view it drives (the Feedback view's link opens an example through them).
+    on_login: Loader
+    selection: gr.Textbox
+    detail_outputs: list[Any]
+
     def __init__(
         self, store: Store, check_admin: Callable[[str], None], actor_fn: Callable[[Any], str] | None = None
     ):
@@ -125,7 +131,7 @@ class ReviewHandlers:
         self, password: str, status: str, source: str, split: str, since: str, until: str
     ) -> tuple[pd.DataFrame, str]:
         """The examples matching the filters, newest first, and a line saying how many."""
-        filters = {
+        filters: dict[str, Any] = {
             "status": None if status in (ANY, None) else status,
             "source": None if source in (ANY, None) else source,
             "split": None if split in (ANY, None) else split,
@@ -193,32 +199,32 @@ class ReviewHandlers:
         return f"{done} {len(ids)} example{'s' if len(ids) != 1 else ''}: {listed}."
 
     @admin_handler
-    def approve(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+    def approve(self, password: str, ids_text: str, request: gr.Request | None = None) -> str:
         """Approve the selected examples: few-shot uses them at once, training next time."""
         return self._change(ids_text, request, "Approved", status=ExampleStatus.APPROVED)
 
     @admin_handler
-    def reject(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+    def reject(self, password: str, ids_text: str, request: gr.Request | None = None) -> str:
         """Reject the selected examples: neither few-shot nor training uses them."""
         return self._change(ids_text, request, "Rejected", status=ExampleStatus.REJECTED)
 
     @admin_handler
-    def to_pending(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+    def to_pending(self, password: str, ids_text: str, request: gr.Request | None = None) -> str:
         """Send the selected examples back to the queue."""
         return self._change(ids_text, request, "Returned to review", status=ExampleStatus.PENDING)
 
     @admin_handler
-    def to_train(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+    def to_train(self, password: str, ids_text: str, request: gr.Request | None = None) -> str:
         """Move the selected examples to the train split."""
         return self._change(ids_text, request, "Moved to train", split=Split.TRAIN)
 
     @admin_handler
-    def to_test(self, password: str, ids_text: str, request: gr.Request = None) -> str:
+    def to_test(self, password: str, ids_text: str, request: gr.Request | None = None) -> str:
         """Move the selected examples to the held-out test split."""
         return self._change(ids_text, request, "Moved to test", split=Split.TEST)
 
     @admin_handler
-    def trim_context(self, password: str, ids_text: str, keep: Any, request: gr.Request = None) -> str:
+    def trim_context(self, password: str, ids_text: str, keep: Any, request: gr.Request | None = None) -> str:
         """Keep only the last `keep` user turns of the selected examples' inputs (a correction stores
         the whole chat before it); the old input stays in each example's history."""
         ids = parse_ids(ids_text)
@@ -236,7 +242,7 @@ class ReviewHandlers:
                 f"{listed}." + (f" {rest} had {turns} or fewer." if rest else "") + " The old input is in the history.")
 
     @admin_handler
-    def save_input(self, password: str, ids_text: str, text: str, request: gr.Request = None) -> str:
+    def save_input(self, password: str, ids_text: str, text: str, request: gr.Request | None = None) -> str:
         """Replace the input of the one selected example with the edited chat messages (JSON)."""
         ids = parse_ids(ids_text)
         if len(ids) != 1:
@@ -251,7 +257,7 @@ class ReviewHandlers:
         return self._change(str(ids[0]), request, "Saved the edited input of", input=messages)
 
     @admin_handler
-    def save_output(self, password: str, ids_text: str, output: str, request: gr.Request = None) -> str:
+    def save_output(self, password: str, ids_text: str, output: str, request: gr.Request | None = None) -> str:
         """Replace the output of the one selected example with the edited text."""
         ids = parse_ids(ids_text)
         if len(ids) != 1:
@@ -261,7 +267,7 @@ class ReviewHandlers:
     # -- adding, importing and exporting ------------------------------------
 
     @admin_handler
-    def add(self, password: str, question: str, answer: str, split: str, request: gr.Request = None) -> tuple[str, str, str]:
+    def add(self, password: str, question: str, answer: str, split: str, request: gr.Request | None = None) -> tuple[str, str, str]:
         """Store an example written by hand, approved (an admin wrote it); clear the boxes."""
         example_id = self.store.add_example(
             question or "", answer or "", source=ExampleSource.ADMIN, status=ExampleStatus.APPROVED,
@@ -271,7 +277,7 @@ class ReviewHandlers:
         return f"Added example #{example_id} (approved, {split_now} split).", "", ""
 
     @admin_handler(prefix="Nothing was imported. ")
-    def import_upload(self, password: str, upload: Any, fmt: str, status: str, request: gr.Request = None) -> str:
+    def import_upload(self, password: str, upload: Any, fmt: str, status: str, request: gr.Request | None = None) -> str:
         """Import an uploaded file: every record, or (on any bad one) none, naming its line."""
         if not upload:
             raise user_error("Choose a file to import first")
@@ -318,7 +324,7 @@ def build_review_section(
     (default "admin").
     """
     handlers = ReviewHandlers(store, check_admin, actor_fn)
-    private = {"api_visibility": "private"}
+    private: dict[str, Any] = {"api_visibility": "private"}
 
     gr.Markdown("### Examples and review queue")
     with gr.Row():

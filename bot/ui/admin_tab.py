@@ -56,7 +56,7 @@ def build_admin_tab(
     """Lay out the Admin tab inside the current Blocks context."""
     check_admin = ui_checker(guard)
     config = service.config
-    private = {"api_visibility": "private"}
+    private: dict[str, Any] = {"api_visibility": "private"}
     with gr.Row(equal_height=True):
         password = gr.Textbox(
             label="Admin password",

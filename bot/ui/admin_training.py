@@ -9,7 +9,6 @@ reachable through Gradio's API whether or not the tab is shown.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -23,7 +22,7 @@ import pandas as pd
 from bot.ui.admin_handlers import admin_handler
 from bot.ui.errors import user_error
 from core.progress import bar, clock
-from core.training_contract import TrainingController
+from core.training_contract import ComparisonSample, JobView, TrainingController
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
@@ -33,33 +32,34 @@ LOSS_COLUMNS = ["step", "loss"]
 LEARNED_COLUMNS = ["example", "question", "correction", "serving", "candidate", "margin base", "margin serving", "margin candidate", "why not learned"]
 
 
-def describe_job(view: dict[str, Any] | None) -> str:
+def describe_job(view: JobView | None) -> str:
     """A job's state in a few lines of Markdown."""
     if view is None:
         return "No training run yet."
-    progress = view.get("progress") or {}
-    status = view["status"]
-    head = f"**Job {view['id']}** ({view.get('reason') or 'admin'}): **{status}**"
-    if status in ACTIVE:
-        phase = progress.get("phase") or "starting"
-        if phase == "training" and progress.get("total_steps"):
+    progress = view.progress
+    head = f"**Job {view.id}** ({view.reason or 'admin'}): **{view.status}**"
+    if view.status in ACTIVE:
+        phase = progress.phase or "starting"
+        if phase == "training" and progress.total_steps:
+            loss = "–" if progress.loss is None else progress.loss
             line = (
-                f"`{bar((progress.get('percent') or 0) / 100)}` step {progress.get('step', 0)}/{progress['total_steps']}"
-                f" · loss {progress.get('loss', '–')} · {clock(progress.get('eta_seconds'), unknown='–')} left"
+                f"`{bar((progress.percent or 0) / 100)}` step {progress.step or 0}/{progress.total_steps}"
+                f" · loss {loss} · {clock(progress.eta_seconds, unknown='–')} left"
             )
         else:
             line = f"{phase}…"
-        stopping = " · stopping after this step" if view.get("cancel_requested") else ""
+        stopping = " · stopping after this step" if view.cancel_requested else ""
         return f"{head}\n\n{line}{stopping}"
-    if view.get("model_version"):
-        verdict = "promoted and serving" if view.get("promoted") else "not promoted"
-        head += f" → {view['model_version']} {verdict}"
+    if view.model_version:
+        verdict = "promoted and serving" if view.promoted else "not promoted"
+        head += f" → {view.model_version} {verdict}"
     lines = [head]
-    gate = (view.get("metrics") or {}).get("gate") or {}
-    lines += [f"- {reason}" for reason in gate.get("reasons", [])]
-    lines += [f"- **Next:** {step}" for step in gate.get("next_steps", [])]
-    if view.get("error") and not gate:
-        lines.append(f"- {plain_error(view['error'])}")
+    gate = view.metrics.gate if view.metrics else None
+    if gate is not None:
+        lines += [f"- {reason}" for reason in gate.reasons]
+        lines += [f"- **Next:** {step}" for step in gate.next_steps]
+    elif view.error:
+        lines.append(f"- {plain_error(view.error)}")
     return "\n".join(lines)
 
 
@@ -104,20 +104,13 @@ def _clip(text: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def loss_frame(view: dict[str, Any] | None) -> pd.DataFrame:
+def loss_frame(view: JobView | None) -> pd.DataFrame:
     """The job's loss curve with numeric columns, even when empty.
 
     The plot fixes its axis types from the first frame it gets: an empty frame
     of object columns made the loss axis categorical (each value a label,
     upside down) until the page was resized."""
-    points = []
-    for point in (view or {}).get("losses") or []:
-        try:
-            step, loss = int(point["step"]), float(point["loss"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if math.isfinite(loss):
-            points.append((step, loss))
+    points = [(p.step, p.loss) for p in (view.losses if view else []) if math.isfinite(p.loss)]
     return pd.DataFrame(
         {
             "step": pd.Series([p[0] for p in points], dtype="int64"),
@@ -126,7 +119,7 @@ def loss_frame(view: dict[str, Any] | None) -> pd.DataFrame:
     )
 
 
-def comparison_html(samples: list[dict[str, Any]], version: str, against: str) -> str:
+def comparison_html(samples: list[ComparisonSample], version: str, against: str) -> str:
     """Each held-out question with its reference, then the two versions' answers side by side,
     each with its verdict: cards that wrap, so nothing needs scrolling sideways."""
     if not samples:
@@ -142,14 +135,14 @@ def comparison_html(samples: list[dict[str, Any]], version: str, against: str) -
 
     cards = []
     for s in samples:
-        example = f' <span class="cmp-example">example #{escape(str(s["example_id"]))}</span>' if s.get("example_id") else ""
+        example = f' <span class="cmp-example">example #{s.example_id}</span>' if s.example_id else ""
         cards.append(
             '<div class="cmp-card">'
-            f'<div class="cmp-question"><b>Question</b>{example}<div class="cmp-text">{escape(str(s.get("question") or ""))}</div></div>'
-            f'<div class="cmp-reference"><b>Reference</b><div class="cmp-text">{escape(str(s.get("reference") or ""))}</div></div>'
+            f'<div class="cmp-question"><b>Question</b>{example}<div class="cmp-text">{escape(s.question)}</div></div>'
+            f'<div class="cmp-reference"><b>Reference</b><div class="cmp-text">{escape(s.reference)}</div></div>'
             '<div class="cmp-pair">'
-            + answer(f"{version} (candidate)", s.get("candidate"), s.get("candidate_correct"))
-            + answer(f"{against} (current)", s.get("current"), s.get("current_correct"))
+            + answer(f"{version} (candidate)", s.candidate, s.candidate_correct)
+            + answer(f"{against} (current)", s.current, s.current_correct)
             + "</div></div>"
         )
     return '<div class="cmp-list">' + "".join(cards) + "</div>"
@@ -163,7 +156,7 @@ class TrainingHandlers:
         self.store = store
         self.check_admin = check_admin
 
-    def _job(self, job_id: Any) -> dict[str, Any] | None:
+    def _job(self, job_id: Any) -> JobView | None:
         if job_id:
             return self.manager.job_view(int(job_id))
         return self.manager.latest_job()
@@ -173,13 +166,13 @@ class TrainingHandlers:
         """Everything the section shows: policy, job, loss curve, log, versions, version choices."""
         view = self.manager.latest_job()
         versions, choices = self._versions()
-        running = view is not None and view["status"] in ACTIVE
+        running = view is not None and view.status in ACTIVE
         return (
             self._policy(),
             describe_job(view),
             loss_frame(view),
-            (view or {}).get("log") or "",
-            view["id"] if view else None,
+            (view.log if view else None) or "",
+            view.id if view else None,
             gr.Timer(active=running),
             versions,
             gr.Dropdown(choices=choices, value=choices[0] if choices else None),
@@ -193,11 +186,7 @@ class TrainingHandlers:
 
     def form_defaults(self) -> list[tuple[str, Any, str]]:
         """(name, default, help) of the hyper-parameters shown as form fields."""
-        config = getattr(self.manager, "train_config", None)
-        if config is None or not dataclasses.is_dataclass(config):
-            return []
-        fields = {f.name: f for f in dataclasses.fields(config)}
-        return [(n, getattr(config, n), fields[n].metadata.get("help", "")) for n in FORM_FIELDS if n in fields]
+        return [(h.name, h.default, h.help) for h in self.manager.hyperparameters(FORM_FIELDS)]
 
     @admin_handler
     def retrain(self, password: str, params_text: str, *form_values: Any) -> tuple[Any, ...]:
@@ -222,7 +211,7 @@ class TrainingHandlers:
     def poll(self, password: str, job_id: Any) -> tuple[Any, ...]:
         """The job's progress now; the timer stops once the job has ended (the versions table then shows its result)."""
         view = self._job(job_id)
-        running = view is not None and view["status"] in ACTIVE
+        running = view is not None and view.status in ACTIVE
         if running:
             listing: tuple[Any, ...] = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
         else:  # the job's version (if any) joins the tables and the choices
@@ -231,17 +220,17 @@ class TrainingHandlers:
             listing = (
                 versions,
                 gr.Dropdown(choices=choices),
-                gr.Dropdown(choices=trained, value=(view or {}).get("model_version") if trained else None),
+                gr.Dropdown(choices=trained, value=view.model_version if view and trained else None),
                 self.runs(),
             )
-        return describe_job(view), loss_frame(view), (view or {}).get("log") or "", gr.Timer(active=running), *listing
+        return describe_job(view), loss_frame(view), (view.log if view else None) or "", gr.Timer(active=running), *listing
 
     @admin_handler
     def stop(self, password: str, job_id: Any) -> str:
         view = self._job(job_id)
         if view is None:
             raise user_error("There is no training job to stop")
-        view = self.manager.cancel(view["id"])
+        view = self.manager.cancel(view.id)
         return describe_job(view)
 
     @admin_handler
@@ -258,13 +247,13 @@ class TrainingHandlers:
             )
         result = self.manager.activate(version)
         versions, _ = self._versions()
-        return f"Now serving **{result['active']}** (was {result['previous']}).", versions, None
+        return f"Now serving **{result.active}** (was {result.previous}).", versions, None
 
     @admin_handler
     def rollback(self, password: str) -> tuple[Any, ...]:
         result = self.manager.rollback()
         versions, _ = self._versions()
-        return f"Rolled back: now serving **{result['active']}** (was {result['previous']}).", versions
+        return f"Rolled back: now serving **{result.active}** (was {result.previous}).", versions
 
     @admin_handler
     def compare(self, password: str, version: str | None) -> tuple[str, str]:
@@ -274,7 +263,7 @@ class TrainingHandlers:
         samples = self.manager.comparison(version)
         row = self.store.get_model_version(version)
         against = (row.get("metrics") or {}).get("compared_with") or BASE
-        right = sum(1 for x in samples if x.get("candidate_correct")), sum(1 for x in samples if x.get("current_correct"))
+        right = sum(1 for x in samples if x.candidate_correct), sum(1 for x in samples if x.current_correct)
         title = (
             f"**{version}** against **{against}** on {len(samples)} held-out examples (never trained on): "
             f"{right[0]} right against {right[1]}."
@@ -290,45 +279,45 @@ class TrainingHandlers:
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
         frame = pd.DataFrame(
             [
-                [i["example_id"], i["question"], i["reference"], mark(i["serving_learned"]), mark(i["candidate_learned"]),
-                 i["margin_base"], i["margin_serving"], i["margin_candidate"], i.get("reason") or ""]
-                for i in report["items"]
+                [i.example_id, i.question, i.reference, mark(i.serving_learned), mark(i.candidate_learned),
+                 i.margin_base, i.margin_serving, i.margin_candidate, i.reason or ""]
+                for i in report.items
             ],
             columns=LEARNED_COLUMNS,
         )
         title = (
-            f"**{report['version']}** answers **{report['learned']} of {report['n']}** corrections with few-shot off "
-            f"({report['compared_with']}: {report['serving_learned']}). Margin: log p(correction) − log p(the answer it replaced)."
-            if report["n"] is not None
-            else f"{report['version']} was trained before per-correction reports existed."
+            f"**{report.version}** answers **{report.learned} of {report.n}** corrections with few-shot off "
+            f"({report.compared_with}: {report.serving_learned}). Margin: log p(correction) − log p(the answer it replaced)."
+            if report.n is not None
+            else f"{report.version} was trained before per-correction reports existed."
         )
         return title, frame
 
     def _policy(self) -> str:
         status = self.manager.schedule_status()
         return (
-            f"{self.manager.policy.describe()} New since the last run: **{status['new_examples']}**."
+            f"{self.manager.policy.describe()} New since the last run: **{status.new_examples}**."
         )
 
     def _versions(self) -> tuple[pd.DataFrame, list[str]]:
         rows = self.manager.models_view()
-        serving_base = not any(r["active"] for r in rows)
-        table = [
+        serving_base = not any(r.active for r in rows)
+        table: list[list[Any]] = [
             [
-                "▶" if r["active"] else "",
-                r["version"],
-                r["status"],
-                r["examples"],
-                None if r.get("learned") is None else f"{r['learned']}/{r['learned_of']}",
-                r["heldout_accuracy"],
-                r["canary"],
-                (r["created_at"] or "")[:19].replace("T", " "),
-                r["notes"] or "",
+                "▶" if r.active else "",
+                r.version,
+                r.status,
+                r.examples,
+                None if r.learned is None else f"{r.learned}/{r.learned_of}",
+                r.heldout_accuracy,
+                r.canary,
+                (r.created_at or "")[:19].replace("T", " "),
+                r.notes or "",
             ]
             for r in rows
         ]
         table.append(["▶" if serving_base else "", BASE, "base model", None, None, None, None, "", ""])
-        return pd.DataFrame(table, columns=VERSION_COLUMNS), [r["version"] for r in rows] + [BASE]
+        return pd.DataFrame(table, columns=VERSION_COLUMNS), [r.version for r in rows] + [BASE]
 
 
 def build_training_section(
@@ -337,7 +326,7 @@ def build_training_section(
     """Lay out the training section inside the current (Admin tab) context.
     Returns (function, inputs, outputs) that fill it in, which the Admin tab runs at login."""
     handlers = TrainingHandlers(manager, store, check_admin)
-    private = {"api_visibility": "private"}
+    private: dict[str, Any] = {"api_visibility": "private"}
     gr.Markdown("## Training")
     policy = gr.Markdown(manager.policy.describe(), elem_id="training-policy")
     job_id = gr.State(None)

@@ -527,7 +527,7 @@ def build_chat_tab(service: ChatService) -> Any:
         handlers.idle_and_save, [chatbot, ids, rater, chat_key, chats], [chatbot, *buttons, chat_key, chats, past]
     )
     save = (handlers.save_chat, [chat_key, chatbot, ids, chats], [chat_key, chats, past])
-    private = {"api_visibility": "private"}
+    private: dict[str, Any] = {"api_visibility": "private"}
 
     # A message sent while an answer streams waits and is answered next (always_last), never dropped.
     gr.on(
