@@ -178,7 +178,7 @@ def _parse_records(records: Iterable[tuple[int, Any]], fmt: str | None, *, where
         try:
             check_json(record, what="")
             record_fmt = fmt or detect_format(record)
-            if fmt is None and record_fmt is None:
+            if record_fmt is None:  # no format given, and none detected
                 raise ValidationError(
                     "cannot tell the format from the keys "
                     f"{sorted(record) if isinstance(record, dict) else type(record).__name__}; "

@@ -8,11 +8,11 @@ migrations = Migrations("exemplar")
 
 @migrations()
 def m001_initial(db: Database) -> None:
-    db["conversations"].create(
+    db.table("conversations").create(
         {"id": int, "created_at": str, "source": str, "system_prompt": str},
         pk="id",
     )
-    db["messages"].create(
+    db.table("messages").create(
         {
             "id": int,
             "conversation_id": int,
@@ -29,8 +29,8 @@ def m001_initial(db: Database) -> None:
         pk="id",
         foreign_keys=[("conversation_id", "conversations", "id")],
     )
-    db["messages"].create_index(["conversation_id"])
-    db["feedback"].create(
+    db.table("messages").create_index(["conversation_id"])
+    db.table("feedback").create(
         {
             "id": int,
             "message_id": int,
@@ -45,8 +45,8 @@ def m001_initial(db: Database) -> None:
         pk="id",
         foreign_keys=[("message_id", "messages", "id")],
     )
-    db["feedback"].create_index(["message_id"])
-    db["examples"].create(
+    db.table("feedback").create_index(["message_id"])
+    db.table("examples").create(
         {
             "id": int,
             "input": str,  # JSON list of {"role", "content"}, ending with a user turn
@@ -67,14 +67,14 @@ def m001_initial(db: Database) -> None:
         pk="id",
     )
     for columns in (["status"], ["source"], ["input_key"], ["created_at"]):
-        db["examples"].create_index(columns)
-    db["example_history"].create(
+        db.table("examples").create_index(columns)
+    db.table("example_history").create(
         {"id": int, "example_id": int, "field": str, "old_value": str, "new_value": str, "actor": str, "at": str},
         pk="id",
         foreign_keys=[("example_id", "examples", "id")],
     )
-    db["example_history"].create_index(["example_id"])
-    db["model_versions"].create(
+    db.table("example_history").create_index(["example_id"])
+    db.table("model_versions").create(
         {
             "version": str,
             "number": int,
@@ -92,7 +92,7 @@ def m001_initial(db: Database) -> None:
         },
         pk="version",
     )
-    db["jobs"].create(
+    db.table("jobs").create(
         {
             "id": int,
             "kind": str,
@@ -119,7 +119,7 @@ def m001_initial(db: Database) -> None:
 @migrations()
 def m002_examples_fts(db: Database) -> None:
     # Triggers keep the index in step with every insert, update and delete.
-    db["examples"].enable_fts(["input_text"], fts_version="FTS5", create_triggers=True, tokenize="porter")
+    db.table("examples").enable_fts(["input_text"], fts_version="FTS5", create_triggers=True, tokenize="porter")
 
 
 @migrations()
@@ -133,8 +133,8 @@ def m003_examples_fts_vocab(db: Database) -> None:
 def m004_feedback_rater(db: Database) -> None:
     # Who rated: a browser's id (the UI keeps one per browser) or an API client's
     # `user`. One rating per answer per rater is current; older rows stay as history.
-    db["feedback"].add_column("rater", str)
-    db["feedback"].create_index(["message_id", "rater"])
+    db.table("feedback").add_column("rater", str)
+    db.table("feedback").create_index(["message_id", "rater"])
 
 
 @migrations()
@@ -142,10 +142,10 @@ def m005_import_rows(db: Database) -> None:
     # The rows of an import in progress (Store.add_examples): hidden until the whole import
     # is in, then given these statuses in one transaction; `pid` lets a later process
     # delete the rows of an import whose process died.
-    db["import_rows"].create(
+    db.table("import_rows").create(
         {"example_id": int, "import_id": str, "pid": int, "status": str}, pk="example_id"
     )
-    db["import_rows"].create_index(["import_id"])
+    db.table("import_rows").create_index(["import_id"])
     # Only a change of the indexed text needs the full-text index touched; a status
     # change (review, supersede, publishing an import) no longer rewrites it.
     db.execute("drop trigger if exists examples_au")

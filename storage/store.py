@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlite_utils
 from sqlite_utils import Database
+from sqlite_utils.db import Table
 
 from storage.errors import ConflictError, NotFoundError, ValidationError
 from storage.examples import (
@@ -107,6 +108,13 @@ def _add_filters(clauses: list[str], params: list[Any], filters: dict[str, Any])
 def now() -> str:
     """The current UTC time as an ISO 8601 string (sortable as text)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _new_id(table: Table) -> int:
+    """The id of the row `table` just inserted (sqlite-utils' last_pk, which is None only when nothing was)."""
+    if table.last_pk is None:
+        raise RuntimeError(f"no row was inserted into {table.name}")
+    return int(table.last_pk)
 
 
 class Store:
@@ -203,9 +211,7 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _decode(self, table: str, row: dict[str, Any] | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
+    def _decode(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
         for column in _JSON_COLUMNS.get(table, ()):
             if row.get(column) is not None:
                 row[column] = json.loads(row[column])
@@ -214,7 +220,7 @@ class Store:
     def _get(self, table: str, pk: Any, what: str) -> dict[str, Any]:
         with self._lock:
             try:
-                row = self.db[table].get(pk)
+                row = self.db.table(table).get(pk)
             except sqlite_utils.db.NotFoundError:
                 raise NotFoundError(f"{what} {pk} does not exist") from None
         return self._decode(table, row)
@@ -224,9 +230,9 @@ class Store:
     def create_conversation(self, source: str = "ui", system_prompt: str | None = None) -> int:
         """Start a conversation and return its id."""
         with self._write():
-            return self.db["conversations"].insert(
+            return _new_id(self.db.table("conversations").insert(
                 {"created_at": now(), "source": source, "system_prompt": system_prompt}
-            ).last_pk
+            ))
 
     def get_conversation(self, conversation_id: int) -> dict[str, Any]:
         return self._get("conversations", conversation_id, "Conversation")
@@ -264,7 +270,7 @@ class Store:
         }
         with self._write():
             self._get("conversations", conversation_id, "Conversation")
-            return self.db["messages"].insert(row).last_pk
+            return _new_id(self.db.table("messages").insert(row))
 
     def get_message(self, message_id: int) -> dict[str, Any]:
         return self._get("messages", message_id, "Message")
@@ -276,7 +282,7 @@ class Store:
             raise ValidationError(f"update_message changes only {', '.join(sorted(allowed))}")
         with self._write():
             self._get("messages", message_id, "Message")
-            self.db["messages"].update(message_id, fields)
+            self.db.table("messages").update(message_id, fields)
 
     def delete_message(self, message_id: int) -> bool:
         """Remove a turn that never got an answer (generation failed), unless feedback already
@@ -300,7 +306,7 @@ class Store:
 
     def conversation_messages(self, conversation_id: int) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self.db["messages"].rows_where("conversation_id = ?", [conversation_id], order_by="id")
+            rows = self.db.table("messages").rows_where("conversation_id = ?", [conversation_id], order_by="id")
             return [self._decode("messages", r) for r in rows]
 
     # -- feedback ------------------------------------------------------------
@@ -327,7 +333,7 @@ class Store:
             message = self.get_message(message_id)
             if message["role"] != "assistant":
                 raise ValidationError(f"Message {message_id} is not an assistant answer")
-            return self.db["feedback"].insert(
+            return _new_id(self.db.table("feedback").insert(
                 {
                     "message_id": message_id,
                     "rating": rating,
@@ -339,14 +345,14 @@ class Store:
                     "rater": rater,
                     "created_at": now(),
                 }
-            ).last_pk
+            ))
 
     def get_feedback(self, feedback_id: int) -> dict[str, Any]:
         return self._get("feedback", feedback_id, "Feedback")
 
     def message_feedback(self, message_id: int) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db["feedback"].rows_where("message_id = ?", [message_id], order_by="id"))
+            return list(self.db.table("feedback").rows_where("message_id = ?", [message_id], order_by="id"))
 
     def current_rating(self, message_id: int, rater: str | None) -> dict[str, Any] | None:
         """A rater's latest rating of an answer (corrections aside), or None if never rated."""
@@ -366,7 +372,7 @@ class Store:
                       group by message_id)""",
                 [*ids, rater],
             ).fetchall()
-            columns = [c.name for c in self.db["feedback"].columns]
+            columns = [c.name for c in self.db.table("feedback").columns]
         return {row[columns.index("message_id")]: dict(zip(columns, row)) for row in rows}
 
     def list_feedback(
@@ -387,7 +393,8 @@ class Store:
         counts); otherwise every click is listed (the history). Filters: rating
         ('up', 'down' or 'none' for withdrawn), reason, model version, ISO time
         bounds, and a text search in the question, answer and comment."""
-        where, params = ["f.correction is null"], []
+        where: list[str] = ["f.correction is null"]
+        params: list[Any] = []
         if current_only:
             where.append(
                 "f.id in (select max(id) from feedback where correction is null group by message_id, rater)"
@@ -488,7 +495,7 @@ class Store:
             elif rating == Rating.UP:
                 example_id = self._upvote_example(message, feedback_id, status, actor)
             if example_id is not None:
-                self.db["feedback"].update(feedback_id, {"example_id": example_id})
+                self.db.table("feedback").update(feedback_id, {"example_id": example_id})
                 status = self.get_example(example_id)["status"]
         return {"feedback_id": feedback_id, "example_id": example_id, "status": status if example_id else None,
                 "withdrawn": withdrawn}
@@ -584,7 +591,7 @@ class Store:
             message_id=message_id, feedback_id=feedback_id,
         )
         with self._write():
-            example_id = self.db["examples"].insert(row).last_pk
+            example_id = _new_id(self.db.table("examples").insert(row))
             self._history(example_id, "created", None, row["status"], actor, row["created_at"])
             if row["status"] == ExampleStatus.APPROVED:
                 self._supersede_older(example_id, row["input_key"], row["created_at"])
@@ -755,7 +762,7 @@ class Store:
                 self._drop_import(import_id)
 
     def _history(self, example_id: int, field: str, old: Any, new: Any, actor: str | None, at: str) -> None:
-        self.db["example_history"].insert(
+        self.db.table("example_history").insert(
             {
                 "example_id": example_id,
                 "field": field,
@@ -774,7 +781,7 @@ class Store:
             [key, approved, example_id],
         ).fetchall()
         for (old_id,) in older:
-            self.db["examples"].update(old_id, {"status": superseded, "superseded_by": example_id, "updated_at": at})
+            self.db.table("examples").update(old_id, {"status": superseded, "superseded_by": example_id, "updated_at": at})
             self._history(old_id, "status", approved, superseded, Actor.POLICY, at)
 
     def get_example(self, example_id: int) -> dict[str, Any]:
@@ -834,7 +841,7 @@ class Store:
                 changed["updated_at"] = stamp
                 if changed.get("status") and changed["status"] != ExampleStatus.SUPERSEDED:
                     changed["superseded_by"] = None
-                self.db["examples"].update(example_id, changed)
+                self.db.table("examples").update(example_id, changed)
             status_now = changed.get("status", current["status"])
             if status_now == ExampleStatus.APPROVED and ("status" in changed or "input" in changed):
                 self._supersede_older(example_id, key, stamp)
@@ -886,7 +893,7 @@ class Store:
         where, params = self._example_filters(status, source, split, since, until)
         order = "id desc" if newest_first else "id"
         with self._lock:
-            rows = self.db["examples"].rows_where(where, params, order_by=order, limit=limit, offset=offset or None)
+            rows = self.db.table("examples").rows_where(where, params, order_by=order, limit=limit, offset=offset or None)
             return [self._decode("examples", r) for r in rows]
 
     def count_examples(self, **filters: Any) -> int:
@@ -896,7 +903,7 @@ class Store:
 
     def example_history(self, example_id: int) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db["example_history"].rows_where("example_id = ?", [example_id], order_by="id"))
+            return list(self.db.table("example_history").rows_where("example_id = ?", [example_id], order_by="id"))
 
     def search_examples(
         self,
@@ -966,13 +973,13 @@ class Store:
         number = int(version.lstrip("v"))
         row = {"version": version, "number": number, "status": VersionStatus.CANDIDATE, "created_at": now(), **fields}
         with self._write():
-            self.db["model_versions"].insert(row)
+            self.db.table("model_versions").insert(row)
         return self.get_model_version(version)
 
     def update_model_version(self, version: str, **fields: Any) -> dict[str, Any]:
         with self._write():
             self.get_model_version(version)
-            self.db["model_versions"].update(version, fields)
+            self.db.table("model_versions").update(version, fields)
         return self.get_model_version(version)
 
     def get_model_version(self, version: str) -> dict[str, Any]:
@@ -980,12 +987,12 @@ class Store:
 
     def list_model_versions(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [self._decode("model_versions", r) for r in self.db["model_versions"].rows_where(order_by="number")]
+            return [self._decode("model_versions", r) for r in self.db.table("model_versions").rows_where(order_by="number")]
 
     def active_version(self) -> dict[str, Any] | None:
         """The active adapter version, or None when the base model serves."""
         with self._lock:
-            rows = list(self.db["model_versions"].rows_where("status = ?", [VersionStatus.ACTIVE], limit=1))
+            rows = list(self.db.table("model_versions").rows_where("status = ?", [VersionStatus.ACTIVE], limit=1))
         return self._decode("model_versions", rows[0]) if rows else None
 
     def activate_version(self, version: str | None) -> None:
@@ -1002,7 +1009,7 @@ class Store:
                 [VersionStatus.REJECTED, VersionStatus.RETIRED, VersionStatus.ACTIVE],
             )
             if version is not None:
-                self.db["model_versions"].update(version, {"status": VersionStatus.ACTIVE, "activated_at": now()})
+                self.db.table("model_versions").update(version, {"status": VersionStatus.ACTIVE, "activated_at": now()})
 
     # -- jobs ----------------------------------------------------------------
 
@@ -1012,7 +1019,7 @@ class Store:
             running = self.active_job()
             if running is not None:
                 raise ConflictError(f"A {running['kind']} job (#{running['id']}) is already {running['status']}")
-            return self.db["jobs"].insert(
+            return _new_id(self.db.table("jobs").insert(
                 {
                     "kind": kind,
                     "status": JobStatus.QUEUED,
@@ -1021,13 +1028,13 @@ class Store:
                     "cancel_requested": 0,
                     "created_at": now(),
                 }
-            ).last_pk
+            ))
 
     def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
         if "status" in fields:
             check_choice("job status", fields["status"], JobStatus)
         with self._write():
-            self.db["jobs"].update(job_id, fields)
+            self.db.table("jobs").update(job_id, fields)
         return self.get_job(job_id)
 
     def get_job(self, job_id: int) -> dict[str, Any]:
@@ -1036,10 +1043,10 @@ class Store:
     def active_job(self) -> dict[str, Any] | None:
         with self._lock:
             rows = list(
-                self.db["jobs"].rows_where("status in (?, ?)", list(ACTIVE_JOB_STATUSES), order_by="id", limit=1)
+                self.db.table("jobs").rows_where("status in (?, ?)", list(ACTIVE_JOB_STATUSES), order_by="id", limit=1)
             )
         return self._decode("jobs", rows[0]) if rows else None
 
     def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._lock:
-            return [self._decode("jobs", r) for r in self.db["jobs"].rows_where(order_by="id desc", limit=limit)]
+            return [self._decode("jobs", r) for r in self.db.table("jobs").rows_where(order_by="id desc", limit=limit)]
