@@ -63,9 +63,7 @@ def create_app(
         description="A chat bot that learns from the answers its users correct.",
         version="0.1.0",
     )
-    app.state.service = service
-    app.state.watcher = watcher
-    add_api(app, service, guard, training=training)
+    add_api(app, service, guard, training=training, watcher=watcher)
     blocks = build_ui(
         service, guard, training=training, serving_warning=(lambda: watcher.fallback) if watcher else None
     )

@@ -65,8 +65,9 @@ def ensure_bundled_checkpoint(data_dir: Path) -> Path:
         raise ModelLoadError(f"Reading the bundled GGUF needs the gguf package: pip install gguf ({exc})") from exc
     # transformers leaves the GGUF quantizer attached after dequantising, and
     # save_pretrained refuses while it is; the weights are plain fp32 already.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer: Any = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so an interrupted conversion never
     # leaves a folder that looks complete.
@@ -115,7 +116,8 @@ def load_base_model(ref: BaseModelRef, *, dtype: Any = None, device: str | None 
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path)
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device)
+        model: Any = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype)
+        model = model.to(device)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"Cannot load base model {ref.path!r}: {str(exc).splitlines()[0]}. "

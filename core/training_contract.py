@@ -146,7 +146,7 @@ class JobView(View):
     id: int
     kind: str = Field(description="'train'.")
     status: JobStatus
-    progress: JobProgress = Field(default_factory=JobProgress)
+    progress: JobProgress = Field(default_factory=lambda: JobProgress())
     losses: list[LossPoint] = Field(default_factory=list, description="The training loss curve of the current run.")
     metrics: JobMetrics | None = Field(None, description="Set once the job has judged its candidate.")
     model_version: str | None = Field(None, description="The version the job produced, if it got that far.")

@@ -79,7 +79,7 @@ def build_dataset(tokenizer: Any, examples: Sequence[dict[str, Any]], max_length
     is cut off entirely are left out."""
     from datasets import Dataset
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {**tokenize_example(tokenizer, e["input"], e["output"], max_length), "replay": int(bool(e.get("replay")))}
         for e in examples
     ]
@@ -87,7 +87,7 @@ def build_dataset(tokenizer: Any, examples: Sequence[dict[str, Any]], max_length
     return Dataset.from_list(rows) if rows else Dataset.from_dict({"input_ids": [], "labels": [], "replay": []})
 
 
-def collate(features: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, Any]:
+def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
     """Right-pad a batch. Padding is masked by the attention mask and IGNORE_INDEX labels, never by
     token id: the pad token is also the end-of-answer token, which must stay in the loss."""
     import torch

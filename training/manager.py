@@ -255,7 +255,8 @@ class TrainingManager:
         new = self.store.count_training_changes(since)
         due = self.policy.enabled and new >= self.policy.min_new_examples
         if self.policy.enabled and self.policy.every_hours and new >= 1:
-            age = datetime.now(timezone.utc) - _parse_time(since) if since else None
+            started = _parse_time(since)
+            age = datetime.now(timezone.utc) - started if started else None
             due = due or age is None or age >= timedelta(hours=self.policy.every_hours)
         return ScheduleStatus(new_examples=new, last_run=since, due=due, policy=self.policy.describe())
 

@@ -155,7 +155,7 @@ class ThreadGovernor:
 
     def __init__(self, owner_pid: int | None, busy: int, idle: int):
         self.busy, self.idle = busy, idle
-        self.process = None
+        self.process: psutil.Process | None = None
         self.own = psutil.Process()
         self.cores = psutil.cpu_count() or 1
         if owner_pid and idle and idle != busy and distributed.world_size() == 1:
@@ -169,6 +169,8 @@ class ThreadGovernor:
 
     def _sample(self) -> tuple[float, float, float, float]:
         """(time, the owner's CPU seconds, this process's, the whole machine's busy CPU seconds)."""
+        if self.process is None:
+            raise RuntimeError("no owner process to watch")  # adjust() never asks then
         owner, own, machine = self.process.cpu_times(), self.own.cpu_times(), psutil.cpu_times()
         busy = machine.user + machine.nice + machine.system + getattr(machine, "irq", 0) + getattr(machine, "softirq", 0)
         return time.monotonic(), owner.user + owner.system, own.user + own.system, busy
@@ -307,7 +309,7 @@ class TrainingJob:
         # -- prepare -----------------------------------------------------------
         plan = recipe.prepare(store, params)
         torch.set_num_threads(plan.config.threads)
-        self.governor = ThreadGovernor(reporter.owner_pid, plan.config.threads, plan.config.idle_threads)
+        governor = self.governor = ThreadGovernor(reporter.owner_pid, plan.config.threads, plan.config.idle_threads)
         log.info(
             "Training on %d approved examples (+%d replay); %d held out of the selection run (%s); "
             "judging against %s",
@@ -323,10 +325,10 @@ class TrainingJob:
         # -- select: train without the held-out examples, judge on them --------
         selection = None
         if plan.selection_run:
-            peft_model, _ = self._train(reporter, model, tokenizer, plan, recipe.selection_examples(plan), "selection")
+            peft_model, _ = self._train(reporter, governor, model, tokenizer, plan, recipe.selection_examples(plan), "selection")
             lap("selection_train")
             reporter.phase("judging the selection run on held-out examples")
-            self.governor.hold()
+            governor.hold()
             selection = recipe.judge_selection(peft_model, tokenizer, plan)
             model = peft_model.unload()  # the base model again, for the refit
             lap("selection_evaluate")
@@ -338,7 +340,7 @@ class TrainingJob:
         heldout = recipe.heldout_verdict(plan, selection)
 
         # -- train the version to serve on every approved example ----------------
-        peft_model, result = self._train(reporter, model, tokenizer, plan, plan.examples, "final")
+        peft_model, result = self._train(reporter, governor, model, tokenizer, plan, plan.examples, "final")
         if distributed.is_main():  # one adapter on disk, however many processes trained it
             self.temp_dir = registry.new_temp_dir(data_dir)
             peft_model.save_pretrained(str(self.temp_dir))
@@ -350,7 +352,7 @@ class TrainingJob:
             + (f", {plan.serving_name}" if plan.serving else "")
             + " and the base model on every correction and the canary"
         )
-        self.governor.hold()
+        governor.hold()
         evaluation = recipe.evaluate(peft_model, tokenizer, plan)
         truncated = recipe.truncated_ids(tokenizer, plan)
         lap("evaluate")
@@ -361,21 +363,24 @@ class TrainingJob:
         summary = recipe.summarise(plan, decision, evaluation, selection, result, timings)
         return self._finish(reporter, plan, decision, summary, evaluation, selection, ref.name)
 
-    def _train(self, reporter: JobReporter, model: Any, tokenizer: Any, plan: Any, examples: list, run: str) -> tuple[Any, Any]:
+    def _train(
+        self, reporter: JobReporter, governor: ThreadGovernor, model: Any, tokenizer: Any, plan: Any, examples: list,
+        run: str,
+    ) -> tuple[Any, Any]:
         from training import recipe
         from training.finetune import total_steps
 
         total = total_steps(len(examples) + len(plan.replay), plan.config)
         reporter.run = run
         reporter.phase("training", run=run, step=0, total_steps=total)
-        counts = (self.governor.idle_steps, self.governor.busy_steps)
-        callback = progress_callback(reporter, total, self.governor)
+        counts = (governor.idle_steps, governor.busy_steps)
+        callback = progress_callback(reporter, total, governor)
         peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[callback])
         reporter.check()
         log.info(
             "%s run: %d examples, %d steps in %.1f s (%.0f tokens/s); steps begun with the owner idle: %d, busy: %d",
             run, len(examples), result.steps, result.train_seconds, result.tokens_per_second,
-            self.governor.idle_steps - counts[0], self.governor.busy_steps - counts[1],
+            governor.idle_steps - counts[0], governor.busy_steps - counts[1],
         )
         return peft_model, result
 

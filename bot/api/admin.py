@@ -7,7 +7,7 @@ without one answers them with a 409 that says so.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -26,8 +26,12 @@ from storage.vocabulary import Actor, ExampleSource, ExampleStatus, Role, Split
 # The subsets of the vocabulary a route accepts (superseded is the store's to set; a folder cannot be posted).
 ReviewStatus = Literal[ExampleStatus.PENDING, ExampleStatus.APPROVED, ExampleStatus.REJECTED]
 ImportStatus = Literal[ExampleStatus.APPROVED, ExampleStatus.PENDING]
-ImportFormat = Literal[tuple(f for f in IMPORT_FORMATS if f != "hf")]  # type: ignore[valid-type]
-ExportFormat = Literal[tuple(f for f in EXPORT_FORMATS if f != "hf")]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # mypy cannot read a Literal built at run time; FastAPI validates against the real one
+    ImportFormat = str
+    ExportFormat = str
+else:
+    ImportFormat = Literal[tuple(f for f in IMPORT_FORMATS if f != "hf")]
+    ExportFormat = Literal[tuple(f for f in EXPORT_FORMATS if f != "hf")]
 
 ACTOR = Actor.ADMIN  # every route here needs the admin password
 NO_TRAINING = (
@@ -131,7 +135,7 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
         offset: int = Query(0, ge=0, le=MAX_ID),
     ) -> dict[str, Any]:
         """Examples, newest first, with the total that match the filters."""
-        filters = {"status": status, "source": source, "split": split, "since": since, "until": until}
+        filters: dict[str, Any] = {"status": status, "source": source, "split": split, "since": since, "until": until}
         return {
             "total": store.count_examples(**filters),
             "examples": store.list_examples(**filters, limit=limit, offset=offset),

@@ -24,6 +24,7 @@ from bot.api.lora import LoraSlots, lora_router
 from bot.api.middleware import BodyLimit
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
+from bot.serving.watcher import ModelWatcher
 from core.errors import AuthError, ExemplarError, RateLimitError
 from core.training_contract import TrainingController
 
@@ -32,8 +33,17 @@ log = logging.getLogger(__name__)
 API_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, training: TrainingController | None = None) -> None:
-    """Register the routes, the body-size limit and the JSON error handlers on `app`."""
+def add_api(
+    app: FastAPI,
+    service: ChatService,
+    guard: AdminGuard,
+    *,
+    training: TrainingController | None = None,
+    watcher: ModelWatcher | None = None,
+) -> None:
+    """Register the routes, the body-size limit and the JSON error handlers on `app`. The `watcher`
+    keeps the engine on the store's active version: /healthz reports its fallback, and a request
+    naming no loaded adapter goes back to that version."""
 
     @app.exception_handler(ExemplarError)
     async def domain_error(request: Request, exc: ExemplarError) -> JSONResponse:
@@ -66,8 +76,7 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, training: 
     def healthz(request: Request) -> dict[str, Any]:
         """Liveness, the model version now serving, and (with an upstream backend) the upstream's state."""
         health: dict[str, Any] = {"status": "ok", "model_version": service.engine.version}
-        watcher = getattr(request.app.state, "watcher", None)
-        if getattr(watcher, "fallback", None):
+        if watcher is not None and watcher.fallback:
             health["warning"] = watcher.fallback  # the active version cannot load; another serves
         upstream_health = getattr(service.engine, "health", None)
         if upstream_health is not None:
@@ -76,7 +85,7 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, training: 
                 health["status"] = "degraded"
         return health
 
-    slots = LoraSlots(service.engine, getattr(app.state, "watcher", None))
+    slots = LoraSlots(service.engine, watcher)
     routers = [chat_router(service, slots), admin_router(service, guard, training), lora_router(service, guard, slots)]
     for router in routers:
         app.include_router(router)
@@ -88,7 +97,7 @@ def add_api(app: FastAPI, service: ChatService, guard: AdminGuard, *, training: 
     @app.api_route("/api/{rest:path}", methods=API_METHODS, include_in_schema=False)
     def no_such_route(request: Request, rest: str) -> JSONResponse:
         path = request.url.path
-        allowed = sorted(method for route in api_routes if route.path_regex.match(path) for method in route.methods)
+        allowed = sorted(m for route in api_routes if route.path_regex.match(path) for m in route.methods or ())
         if allowed:
             return error_response(405, f"{request.method} is not allowed on {path}: use {', '.join(allowed)}",
                                   {"Allow": ", ".join(allowed)})

@@ -10,7 +10,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from bot.chat.service import Answer, ChatService
 from bot.serving.base import GenerationParams
+from bot.serving.contracts import AnswerStream
 from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError, ValidationError
 from storage.text import ascii_int
@@ -185,7 +186,7 @@ def parse_message_id(value: int | str) -> int:
 # -- generation off the event loop --------------------------------------------
 
 
-async def pieces(answer: Answer, request: Request) -> AsyncIterator[str]:
+async def pieces(answer: Answer | AnswerStream, request: Request) -> AsyncGenerator[str, None]:
     """Iterate `answer` on a worker thread and yield its text pieces here.
 
     When the client disconnects (or the consumer stops early) the generation is

@@ -56,7 +56,7 @@ class Answer:
     conversation_id: int
     context: list[dict[str, str]]
     store: Store
-    message_id: int | None = None
+    message_id: int
     few_shot_examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -184,6 +184,7 @@ class ChatService:
             conversation_id, Role.ASSISTANT, "", context=context, model_version=self.engine.version,
             gen_params=params.as_dict(),
         )
+        generation: AnswerStream
         try:
             if direct:
                 tokens = answer_tokens(direct["output"], getattr(self.engine, "tokenizer", None))

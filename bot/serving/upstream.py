@@ -319,23 +319,26 @@ class UpstreamEngine(PromptFitting):
         """
         started = time.perf_counter()
         with self._switch:
+            name: str | None = None
+            remote: str | None = None
             if version in (None, BASE_VERSION):
-                version, name = BASE_VERSION, None
+                version = BASE_VERSION
             else:
                 path = Path(adapter_path or "")
                 if not (path / "adapter_config.json").is_file():
                     raise ModelLoadError(f"Adapter for {version} not found at {path}: retrain, or activate another version")
-                name = lora_name(version)
+                name, remote = lora_name(version), self.remote_path(path)
                 if name != self._adapter:
-                    self._load(name, self.remote_path(path))
+                    self._load(name, remote)
             with self._lock:
                 old, self._adapter, self.version = self._adapter, name, version
-                self._adapter_path = self.remote_path(Path(adapter_path)) if name else None
-                idle = old is not None and old != name and self._in_flight[old] <= 0
-                if old is not None and old != name and not idle:
-                    self._retiring.add(old)
-            if idle:
-                self._unload(old)
+                self._adapter_path = remote
+                retire = old if old is not None and old != name else None
+                idle = retire is not None and self._in_flight[retire] <= 0
+                if retire is not None and not idle:
+                    self._retiring.add(retire)
+            if retire is not None and idle:
+                self._unload(retire)
         log.info("Upstream now serves %s (%s)", version, name or "base model")
         return time.perf_counter() - started
 

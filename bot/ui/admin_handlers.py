@@ -61,6 +61,6 @@ def admin_handler(method: F | None = None, *, prefix: str = "") -> Any:
 
             wrapper = function
         wrapper.admin_handler = True
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return wrap(method) if method is not None else wrap

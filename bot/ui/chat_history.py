@@ -53,10 +53,10 @@ def _chat(value: Any) -> dict[str, Any] | None:
     history = [m for m in (_message(v) for v in raw[:MAX_MESSAGES]) if m is not None]
     if len(history) != len(raw[:MAX_MESSAGES]) or not history:
         return None
-    raw_ids = value.get("ids") if isinstance(value.get("ids"), list) else []
+    raw_ids: list[Any] = value["ids"] if isinstance(value.get("ids"), list) else []
     ids = [i if isinstance(i, int) and not isinstance(i, bool) and i > 0 else None for i in raw_ids[: len(history)]]
     ids += [None] * (len(history) - len(ids))
-    updated = value.get("updated") if isinstance(value.get("updated"), str) else ""
+    updated: str = value["updated"] if isinstance(value.get("updated"), str) else ""
     return {"key": value["key"], "title": title_of(history), "updated": updated[:32], "history": history, "ids": ids}
 
 
