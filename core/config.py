@@ -75,7 +75,7 @@ class ServeConfig:
         "Re-rank few-shot candidates by meaning, with question vectors from the base model's own hidden "
         "states (local backend only), and use an example only when it stands out; off uses the word score alone. "
         "It finds the right correction more often, but the bundled 135M model answers no better with it "
-        "(docs/examples.md has the measurements).",
+        "(docs/few-shot.md has the measurements).",
         default=False,
     )
     few_shot_min_similarity: float = _help(
@@ -99,7 +99,7 @@ class ServeConfig:
         "word for word, instead of generating (local backend only; the response's exemplar.from_example names "
         "it). It is used only when retrieval is sure (the two settings below); otherwise few-shot goes on as "
         "usual. The bundled 135M model carries a demonstration over to a reworded question only 60-80% of the time; "
-        "with this on it answers 16/30 paraphrases instead of 12/30 with no more near misses misled (docs/examples.md).",
+        "with this on it answers 16/30 paraphrases instead of 12/30 with no more near misses misled (docs/few-shot.md).",
         default=True,
     )
     few_shot_direct_min_similarity: float = _help(
@@ -184,14 +184,14 @@ class ServeConfig:
     )
     bf16_from_batch: int | None = _help(
         "On the CPU, decode in bf16 once the batch holds this many answers (faster there, but it changes some "
-        "greedy answers: see the README); smaller batches stay fp32. Empty: 1 on a CPU with native bf16 "
+        "greedy answers: see docs/performance.md); smaller batches stay fp32. Empty: 1 on a CPU with native bf16 "
         "(AVX512-BF16 or AMX), where one answer decodes 1.25x faster in bf16, else 4. 0 keeps fp32 always.",
         default=None,
     )
     bf16_prefill_from_tokens: int = _help(
         "On the CPU, prefill prompts at least this many tokens long in bf16 (about 2.5x faster, so a long "
         "prompt's first token comes sooner), its first token included (a near tie is decided again on the "
-        "decode weights); the rest of the answer still decodes in the decode dtype. It changes a few greedy answers to long prompts (see the README). 0 keeps fp32 always.",
+        "decode weights); the rest of the answer still decodes in the decode dtype. It changes a few greedy answers to long prompts (see docs/performance.md). 0 keeps fp32 always.",
         default=256,
     )
     prefill_chunk_tokens: int = _help(

@@ -53,7 +53,7 @@ def test_canary_answers_batched_in_fp32_equal_plain_generate_and_single_answers_
         assert from_four.generate([{"role": "user", "content": question}],
                                   GenerationParams(max_new_tokens=TOKENS)).text == answer
     # The served default on a CPU with native bf16 decodes one answer in bf16 too: it is plain `generate`'s
-    # answer on the same bf16 weights (how often that differs from fp32's is measured in the README).
+    # answer on the same bf16 weights (how often that differs from fp32's is measured in docs/performance.md).
     if real_engine.bf16_from_batch == 1:
         for question in CANARY[:2]:
             assert real_engine.generate([{"role": "user", "content": question}],
@@ -68,7 +68,7 @@ def test_canary_answers_batched_in_fp32_equal_plain_generate_and_single_answers_
 
 def test_long_prompts_keep_plain_generate_answers_with_fp32_prefill(real_engine):
     """bf16 prefill of long prompts (the default from 256 tokens) may change a greedy answer (the measured
-    rate is in the README); bf16_prefill_from_tokens=0 keeps every answer as plain `generate` gives it."""
+    rate is in docs/performance.md); bf16_prefill_from_tokens=0 keeps every answer as plain `generate` gives it."""
     passage = ("The Halvard ferry company runs boats between the harbour and the three islands. Ferries leave "
                "every hour from seven in the morning until ten at night in summer. ") * 12
     question = passage + "\nWhen do the ferries leave?"

@@ -25,7 +25,7 @@ the test split. Everything is deterministic (no random numbers: the choice of
 frames follows a hash of the question), so a version is reproducible from its
 example list.
 
-Not done here, measured instead (training/README.md): rewordings written by the
+Not done here, measured instead (docs/training.md): rewordings written by the
 bundled 135M model itself. Asked to reword a question, it answered it (0 of 16
 outputs were questions), so there was nothing to keep.
 """
@@ -233,7 +233,7 @@ def _question(example: dict[str, Any]) -> str | None:
 #
 # After a retrain on many corrections about one entity, the model answers questions about that entity's
 # *other* attributes with one of the learned facts ("How many schools are in Brindlemoor?" → "Brindlemoor
-# has a population of 12,400"; docs/examples.md, "After the retrain"). These rows teach the other side:
+# has a population of 12,400"; docs/few-shot.md, "After a retrain"). These rows teach the other side:
 # an attribute of the corrected entity that no correction covers is answered "I don't have information
 # about it". The attributes are generic (any place, company or product can have an owner or a website)
 # and were chosen to differ from every question of the benchmarks (tests/fewshot_entities.json: its
@@ -252,7 +252,7 @@ UNKNOWN_TEMPLATES: tuple[tuple[frozenset[str], str], ...] = (
 UNKNOWN_ANSWER = "I don't have that information about {x}."
 # At most one such row per this many corrections in all (or `per_entity`, when that is more, so a small
 # set still gets one entity's worth): what bounds their cost on a large set (200 corrections: at most 66
-# rows, against 815 rows without them; training/README.md).
+# rows, against 815 rows without them; docs/training.md).
 CORRECTIONS_PER_UNKNOWN_ROW = 3
 
 

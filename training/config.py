@@ -2,7 +2,7 @@
 the result (EvalConfig) and when to retrain by itself (RetrainPolicy).
 
 Each field has a default chosen by measurement on a 2-core CPU with the bundled
-SmolLM2-135M-Instruct (see training/README.md) and a help string; validate()
+SmolLM2-135M-Instruct (see docs/training.md) and a help string; validate()
 reports every problem at once, with its fix, before any model loads.
 
 A field declared with `_help` is also a flag (`--train-NAME`, `--eval-NAME`,
@@ -74,7 +74,7 @@ class TrainConfig:
         "the answer format but not new facts, 8 taught the bundled model 15-17 of 18 distinct facts and 10 taught "
         "18 of 18; with the default extra wordings (2 rewordings + 1 statement per example, four rows per example) "
         "6 taught all 24 of the test facts (two seeds) and 4 epochs, with 1 rewording, only 9 of 24 "
-        "(training/README.md, Generalisation).",
+        "(docs/training.md, More wordings).",
         default=6.0,
     )
     learning_rate: float = _help(
@@ -119,7 +119,7 @@ class TrainConfig:
         "with it. On 24 facts, 2 rewordings + 1 statement at 6 epochs (the default) answered 21-22/24 paraphrases "
         "and 46/48 other wordings never trained on (two seeds), against 13/24 and 29/48 with the question alone "
         "at 10 epochs; 1 rewording learned 23-24 facts and kept one canary answer fewer "
-        "(training/README.md, Generalisation).",
+        "(docs/training.md, More wordings).",
         default=2,
     )
     statement_prompts: int = _help(
@@ -134,8 +134,8 @@ class TrainConfig:
         "UNKNOWN_TEMPLATES), so a model trained on many facts about X stops answering X's other attributes "
         "with one of them. Only for names at least two trained examples share, and at most one row per 3 "
         "examples in all. Off (0) by default: on 30 corrections about 3 entities, 3 per entity did not lower "
-        "the neighbouring questions answered with another correction's fact (two seeds; docs/examples.md, "
-        "After the retrain) and cost one paraphrase answered 'not known'.",
+        "the neighbouring questions answered with another correction's fact (two seeds; docs/training.md, "
+        "'not known' rows) and cost one paraphrase answered 'not known'.",
         default=0,
     )
     replay_rewordings: int = _help(
@@ -180,7 +180,7 @@ class TrainConfig:
     )
     processes: int = _help(
         "Training processes: more than 1 runs the job under `accelerate launch` (data-parallel, one process per "
-        "GPU; on CPUs, gloo). batch_size must split evenly over them. See README, Scaling out.",
+        "GPU; on CPUs, gloo). batch_size must split evenly over them. See docs/scaling.md.",
         default=1,
     )
     accelerate_config: str | None = _help(

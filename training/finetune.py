@@ -4,7 +4,7 @@ The loss on the users' examples is the cross-entropy of their answers. Mixed
 in are replay examples (general questions, training/replay.jsonl); on those
 the loss is the KL divergence from the base model's own next-token
 distribution, so learning new facts does not wash out what the model knew.
-Measured on the bundled model (training/README.md): replaying the base model's
+Measured on the bundled model (docs/training.md): replaying the base model's
 answers as plain text still lost a quarter of the canary answers; the KL term
 kept them.
 

@@ -1,7 +1,7 @@
 """Whether a candidate may replace the serving version, judged item by item, and the
 steps that follow: promote or reject, activate, roll back.
 
-The gate has four rules (training/README.md says why each is shaped as it is):
+The gate has four rules (docs/training.md says why each is shaped as it is):
 - learned: the candidate answers, with few-shot off, at least as many of the
   approved corrections as the serving version does;
 - no regression: a correction the serving version answers stays answered (a

@@ -1,6 +1,6 @@
 """The training job as a recipe: prepare → train → evaluate → decide → record.
 
-Select on held-out, then refit on everything (training/README.md has the
+Select on held-out, then refit on everything (docs/training.md has the
 measurements behind this design):
 
 1. prepare: every approved example is in the plan; the test-split ones are

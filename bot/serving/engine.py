@@ -75,7 +75,7 @@ def default_bf16_from_batch() -> int:
 
 
 # Prompts at least this long are prefilled in bf16 (their first token comes from that pass, see
-# FIRST_TOKEN_RECHECK_MARGIN): see DEFAULT_* figures in the README. 0 = never.
+# FIRST_TOKEN_RECHECK_MARGIN): docs/performance.md has the figures. 0 = never.
 DEFAULT_BF16_PREFILL_FROM_TOKENS = 256
 # A long prompt's first token comes from its bf16 prefill, unless its two likeliest tokens are closer
 # than this many logits: then the last prompt token runs again on the decode weights (one step).

@@ -19,7 +19,7 @@ example's question (approved_answer_for: similar enough, clearly more than any
 other candidate and than generic questions about any entity, and about the same
 names), the example's approved answer is served word for word (ApprovedAnswer;
 ServeConfig.few_shot_direct) instead of asking the model.
-benchmarks/bench_fewshot.py measures all of it; docs/examples.md has the table.
+benchmarks/bench_fewshot.py measures all of it; docs/few-shot.md has the tables.
 Prompts are built by core/prompts.py.
 """
 
