@@ -68,7 +68,7 @@ def create_app(
         service, guard, training=training, serving_warning=(lambda: watcher.fallback) if watcher else None
     )
     # Uploads need no password (Gradio takes them before any handler runs), so their size is capped.
-    max_upload = getattr(service.config, "max_upload_mb", 64) * 1024 * 1024
+    max_upload = service.config.max_upload_mb * 1024 * 1024
     app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS, max_file_size=max_upload)
     if host_names is not None:
         app.add_middleware(HostCheck, allowed=host_names)

@@ -107,9 +107,9 @@ class ChatService:
         self.store = store
         self.config = config
         # Question vectors come from the plain base weights, whichever version the engine serves.
-        wants_embedder = getattr(config, "few_shot_rerank", False) or getattr(config, "few_shot_direct", False)
+        wants_embedder = config.few_shot_rerank or config.few_shot_direct
         self.embedder = QuestionEmbedder.for_engine(engine) if wants_embedder else None
-        self.rerank = self.embedder if getattr(config, "few_shot_rerank", False) else None
+        self.rerank = self.embedder if config.few_shot_rerank else None
 
     def warm_few_shot(self) -> int:
         """Compute the question vectors the first chats would otherwise wait for: the shared ones
@@ -125,7 +125,7 @@ class ChatService:
 
         Only for a conversation without a system prompt (an approved answer knows nothing of one), and
         only when the answer fits the requested length and holds none of its stop strings."""
-        if not getattr(self.config, "few_shot_direct", False) or self.embedder is None:
+        if not self.config.few_shot_direct or self.embedder is None:
             return None
         if any(m["role"] == "system" for m in context):
             return None

@@ -148,7 +148,7 @@ class ChatHandlers:
             if self._active.get(key) is answer:
                 del self._active[key]
         stopped = self._stopped.pop(id(answer), False)
-        self._cut[key] = not stopped and getattr(answer.generation, "finish_reason", None) == "length"
+        self._cut[key] = not stopped and answer.generation.finish_reason == "length"
         shown = [*history, {"role": "assistant", "content": answer.text}]
         yield shown, answer.conversation_id, new_ids, self.describe(answer, params=params, stopped=stopped)
 
@@ -184,7 +184,7 @@ class ChatHandlers:
         notices = list(answer.notices)
         if stopped:
             notices.append("Stopped: the answer so far is kept.")
-        elif getattr(answer.generation, "finish_reason", None) == "length":
+        elif answer.generation.finish_reason == "length":
             limit = params.max_new_tokens if params else "the"
             notices.append(
                 f"Cut at the {limit}-token limit: press Continue, or raise Max new tokens in Settings."
