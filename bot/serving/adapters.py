@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import PreTrainedModel
 
-PREFIX = "base_model.model."  # peft's prefix on every saved key
+_SAVED_PREFIX = "base_model.model."  # peft's prefix on every saved key
 # Settings that make an adapter something other than plain LoRA on the model's own modules (peft
 # marks its LoRA variants itself: see _unmergeable_settings).
 _NOT_PLAIN = ("modules_to_save", "layer_replication", "target_parameters", "trainable_token_indices", "use_qalora")
@@ -111,7 +111,7 @@ def read_adapter(model: PreTrainedModel, adapter_path: str | Path, *, version: s
         raise ModelLoadError(f"{where} trains an embedding layer ({embedding}); this engine merges LoRA on linear layers only")
     parts: dict[str, dict[str, torch.Tensor]] = {}  # module name -> {"lora_A.weight": ..., "lora_B.weight": ..., ...}
     for key, tensor in tensors.items():
-        stem, _, kind = key.removeprefix(PREFIX).rpartition(".lora_")
+        stem, _, kind = key.removeprefix(_SAVED_PREFIX).rpartition(".lora_")
         if not stem or kind not in ("A.weight", "B.weight", "B.bias"):
             raise ModelLoadError(f"{where} has weights this engine cannot merge: {key}")
         parts.setdefault(stem, {})["lora_" + kind] = tensor
