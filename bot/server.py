@@ -20,26 +20,10 @@ from bot.auth import AdminGuard  # noqa: E402
 from bot.chat.service import ChatService  # noqa: E402
 from bot.serving.contracts import ChatEngine  # noqa: E402
 from bot.serving.watcher import ModelWatcher  # noqa: E402
-from core.errors import ModelLoadError  # noqa: E402
 from core.training_contract import TrainingController  # noqa: E402
 from storage import Store  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def adapter_checker(engine: Any) -> Any:
-    """check(version, path): read the adapter as the engine would serve it (files, shapes against the
-    base model) and refuse non-finite weights; raises ModelLoadError."""
-
-    def check(version: str, path: Path) -> None:
-        import torch
-
-        deltas = engine.read_adapter(path, version)
-        broken = next((name for name, delta in deltas.items() if not torch.isfinite(delta).all()), None)
-        if broken is not None:
-            raise ModelLoadError(f"Adapter {version} at {path} has infinite or NaN weights ({broken}): retrain it")
-
-    return check
 
 
 def create_app(
@@ -100,9 +84,9 @@ def build_server(
     watch_interval: float = 1.0,
 ) -> tuple[FastAPI, ModelWatcher]:
     """Wire engine, store and training controller into an app; the watcher is started."""
-    if training is not None and hasattr(engine, "read_adapter"):
+    if training is not None and hasattr(engine, "check_adapter"):
         # Activation loads the adapter into this engine before the store says it is active.
-        training.adapter_check = adapter_checker(engine)
+        training.adapter_check = engine.check_adapter
     service = ChatService(engine, store, config)
     watcher = ModelWatcher(engine, store, Path(config.data_dir), interval=watch_interval)
     watcher.start()

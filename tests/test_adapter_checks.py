@@ -74,7 +74,7 @@ def test_a_truncated_adapter_is_refused_and_the_old_version_keeps_serving(served
 
 
 def test_a_changed_adapter_fails_its_checksum(served, store):
-    client, engine, watcher, v1, v2 = served
+    client, _, _, v1, v2 = served
     config = registry.adapter_path(store.get_model_version(v2)) / "adapter_config.json"
     config.write_text(config.read_text() + " ")  # still valid JSON: only the checksum notices
     response = client.post(f"/api/models/{v2}/activate", headers=ADMIN)
@@ -85,7 +85,7 @@ def test_a_changed_adapter_fails_its_checksum(served, store):
 def test_an_adapter_for_another_base_is_refused_by_the_engine(served, store, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    client, engine, watcher, v1, v2 = served
+    client, engine, _, v1, v2 = served
     other = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
     folder = registry.adapter_path(store.get_model_version(v2))
@@ -96,6 +96,20 @@ def test_an_adapter_for_another_base_is_refused_by_the_engine(served, store, tok
     assert response.status_code == 400 and "does not fit" in response.json()["error"]
     assert store.active_version()["version"] == v1 and engine.version == v1
     assert client.post("/api/models/base/activate", headers=ADMIN).status_code == 200  # base needs no adapter
+
+
+def test_an_adapter_with_nan_weights_is_refused_by_the_engine(served, store):
+    from safetensors.torch import load_file, save_file
+
+    client, engine, _, v1, v2 = served
+    path = weights(store, v2)
+    tensors = load_file(path)
+    tensors[next(key for key in tensors if "lora_B" in key)][0, 0] = float("nan")
+    save_file(tensors, path)
+    registry.write_checksums(path.parent)  # intact files, broken numbers: only the engine's check shows it
+    response = client.post(f"/api/models/{v2}/activate", headers=ADMIN)
+    assert response.status_code == 400 and "NaN" in response.json()["error"], response.text
+    assert store.active_version()["version"] == v1 and engine.version == v1
 
 
 def admin_login_message(engine, store, watcher) -> str:

@@ -6,9 +6,9 @@ import threading
 import pytest
 import torch
 
-import bot.serving.engine as engine_module
 from bot.serving.base import GenerationParams
-from bot.serving.engine import Engine, default_bf16_from_batch
+from bot.serving.dtype import default_bf16_from_batch
+from bot.serving.engine import Engine
 from core.errors import ModelLoadError, ValidationError
 from storage.vocabulary import BASE_VERSION
 
@@ -198,7 +198,7 @@ def test_a_client_that_leaves_frees_its_slot_at_once(tiny_model, tokenizer):
     late = engine.generate([{"role": "user", "content": "A third person"}], GenerationParams(max_new_tokens=4))
     assert late.completion_tokens == 4
     # The third answer got the freed slot while the second was still decoding.
-    assert not staying._finished and leaving._finished
+    assert not staying.finished and leaving.finished
     assert leaving.completion_tokens < 400
     staying.cancel()
 
@@ -289,8 +289,8 @@ def test_a_broken_adapter_is_refused_before_anything_changes(engine, tmp_path):
 
 def test_big_batches_switch_to_bf16_and_single_answers_stay_fp32(tiny_model, tokenizer):
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256, bf16_from_batch=4)
-    assert engine._model_for(1) is engine.model and engine._model_for(3).dtype == torch.float32
-    assert engine._model_for(4).dtype == torch.bfloat16
+    assert engine.dtypes.decode_model(1) is engine.model and engine.dtypes.decode_model(3).dtype == torch.float32
+    assert engine.dtypes.decode_model(4).dtype == torch.bfloat16
     alone = engine.generate(QUESTION, GenerationParams(max_new_tokens=10)).text
     assert alone == greedy_reference(engine, QUESTION, 10)
     results: list = [None] * 6
@@ -313,39 +313,48 @@ def test_one_answer_decodes_in_bf16_by_default_only_on_a_cpu_with_native_bf16(ti
         assert default_bf16_from_batch() == expected
         engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
         assert engine.bf16_from_batch == expected
-        assert engine._model_for(1).dtype == (torch.bfloat16 if expected == 1 else torch.float32)
-        assert engine._model_for(4).dtype == torch.bfloat16
+        assert engine.dtypes.decode_model(1).dtype == (torch.bfloat16 if expected == 1 else torch.float32)
+        assert engine.dtypes.decode_model(4).dtype == torch.bfloat16
     # A setting given wins over the CPU's default.
-    assert Engine(tiny_model, tokenizer, base_name="tiny", bf16_from_batch=0)._model_for(16).dtype == torch.float32
+    fp32 = Engine(tiny_model, tokenizer, base_name="tiny", bf16_from_batch=0)
+    assert fp32.dtypes.decode_model(16).dtype == torch.float32
 
 
 # -- prefill: chunks while others decode, bf16 for long prompts ------------------
 
 
-def _record_forwards(engine):
-    """Log (rows, columns, dtype) of every forward pass the decode thread makes."""
-    calls = []
-    forward = engine._forward
+@pytest.fixture
+def record_forwards():
+    """record(engine): a list that logs (rows, columns, dtype) of every forward pass on the engine's
+    weights, fp32 and bf16 alike, from torch's hooks on them (removed after the test)."""
+    handles = []
 
-    def spy(model, input_ids, mask, positions, cache):
-        calls.append((input_ids.shape[0], input_ids.shape[1], model.dtype))
-        return forward(model, input_ids, mask, positions, cache)
+    def record(engine):
+        calls = []
 
-    engine._forward = spy
-    return calls
+        def hook(model, args, kwargs):
+            input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+            calls.append((input_ids.shape[0], input_ids.shape[1], model.dtype))
+
+        handles.extend(model.register_forward_pre_hook(hook, with_kwargs=True) for model in engine.dtypes.models)
+        return calls
+
+    yield record
+    for handle in handles:
+        handle.remove()
 
 
 LONG = [{"role": "user", "content": "Please read this. " + "The ferry leaves every hour from the harbour. " * 12}]
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(tiny_model, tokenizer):
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(tiny_model, tokenizer, record_forwards):
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
                     bf16_prefill_from_tokens=0, prefill_chunk_tokens=16)
     long_tokens = len(engine.prepare(LONG, GenerationParams(max_new_tokens=8)).token_ids)
     assert long_tokens > 100
     expected_long = greedy_reference(engine, LONG, 8)
     expected_running = greedy_reference(engine, QUESTION, 120)
-    calls = _record_forwards(engine)
+    calls = record_forwards(engine)
     running = engine.stream(QUESTION, GenerationParams(max_new_tokens=120))
     pieces = iter(running)
     next(pieces)  # the first answer is decoding
@@ -360,22 +369,25 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(tiny_mo
     assert all(calls[i + 1][:2] == (1, 1) for i in chunks[:-1]), "the running answer decodes between chunks"
 
 
-def test_with_nobody_decoding_a_long_prompt_is_prefilled_whole(tiny_model, tokenizer):
+def test_with_nobody_decoding_a_long_prompt_is_prefilled_whole(tiny_model, tokenizer, record_forwards):
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
                     bf16_prefill_from_tokens=0, prefill_chunk_tokens=16)
-    calls = _record_forwards(engine)
+    expected = greedy_reference(engine, LONG, 4)
+    calls = record_forwards(engine)
     answer = engine.generate(LONG, GenerationParams(max_new_tokens=4))
     assert calls[0][1] == answer.prompt_tokens and all(columns == 1 for _, columns, _ in calls[1:])
-    assert answer.text == greedy_reference(engine, LONG, 4)
+    assert answer.text == expected
 
 
-def test_long_prompts_prefill_in_bf16_and_the_rest_of_the_answer_decodes_in_fp32(tiny_model, tokenizer, monkeypatch):
-    monkeypatch.setattr(engine_module, "FIRST_TOKEN_RECHECK_MARGIN", 0.0)  # never a near tie (see the next test)
+def test_long_prompts_prefill_in_bf16_and_the_rest_of_the_answer_decodes_in_fp32(tiny_model, tokenizer,
+                                                                                  record_forwards):
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
-                    bf16_prefill_from_tokens=64, prefill_chunk_tokens=16)
-    calls = _record_forwards(engine)
+                    bf16_prefill_from_tokens=64, prefill_chunk_tokens=16,
+                    first_token_recheck_margin=0.0)  # never a near tie (see the next test)
+    expected_short = greedy_reference(engine, QUESTION, 6)
+    calls = record_forwards(engine)
     short = engine.generate(QUESTION, GenerationParams(max_new_tokens=6))
-    assert short.text == greedy_reference(engine, QUESTION, 6)  # short prompts: all fp32, today's answer
+    assert short.text == expected_short  # short prompts: all fp32, today's answer
     assert {dtype for _, _, dtype in calls} == {torch.float32}
     calls.clear()
     answer = engine.generate(LONG, GenerationParams(max_new_tokens=6))
@@ -398,37 +410,34 @@ def test_long_prompts_prefill_in_bf16_and_the_rest_of_the_answer_decodes_in_fp32
     assert max(columns for columns, _ in prompt_calls) == 16
 
 
-def test_a_near_tie_first_token_is_taken_again_on_the_decode_weights(tiny_model, tokenizer, monkeypatch):
+def test_a_near_tie_first_token_is_taken_again_on_the_decode_weights(tiny_model, tokenizer, record_forwards):
     """When bf16's two likeliest first tokens are close, the first token is the fp32 weights' own pick."""
     from transformers import DynamicCache
 
-    monkeypatch.setattr(engine_module, "FIRST_TOKEN_RECHECK_MARGIN", float("inf"))  # every first token a near tie
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
-                    bf16_prefill_from_tokens=64)
-    calls = _record_forwards(engine)
-    firsts = []
-    sample = engine_module._sample
-    monkeypatch.setattr(engine_module, "_sample", lambda logits, rows: firsts.append(sample(logits, rows)) or firsts[-1])
+                    bf16_prefill_from_tokens=64, first_token_recheck_margin=float("inf"))  # every first token a tie
+    calls = record_forwards(engine)
     answer = engine.generate(LONG, GenerationParams(max_new_tokens=3))
+    # The prompt on bf16, then its last token again on fp32 (the recheck), then two decode steps.
     assert calls == [(1, answer.prompt_tokens, torch.bfloat16)] + [(1, 1, torch.float32)] * 3
     # By hand: all but the last prompt token on the bf16 weights, the last one on the fp32 weights.
     ids = torch.tensor([engine.prepare(LONG, GenerationParams(max_new_tokens=3)).token_ids])
     cache = DynamicCache(config=tiny_model.config)
     with torch.inference_mode():
-        engine._bf16_model(input_ids=ids[:, :-1], cache=cache, use_cache=True)
+        engine.dtypes.bf16_model(input_ids=ids[:, :-1], cache=cache, use_cache=True)
         for layer in cache.layers:
             layer.keys, layer.values = layer.keys.float(), layer.values.float()
         logits = tiny_model(input_ids=ids[:, -1:], cache=cache, use_cache=True,
                             position_ids=torch.tensor([[ids.shape[1] - 1]])).logits[0, -1]
-    assert firsts[0] == [int(logits.argmax())]
+    assert answer.token_ids[0] == int(logits.argmax())
 
 
-def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_model, tokenizer):
+def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_model, tokenizer, record_forwards):
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=0,
                     bf16_prefill_from_tokens=64)
     expected = greedy_reference(engine, QUESTION, 6)
-    calls = _record_forwards(engine)
-    with engine._cond:  # both wait, so the decode thread admits them in one go
+    calls = record_forwards(engine)
+    with engine.scheduler.hold():  # both wait, so the decode thread admits them in one go
         short = engine.stream(QUESTION, GenerationParams(max_new_tokens=6))
         long = engine.stream(LONG, GenerationParams(max_new_tokens=6))
     assert "".join(short).strip() == expected
@@ -437,16 +446,31 @@ def test_a_short_prompt_arriving_with_a_long_one_keeps_its_fp32_prefill(tiny_mod
     assert prefills == [(1, short.prompt_tokens, torch.float32), (1, long.prompt_tokens, torch.bfloat16)]
 
 
-def test_with_bf16_from_one_answer_short_and_long_prompts_arriving_together_prefill_together(tiny_model, tokenizer):
+def test_with_bf16_from_one_answer_short_and_long_prompts_arriving_together_prefill_together(
+    tiny_model, tokenizer, record_forwards
+):
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512, bf16_from_batch=1,
                     bf16_prefill_from_tokens=64)
-    calls = _record_forwards(engine)
-    with engine._cond:  # both wait, so the decode thread admits them in one go
+    calls = record_forwards(engine)
+    with engine.scheduler.hold():  # both wait, so the decode thread admits them in one go
         short = engine.stream(QUESTION, GenerationParams(max_new_tokens=6))
         long = engine.stream(LONG, GenerationParams(max_new_tokens=6))
     assert "".join(short) and "".join(long)
     # Both would be prefilled in bf16 anyway: one pass for the two, not one each.
     assert [call for call in calls if call[1] > 1] == [(2, long.prompt_tokens, torch.bfloat16)]
+
+
+def test_hold_waits_for_the_answers_in_flight_and_admits_nothing_until_it_exits(engine):
+    running = engine.stream(QUESTION, GenerationParams(max_new_tokens=30))
+    pieces = iter(running)
+    next(pieces)  # decoding
+    with engine.scheduler.hold():
+        assert running.finished and running.completion_tokens == 30  # drained before the block starts
+        waiting = engine.stream(QUESTION, GenerationParams(max_new_tokens=4))
+        assert not waiting.finished and waiting.completion_tokens == 0 and waiting.model_version is None
+        engine.version = "held"  # what an adapter swap does inside the block
+    assert "".join(waiting) and waiting.completion_tokens == 4 and waiting.model_version == "held"
+    list(pieces)
 
 
 def test_base_copy_is_the_plain_base_while_an_adapter_serves(engine, tmp_path, tiny_model, tokenizer):

@@ -58,7 +58,7 @@ def test_canary_answers_batched_in_fp32_equal_plain_generate_and_single_answers_
         for question in CANARY[:2]:
             assert real_engine.generate([{"role": "user", "content": question}],
                                         GenerationParams(max_new_tokens=TOKENS)).text == plain_generate(
-                real_engine, question, real_engine._bf16_model)
+                real_engine, question, real_engine.dtypes.bf16_model)
     # Eight at once, kept in fp32: every answer equals its single-stream greedy answer.
     fp32 = Engine(real_engine.model, real_engine.tokenizer, base_name="bundled", bf16_from_batch=0)
     batched = ask_all_at_once(fp32, CANARY)
