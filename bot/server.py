@@ -84,9 +84,10 @@ def build_server(
     watch_interval: float = 1.0,
 ) -> tuple[FastAPI, ModelWatcher]:
     """Wire engine, store and training controller into an app; the watcher is started."""
-    if training is not None and hasattr(engine, "check_adapter"):
+    local = engine.local_model()
+    if training is not None and local is not None:
         # Activation loads the adapter into this engine before the store says it is active.
-        training.adapter_check = engine.check_adapter
+        training.adapter_check = local.check_adapter
     service = ChatService(engine, store, config)
     watcher = ModelWatcher(engine, store, Path(config.data_dir), interval=watch_interval)
     watcher.start()

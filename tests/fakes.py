@@ -4,12 +4,12 @@ generation (UI handlers, HTTP plumbing). Never a stand-in for the feature itself
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream, ChatEngine
 from core.errors import ConflictError, NotFoundError
+from core.prompts import FittedPrompt
 from core.training_contract import (
     Activation,
     ComparisonSample,
@@ -25,17 +25,10 @@ from storage.vocabulary import BASE_VERSION, JobStatus, VersionStatus
 from training.config import RetrainPolicy
 
 
-@dataclass
-class FakePrompt:
-    token_ids: list[int]
-    demonstrations: list[dict[str, Any]]
-    notices: list[str] = field(default_factory=list)
-
-
 class FakeGeneration(AnswerStream):
     """Streams its canned reply word by word."""
 
-    def __init__(self, reply: str, version: str, params: GenerationParams, prompt: FakePrompt):
+    def __init__(self, reply: str, version: str, params: GenerationParams, prompt: FittedPrompt):
         self._reply = reply
         self.params = params
         self.prompt = prompt
@@ -44,6 +37,7 @@ class FakeGeneration(AnswerStream):
         self.finish_reason = "stop"
         self.completion_tokens = len(reply.split())
         self.cancelled = False
+        self.from_example = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -74,6 +68,7 @@ class FakeEngine(ChatEngine):
     def __init__(self, version: str = BASE_VERSION):
         self.version = version
         self.base_name = "fake"
+        self.tokenizer = None  # approved answers are counted in words
         self.replies: list[str] = []
         self.calls: list[dict[str, Any]] = []
 
@@ -86,12 +81,19 @@ class FakeEngine(ChatEngine):
         params = (params or GenerationParams()).validate()
         self.calls.append({"messages": list(messages), "params": params, "demonstrations": list(demonstrations)})
         reply = self.replies.pop(0) if self.replies else f"You said: {messages[-1]['content']}"
-        prompt = FakePrompt(token_ids=list(range(sum(len(m["content"].split()) for m in messages))), demonstrations=list(demonstrations))
+        words = [w for m in messages for w in m["content"].split()]
+        prompt = FittedPrompt(" ".join(words), list(range(len(words))), list(messages), list(demonstrations))
         return FakeGeneration(reply, self.version, params, prompt)
 
     def activate(self, version: str | None, adapter_path: Any = None) -> float:
         self.version = version or BASE_VERSION
         return 0.0
+
+    def health(self) -> None:
+        return None
+
+    def local_model(self) -> None:
+        return None
 
 
 class FakeTraining(TrainingController):

@@ -19,7 +19,8 @@ from bot.chat.service import ChatService
 from bot.serving.base import GenerationParams
 from core.config import ServeConfig
 from core.errors import ValidationError
-from tests.fakes import FakeEngine, FakeGeneration, FakePrompt
+from core.prompts import FittedPrompt
+from tests.fakes import FakeEngine, FakeGeneration
 from tests.live_app import serve_in_thread
 
 PASSWORD = "correct-horse-battery"
@@ -156,7 +157,7 @@ class FailingGeneration(FakeGeneration):
 def test_an_error_mid_stream_is_an_error_event_and_the_answer_is_not_kept(client, engine, store):
     def stream(messages, params=None, demonstrations=()):
         params = (params or GenerationParams()).validate()
-        return FailingGeneration("", "base", params, FakePrompt([1, 2], []))
+        return FailingGeneration("", "base", params, FittedPrompt("q", [1, 2], [], []))
 
     engine.stream = stream
     events = sse_events(client.post("/v1/chat/completions", json={"messages": QUESTION, "stream": True}).text)
@@ -246,7 +247,7 @@ def slow_engine(engine):
 
     def stream(messages, params=None, demonstrations=()):
         params = (params or GenerationParams()).validate()
-        made.append(SlowGeneration(" ".join(["word"] * 200), "base", params, FakePrompt([1, 2, 3], [])))
+        made.append(SlowGeneration(" ".join(["word"] * 200), "base", params, FittedPrompt("q", [1, 2, 3], [], [])))
         return made[-1]
 
     engine.stream = stream

@@ -12,6 +12,7 @@ import pytest
 from bot.serving.retrieval import MIN_SCORE, retrieve
 from storage import Store
 from storage.search import content_words, idf, porter_stem, relevance, terms
+from tests.fakes import FakeEngine
 
 FACTS = json.loads((Path(__file__).parent / "fewshot_facts.json").read_text())
 
@@ -239,7 +240,7 @@ def test_a_correction_changes_the_real_models_next_answer(real_engine, store):
     assert "Velmora" not in unguided.text
 
 
-# -- re-ranking by meaning (bot/fewshot.py), with a stand-in for the model's vectors ----------------
+# -- re-ranking by meaning (bot/serving/retrieval.py), with a stand-in for the model's vectors ----------------
 
 ENTITIES = json.loads((Path(__file__).parent / "fewshot_entities.json").read_text())["entities"]
 
@@ -548,9 +549,13 @@ def test_warming_caches_the_shared_and_the_example_vectors(tiny_model, tokenizer
     from bot.serving.retrieval import QuestionEmbedder
     from core.config import ServeConfig
 
-    class LocalEngine:  # what for_engine needs of an engine: a base copy and a tokenizer
+    class LocalEngine(FakeEngine):  # what for_engine needs of an engine: a tokenizer and a local model's base copy
         def __init__(self):
+            super().__init__()
             self.tokenizer = tokenizer
+
+        def local_model(self):
+            return self
 
         def base_copy(self):
             import copy

@@ -258,7 +258,7 @@ CORRECTIONS_PER_UNKNOWN_ROW = 3
 
 def entity_of(question: str) -> str | None:
     """The name a question is about, as written: the longest run of name words (storage.search.name_words,
-    as bot/fewshot.py mask_names finds them) and numbers right after them, with "the" in front where the
+    as bot/serving/retrieval.py mask_names finds them) and numbers right after them, with "the" in front where the
     question has it ("the Veltrix Aero 14", "Harbrook Ferries", "Brindlemoor"); None when it names nothing."""
     from storage.search import name_words  # storage imports nothing of the project: a one-way dependency
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from bot.api.auth import admin_dependency
 from bot.api.chat import MAX_ID, RowId
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
@@ -110,17 +110,12 @@ class ModelVersions(BaseModel):
 
 def admin_router(service: ChatService, guard: AdminGuard, training: TrainingController | None = None) -> APIRouter:
     store = service.store
-    bearer = HTTPBearer(auto_error=False, description="The admin password.")
-
-    def require_admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        guard.check_bearer(request.headers.get("authorization"), request.client.host if request.client else "http")
-
     def need_training() -> TrainingController:
         if training is None:
             raise ConflictError(NO_TRAINING)
         return training
 
-    router = APIRouter(prefix="/api", dependencies=[Depends(require_admin)], tags=["admin"])
+    router = APIRouter(prefix="/api", dependencies=[Depends(admin_dependency(guard))], tags=["admin"])
 
     # -- examples -------------------------------------------------------------
 

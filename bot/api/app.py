@@ -78,10 +78,10 @@ def add_api(
         health: dict[str, Any] = {"status": "ok", "model_version": service.engine.version}
         if watcher is not None and watcher.fallback:
             health["warning"] = watcher.fallback  # the active version cannot load; another serves
-        upstream_health = getattr(service.engine, "health", None)
-        if upstream_health is not None:
-            health["upstream"] = upstream_health()
-            if health["upstream"]["status"] != "ok":
+        upstream = service.engine.health()
+        if upstream is not None:
+            health["upstream"] = upstream
+            if upstream["status"] != "ok":
                 health["status"] = "degraded"
         return health
 

@@ -28,9 +28,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot.api.auth import admin_dependency
 from bot.api.chat import MODEL_ID, StreamOptions, pieces, sse
 from bot.auth import AdminGuard
+from bot.chat.service import ChatService
 from bot.serving.base import GenerationParams
+from bot.serving.contracts import ChatEngine, LocalModel
+from bot.serving.watcher import ModelWatcher
 from core.errors import ConflictError, ExemplarError, NotFoundError, ValidationError
 
 LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -77,7 +81,7 @@ class CompletionRequest(BaseModel):
 class LoraSlots:
     """The adapters loaded by name through the vLLM routes, and the choice among them per request."""
 
-    def __init__(self, engine: Any, watcher: Any = None):
+    def __init__(self, engine: ChatEngine, watcher: ModelWatcher | None = None):
         self.engine = engine
         self.watcher = watcher
         self.loaded: dict[str, Path] = {}
@@ -125,22 +129,18 @@ class LoraSlots:
         ]
 
 
-def lora_router(service: Any, guard: AdminGuard, slots: LoraSlots) -> APIRouter:
+def lora_router(service: ChatService, guard: AdminGuard, slots: LoraSlots) -> APIRouter:
     """The routes above; every one needs the admin password."""
-    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-    bearer = HTTPBearer(auto_error=False, description="The admin password.")
-
-    def require_admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        guard.check_bearer(request.headers.get("authorization"), request.client.host if request.client else "http")
-
-    def need_local_engine() -> None:
-        if not hasattr(service.engine, "stream_prompt"):
+    def need_local_engine() -> LocalModel:
+        local = service.engine.local_model()
+        if local is None:
             raise ConflictError(
                 "this server sends generation to an upstream model server: load adapters there, not here"
             )
+        return local
 
-    router = APIRouter(dependencies=[Depends(require_admin)], tags=["lora"])
+    router = APIRouter(dependencies=[Depends(admin_dependency(guard))], tags=["lora"])
 
     @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
     async def load_lora_adapter(body: LoadLoraAdapterRequest) -> str:
@@ -159,7 +159,7 @@ def lora_router(service: Any, guard: AdminGuard, slots: LoraSlots) -> APIRouter:
     @router.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """Continue an already-rendered prompt (OpenAI completions, `stream` true or false). Nothing is stored."""
-        need_local_engine()
+        local = need_local_engine()
         params = GenerationParams(
             max_new_tokens=body.max_tokens,
             temperature=body.temperature,
@@ -173,7 +173,7 @@ def lora_router(service: Any, guard: AdminGuard, slots: LoraSlots) -> APIRouter:
             if body.model not in (None, MODEL_ID, service.engine.base_name) and body.model not in slots.loaded:
                 raise NotFoundError(f"The model `{body.model}` does not exist.")
             slots.select(body.model)
-            return service.engine.stream_prompt(body.prompt, params)
+            return local.stream_prompt(body.prompt, params)
 
         generation = await run_in_threadpool(start)
         created = int(time.time())

@@ -74,7 +74,7 @@ class Answer:
     @property
     def from_example(self) -> int | None:
         """The id of the approved example whose answer this is, word for word; None for the model's own answer."""
-        return getattr(self.generation, "from_example", None)
+        return self.generation.from_example
 
     @property
     def notices(self) -> list[str]:
@@ -136,7 +136,7 @@ class ChatService:
         )
         if example is None or any(s in example["output"] for s in params.stop):
             return None
-        if answer_tokens(example["output"], getattr(self.engine, "tokenizer", None)) > params.max_new_tokens:
+        if answer_tokens(example["output"], self.engine.tokenizer) > params.max_new_tokens:
             return None
         return example
 
@@ -187,7 +187,7 @@ class ChatService:
         generation: AnswerStream
         try:
             if direct:
-                tokens = answer_tokens(direct["output"], getattr(self.engine, "tokenizer", None))
+                tokens = answer_tokens(direct["output"], self.engine.tokenizer)
                 generation = ApprovedAnswer(direct, params, model_version=self.engine.version, completion_tokens=tokens)
             else:
                 generation = self.engine.stream(context, params, demos)

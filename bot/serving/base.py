@@ -49,6 +49,7 @@ class AnswerState:
         self.text = ""
         self.finish_reason = "stop"
         self.completion_tokens = 0
+        self.from_example: int | None = None  # engines generate; only an approved answer served as is sets it
         self._cancel = threading.Event()
 
     @property

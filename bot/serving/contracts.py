@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from bot.serving.base import GenerationParams
+    from core.prompts import FittedPrompt
 
 
 @runtime_checkable
@@ -27,7 +28,10 @@ class AnswerStream(Protocol):
     completion_tokens: int
     model_version: str | None  # the version that produced the answer, known once it started
     params: GenerationParams
-    prompt: Any  # the fitted prompt: token_ids, demonstrations, notices
+    prompt: FittedPrompt  # the prompt as fitted to the context window: its tokens, demonstrations and notices
+    # The approved example whose answer this is, word for word (ServeConfig.few_shot_direct); None when
+    # a model wrote it.
+    from_example: int | None
 
     @property
     def prompt_tokens(self) -> int: ...
@@ -43,10 +47,17 @@ class AnswerStream(Protocol):
 
 @runtime_checkable
 class ChatEngine(Protocol):
-    """A model that answers chat messages and can switch the adapter version it serves."""
+    """A model that answers chat messages and can switch the adapter version it serves.
+
+    What only some engines can do is declared here rather than probed for: `health()` is None for
+    an engine whose model runs in this process, and `local_model()` is None for one whose model
+    runs elsewhere (an upstream server) or nowhere (a test fake).
+    """
 
     version: str  # the version serving now; storage.vocabulary.BASE_VERSION for the base model
     base_name: str  # the base model's name, for people
+    # The base model's tokenizer: it counts an approved answer's tokens against max_tokens (None: its words).
+    tokenizer: Any | None
 
     def stream(
         self,
@@ -59,4 +70,30 @@ class ChatEngine(Protocol):
 
     def activate(self, version: str | None, adapter_path: str | Path | None = None) -> float:
         """Serve `version` (None or the base version: the base model); return the seconds the swap took."""
+        ...
+
+    def health(self) -> dict[str, Any] | None:
+        """The state of the model server generation goes to, for /healthz (`status` ok, degraded or
+        unreachable); None when the model runs in this process."""
+        ...
+
+    def local_model(self) -> LocalModel | None:
+        """The model in this process, for the work that needs its weights; None when there is none here."""
+        ...
+
+
+@runtime_checkable
+class LocalModel(Protocol):
+    """What an engine with the model in this process offers besides chat (bot/serving/engine.py)."""
+
+    def stream_prompt(self, prompt: str, params: GenerationParams | None = None) -> AnswerStream:
+        """Continue an already-rendered prompt (POST /v1/completions, when this server is another's upstream)."""
+        ...
+
+    def base_copy(self) -> Any:
+        """A copy of the plain base model, whatever adapter serves (few-shot question vectors)."""
+        ...
+
+    def check_adapter(self, version: str, path: Path) -> None:
+        """Read an adapter as it would be served and refuse it (ModelLoadError) if it cannot be."""
         ...

@@ -122,6 +122,14 @@ class Engine(PromptFitting):
         if broken is not None:
             raise ModelLoadError(f"Adapter {version} at {path} has infinite or NaN weights ({broken}): retrain it")
 
+    def health(self) -> None:
+        """Nothing to report beyond /healthz's own fields: the model runs in this process."""
+        return None
+
+    def local_model(self) -> Engine:
+        """This engine: its model is in this process (bot/serving/contracts.py LocalModel)."""
+        return self
+
     def base_copy(self) -> PreTrainedModel:
         """A copy of the plain base model, any merged adapter taken out, for work that needs the base's
         own outputs whichever version serves (few-shot question vectors)."""

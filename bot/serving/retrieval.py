@@ -32,6 +32,9 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from bot.serving.base import GenerationParams
+from bot.serving.contracts import ChatEngine
+from core.prompts import FittedPrompt
 from storage import Store
 from storage.search import MIN_SCORE, content_words, name_words  # the word-score floor lives with the ranking
 
@@ -165,17 +168,16 @@ class QuestionEmbedder:
     _shared_lock = threading.Lock()
 
     @classmethod
-    def for_engine(cls, engine: Any) -> QuestionEmbedder | None:
+    def for_engine(cls, engine: ChatEngine) -> QuestionEmbedder | None:
         """One embedder per local engine, on a copy of its plain base weights (whichever version it
         serves: adapters are merged into its weights in place, and the engine keeps the originals);
         None for an engine without local weights (a fake, an upstream server)."""
-        base_copy = getattr(engine, "base_copy", None)
-        tokenizer = getattr(engine, "tokenizer", None)
-        if base_copy is None or tokenizer is None:
+        local = engine.local_model()
+        if local is None or engine.tokenizer is None:
             return None
         with cls._shared_lock:
             if engine not in cls._shared:
-                embedder = cls(base_copy(), tokenizer)
+                embedder = cls(local.base_copy(), engine.tokenizer)
                 embedder.truncate_to_layer()  # the copy is the embedder's own
                 cls._shared[engine] = embedder
             return cls._shared[engine]
@@ -350,12 +352,13 @@ class ApprovedAnswer:
 
     finish_reason = "stop"
 
-    def __init__(self, example: dict[str, Any], params: Any, *, model_version: str | None, completion_tokens: int = 0):
-        from core.prompts import FittedPrompt
-
+    def __init__(
+        self, example: dict[str, Any], params: GenerationParams, *, model_version: str | None, completion_tokens: int = 0
+    ):
         self.example = example
         self.params = params
         self.model_version = model_version
+        self.from_example: int | None = example["id"]
         self.prompt = FittedPrompt(text="", token_ids=[], messages=[], demonstrations=[example])
         self.text = ""
         self._answer = example["output"].strip()
@@ -369,9 +372,6 @@ class ApprovedAnswer:
     def few_shot_ids(self) -> list[int]:
         return [self.example["id"]]
 
-    @property
-    def from_example(self) -> int:
-        return self.example["id"]
 
     def cancel(self) -> None:
         pass

@@ -394,6 +394,10 @@ class UpstreamEngine(PromptFitting):
         params = (params or GenerationParams()).validate()
         return UpstreamGeneration(self, self.prepare(messages, params, demonstrations), params)
 
+    def local_model(self) -> None:
+        """None: the model runs on the upstream server, not in this process."""
+        return None
+
     def health(self) -> dict[str, Any]:
         """The upstream's state for /healthz: reachable or not, and the model requests name now."""
         state: dict[str, Any] = {"backend": "openai-upstream", "url": self.client.url, "adapter": self._adapter}

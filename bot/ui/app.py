@@ -51,7 +51,7 @@ def build_ui(
 
         # One load event rather than two: two events joined at once can have the first one's end
         # close the page's event stream as the second joins, which Gradio's browser client (6.31)
-        # then never hears about (see bot/admin_ui.py, the login).
+        # then never hears about (see bot/ui/admin_tab.py, the login).
         demo.load(open_page, [rater, *list_inputs], [rater, *list_outputs], api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=max(64, 4 * service.config.max_batch))
     quiet_queue_polling(demo)
@@ -71,6 +71,6 @@ def quiet_queue_polling(demo: gr.Blocks) -> None:
     """Make the Gradio queue's polling loops wake 20 ms (progress: 100 ms) apart rather than 1 ms (10 ms)."""
     queue = demo._queue
     if not hasattr(queue, "sleep_when_free") or not hasattr(queue, "progress_update_sleep_when_free"):
-        raise RuntimeError("this Gradio's queue has no polling intervals to set: check bot/ui.py quiet_queue_polling")
+        raise RuntimeError("this Gradio's queue has no polling intervals to set: check bot/ui/app.py quiet_queue_polling")
     queue.sleep_when_free = QUEUE_POLL_SECONDS
     queue.progress_update_sleep_when_free = QUEUE_PROGRESS_POLL_SECONDS

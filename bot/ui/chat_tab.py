@@ -170,7 +170,7 @@ class ChatHandlers:
     def describe(self, answer: Any, *, params: GenerationParams | None = None, stopped: bool = False) -> str:
         """The line under the chat that says which model answered and which examples guided it,
         and whether the answer was stopped or cut at the token limit."""
-        from_example = getattr(answer, "from_example", None)
+        from_example = answer.from_example
         examples = answer.few_shot_examples and [
             e for e in answer.few_shot_examples if e["id"] in set(answer.few_shot_ids)
         ]
