@@ -205,9 +205,9 @@ def test_the_upstream_rank_limit_is_checked_before_training():
     from core.errors import ConfigError
     from training.config import TrainConfig
 
-    with pytest.raises(ConfigError, match="lora_r=16 is above the upstream's --max-lora-rank 8"):
-        TrainConfig(lora_r=16, max_lora_rank=8).validate()
-    assert TrainConfig(lora_r=8, max_lora_rank=8).validate().lora_r == 8
+    with pytest.raises(ConfigError, match="--train-lora-r 16 is above the upstream's --max-lora-rank 8"):
+        TrainConfig(lora_r=16, max_lora_rank=8)
+    assert TrainConfig(lora_r=8, max_lora_rank=8).lora_r == 8
     with pytest.raises(Exception, match="max-lora-rank 8"):
         TrainConfig(max_lora_rank=8).with_overrides({"lora_r": 32})
 

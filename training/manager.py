@@ -60,9 +60,9 @@ class TrainingManager:
         self.store = store
         self.data_dir = Path(data_dir)
         self.base_model = base_model
-        self.train_config = (train_config or TrainConfig()).validate()
-        self.policy = (policy or RetrainPolicy()).validate()
-        self.eval_config = (eval_config or EvalConfig()).validate()
+        self.train_config = train_config or TrainConfig()
+        self.policy = policy or RetrainPolicy()
+        self.eval_config = eval_config or EvalConfig()
         self.heartbeat_timeout = heartbeat_timeout
         self.python = python
         # False: start() only creates the job row, for processes that run the job themselves
@@ -91,8 +91,8 @@ class TrainingManager:
                 "train",
                 {
                     "overrides": params or {},
-                    "config": config.as_dict(),
-                    "eval": self.eval_config.as_dict(),
+                    "config": config.model_dump(),
+                    "eval": self.eval_config.model_dump(),
                     "base_model": self.base_model,
                     "reason": reason,
                 },

@@ -9,7 +9,6 @@ reachable through Gradio's API whether or not the tab is shown.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -19,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+from pydantic import BaseModel
 
 from bot.ui.admin_handlers import admin_handler
 from bot.ui.errors import user_error
@@ -194,10 +194,10 @@ class TrainingHandlers:
     def form_defaults(self) -> list[tuple[str, Any, str]]:
         """(name, default, help) of the hyper-parameters shown as form fields."""
         config = getattr(self.manager, "train_config", None)
-        if config is None or not dataclasses.is_dataclass(config):
+        if not isinstance(config, BaseModel):
             return []
-        fields = {f.name: f for f in dataclasses.fields(config)}
-        return [(n, getattr(config, n), fields[n].metadata.get("help", "")) for n in FORM_FIELDS if n in fields]
+        fields = type(config).model_fields
+        return [(n, getattr(config, n), fields[n].description or "") for n in FORM_FIELDS if n in fields]
 
     @admin_handler
     def retrain(self, password: str, params_text: str, *form_values: Any) -> tuple[Any, ...]:
