@@ -56,19 +56,14 @@ class Flag:
     optional: bool
     choices: tuple[Any, ...] | None
 
-    @property
-    def secret(self) -> bool:
-        return not self.info.repr
-
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
     """(the type without `| None` and Annotated bounds, whether None is allowed)."""
-    optional = False
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(annotation))
-        if len(args) == 1:
-            annotation = args[0]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    optional = union and type(None) in typing.get_args(annotation)
+    if optional:
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = rest[0] if len(rest) == 1 else annotation
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     return annotation, optional
@@ -94,24 +89,17 @@ def config_flags(config_class: type[BaseModel], only: tuple[str, ...] | None = N
 
 def _parse_bool(text: str) -> bool:
     word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    if word not in TRUE_WORDS | FALSE_WORDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return word in TRUE_WORDS
 
 
 def _converter(flag: Flag) -> Any:
     """A function from the command-line (or environment) text to the field's type."""
     kind = flag.type
-    if kind is bool:
-        return _parse_bool
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        convert: Any = kind
-    elif kind in (int, float, str, Path):
-        convert = kind
-    else:
+    if kind not in (bool, int, float, str, Path) and not (isinstance(kind, type) and issubclass(kind, enum.Enum)):
         raise TypeError(f"{flag.name}: no command-line form for the type {kind!r}; add one in core/flags.py")
+    convert = _parse_bool if kind is bool else kind
     if flag.optional:
         return lambda text: None if text.strip() == "" else convert(text)
     return convert
@@ -119,7 +107,7 @@ def _converter(flag: Flag) -> Any:
 
 def _help(flag: Flag, default: Any) -> str:
     shown = default.value if isinstance(default, enum.Enum) else default
-    suffix = f"env {flag.env}" + ("" if default is None or flag.secret else f"; default {shown}")
+    suffix = f"env {flag.env}" + ("" if default is None or not flag.info.repr else f"; default {shown}")
     # argparse formats help with %-style; a literal % in the text must be doubled.
     return f"{flag.info.description or ''} ({suffix})".replace("%", "%%")
 

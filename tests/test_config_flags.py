@@ -169,8 +169,10 @@ def test_field_and_cross_field_problems_are_reported_together():
         "--port 0: must be at least 1, e.g. 7860",
         f"--temperature 9: must be at most {MAX_TEMPERATURE:g}, e.g. 0",
         "--max-new-tokens 4096 must be smaller than --max-context-tokens 2048, which holds the prompt too",
-        "--host 0.0.0.0 exposes the server beyond this machine: set --admin-password (or EXEMPLAR_ADMIN_PASSWORD) "
-        "so the Admin tab is protected",
+        (
+            "--host 0.0.0.0 exposes the server beyond this machine: set --admin-password (or EXEMPLAR_ADMIN_PASSWORD) "
+            "so the Admin tab is protected"
+        ),
         "--backend openai-upstream needs --upstream-url, e.g. http://127.0.0.1:8000 (the vLLM server)",
     ]
     with pytest.raises(ConfigError) as caught:

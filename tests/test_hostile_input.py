@@ -136,10 +136,10 @@ def test_absurdly_large_hyper_parameters_are_refused_with_the_bound(store, tmp_p
 
 
 def test_configs_from_the_command_line_must_be_finite():
-    for make in (lambda: TrainConfig(epochs=float("inf")), lambda: EvalConfig(answer_threshold=float("nan")),
-                 lambda: RetrainPolicy(every_hours=float("inf"))):
+    for build in (lambda: TrainConfig(epochs=float("inf")), lambda: EvalConfig(answer_threshold=float("nan")),
+                  lambda: RetrainPolicy(every_hours=float("inf"))):
         with pytest.raises(ConfigError, match="finite"):
-            make()
+            build()
 
 
 def test_generation_settings_refuse_nan(client):
