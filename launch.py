@@ -58,7 +58,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def add_settings(parser: argparse.ArgumentParser, *, serve: bool = True, train: bool = True, evaluate: bool = True,
                  retrain: bool = True) -> None:
-    """One group of flags per config dataclass, generated from its fields (see core/flags.py)."""
+    """One group of flags per config, generated from its fields (see core/flags.py)."""
     from core.config import ServeConfig
     from core.flags import add_group
     from training.config import EvalConfig, RetrainPolicy, TrainConfig
@@ -66,11 +66,11 @@ def add_settings(parser: argparse.ArgumentParser, *, serve: bool = True, train: 
     if serve:
         add_group(parser, ServeConfig, title="serving")
     if train:
-        add_group(parser, TrainConfig, "train", title="training (flags --train-NAME; `train --set NAME=VALUE` too)")
+        add_group(parser, TrainConfig, title="training (flags --train-NAME; `train --set NAME=VALUE` too)")
     if evaluate:
-        add_group(parser, EvalConfig, "eval", title="evaluation (flags --eval-NAME)")
+        add_group(parser, EvalConfig, title="evaluation (flags --eval-NAME)")
     if retrain:
-        add_group(parser, RetrainPolicy, "retrain", title="retrain policy (flags --retrain-NAME)")
+        add_group(parser, RetrainPolicy, title="retrain policy (flags --retrain-NAME)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,15 +220,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def serve_configs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """ServeConfig, TrainConfig, EvalConfig and RetrainPolicy from the flags, every problem reported at once."""
-    from core.config import VLLM_DEFAULT_MAX_LORA_RANK, ServeConfig, validate_all
+    from core.config import VLLM_DEFAULT_MAX_LORA_RANK, ServeConfig, build_all
     from core.flags import from_args
     from training.config import EvalConfig, RetrainPolicy, TrainConfig
 
-    serve, train = from_args(args, ServeConfig), from_args(args, TrainConfig, "train")
-    if serve.backend == "openai-upstream" and train.max_lora_rank is None:
+    rank = {}
+    if args.backend == "openai-upstream" and args.train_max_lora_rank is None:
         # An adapter above the upstream's --max-lora-rank could never be served: refuse it before training.
-        train.max_lora_rank = VLLM_DEFAULT_MAX_LORA_RANK
-    return validate_all(serve, train, from_args(args, EvalConfig, "eval"), from_args(args, RetrainPolicy, "retrain"))
+        rank["max_lora_rank"] = VLLM_DEFAULT_MAX_LORA_RANK
+    return build_all(
+        lambda: from_args(args, ServeConfig),
+        lambda: from_args(args, TrainConfig, **rank),
+        lambda: from_args(args, EvalConfig),
+        lambda: from_args(args, RetrainPolicy),
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -120,7 +120,7 @@ def run_avenue(name: str, ref, facts, paraphrases, fresh, threads: int, max_step
             probe = TrainConfig(**{**overrides, "epochs": 1})
             rows = len(recipe.training_rows(recipe.Plan(**{**plan.__dict__, "config": probe}), plan.examples))
             overrides["epochs"] = round(plain_steps / total_steps(rows, probe), 2)
-        plan.config = TrainConfig(**overrides, max_steps=max_steps).validate()
+        plan.config = TrainConfig(**overrides, max_steps=max_steps)
         rows = recipe.training_rows(plan, plan.examples)
         trained_wordings = {r["input"][-1]["content"].lower() for r in rows}
         model, train = train_adapter(model, tokenizer, rows, plan.config)

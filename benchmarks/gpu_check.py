@@ -69,7 +69,7 @@ def main() -> int:
     examples = [{"input": [{"role": "user", "content": q}], "output": a} for q, a in facts]
     base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = TrainConfig(max_steps=args.steps, batch_size=4, learning_rate=2e-3, replay_examples=0,
-                         bf16=device == "cuda").validate()
+                         bf16=device == "cuda")
     started = time.perf_counter()
     peft_model, result = train_adapter(model, tokenizer, examples, config)
     seconds = time.perf_counter() - started

@@ -161,10 +161,10 @@ def test_conversation_caps_in_the_chat_tab(store):
 def test_cap_settings_are_validated():
     from core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="max_conversation"):
-        ServeConfig(max_conversation_turns=0).validate()
-    with pytest.raises(ConfigError, match="admin_login"):
-        ServeConfig(admin_login_window_s=float("inf")).validate()
+    with pytest.raises(ConfigError, match="--max-conversation-turns 0: must be at least 1"):
+        ServeConfig(max_conversation_turns=0)
+    with pytest.raises(ConfigError, match="--admin-login-window-s inf: must be a finite number"):
+        ServeConfig(admin_login_window_s=float("inf"))
 
 
 def test_uploads_through_gradio_are_capped(store, tmp_path, monkeypatch):

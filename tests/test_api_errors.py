@@ -79,8 +79,9 @@ CHAT_CASES = [
     ("negative temperature", {"messages": USER, "temperature": -1}, 422, ["temperature"]),
     ("temperature above the UI's and OpenAI's 2", {"messages": USER, "temperature": 2.5}, 422, ["temperature"]),
     ("top_p zero", {"messages": USER, "top_p": 0}, 422, ["top_p"]),
-    ("too many stops", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, ["stop"]),
-    ("empty stop", {"messages": USER, "stop": ""}, 400, ["stop"]),
+    ("too many stops", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 422, ["stop"]),
+    ("empty stop", {"messages": USER, "stop": ""}, 422, ["stop"]),
+    ("empty stop in a list", {"messages": USER, "stop": ["a", ""]}, 422, ["stop"]),
     ("n above 1", {"messages": USER, "n": 2}, 422, ["n:"]),
     ("few_shot not bool", {"messages": USER, "few_shot": "sometimes"}, 422, ["few_shot"]),
     ("stream not bool", {"messages": USER, "stream": "please"}, 422, ["stream"]),
@@ -363,3 +364,35 @@ def test_odd_values_in_any_field_never_cause_a_5xx(store, answer_id, method, pat
             if response.status_code >= 400:
                 assert set(response.json()) == {"error"}, response.text
             client.delete("/api/jobs/1", headers=ADMIN)  # let the next /api/train start
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [("temperature", -0.1, None), ("top_p", 0.0, 1.01),
+                                                    ("max_tokens", 0, None)])
+def test_every_edge_takes_the_same_generation_bounds(client, name, low, high):
+    """The chat route, /v1/completions' model, --temperature/--top-p/--max-new-tokens and the engine's
+    GenerationParams share one bound per setting (core/config.py), so none accepts what another refuses."""
+    import pydantic
+
+    from bot.api.chat import ChatCompletionRequest
+    from bot.api.lora import CompletionRequest
+    from bot.serving.base import GenerationParams
+    from core.config import MAX_TEMPERATURE
+    from core.errors import ConfigError, ValidationError
+
+    high = MAX_TEMPERATURE + 0.01 if name == "temperature" else high
+    engine_name = {"max_tokens": "max_new_tokens"}.get(name, name)
+    for value in (low, high):
+        if value is None:
+            continue
+        assert client.post("/v1/chat/completions", json={"messages": USER, name: value}).status_code == 422
+        with pytest.raises(pydantic.ValidationError):
+            CompletionRequest(prompt="Hi", **{name: value})
+        with pytest.raises(ConfigError, match="--" + engine_name.replace("_", "-")):
+            ServeConfig(**{engine_name: value})
+        with pytest.raises(ValidationError, match=engine_name):
+            GenerationParams(**{engine_name: value}).validate()
+    if name == "temperature":  # the top of the range is allowed everywhere, the UI slider's end included
+        assert ChatCompletionRequest(messages=USER, temperature=MAX_TEMPERATURE).temperature == MAX_TEMPERATURE
+        assert CompletionRequest(prompt="Hi", temperature=MAX_TEMPERATURE).temperature == MAX_TEMPERATURE
+        assert ServeConfig(temperature=MAX_TEMPERATURE).temperature == MAX_TEMPERATURE
+        assert GenerationParams(temperature=MAX_TEMPERATURE).validate().temperature == MAX_TEMPERATURE

@@ -119,3 +119,15 @@ def test_bad_adapter_paths_and_names_are_refused(server, tmp_path):
     assert odd.status_code == 422
     too_long = client.post("/v1/completions", json={"prompt": "word " * 600, "max_tokens": 8}, headers=ADMIN)
     assert too_long.status_code == 400 and "context window" in too_long.json()["error"]
+
+
+def test_sampling_bounds_are_the_engines(server, tokenizer):
+    """/v1/completions takes the same temperature range as the chat route, the engine and --temperature."""
+    from core.config import MAX_TEMPERATURE
+
+    client, _, _ = server
+    too_hot = complete(client, tokenizer, temperature=MAX_TEMPERATURE + 0.5)
+    assert too_hot.status_code == 422 and "temperature" in too_hot.json()["error"]
+    assert complete(client, tokenizer, temperature=MAX_TEMPERATURE).status_code == 200
+    for bad in ({"top_p": 0}, {"stop": ["a", ""]}, {"max_tokens": 0}):
+        assert complete(client, tokenizer, **bad).status_code == 422, bad

@@ -116,5 +116,5 @@ def test_the_recipe_adds_them_only_when_asked(monkeypatch):
 
 
 def test_a_negative_count_is_refused():
-    with pytest.raises(ConfigError, match="unknown_attributes"):
-        TrainConfig(unknown_attributes=-1).validate()
+    with pytest.raises(ConfigError, match="--train-unknown-attributes -1: must be at least 0"):
+        TrainConfig(unknown_attributes=-1)

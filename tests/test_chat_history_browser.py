@@ -6,8 +6,6 @@ the list survives a reload of the page and a restart of the server."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bot.auth import AdminGuard

@@ -12,7 +12,7 @@ import pytest
 
 from storage import Store, ValidationError
 from storage.exchange import examples_for_export, export_file, import_file, seed_examples
-from storage.formats import export_examples, export_records, parse_examples, write_hf_dataset
+from storage.formats import export_records, parse_examples, write_hf_dataset
 from tests.live_app import REPO
 
 EXPORT_FORMATS = ("jsonl", "dpo", "kto", "hf")

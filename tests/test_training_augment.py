@@ -109,5 +109,5 @@ def test_the_selection_run_never_sees_a_wording_of_a_held_out_example(monkeypatc
 
 
 def test_negative_counts_are_refused():
-    with pytest.raises(ConfigError, match="rewordings"):
-        TrainConfig(rewordings=-1).validate()
+    with pytest.raises(ConfigError, match="--train-rewordings -1"):
+        TrainConfig(rewordings=-1)

@@ -108,7 +108,7 @@ def test_train_and_the_server_apply_the_same_gate():
     flags = ["--eval-canary-max-lost", "1", "--train-epochs", "2"]
     served, trained = parser.parse_args(["serve", *flags]), parser.parse_args(["train", *flags])
     _, serve_train, serve_eval, _ = launch.serve_configs(served)
-    cli = commands._configs(trained, train_config=(TrainConfig, "train"), eval_config=(EvalConfig, "eval"))
+    cli = commands._configs(trained, train_config=TrainConfig, eval_config=EvalConfig)
     assert cli["eval_config"] == serve_eval and cli["eval_config"].canary_max_lost == 1
     assert cli["train_config"] == serve_train and serve_train.epochs == 2
-    assert from_args(parser.parse_args(["train"]), EvalConfig, "eval") == EvalConfig()  # defaults alike too
+    assert from_args(parser.parse_args(["train"]), EvalConfig) == EvalConfig()  # defaults alike too

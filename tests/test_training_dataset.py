@@ -94,28 +94,48 @@ def test_overrides_reject_unknown_keys_and_bad_values_by_name():
     assert config.with_overrides({"epochs": 3, "learning_rate": 5e-4}).epochs == 3.0
     with pytest.raises(ValidationError, match="Unknown hyper-parameter.*lerning_rate"):
         config.with_overrides({"lerning_rate": 1e-3})
-    with pytest.raises(ValidationError, match="epochs must be a number"):
+    with pytest.raises(ValidationError, match='epochs="many": must be a number'):
         config.with_overrides({"epochs": "many"})
-    with pytest.raises(ValidationError, match="batch_size must be a whole number"):
+    with pytest.raises(ValidationError, match="batch_size=2.5: must be a whole number"):
         config.with_overrides({"batch_size": 2.5})
+    assert config.with_overrides({"batch_size": 4.0}).batch_size == 4  # a whole float counts as a whole number
+    with pytest.raises(ValidationError, match='batch_size="8": must be a whole number'):
+        config.with_overrides({"batch_size": "8"})  # strict JSON: no "8" for 8 ...
+    with pytest.raises(ValidationError, match="packed=1: must be true or false"):
+        config.with_overrides({"packed": 1})  # ... and no 1 for true
     with pytest.raises(ValidationError, match="learning_rate"):
         config.with_overrides({"learning_rate": 5})
     with pytest.raises(ValidationError, match="JSON object"):
         config.with_overrides(["epochs"])  # type: ignore[arg-type]
 
 
-def test_validate_reports_every_problem_with_its_fix():
+def test_making_a_config_reports_every_problem_with_its_fix():
     with pytest.raises(ConfigError) as caught:
-        TrainConfig(epochs=0, lora_r=0, nice=30, target_modules=" ").validate()
-    text = str(caught.value)
-    assert len(caught.value.problems) == 4
-    for fragment in ("epochs=0", "lora_r=0", "nice=30", "target_modules"):
-        assert fragment in text
-    with pytest.raises(ConfigError, match="canary_max_lost") as caught:
-        EvalConfig(canary_max_lost=-1, regression_tolerance=1.5).validate()
-    assert len(caught.value.problems) == 2 and "regression_tolerance" in str(caught.value.problems)
-    with pytest.raises(ConfigError, match="min_new_examples"):
-        RetrainPolicy(min_new_examples=0).validate()
+        TrainConfig(epochs=0, lora_r=0, nice=30, target_modules=" ")
+    assert caught.value.problems == [
+        "--train-epochs 0: must be greater than 0, e.g. 6",
+        "--train-lora-r 0: must be at least 1, e.g. 16",
+        "--train-target-modules ' ': an empty name: use 'all-linear' or names such as 'q_proj,v_proj'",
+        "--train-nice 30: must be at most 19, e.g. 19",
+    ]
+    with pytest.raises(ConfigError, match="--eval-canary-max-lost -1") as caught:
+        EvalConfig(canary_max_lost=-1, regression_tolerance=1.5)
+    assert len(caught.value.problems) == 2 and "--eval-regression-tolerance 1.5: must be less than 1" in str(caught.value)
+    with pytest.raises(ConfigError, match="--retrain-min-new-examples 0"):
+        RetrainPolicy(min_new_examples=0)
+    with pytest.raises(ConfigError, match="lerning_rate: not a setting of TrainConfig"):
+        TrainConfig(lerning_rate=1e-3)
+
+
+def test_overrides_report_field_and_cross_field_problems_together_by_their_json_keys():
+    with pytest.raises(ValidationError) as caught:
+        TrainConfig(max_lora_rank=16).with_overrides({"lora_r": 32, "epochs": 0, "batch_size": 6, "processes": 4})
+    assert str(caught.value) == (
+        "Invalid hyper-parameters: epochs=0: must be greater than 0, e.g. 6; batch_size=6 does not split over "
+        "processes=4: use a multiple of 4; lora_r=32 is above the upstream's --max-lora-rank 16: the upstream could "
+        "not load this adapter. Train with a rank of 16 or less, or restart vLLM with --max-lora-rank 32 (and "
+        "--train-max-lora-rank 32 here)"
+    )
 
 
 def test_policy_describes_itself_for_the_admin_tab():

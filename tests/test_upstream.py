@@ -12,7 +12,6 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -205,9 +204,9 @@ def test_the_upstream_rank_limit_is_checked_before_training():
     from core.errors import ConfigError
     from training.config import TrainConfig
 
-    with pytest.raises(ConfigError, match="lora_r=16 is above the upstream's --max-lora-rank 8"):
-        TrainConfig(lora_r=16, max_lora_rank=8).validate()
-    assert TrainConfig(lora_r=8, max_lora_rank=8).validate().lora_r == 8
+    with pytest.raises(ConfigError, match="--train-lora-r 16 is above the upstream's --max-lora-rank 8"):
+        TrainConfig(lora_r=16, max_lora_rank=8)
+    assert TrainConfig(lora_r=8, max_lora_rank=8).lora_r == 8
     with pytest.raises(Exception, match="max-lora-rank 8"):
         TrainConfig(max_lora_rank=8).with_overrides({"lora_r": 32})
 
@@ -248,7 +247,6 @@ def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_
 
 def test_a_restarted_upstream_gets_the_adapter_again(tmp_path, store, tiny_model, tokenizer):
     """The upstream forgot the adapter (it restarted): the next answer loads it again and is served by it."""
-    from fastapi.testclient import TestClient
 
     from bot.auth import AdminGuard
     from bot.chat.service import ChatService

@@ -7,13 +7,13 @@ launch.py to turn into a message.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.config import validate_all
+from core.config import build_all
 from core.datadir import DataDir
 from core.flags import add_group, from_args
 from core.progress import bar, clock
@@ -276,8 +276,7 @@ def evaluate(
         torch.set_num_threads(threads)
     store = open_store(data_dir)
     try:
-        eval_config = (eval_config or EvalConfig()).validate()
-        plan = recipe.prepare(store, {"eval": eval_config.as_dict()})
+        plan = recipe.prepare(store, {"eval": (eval_config or EvalConfig()).model_dump()})
         row = store.active_version() if version is None else None if version == BASE_VERSION else store.get_model_version(version)
         if row is not None and not registry.adapter_exists(row):
             from core.errors import ValidationError
@@ -358,18 +357,18 @@ def add_parsers(commands: Any, add_common: Any) -> None:
         metavar="NAME=VALUE",
         dest="overrides",
         help="override a hyper-parameter for this run (repeatable); names: "
-        + ", ".join(f.name for f in dataclasses.fields(TrainConfig)),
+        + ", ".join(TrainConfig.model_fields),
     )
     trainer.add_argument("--no-progress", action="store_true", help="print phases only, no progress bar")
-    add_group(trainer, TrainConfig, "train", title="training")
-    add_group(trainer, EvalConfig, "eval", title="evaluation")
+    add_group(trainer, TrainConfig, title="training")
+    add_group(trainer, EvalConfig, title="evaluation")
     trainer.set_defaults(
         handler=lambda a: train(
             a.data_dir,
             a.base_model,
             parse_overrides(a.overrides),
             progress=not a.no_progress,
-            **_configs(a, train_config=(TrainConfig, "train"), eval_config=(EvalConfig, "eval")),
+            **_configs(a, train_config=TrainConfig, eval_config=EvalConfig),
         )
     )
 
@@ -389,7 +388,7 @@ def add_parsers(commands: Any, add_common: Any) -> None:
         "--per-example", action="store_true", help="one line per approved correction: learned or not, and the margins"
     )
     evaluator.add_argument("--not-learned", action="store_true", help="with --per-example: only the corrections not learned")
-    add_group(evaluator, EvalConfig, "eval", title="evaluation")
+    add_group(evaluator, EvalConfig, title="evaluation")
     evaluator.set_defaults(
         handler=lambda a: evaluate(
             a.data_dir,
@@ -398,7 +397,7 @@ def add_parsers(commands: Any, add_common: Any) -> None:
             threads=a.threads,
             per_example=a.per_example,
             not_learned=a.not_learned,
-            **_configs(a, eval_config=(EvalConfig, "eval")),
+            **_configs(a, eval_config=EvalConfig),
         )
     )
 
@@ -417,11 +416,9 @@ def add_parsers(commands: Any, add_common: Any) -> None:
     )
 
 
-def _configs(args: Any, **wanted: tuple[type, str]) -> dict[str, Any]:
-    """The configs the flags describe, validated together so every problem is reported at once."""
-    configs = {key: from_args(args, cls, prefix) for key, (cls, prefix) in wanted.items()}
-    validate_all(*configs.values())
-    return configs
+def _configs(args: Any, **wanted: type[Any]) -> dict[str, Any]:
+    """The configs the flags describe, made together so every problem of all of them is reported at once."""
+    return dict(zip(wanted, build_all(*(functools.partial(from_args, args, cls) for cls in wanted.values()))))
 
 
 def _version_or_error(version: str | None) -> str:

@@ -9,7 +9,6 @@ store: the server notices a new active version and hot-swaps its adapter.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -71,9 +70,9 @@ class TrainingManager:
         self.store = store
         self.data_dir = Path(data_dir)
         self.base_model = base_model
-        self.train_config = (train_config or TrainConfig()).validate()
-        self.policy = (policy or RetrainPolicy()).validate()
-        self.eval_config = (eval_config or EvalConfig()).validate()
+        self.train_config = train_config or TrainConfig()
+        self.policy = policy or RetrainPolicy()
+        self.eval_config = eval_config or EvalConfig()
         self.heartbeat_timeout = heartbeat_timeout
         self.python = python
         # False: start() only creates the job row, for processes that run the job themselves
@@ -102,8 +101,8 @@ class TrainingManager:
                 "train",
                 {
                     "overrides": params or {},
-                    "config": config.as_dict(),
-                    "eval": self.eval_config.as_dict(),
+                    "config": config.model_dump(),
+                    "eval": self.eval_config.model_dump(),
                     "base_model": self.base_model,
                     "reason": reason,
                 },
@@ -360,9 +359,9 @@ class TrainingManager:
 
     def hyperparameters(self, names: tuple[str, ...]) -> list[HyperParameter]:
         """The named training settings with their defaults (this server's) and help text, for the Admin tab's form."""
-        fields = {f.name: f for f in dataclasses.fields(self.train_config)}
+        fields = type(self.train_config).model_fields
         return [
-            HyperParameter(name=n, default=getattr(self.train_config, n), help=fields[n].metadata.get("help", ""))
+            HyperParameter(name=n, default=getattr(self.train_config, n), help=fields[n].description or "")
             for n in names
             if n in fields
         ]

@@ -73,8 +73,8 @@ class Plan:
 
 def prepare(store: Any, params: dict[str, Any]) -> Plan:
     """Read the job's settings and the approved examples; raise ValueError when there is nothing to train on."""
-    config = TrainConfig(**params.get("config", {})).validate()
-    eval_config = EvalConfig(**params.get("eval", {})).validate()
+    config = TrainConfig(**params.get("config", {}))  # checked as it is made (a ConfigError names each problem)
+    eval_config = EvalConfig(**params.get("eval", {}))
     examples = training_examples(store)
     if not examples:
         raise ValueError("No approved examples to train on: correct or approve some answers first")
@@ -334,7 +334,7 @@ def record(
             metrics=metrics,
             example_ids=example_ids,
             job_id=job_id,
-            train_config=plan.config.as_dict(),
+            train_config=plan.config.model_dump(),
             notes=decision.summary(),
         )
         version = row["version"]

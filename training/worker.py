@@ -297,7 +297,7 @@ class TrainingJob:
         from core.models import load_base_model, resolve_base_model
         from training import recipe, registry
 
-        store, data_dir, job_id = self.store, self.data_dir, self.job_id
+        store, data_dir = self.store, self.data_dir
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 

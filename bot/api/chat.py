@@ -22,7 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from bot.chat.service import Answer, ChatService
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream
-from core.config import MAX_TEMPERATURE
+from core.config import MaxNewTokens, StopText, StopTexts, Temperature, TopP
 from core.errors import ExemplarError, ValidationError
 from storage.text import ascii_int
 from storage.vocabulary import ExampleStatus, Rating, Role
@@ -76,13 +76,11 @@ class ChatCompletionRequest(BaseModel):
         description=f"The name of an adapter loaded with POST /v1/load_lora_adapter; anything else "
         f"is answered by the active version ({MODEL_ID}).",
     )
-    max_tokens: int | None = Field(
-        None, ge=1, description="Cap on the answer's tokens; the server's default if absent."
-    )
-    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
-    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, description="0 means greedy decoding.")
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer.")
+    max_tokens: MaxNewTokens | None = Field(None, description="Cap on the answer's tokens; the server's default if absent.")
+    max_completion_tokens: MaxNewTokens | None = Field(None, description="Newer name for max_tokens.")
+    temperature: Temperature | None = Field(None, description="0 means greedy decoding.")
+    top_p: TopP | None = None
+    stop: StopText | StopTexts | None = Field(None, description="Up to 4 strings that end the answer.")
     stream: bool = Field(False, description="Send server-sent events, ending with `data: [DONE]`.")
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")

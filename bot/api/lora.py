@@ -35,6 +35,7 @@ from bot.chat.service import ChatService
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import ChatEngine, LocalModel
 from bot.serving.watcher import ModelWatcher
+from core.config import MaxNewTokens, StopText, StopTexts, Temperature, TopP
 from core.errors import ConflictError, ExemplarError, NotFoundError, ValidationError
 
 LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -68,10 +69,10 @@ class CompletionRequest(BaseModel):
         description=f"A loaded adapter's lora_name; empty or `{MODEL_ID}` for the active version. Any other "
         "name answers 404, as vLLM does.",
     )
-    max_tokens: int = Field(16, ge=1, description="Cap on the answer's tokens (OpenAI's default is 16).")
-    temperature: float = Field(1.0, ge=0, le=5)
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
+    max_tokens: MaxNewTokens = Field(16, description="Cap on the answer's tokens (OpenAI's default is 16).")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    stop: StopText | StopTexts | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")

@@ -10,33 +10,41 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.config import MAX_TEMPERATURE
+import pydantic
+
+from core.config import MaxNewTokens, StopTexts, Temperature, TopP, error_words
 from core.errors import ValidationError
 from core.prompts import FittedPrompt, Message, fit_for_answer
 
 
 @dataclass
 class GenerationParams:
-    """How to decode one answer."""
+    """How to decode one answer. The bounds are core/config.py's, shared with the HTTP request
+    models and ServeConfig; validate() checks them, since a caller may fill these fields from anywhere."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
+    max_new_tokens: MaxNewTokens = 256
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    stop: StopTexts = field(default_factory=list)
+    # For _CHECK: an instance is checked field by field, not taken as valid because of its type.
+    __pydantic_config__ = pydantic.ConfigDict(revalidate_instances="always")
 
     def validate(self) -> GenerationParams:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValidationError("max_tokens must be a positive integer")
-        if not (0 <= self.temperature <= MAX_TEMPERATURE):
-            raise ValidationError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}")
-        if not (0 < self.top_p <= 1):
-            raise ValidationError("top_p must be greater than 0 and at most 1")
-        if len(self.stop) > 4 or any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValidationError("stop must be at most 4 non-empty strings")
+        """Return self when every field is within its bounds; else raise ValidationError naming each bad one."""
+        try:
+            _CHECK.validate_python(self, strict=True)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                "; ".join(f"{'.'.join(map(str, e['loc']))} {error_words(e)}, not {e['input']!r}" for e in exc.errors())
+            ) from None
         return self
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Checks a GenerationParams against its annotated bounds; strict: no "8" for 8, no True for 1.
+_CHECK = pydantic.TypeAdapter(GenerationParams)
 
 
 class AnswerState:
