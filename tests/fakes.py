@@ -1,5 +1,6 @@
-"""A fake engine with a queue of canned replies, for tests of the code around
-generation (UI handlers, HTTP plumbing). Never a stand-in for the feature itself."""
+"""Fakes for tests of the code around generation and training (UI handlers, HTTP
+plumbing): an engine with a queue of canned replies, and a trainer that records what
+it was asked. Never a stand-in for the feature itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream, ChatEngine
+from core.errors import ConflictError, NotFoundError
 from storage.vocabulary import BASE_VERSION
 
 
@@ -79,3 +81,43 @@ class FakeEngine(ChatEngine):
     def activate(self, version: str | None, adapter_path: Any = None) -> float:
         self.version = version or BASE_VERSION
         return 0.0
+
+
+class RecordingTrainer:
+    """Stands in for training.manager's TrainingManager: records calls, one job at a time."""
+
+    def __init__(self):
+        self.jobs: dict[int, dict] = {}
+        self.started: list[tuple] = []
+
+    def start(self, params, reason):
+        if any(j["status"] == "running" for j in self.jobs.values()):
+            raise ConflictError("A train job is already running")
+        job_id = len(self.jobs) + 1
+        self.jobs[job_id] = {"status": "running", "progress": None, "losses": [], "metrics": None,
+                             "model_version": None, "promoted": False, "error": None}
+        self.started.append((params, reason))
+        return job_id
+
+    def job_view(self, job_id):
+        if job_id not in self.jobs:
+            raise NotFoundError(f"Job {job_id} does not exist")
+        return self.jobs[job_id]
+
+    def cancel(self, job_id):
+        self.job_view(job_id)["status"] = "cancelled"
+
+    def models_view(self):
+        return [{"version": "v1", "status": "active", "metrics": {"test_loss": 1.0}}]
+
+    def learning_report(self, version, *, not_learned_only=False):
+        if version not in (None, "v1"):
+            raise NotFoundError(f"Model version {version} does not exist")
+        items = [{"example_id": 3, "candidate_learned": False, "reason": "try more epochs"}]
+        return {"version": "v1", "compared_with": "base", "learned": 0, "serving_learned": 0, "n": 1,
+                "items": items, "not_learned_only": not_learned_only}
+
+    def activate(self, version):
+        if version != "v1":
+            raise NotFoundError(f"Model version {version} does not exist")
+        return {"version": version, "status": "active"}
