@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.timing import percentile
+from benchmarks.timing import percentile, run_at_once
 
 SCHEMA = """
 create table feedback (id integer primary key, message_id int, correction text, example_id int, created_at text);
@@ -82,11 +82,7 @@ def run(threads: int, seconds: float, make_writer: Callable[[Path], Callable[[in
             with lock:
                 latencies.extend(mine)
 
-        pool = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        run_at_once(worker, threads)
         return len(latencies), latencies
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.timing import percentile
+from benchmarks.timing import percentile, run_at_once
 
 
 def create_answers(url: str, count: int, *, workers: int = 4, max_tokens: int = 1) -> list[int]:
@@ -35,11 +35,7 @@ def create_answers(url: str, count: int, *, workers: int = 4, max_tokens: int = 
                 response.raise_for_status()
                 ids[i] = int(response.json()["id"])
 
-    threads = [threading.Thread(target=work) for _ in range(min(workers, count))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(lambda _: work(), min(workers, count))
     assert None not in ids
     return ids  # type: ignore[return-value]
 
@@ -126,13 +122,7 @@ def run_writers(
                     else:
                         result.failures.append(f"writer {w}: {response.status_code} {response.text[:200]}")
 
-    began = time.monotonic()
-    threads = [threading.Thread(target=writer, args=(w, mid)) for w, mid in enumerate(message_ids)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.seconds = time.monotonic() - began
+    _, result.seconds = run_at_once(lambda w: writer(w, message_ids[w]), len(message_ids))
     return result
 
 
@@ -215,10 +205,6 @@ def run_streaming_chats(url: str, chats: int, seconds: float, *, max_tokens: int
                     if first is not None:
                         stats.first_token.append(first)
 
-    threads = [threading.Thread(target=chat, args=(c,)) for c in range(chats)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(chat, chats)
     return stats
 
