@@ -3,8 +3,8 @@ engine's own continuous-batching scheduler compares with transformers' built-in
 continuous batching (`model.generate_batch`, attention "paged|eager") and with
 one request at a time, in fp32 and bf16. Greedy, same prompts, one run.
 
-    python benchmarks/bench_batching.py                 # about 4 minutes on 2 cores
-    python benchmarks/bench_batching.py --tokens 32 --batch 8 --json out.json
+    python -m benchmarks.bench_batching                 # about 4 minutes on 2 cores
+    python -m benchmarks.bench_batching --tokens 32 --batch 8 --json out.json
 
 It also answers the canary questions (training/canary.jsonl) alone in fp32
 (today's answers) and 4/8/16 at once, and counts the greedy answers that change:
@@ -12,7 +12,7 @@ batched in fp32, alone and batched with the served default (bf16 from 1 at once 
 in bf16, and, after a ~660-token passage, with the long-prompt default (bf16
 prefill from 256 tokens); with the canary score (keyword hits) of each.
 
-    python benchmarks/bench_batching.py --canary-only --threads 1   # the canary check alone
+    python -m benchmarks.bench_batching --canary-only --threads 1   # the canary check alone
 
 Prints a table of aggregate tokens/s (median of --repeats) with ratios against
 the engine at batch 1 in fp32, and how many batched greedy answers equal the
@@ -24,73 +24,38 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving's long passage
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "Tell me about the history of the bicycle.",
-    "How do I boil an egg?",
-    "Write a haiku about the sea.",
-    "What is photosynthesis?",
-    "Name three famous painters and one work by each.",
-    "Why is the sky blue?",
-    "Give me a short tip for learning a language.",
-    "What does a compiler do?",
-    "Explain what a prime number is.",
-    "Suggest a name for a ferry company.",
-    "How many legs does a spider have?",
-    "What is the boiling point of water?",
-    "Describe a cat in one sentence.",
-    "What is 12 times 12?",
-    "Who wrote Romeo and Juliet?",
-]
+from benchmarks.base_model import add_model_flags, base_model
+from benchmarks.prompts import PASSAGE, QUESTIONS
+from benchmarks.timing import run_at_once
 
 
 def run_engine(engine, n: int, tokens: int, first: int = 0) -> tuple[float, list[str]]:
     """n requests (questions first, first+1, ...) submitted at once; returns (aggregate tokens/s, answers)."""
-    import threading
-
     from bot.serving.base import GenerationParams
 
-    results: list = [None] * n
-    started = time.perf_counter()
+    def ask(i: int):
+        return engine.generate([{"role": "user", "content": QUESTIONS[(first + i) % len(QUESTIONS)]}],
+                               GenerationParams(max_new_tokens=tokens))
 
-    def ask(i: int) -> None:
-        results[i] = engine.generate([{"role": "user", "content": QUESTIONS[(first + i) % len(QUESTIONS)]}],
-                                     GenerationParams(max_new_tokens=tokens))
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - started
+    results, seconds = run_at_once(ask, n)
     return sum(g.completion_tokens for g in results) / seconds, [g.text for g in results]
 
 
 def ask_each(engine, questions: list[str], tokens: int, at_once: int) -> list[str]:
     """Answers to `questions`, `at_once` of them submitted together."""
-    import threading
-
     from bot.serving.base import GenerationParams
 
-    answers: list = [None] * len(questions)
+    def ask(question: str) -> str:
+        return engine.generate([{"role": "user", "content": question}], GenerationParams(max_new_tokens=tokens)).text
 
-    def ask(i: int) -> None:
-        answers[i] = engine.generate([{"role": "user", "content": questions[i]}],
-                                     GenerationParams(max_new_tokens=tokens)).text
-
+    answers: list[str] = []
     for start in range(0, len(questions), at_once):
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(start, min(start + at_once, len(questions)))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        group = questions[start:start + at_once]
+        texts, _ = run_at_once(lambda i, group=group: ask(group[i]), len(group))
+        answers += texts
     return answers
 
 
@@ -143,8 +108,6 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
                  "changed": sum(a != b for a, b in zip(alone, answers)), "score": score(answers, canary),
                  "changed_questions": [q for q, a, b in zip(questions, alone, answers) if a != b]})
     if long_count:
-        from bench_serving import PASSAGE
-
         passage = PASSAGE * 10
         long_questions = [passage + "\n" + q for q in questions[:long_count]]
         threshold = DEFAULT_BF16_PREFILL_FROM_TOKENS or 1
@@ -192,8 +155,7 @@ def run_transformers_cb(model, tokenizer, n: int, tokens: int) -> tuple[float, l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-model", default=None)
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / ".cache" / "bench-data"))
+    add_model_flags(parser)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
@@ -212,16 +174,16 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from bot.serving.engine import Engine
-    from core.models import load_base_model, resolve_base_model
+    from core.models import load_base_model
 
     torch.set_num_threads(args.threads)
-    ref = resolve_base_model(args.base_model, Path(args.data_dir))
+    ref = base_model(args)
+    canary_batches = [int(b) for b in args.canary_batches.split(",")]
     if args.canary_only:
-        canary = canary_differences(ref, args.canary, 32, [int(b) for b in args.canary_batches.split(",")],
-                                    args.canary_long)
+        canary = canary_differences(ref, args.canary, 32, canary_batches, args.canary_long)
         print_canary(canary)
         if args.json:
-            Path(args.json).write_text(json.dumps({"args": vars(args), "canary": canary}, indent=2))
+            Path(args.json).write_text(json.dumps({"args": vars(args), "canary": canary}, indent=2, default=str))
         return
     rows = []
     answers: dict[str, list[str]] = {}
@@ -263,12 +225,11 @@ def main() -> None:
               f"{row.get('same_as_alone', ''):>15} |")
     canary = None
     if args.canary:
-        canary = canary_differences(ref, args.canary, 32, [int(b) for b in args.canary_batches.split(",")],
-                                    args.canary_long)
+        canary = canary_differences(ref, args.canary, 32, canary_batches, args.canary_long)
         print_canary(canary)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "answers": answers,
-                                               "canary": canary}, indent=2))
+                                               "canary": canary}, indent=2, default=str))
 
 
 if __name__ == "__main__":

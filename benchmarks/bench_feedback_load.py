@@ -7,78 +7,46 @@ acknowledged writes missing or mixed up afterwards. With --baseline (a checkout 
 an older commit, e.g. `git worktree add /tmp/before <commit>`), the two runs are
 printed side by side with their ratio.
 
-    python benchmarks/bench_feedback_load.py --writers 50 --seconds 20 --baseline /tmp/before
+    python -m benchmarks.bench_feedback_load --writers 50 --seconds 20 --baseline /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+from benchmarks import REPO
+from benchmarks.base_model import add_model_flags, base_model
+from benchmarks.load_client import missing_writes, run_writers, seed_answers
+from benchmarks.server import QUIET_ENV, ServerProcess
 
-from load_client import missing_writes, run_writers  # noqa: E402
-
-SEED = """
-import sys
-from storage import Store
-store = Store(sys.argv[1])
-for i in range(int(sys.argv[2])):
-    question = [{"role": "user", "content": f"Earlier question number {i}?"}]
-    conversation = store.create_conversation(source="api")
-    store.add_message(conversation, "user", question[0]["content"])
-    print(store.add_message(conversation, "assistant", f"Earlier answer {i}.", context=question))
-store.close()
-"""
+# The answers are stored by the measured checkout's own storage code (an older checkout may have an
+# older schema), so seed_answers runs as a script from inside that checkout.
+SEED = "\n".join([
+    "import sys", "from pathlib import Path", "", inspect.getsource(seed_answers),
+    "print(*seed_answers(Path(sys.argv[1]), int(sys.argv[2])))",
+])
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def measure(repo: Path, base_model: Path, writers: int, seconds: float) -> str:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+def measure(repo: Path, model: str, writers: int, seconds: float) -> str:
+    """One run against `repo`'s server: the writers' figures, and the acknowledged writes not stored as acknowledged."""
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
         seeded = subprocess.run([sys.executable, "-c", SEED, str(data / "exemplar.db"), str(writers)],
-                                cwd=repo, env=env, capture_output=True, text=True, check=True)
-        messages = [int(line) for line in seeded.stdout.split()]
-        port = free_port()
-        log = open(data / "server.log", "w")
-        server = subprocess.Popen(
-            [sys.executable, "launch.py", "serve", "--data-dir", str(data), "--base-model", str(base_model),
-             "--port", str(port), "--admin-password", "bench-password"],
-            cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
+                                cwd=repo, env={**os.environ, **QUIET_ENV}, capture_output=True, text=True, check=True)
+        messages = [int(word) for word in seeded.stdout.split()]
+        server = ServerProcess(data, model, repo=repo).wait_ready()
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/healthz", timeout=2)
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError((data / "server.log").read_text())
-                    time.sleep(0.5)
-            result = run_writers(url, messages, seconds)
+            result = run_writers(server.url, messages, seconds)
             lost = missing_writes(data / "exemplar.db", result.acknowledged)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
-            log.close()
-    return result.summary(str(repo)) + f", acknowledged but missing or mixed up: {len(lost) // 1}"
+            server.stop()
+    return result.summary(str(repo)) + f", acknowledged but missing or mixed up: {len(lost)}"
 
 
 def main() -> None:
@@ -86,12 +54,12 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--baseline", type=Path, help="another checkout to measure first, for comparison")
-    parser.add_argument("--base-model", type=Path, default=REPO / ".cache/test-data/base/SmolLM2-135M-Instruct",
-                        help="a converted base model folder (the test cache's by default)")
+    add_model_flags(parser)
     args = parser.parse_args()
+    model = base_model(args).path
     if args.baseline:
-        print("baseline:", measure(args.baseline, args.base_model, args.writers, args.seconds), flush=True)
-    print("this:    ", measure(REPO, args.base_model, args.writers, args.seconds), flush=True)
+        print("baseline:", measure(args.baseline, model, args.writers, args.seconds), flush=True)
+    print("this:    ", measure(REPO, model, args.writers, args.seconds), flush=True)
 
 
 if __name__ == "__main__":

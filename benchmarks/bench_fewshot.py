@@ -20,9 +20,9 @@ model's hidden states (names masked, or not as before), with 1 or 3
 demonstrations, as past turns or quoted in the system turn. Identical prompts
 are generated once and shared between methods (greedy decoding makes them equal).
 
-    nice -n 10 python benchmarks/bench_fewshot.py [--data-dir .cache/test-data] [--json bench_fewshot.json]
-    nice -n 10 python benchmarks/bench_fewshot.py --no-held-out --methods "words, 3 turns (before);direct, else words, 3 turns (default)"
-    python benchmarks/bench_fewshot.py --retrieval-only     # the retrieval columns only, no answers
+    nice -n 10 python -m benchmarks.bench_fewshot [--data-dir .cache/test-data] [--json bench_fewshot.json]
+    nice -n 10 python -m benchmarks.bench_fewshot --no-held-out --methods "words, 3 turns (before);direct, else words, 3 turns (default)"
+    python -m benchmarks.bench_fewshot --retrieval-only     # the retrieval columns only, no answers
 
 --trained measures the state a user reaches after the automatic retrain: a LoRA is first trained on the
 30 entity corrections with the retrain job's own recipe and default TrainConfig (training/recipe.py:
@@ -32,7 +32,7 @@ The question vectors still come from the base weights (QuestionEmbedder.for_engi
 A near miss answered with a fact the model *learned* counts as misled exactly like one answered from a
 demonstration. The 24 other stored facts are retrieved from but not trained on.
 
-    nice -n 10 python benchmarks/bench_fewshot.py --trained --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)"
+    nice -n 10 python -m benchmarks.bench_fewshot --trained --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)"
 
 --recipes compares training recipes in one run: each (TrainConfig overrides on the default, e.g.
 "default;unknown_attributes=3") is trained in turn, then every question is asked of each version in turn (its
@@ -41,23 +41,22 @@ unknown_cap=N allows one "not known" row per N corrections (augment.CORRECTIONS_
 3), to measure a larger dose. --judge adds, per recipe and few-shot off, the 30 trained questions answered with
 their fact and the canary (training/evaluate.py, as the gate asks them).
 
-    nice -n 10 python benchmarks/bench_fewshot.py --trained --judge --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)" --recipes "default;unknown_attributes=3"
+    nice -n 10 python -m benchmarks.bench_fewshot --trained --judge --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)" --recipes "default;unknown_attributes=3"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import fact_sets
+from benchmarks.base_model import add_data_dir_flag
+from benchmarks.timing import load_average
 
-ENTITIES = json.loads((REPO / "tests" / "fewshot_entities.json").read_text())["entities"]
-OTHER_FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["facts"]
+ENTITIES = fact_sets.fewshot_entities()
+OTHER_FACTS = fact_sets.fewshot_facts()["facts"]
 
 # name: (re-rank by meaning: None, "masked" (names masked, as served) or "plain" (the vectors before
 # names were masked), k, prompt form, min_similarity, min_margin, direct); the defaults are ServeConfig's.
@@ -114,7 +113,7 @@ def train_version(store, facts: list[dict], data_dir: Path, seed: int, adapter: 
     answered with their fact ("learned") and the canary."""
     from training import augment
 
-    load_before = round(os.getloadavg()[0], 1)
+    load_before = load_average()[0]
     overrides = dict(overrides or {})
     # Bench-only key: "not known" rows allowed per this many corrections (augment.CORRECTIONS_PER_UNKNOWN_ROW),
     # to measure a larger dose than the recipe allows itself.
@@ -151,17 +150,14 @@ def _train_version(store, facts, data_dir, seed, adapter, overrides, max_steps, 
         out["learned"] = [sum(f["fact"].lower() in j["answer"].lower() for f, j in zip(facts, judged)), len(facts)]
         canary = canary_answers(peft_model, tokenizer, plan.canary, plan.eval_config)
         out["canary"] = [sum(canary["hits"]), canary["n"]]
-    out["load_after"] = round(os.getloadavg()[0], 1)
+    out["load_after"] = load_average()[0]
     del peft_model, model
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("EXEMPLAR_TEST_CACHE", REPO / ".cache" / "test-data")),
-        help="holds the converted model (default: $EXEMPLAR_TEST_CACHE, as the tests use)",
-    )
+    add_data_dir_flag(parser)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures and every answer here")
     parser.add_argument("--retrieval-only", action="store_true", help="skip generation")
     parser.add_argument("--max-new-tokens", type=int, default=40)
@@ -303,7 +299,7 @@ def summarise(args, engine, facts, asks, rows, methods, trained, recipes, genera
             print(f"  {name!r}: rows {t['rows'] / first['rows']:.2f}x, steps {t['steps'] / first['steps']:.2f}x, "
                   f"training time {t['train_seconds'] / first['train_seconds']:.2f}x of {recipes[0]!r}")
     print(f"\n{len(facts)} corrections about {len(ENTITIES)} entities (+{len(OTHER_FACTS)} other facts stored); "
-          f"load average {os.getloadavg()[0]:.1f}; {time.perf_counter() - started:.0f} s; "
+          f"load average {load_average()[0]:.1f}; {time.perf_counter() - started:.0f} s; "
           f"{len(generate_s)} distinct prompts generated")
     header = ["method", "paraphrase hit", "held-out hit", "retrieval hit (first)", "model use when retrieved",
               "near-miss false use", "near misses retrieving another fact"]
@@ -354,7 +350,7 @@ def summarise(args, engine, facts, asks, rows, methods, trained, recipes, genera
             print(f"cost: re-ranked retrieval {first_ms * 1000:.0f} ms median per question (vectors computed), "
                   f"an answer {median_generate:.2f} s median: {first_ms / median_generate:.2f}x of an answer's time")
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rows": rows, "load_average": os.getloadavg()[0],
+        args.json.write_text(json.dumps({"summary": summary, "rows": rows, "load_average": load_average()[0],
                                          "trained": trained, "seed": args.seed}, indent=1, default=str))
         print(f"wrote {args.json}")
 

@@ -16,24 +16,21 @@ An answer counts when it names the fact's keyword (the scenario test's check); t
 (training/evaluate.is_correct) is printed beside it. Training time is the Trainer's wall time; every figure
 is printed with the load average, and the time ratio is against the plain run of the same process.
 
-    nice -n 10 python benchmarks/bench_generalise.py --data-dir /work/main/.cache/test-data --json gen.json
-    python benchmarks/bench_generalise.py --avenues base,plain --facts 8    # a quick look
+    nice -n 10 python -m benchmarks.bench_generalise --json gen.json
+    python -m benchmarks.bench_generalise --avenues base,plain --facts 8    # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-ROOT = Path(__file__).resolve().parents[1]
-FACTS = ROOT / "tests" / "training_facts.jsonl"
-FRESH = Path(__file__).resolve().with_name("generalise_paraphrases.jsonl")
+from benchmarks import fact_sets
+from benchmarks.base_model import add_model_flags, base_model
+from benchmarks.timing import load_average
 
 # Each avenue: TrainConfig overrides. The augmented ones train about as many steps as the plain one (fewer
 # epochs over more rows), so the comparison is at equal time; "epochs" None means: scale to the plain run's steps.
@@ -62,9 +59,9 @@ PLAIN = {"rewordings": 0, "statement_prompts": 0, "replay_rewordings": 0, "bf16"
 
 
 def load(n: int) -> tuple[list[dict], list[dict], list[dict]]:
-    facts = [json.loads(line) for line in FACTS.read_text().splitlines()][:n]
+    facts = fact_sets.training_facts()[:n]
     asked = {f["question"] for f in facts}
-    fresh = [r for r in map(json.loads, FRESH.read_text().splitlines()) if r["question"] in asked]
+    fresh = [r for r in fact_sets.read_jsonl(fact_sets.FRESH_PARAPHRASES) if r["question"] in asked]
     return facts, [{"question": f["paraphrase"], **{k: f[k] for k in ("answer", "keyword")}} for f in facts], [
         {"question": r["paraphrase"], "answer": r["answer"], "keyword": r["keyword"]} for r in fresh
     ]
@@ -113,7 +110,7 @@ def run_avenue(name: str, ref, facts, paraphrases, fresh, threads: int, max_step
         contradictions={},
     )
     plain_steps = total_steps(len(recipe.training_rows(plan, plan.examples)), base_config)
-    result = {"avenue": name, "load_before": round(os.getloadavg()[0], 1)}
+    result = {"avenue": name, "load_before": load_average()[0]}
     trained_wordings: set[str] = set()
     if name != "base":
         if overrides.get("epochs", 0) is None:
@@ -136,7 +133,7 @@ def run_avenue(name: str, ref, facts, paraphrases, fresh, threads: int, max_step
     result["canary"] = {"n": canary["n"], "hits": sum(canary["hits"]), "misses": canary["misses"]}
     result["judge_seconds"] = round(time.perf_counter() - started, 1)
     result["test_wordings_trained"] = sum(p["question"].lower() in trained_wordings for p in paraphrases + fresh)
-    result["load_after"] = round(os.getloadavg()[0], 1)
+    result["load_after"] = load_average()[0]
     return result
 
 
@@ -146,11 +143,10 @@ def table(results: list[dict]) -> str:
         "| avenue | rows × epochs = steps | trained | paraphrases (fact set) | fresh wordings | canary | training time (ratio to plain) | load |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        def cell(key: str) -> str:
-            m = r[key]
-            return f"{m['keyword']}/{m['n']} ({100 * m['keyword'] / m['n']:.0f}%; gate {m['verdict']})"
+    def cell(m: dict) -> str:
+        return f"{m['keyword']}/{m['n']} ({100 * m['keyword'] / m['n']:.0f}%; gate {m['verdict']})"
 
+    for r in results:
         if "steps" in r:
             epochs = r["config"].get("epochs", 10)
             shape = f"{r['rows']} × {epochs:g} = {r['steps']}"
@@ -159,7 +155,7 @@ def table(results: list[dict]) -> str:
         else:
             shape, took = "no training", "–"
         lines.append(
-            f"| {r['avenue']} | {shape} | {cell('trained')} | {cell('paraphrases')} | {cell('fresh')} | "
+            f"| {r['avenue']} | {shape} | {cell(r['trained'])} | {cell(r['paraphrases'])} | {cell(r['fresh'])} | "
             f"{r['canary']['hits']}/{r['canary']['n']} | {took} | {r['load_before']}–{r['load_after']} |"
         )
     return "\n".join(lines)
@@ -167,8 +163,7 @@ def table(results: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-model", default=None, help="model folder or hub id (default: the bundled model)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the bundled model is converted")
+    add_model_flags(parser)
     parser.add_argument("--avenues", default=",".join(a for a in AVENUES if a != "templates-10-epochs"),
                         help=f"comma-separated, from: {', '.join(AVENUES)}")
     parser.add_argument("--facts", type=int, default=24, help="how many of the 24 facts to train on")
@@ -181,9 +176,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown avenue(s): {', '.join(unknown)}; known: {', '.join(AVENUES)}")
 
-    from core.models import resolve_base_model
-
-    ref = resolve_base_model(args.base_model, args.data_dir)
+    ref = base_model(args)
     facts, paraphrases, fresh = load(args.facts)
     results = []
     for name in args.avenues.split(","):

@@ -6,7 +6,7 @@ few-shot examples, store the answer) in a loop. Run twice in one process: the
 import as one transaction (chunk_rows=N, how imports used to hold the lock) and in
 chunks (the default). Prints the chat step's latency in each and their ratio.
 
-    python benchmarks/bench_import.py --rows 100000
+    python -m benchmarks.bench_import --rows 100000
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from storage import Store  # noqa: E402
-from storage.formats import parse_examples  # noqa: E402
+from benchmarks.timing import percentile
+from storage import Store
+from storage.formats import parse_examples
 
 
 def rows_for(n: int) -> list[dict]:
@@ -67,10 +65,9 @@ def run(rows: list[dict], chunk_rows: int) -> tuple[float, list[float]]:
 
 
 def describe(label: str, took: float, latencies: list[float]) -> str:
-    ordered = sorted(latencies)
-    p95 = ordered[int(0.95 * (len(ordered) - 1))]
-    return (f"{label}: import {took:.1f} s; chat step during it: {len(ordered)} steps, "
-            f"p50 {statistics.median(ordered) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms")
+    return (f"{label}: import {took:.1f} s; chat step during it: {len(latencies)} steps, "
+            f"p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {percentile(latencies, 0.95) * 1000:.0f} ms, "
+            f"max {max(latencies) * 1000:.0f} ms")
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ batch stalls the answers already streaming. Greedy; settings take turns
    between two tokens of the running answers while it joins, and its own first
    token, prefilled whole (`prefill_chunk_tokens=0`) against in chunks (default).
 
-    python benchmarks/bench_prefill.py                 # about 3 minutes on 2 quiet cores
-    python benchmarks/bench_prefill.py --repeats 5 --json prefill.json
+    python -m benchmarks.bench_prefill                 # about 3 minutes on 2 quiet cores
+    python -m benchmarks.bench_prefill --repeats 5 --json prefill.json
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import statistics
 import sys
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks.base_model import add_model_flags, base_model
+from benchmarks.prompts import QUESTIONS, long_question
 
 
 def prefill_seconds(model, ids, impl: str) -> float:
@@ -75,8 +75,6 @@ def plain_first_token(model, tokenizer, messages) -> float:
 def join_while_decoding(engine, long_messages, streams: int, tokens: int) -> dict:
     """`streams` short answers decode; a long prompt joins. Longest token gap of the running answers
     from the join until the long answer's first token, and that first token's time."""
-    from bench_batching import QUESTIONS
-
     from bot.serving.base import GenerationParams
 
     stamps: list[list[float]] = [[] for _ in range(streams)]
@@ -103,14 +101,13 @@ def join_while_decoding(engine, long_messages, streams: int, tokens: int) -> dic
     until = joined + ttft
     for t in threads:
         t.join()
-    gaps = [b - a for s in stamps for a, b in zip(s, s[1:]) if b > joined and a < until]
+    gaps = [b - a for s in stamps for a, b in pairwise(s) if b > joined and a < until]
     return {"ttft": ttft, "max_gap": max(gaps) if gaps else float("nan")}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-model", default=None)
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data")
+    add_model_flags(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32, help="new tokens of the long prompt's answer (equality check)")
@@ -119,14 +116,13 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from bench_serving import long_question
 
     from bot.serving.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, DEFAULT_PREFILL_CHUNK_TOKENS, Engine
-    from core.models import load_base_model, resolve_base_model
+    from core.models import load_base_model
     from core.prompts import encode, render_prompt
 
     torch.set_num_threads(args.threads)
-    ref = resolve_base_model(args.base_model, args.data_dir)
+    ref = base_model(args)
     model, tokenizer = load_base_model(ref, device="cpu")
     model.eval()
     long_messages = [{"role": "user", "content": long_question(tokenizer)}]

@@ -24,16 +24,15 @@ then prefills the demonstrations.
 Greedy, --tokens new tokens (default 128). Each figure is the median of
 --repeats runs; ratios are against figures from this same run.
 
-    python benchmarks/bench_serving.py                  # about 6 minutes on 2 cores
-    python benchmarks/bench_serving.py --repeats 1 --tokens 64 --json out.json
-    python benchmarks/bench_serving.py --llama-cpp /work/bench-venv/bin/python   # also llama.cpp (benchmarks/README.md)
+    python -m benchmarks.bench_serving                  # about 6 minutes on 2 cores
+    python -m benchmarks.bench_serving --repeats 1 --tokens 64 --json out.json
+    python -m benchmarks.bench_serving --llama-cpp /work/bench-venv/bin/python   # also llama.cpp (benchmarks/README.md)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,11 +42,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import fact_sets
+from benchmarks.adapters import save_recipe_shaped_adapter
+from benchmarks.base_model import add_model_flags, base_model
+from benchmarks.prompts import long_question
+from benchmarks.server import ServerProcess
+from benchmarks.timing import median_of, percentile, run_at_once
 
 SHORT = "Tell me about the history of the bicycle, from the first designs to the bikes of today."
-QUESTIONS = [
+# Asked by many streaming chats at once through the API.
+API_QUESTIONS = [
     "Tell me about the history of the bicycle.",
     "How do I boil an egg?",
     "Write a short poem about the sea.",
@@ -65,24 +69,6 @@ QUESTIONS = [
     "How does a bicycle stay upright?",
     "What makes bread rise?",
 ]
-PASSAGE = (
-    "The Halvard ferry company runs boats between the harbour and the three islands. Ferries leave every hour "
-    "from seven in the morning until ten at night in summer, and every two hours in winter. A single adult ticket "
-    "costs four euros, children under twelve travel for half price, and bicycles ride free. "
-)
-
-
-def long_question(tokenizer, target: int = 675) -> str:
-    """A question whose rendered prompt is about `target` tokens long."""
-    from core.prompts import encode, render_prompt
-
-    text = ""
-    while True:
-        candidate = text + PASSAGE
-        prompt = render_prompt(tokenizer, [{"role": "user", "content": candidate + "\nWhen do the ferries leave?"}])
-        text = candidate
-        if len(encode(tokenizer, prompt)) >= target:
-            return text + "\nWhen do the ferries leave?"
 
 
 def post_stream(url: str, content: str, tokens: int, few_shot: bool = False) -> dict:
@@ -112,31 +98,24 @@ def post_stream(url: str, content: str, tokens: int, few_shot: bool = False) -> 
             "tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"]}
 
 
-def concurrent(url: str, n: int, tokens: int, questions: list[str] = QUESTIONS, few_shot: bool = False) -> dict:
-    results: list = [None] * n
-    errors: list = []
+def concurrent(url: str, n: int, tokens: int, questions: list[str] = API_QUESTIONS, few_shot: bool = False) -> dict:
+    """`n` streaming chats at once: aggregate tokens/s, time to first token (p50, p95, slowest), errors."""
 
-    def one(i: int) -> None:
+    def one(i: int) -> dict | None:
         try:
-            results[i] = post_stream(url, questions[i % len(questions)], tokens, few_shot)
-        except Exception as exc:  # counted, not raised: the benchmark reports errors
-            errors.append(repr(exc))
+            return post_stream(url, questions[i % len(questions)], tokens, few_shot)
+        except Exception:  # noqa: BLE001 - counted, not raised: the benchmark reports errors
+            return None
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    results, wall = run_at_once(one, n)
     done = [r for r in results if r]
-    ttfts = sorted(r["ttft"] for r in done)
+    ttfts = [r["ttft"] for r in done]
     return {
         "aggregate_tok_s": sum(r["tokens"] for r in done) / wall,
         "ttft_p50": statistics.median(ttfts) if ttfts else None,
-        "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))] if ttfts else None,
-        "ttft_max": ttfts[-1] if ttfts else None,
-        "errors": len(errors) + (n - len(done) - len(errors)),
+        "ttft_p95": percentile(ttfts, 0.95) if ttfts else None,
+        "ttft_max": max(ttfts) if ttfts else None,
+        "errors": n - len(done),
     }
 
 
@@ -234,24 +213,11 @@ class LlamaCpp:
 
 def make_active_adapter(ref, data_dir: Path) -> str:
     """An adapter shaped like the default recipe's (non-zero B), recorded as the active version."""
-    import torch
-
-    from core.models import load_base_model
     from storage import Store
-    from training.config import TrainConfig
-    from training.finetune import add_lora
-    from training.registry import commit_version
-
-    model, _ = load_base_model(ref, device="cpu")
-    torch.manual_seed(0)
-    peft_model = add_lora(model, TrainConfig())
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=1e-3)
-    from training.registry import new_temp_dir
+    from training.registry import commit_version, new_temp_dir
 
     staging = new_temp_dir(data_dir)
-    peft_model.save_pretrained(staging)
+    save_recipe_shaped_adapter(ref, staging, seed=0)
     store = Store(data_dir / "exemplar.db")
     try:
         row = commit_version(store, data_dir, staging, base_model=ref.name)
@@ -266,9 +232,8 @@ def approve_fewshot_examples(data_dir: Path) -> list[str]:
     (each correction's paraphrase and held-out wording: 60 texts)."""
     from storage import Store
 
-    entities = json.loads((REPO / "tests" / "fewshot_entities.json").read_text())["entities"]
-    others = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["facts"]
-    facts = [f for e in entities for f in e["facts"]]
+    others = fact_sets.fewshot_facts()["facts"]
+    facts = [f for e in fact_sets.fewshot_entities() for f in e["facts"]]
     store = Store(data_dir / "exemplar.db")
     try:
         store.add_examples([{"input": f["question"], "output": f["answer"], "source": "admin", "status": "approved"}
@@ -278,43 +243,15 @@ def approve_fewshot_examples(data_dir: Path) -> list[str]:
     return [f["paraphrase"] for f in facts] + [f["held_out"] for f in facts]
 
 
-def start_server(data_dir: Path, base_model: str, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = open(data_dir / "server.log", "w")
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "launch.py"), "serve", "--data-dir", str(data_dir), "--base-model", base_model,
-         "--port", str(port), "--admin-password", "bench-admin-password", "--threads", str(threads),
-         # With --few-shot's 54 approved examples the server would start a retrain of its own mid-run.
-         "--no-retrain-enabled", *extra],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((data_dir / "server.log").read_text())
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise TimeoutError("the server did not start")
-
-
-def med(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+def start_server(data_dir: Path, base_model: str, threads: int, extra: list[str]) -> ServerProcess:
+    # With --few-shot's 54 approved examples the server would start a retrain of its own mid-run.
+    flags = ["--threads", str(threads), "--no-retrain-enabled", *extra]
+    return ServerProcess(data_dir, base_model, *flags).wait_ready()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-model", default=None, help="model folder (default: the bundled model, converted)")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data", help="where the bundled model is converted")
+    add_model_flags(parser)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -328,9 +265,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
 
-    from core.models import bundled_gguf_path, load_base_model, resolve_base_model
+    from core.models import bundled_gguf_path, load_base_model
 
-    ref = resolve_base_model(args.base_model, args.data_dir)
+    ref = base_model(args)
     _, tokenizer = load_base_model(ref, device="cpu")
     long_text = long_question(tokenizer)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
@@ -339,7 +276,8 @@ def main() -> int:
         data_dir = Path(scratch)
         version = make_active_adapter(ref, data_dir)
         reworded = approve_fewshot_examples(data_dir) if args.few_shot else []
-        process, url = start_server(data_dir, ref.path, args.threads, args.server_args.split())
+        server = start_server(data_dir, ref.path, args.threads, args.server_args.split())
+        url = server.url
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:  # the watcher merges the adapter soon after start
@@ -367,16 +305,16 @@ def main() -> int:
                     if cpp:
                         cpp_runs.append(cpp(text, args.tokens, tokenizer))
                 if cpp_runs:
-                    results[f"llama_cpp_{name}"] = {"tok_s": med(cpp_runs, "tok_s"), "ttft": med(cpp_runs, "ttft"),
-                                                    "tokens": med(cpp_runs, "tokens")}
+                    results[f"llama_cpp_{name}"] = {"tok_s": median_of(cpp_runs, "tok_s"), "ttft": median_of(cpp_runs, "ttft"),
+                                                    "tokens": median_of(cpp_runs, "tokens")}
                 results[f"api_one_stream_{name}"] = {
                     "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in api_runs),
-                    "ttft": med(api_runs, "ttft"), "prompt_tokens": api_runs[0]["prompt_tokens"],
+                    "ttft": median_of(api_runs, "ttft"), "prompt_tokens": api_runs[0]["prompt_tokens"],
                 }
-                results[f"plain_generate_{name}"] = {"tok_s": med(plain_runs, "tok_s"), "ttft": med(plain_runs, "ttft"),
+                results[f"plain_generate_{name}"] = {"tok_s": median_of(plain_runs, "tok_s"), "ttft": median_of(plain_runs, "ttft"),
                                                      "prompt_tokens": plain_runs[0]["prompt_tokens"]}
-                results[f"plain_generate_bf16_{name}"] = {"tok_s": med(plain16_runs, "tok_s"),
-                                                          "ttft": med(plain16_runs, "ttft"),
+                results[f"plain_generate_bf16_{name}"] = {"tok_s": median_of(plain16_runs, "tok_s"),
+                                                          "ttft": median_of(plain16_runs, "ttft"),
                                                           "prompt_tokens": plain16_runs[0]["prompt_tokens"]}
             del plain, plain16
             if cpp:
@@ -401,8 +339,7 @@ def main() -> int:
                     results[f"few_shot_{'on' if few_shot else 'off'}_{n}"] = concurrent(
                         url, n, args.tokens, questions, few_shot)
         finally:
-            process.terminate()
-            process.wait(30)
+            server.stop()
         results["adapter_version"] = version
 
     print(f"\nExemplar HTTP API ({'adapter ' + results['adapter_version']} active), greedy, {args.tokens} new tokens, "

@@ -7,7 +7,7 @@ Each thread repeats the transaction a correction makes (a feedback row, an examp
 its full-text entry, a history row, the feedback pointed at the example) on a WAL
 database with synchronous=FULL. Prints writes/s and latency for both, and B/A.
 
-    python benchmarks/bench_store_writes.py --threads 16 --seconds 5
+    python -m benchmarks.bench_store_writes --threads 16 --seconds 5
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from benchmarks.timing import percentile, run_at_once
 
 SCHEMA = """
 create table feedback (id integer primary key, message_id int, correction text, example_id int, created_at text);
@@ -80,11 +82,7 @@ def run(threads: int, seconds: float, make_writer: Callable[[Path], Callable[[in
             with lock:
                 latencies.extend(mine)
 
-        pool = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        run_at_once(worker, threads)
         return len(latencies), latencies
 
 
@@ -110,9 +108,8 @@ def connection_per_thread(path: Path) -> Callable[[int, int], None]:
 
 
 def describe(label: str, count: int, latencies: list[float], seconds: float) -> str:
-    ordered = sorted(latencies)
-    return (f"{label}: {count / seconds:.0f} writes/s, p50 {statistics.median(ordered) * 1000:.1f} ms, "
-            f"p95 {ordered[int(0.95 * (len(ordered) - 1))] * 1000:.1f} ms")
+    return (f"{label}: {count / seconds:.0f} writes/s, p50 {statistics.median(latencies) * 1000:.1f} ms, "
+            f"p95 {percentile(latencies, 0.95) * 1000:.1f} ms")
 
 
 def main() -> None:

@@ -20,9 +20,9 @@
 
 Prints the tables (with load averages) and writes JSON with --json.
 
-    python benchmarks/bench_training.py                          # about 15 minutes on 2 quiet cores
-    python benchmarks/bench_training.py --training-only --json training.json
-    python benchmarks/bench_training.py --training-only --measure-job 24
+    python -m benchmarks.bench_training                          # about 15 minutes on 2 quiet cores
+    python -m benchmarks.bench_training --training-only --json training.json
+    python -m benchmarks.bench_training --training-only --measure-job 24
 """
 
 from __future__ import annotations
@@ -36,15 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import fact_sets
+from benchmarks.adapters import save_recipe_shaped_adapter
+from benchmarks.base_model import add_model_flags, base_model
+from benchmarks.timing import load_average
 
-FACTS = Path(__file__).resolve().parents[1] / "tests" / "training_facts.jsonl"
 QUESTION = [{"role": "user", "content": "Tell me about the history of the bicycle."}]
 
 
 def examples(n: int) -> list[dict]:
     """n short question/answer examples like users' corrections (the fact set, repeated with numbers)."""
-    facts = [json.loads(line) for line in FACTS.read_text().splitlines()]
+    facts = fact_sets.training_facts()
     rows = []
     for i in range(n):
         fact = facts[i % len(facts)]
@@ -64,12 +66,6 @@ VARIANTS = {
     "packed_bf16": {"packed": True, "bf16": True},
 }
 BASELINE = "padded"
-
-
-def load_avg() -> list[float]:
-    import os
-
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def time_run(ref, overrides: dict, threads: int, rows: list[dict], steps: int) -> dict:
@@ -115,11 +111,11 @@ def compare_training(ref, threads: int, count: int, rounds: int, variants: dict 
     rows = examples(count) + load_replay(TrainConfig().replay_examples)
     steps = math.ceil(len(rows) / TrainConfig().batch_size)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
-    loads = [load_avg()]
+    loads = [load_average()]
     for _ in range(rounds):
         for name, overrides in variants.items():
             runs[name].append(time_run(ref, overrides, threads, rows, steps))
-            loads.append(load_avg())
+            loads.append(load_average())
     out: dict = {"threads": threads, "examples": len(rows), "steps_per_run": steps, "rounds": rounds,
                  "load_average_1min": [x[0] for x in loads], "variants": {}}
     for name, results in runs.items():
@@ -228,12 +224,12 @@ def measure_job(ref, n: int, timeout: float = 3600) -> dict:
         for row in examples(n):
             store.add_example(row["input"], row["output"], source="correction", rejected="I do not know.")
         manager = TrainingManager(store, Path(scratch), ref.path)
-        loads = [load_avg()]
+        loads = [load_average()]
         started = time.perf_counter()
         job_id = manager.start()
         view = manager.wait(job_id, timeout=timeout)
         minutes = (time.perf_counter() - started) / 60
-        loads.append(load_avg())
+        loads.append(load_average())
         metrics = store.get_job(job_id).get("metrics") or {}
         store.close()
     return {
@@ -260,13 +256,10 @@ def decode_rate(engine, tokens: int, runs: int = 3) -> float:
 
 
 def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int, rounds: int = 2) -> dict:
-    import torch
-
     from bot.serving.engine import Engine
     from core.models import load_base_model
     from storage import Store
     from training.config import TrainConfig
-    from training.finetune import add_lora
     from training.manager import TrainingManager
 
     model, tokenizer = load_base_model(ref)
@@ -274,13 +267,7 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int, rounds:
 
     # Two adapters shaped like the default recipe's, to swap between.
     for name, seed in (("v1", 1), ("v2", 2)):
-        scratch, _ = load_base_model(ref)
-        torch.manual_seed(seed)
-        peft_model = add_lora(scratch, TrainConfig())
-        for param_name, param in peft_model.named_parameters():
-            if "lora_B" in param_name:
-                torch.nn.init.normal_(param, std=1e-3)
-        peft_model.save_pretrained(data_dir / "adapters" / name)
+        save_recipe_shaped_adapter(ref, data_dir / "adapters" / name, seed)
     swaps = {
         "first_load_v1": engine.activate("v1", data_dir / "adapters" / "v1"),
         "load_v2": engine.activate("v2", data_dir / "adapters" / "v2"),
@@ -337,7 +324,7 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int, rounds:
         "decode_ratio_during_retrain_fp32": round(statistics.median(fp32) / idle_rate, 2),
         "retrain_child": {"threads": config.threads, "idle_threads": config.idle_threads, "nice": config.nice,
                           "step_reached": progress.get("step")},
-        "load_average": load_avg(),
+        "load_average": load_average(),
     }
 
 
@@ -378,8 +365,7 @@ def print_tables(results: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-model", default=None, help="model folder or hub id (default: the bundled model)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the bundled model is converted")
+    add_model_flags(parser)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the training comparison (the worker's default is 1)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the training comparison")
@@ -394,13 +380,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
 
-    from core.models import resolve_base_model
-
-    ref = resolve_base_model(args.base_model, args.data_dir)
+    ref = base_model(args)
     import torch
 
     default_threads = torch.get_num_threads()
-    results: dict = {"machine": {"torch_threads_default": default_threads, "load_average_start": load_avg()},
+    results: dict = {"machine": {"torch_threads_default": default_threads, "load_average_start": load_average()},
                      "default_variant": default_variant()}
     if args.serving_only:
         with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
@@ -427,7 +411,7 @@ def main() -> int:
             [job_minutes(n, per_step["packed"], evaluation, config=plain) for n in (24, 200)],
         f"default ({results['default_variant']}, {augmented}, {per_step[results['default_variant']]} s/step)":
             [job_minutes(n, per_step[results["default_variant"]], evaluation) for n in (24, 200)],
-        f"default + 3 'not known' rows per entity (unknown_attributes=3), same s/step":
+        "default + 3 'not known' rows per entity (unknown_attributes=3), same s/step":
             [job_minutes(n, per_step[results["default_variant"]], evaluation, config=TrainConfig(unknown_attributes=3))
              for n in (24, 200)],
     }
@@ -437,7 +421,7 @@ def main() -> int:
     if not args.training_only:
         with tempfile.TemporaryDirectory(prefix="bench-training-") as scratch:
             results["serving"] = measure_swap_and_contention(ref, Path(scratch), args.decode_tokens, args.rounds)
-    results["machine"]["load_average_end"] = load_avg()
+    results["machine"]["load_average_end"] = load_average()
     print(json.dumps(results, indent=2))
     print_tables(results)
     if args.json:

@@ -1,8 +1,8 @@
 """Check the GPU path end to end: the engine decodes on CUDA, a LoRA adapter
 trains there (loss falls, base weights unchanged), and the engine hot-swaps it.
 
-    python benchmarks/gpu_check.py --model-dir data/base/SmolLM2-135M-Instruct
-    python benchmarks/gpu_check.py --model-dir DIR --random-init   # only config + tokenizer needed
+    python -m benchmarks.gpu_check --model-dir data/base/SmolLM2-135M-Instruct
+    python -m benchmarks.gpu_check --model-dir DIR --random-init   # only config + tokenizer needed
 
 Prints figures and exits non-zero when a check fails. Runs on the CPU too
 (slowly), which is how it is kept working without a GPU.
@@ -15,8 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:

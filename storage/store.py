@@ -34,6 +34,7 @@ from storage.examples import (
     validate_output,
 )
 from storage.migrations import migrations
+from storage.processes import pid_alive
 from storage.search import query_words, rank
 from storage.text import check_text
 from storage.vocabulary import (
@@ -83,18 +84,6 @@ class ImportReport:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
-
-
-def _process_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _add_filters(clauses: list[str], params: list[Any], filters: dict[str, Any]) -> None:
@@ -758,7 +747,7 @@ class Store:
         with self._lock:
             owners = self.db.execute("select distinct import_id, pid from import_rows").fetchall()
         for import_id, pid in owners:
-            if not _process_alive(pid):
+            if not pid_alive(pid):
                 self._drop_import(import_id)
 
     def _history(self, example_id: int, field: str, old: Any, new: Any, actor: str | None, at: str) -> None:

@@ -1,10 +1,15 @@
 """Shared fixtures: the bundled model converted once per machine, a tiny Llama
-built from a config, in-memory stores, and a fake engine with canned replies."""
+built from a config, in-memory stores, a fake engine with canned replies, and the
+app on top of them: a TestClient (`client`, `make_client`), the app on a real
+loopback socket (`server`, `make_server`), and real `launch.py serve` processes."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -12,7 +17,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.live_app import REPO, LiveServer  # noqa: E402
+from tests.live_app import REPO, LiveServer, build_app, serve_in_thread  # noqa: E402
+from tests.tiny_llama import tiny_llama  # noqa: E402
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from tests.fakes import FakeEngine
 
 # The bundled GGUF takes ~25 s to dequantise; tests share one converted copy.
 CACHE = Path(os.environ.get("EXEMPLAR_TEST_CACHE", REPO / ".cache" / "test-data"))
@@ -65,41 +76,16 @@ def tokenizer():
 
 @pytest.fixture
 def tiny_model(tokenizer):
-    """A 2-layer Llama with random weights and the real tokenizer's vocabulary."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    """A 2-layer Llama with random weights and the real tokenizer's vocabulary (tests/tiny_llama.py)."""
+    return tiny_llama(tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer Llama with random weights and the real tokenizer (chat template included), saved to a
-    folder: a --base-model for servers and training processes that must start in seconds."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    """The tiny Llama (with a 1024-token context) and the real tokenizer (chat template included), saved
+    to a folder: a --base-model for servers and training processes that must start in seconds."""
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_llama(tokenizer, max_position_embeddings=1024).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -119,6 +105,71 @@ def store():
     s = Store(":memory:")
     yield s
     s.close()
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    """A FakeEngine (tests/fakes.py): queue its replies with enqueue(); it records every call.
+    Test files about a real engine define their own `engine`."""
+    from tests.fakes import FakeEngine
+
+    return FakeEngine()
+
+
+@pytest.fixture
+def make_client(store, engine) -> Callable[..., TestClient]:
+    """make_client(engine=None, *, store=None, **options) -> a TestClient on tests/live_app.py's build_app:
+    the test's `engine` and `store` unless others are given, and build_app's options (config, guard,
+    training, watcher, ui). Server errors come back as answers (a 500), not as exceptions."""
+    from fastapi.testclient import TestClient
+
+    test_store, test_engine = store, engine
+
+    def make(engine: Any = None, *, store: Any = None, base_url: str = "http://testserver",
+             **options: Any) -> TestClient:
+        app = build_app(test_store if store is None else store, test_engine if engine is None else engine,
+                        **options)
+        return TestClient(app, base_url=base_url, raise_server_exceptions=False)
+
+    return make
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    """A TestClient on the HTTP API over the test's `store` and `engine` (a FakeEngine); admin
+    routes take the headers tests.live_app.ADMIN."""
+    return make_client()
+
+
+@pytest.fixture
+def answer_id(client) -> str:
+    """The id of an answer stored through `client`."""
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    response = client.post("/v1/chat/completions", json={"messages": question})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+@pytest.fixture
+def make_server(store, engine) -> Iterator[Callable[..., str]]:
+    """make_server(engine=None, *, store=None, **options) -> the base URL of build_app's app (options as
+    for make_client) served by uvicorn on a free loopback port, for clients that need a real socket;
+    it stops when the test ends."""
+    test_store, test_engine = store, engine
+    with ExitStack() as servers:
+
+        def make(engine: Any = None, *, store: Any = None, **options: Any) -> str:
+            app = build_app(test_store if store is None else store, test_engine if engine is None else engine,
+                            **options)
+            return servers.enter_context(serve_in_thread(app))
+
+        yield make
+
+
+@pytest.fixture
+def server(make_server) -> str:
+    """The base URL of the HTTP API over the test's `store` and `engine`, on a real loopback socket."""
+    return make_server()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""Real servers for tests: an ASGI app served by uvicorn in a background thread
-(for clients that need a real socket: gradio_client, the openai client), or
-`python launch.py serve` in a subprocess (LiveServer)."""
+"""The app the tests talk to, and real servers for it: the app built as `bot.server` wires it
+(on a fake engine by default), served by uvicorn in a background thread (for clients that need a
+real socket: gradio_client, the openai client, a browser), or `python launch.py serve` in a
+subprocess (LiveServer). conftest.py's `client`, `server` and `live_server_factory` use these."""
 
 from __future__ import annotations
 
@@ -10,9 +11,62 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.server import ServerProcess, free_port
+
+if TYPE_CHECKING:  # conftest imports this module: the app's own modules load when a test builds one
+    from fastapi import FastAPI
+
+    from bot.auth import AdminGuard
+    from bot.serving.contracts import ChatEngine
+    from bot.serving.watcher import ModelWatcher
+    from core.config import ServeConfig
+    from core.training_contract import TrainingController
+    from storage import Store
 
 REPO = Path(__file__).resolve().parent.parent
+ADMIN_PASSWORD = "test-admin-password"
+ADMIN = {"Authorization": f"Bearer {ADMIN_PASSWORD}"}
+
+__all__ = ["ADMIN", "ADMIN_PASSWORD", "REPO", "LiveServer", "build_app", "free_port", "serve_in_thread"]
+
+
+def build_app(
+    store: Store,
+    engine: ChatEngine | None = None,
+    *,
+    config: ServeConfig | None = None,
+    guard: AdminGuard | None = None,
+    training: TrainingController | None = None,
+    watcher: ModelWatcher | None = None,
+    ui: bool = False,
+) -> FastAPI:
+    """The app as `bot.server.create_app` builds it: a ChatService on `engine` (a FakeEngine unless
+    given) and `store`, admin routes behind `guard` (the password ADMIN_PASSWORD unless given).
+
+    With `ui`, create_app itself: the HTTP API and the Gradio UI (about 2 s to build). Without, the
+    API routes alone on a bare FastAPI app, added as create_app adds them (milliseconds), which is
+    all that the tests of the HTTP API need.
+    """
+    from fastapi import FastAPI
+
+    from bot.api.app import add_api
+    from bot.auth import AdminGuard
+    from bot.chat.service import ChatService
+    from bot.server import create_app
+    from core.config import ServeConfig
+    from tests.fakes import FakeEngine
+
+    service = ChatService(engine or FakeEngine(), store, config or ServeConfig())
+    guard = guard or AdminGuard(ADMIN_PASSWORD)
+    if ui:
+        return create_app(service, guard, training=training, watcher=watcher)
+    app = FastAPI()
+    app.state.service = service
+    app.state.watcher = watcher  # the LoRA routes and /healthz ask it, as in create_app
+    add_api(app, service, guard, training=training)
+    return app
 
 
 @contextmanager
@@ -40,54 +94,9 @@ def serve_in_thread(app: Any, *, timeout: float = 30, port: int = 0) -> Iterator
         sock.close()
 
 
-def free_port() -> int:
-    import socket
+class LiveServer(ServerProcess):
+    """`python launch.py serve` of this checkout in a subprocess, on a free loopback port, with
+    the tests' admin password unless told another (benchmarks/server.py starts it)."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """`python launch.py serve` in a subprocess, on a free loopback port."""
-
-    def __init__(self, data_dir: Path, base_model: Path, *extra: str, password: str = "test-admin-password"):
-        self.data_dir = Path(data_dir)
-        self.password = password
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self.data_dir / "server.log"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        import subprocess
-        import sys
-
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "launch.py"), "serve", "--data-dir", str(self.data_dir),
-             "--base-model", str(base_model), "--port", str(self.port), "--admin-password", password, *extra],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 300) -> LiveServer:
-        import time
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except Exception:
-            self.process.kill()
-        self._log.close()
+    def __init__(self, data_dir: Path, base_model: Path, *extra: str, password: str = ADMIN_PASSWORD):
+        super().__init__(data_dir, base_model, *extra, password=password)

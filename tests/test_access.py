@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import gradio as gr
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bot.api.app import add_api
 from bot.auth import AdminGuard
-from bot.chat.service import ChatService
 from bot.server import build_server
 from bot.ui.admin_tab import ui_checker
 from core.config import ServeConfig
 from tests.fakes import FakeEngine
-from tests.test_api_errors import PASSWORD
+from tests.live_app import ADMIN_PASSWORD
 from tests.test_ui_handlers import ask, make
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -26,7 +23,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 def server_app(store, tmp_path):
     """The app exactly as `serve` builds it (Host check, login limit), on a fake engine."""
     config = ServeConfig(data_dir=tmp_path, allowed_hosts="exemplar.lan")
-    app, watcher = build_server(FakeEngine(), store, config, PASSWORD, watch_interval=60)
+    app, watcher = build_server(FakeEngine(), store, config, ADMIN_PASSWORD, watch_interval=60)
     yield app
     watcher.stop()
 
@@ -65,13 +62,11 @@ class Clock:
         return self.now
 
 
-def test_wrong_admin_passwords_over_http_are_limited_with_429(store):
+def test_wrong_admin_passwords_over_http_are_limited_with_429(make_client):
     clock = Clock()
-    app = FastAPI()
-    add_api(app, ChatService(FakeEngine(), store, ServeConfig()), AdminGuard(PASSWORD, max_failures=5, window_s=60, clock=clock))
-    client = TestClient(app)
+    client = make_client(guard=AdminGuard(ADMIN_PASSWORD, max_failures=5, window_s=60, clock=clock))
     wrong = {"Authorization": "Bearer wrong-password"}
-    right = {"Authorization": f"Bearer {PASSWORD}"}
+    right = {"Authorization": f"Bearer {ADMIN_PASSWORD}"}
     assert client.get("/api/examples", headers=right).status_code == 200
     assert [client.get("/api/examples", headers=wrong).status_code for _ in range(5)] == [401] * 5
     limited = client.get("/api/examples", headers=wrong)
@@ -87,17 +82,17 @@ def test_wrong_admin_passwords_over_http_are_limited_with_429(store):
 
 def test_wrong_admin_passwords_in_the_admin_tab_get_a_calm_error(caplog):
     clock = Clock()
-    check_admin = ui_checker(AdminGuard(PASSWORD, max_failures=3, window_s=30, clock=clock))
+    check_admin = ui_checker(AdminGuard(ADMIN_PASSWORD, max_failures=3, window_s=30, clock=clock))
     for _ in range(3):
         with pytest.raises(gr.Error) as wrong:
             check_admin("guess")
         assert wrong.value.print_exception is False  # Gradio logs no traceback for it
         assert wrong.value.__cause__ is None
     with pytest.raises(gr.Error, match="Too many wrong admin passwords: wait 30 s") as limited:
-        check_admin(PASSWORD)
+        check_admin(ADMIN_PASSWORD)
     assert limited.value.print_exception is False
     clock.now += 31
-    check_admin(PASSWORD)
+    check_admin(ADMIN_PASSWORD)
 
 
 def test_the_admin_tab_counts_wrong_passwords_per_browser_address():
@@ -107,7 +102,7 @@ def test_the_admin_tab_counts_wrong_passwords_per_browser_address():
 
     from gradio.context import LocalContext
 
-    check_admin = ui_checker(AdminGuard(PASSWORD, max_failures=3, window_s=30, clock=Clock()))
+    check_admin = ui_checker(AdminGuard(ADMIN_PASSWORD, max_failures=3, window_s=30, clock=Clock()))
 
     def as_client(host, password):
         token = LocalContext.request.set(SimpleNamespace(client=SimpleNamespace(host=host)))
@@ -120,13 +115,13 @@ def test_the_admin_tab_counts_wrong_passwords_per_browser_address():
         with pytest.raises(gr.Error, match="wrong"):
             as_client("203.0.113.9", "guess")
     with pytest.raises(gr.Error, match="Too many wrong admin passwords"):
-        as_client("203.0.113.9", PASSWORD)
-    as_client("192.0.2.10", PASSWORD)  # the admin, elsewhere, still gets in
+        as_client("203.0.113.9", ADMIN_PASSWORD)
+    as_client("192.0.2.10", ADMIN_PASSWORD)  # the admin, elsewhere, still gets in
 
 
 def test_serve_wires_the_configured_login_limit(store, tmp_path):
     config = ServeConfig(data_dir=tmp_path, admin_login_attempts=2)
-    app, watcher = build_server(FakeEngine(), store, config, PASSWORD, watch_interval=60)
+    app, watcher = build_server(FakeEngine(), store, config, ADMIN_PASSWORD, watch_interval=60)
     try:
         client = TestClient(app, base_url="http://127.0.0.1")
         codes = [client.get("/api/examples", headers={"Authorization": "Bearer nope-nope"}).status_code for _ in range(3)]
@@ -135,11 +130,8 @@ def test_serve_wires_the_configured_login_limit(store, tmp_path):
         watcher.stop()
 
 
-def test_conversation_length_is_capped_with_413(store):
-    app = FastAPI()
-    config = ServeConfig(max_conversation_chars=1000, max_conversation_turns=5)
-    add_api(app, ChatService(FakeEngine(), store, config), AdminGuard(PASSWORD))
-    client = TestClient(app)
+def test_conversation_length_is_capped_with_413(make_client):
+    client = make_client(config=ServeConfig(max_conversation_chars=1000, max_conversation_turns=5))
     ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 990}]})
     assert ok.status_code == 200, ok.text
     long = client.post("/v1/chat/completions", json={"messages": [
@@ -170,7 +162,7 @@ def test_cap_settings_are_validated():
 def test_uploads_through_gradio_are_capped(store, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     config = ServeConfig(data_dir=tmp_path, max_upload_mb=1)
-    app, watcher = build_server(FakeEngine(), store, config, PASSWORD, watch_interval=60)
+    app, watcher = build_server(FakeEngine(), store, config, ADMIN_PASSWORD, watch_interval=60)
     try:
         client = TestClient(app, base_url="http://127.0.0.1")
         small = client.post("/gradio_api/upload", files={"files": ("a.jsonl", b"x" * 1000)})

@@ -13,19 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from bot.server import create_app
 from core.config import ServeConfig
 from storage import Store
 from storage.exchange import seed_examples
 from tests.browser_steps import open_app, send_and_wait, wait_for_text
 from tests.fakes import FakeEngine
-from tests.live_app import serve_in_thread
+from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-PASSWORD = "admin-browser-password"
 WIDTH = 1280
 SEED = Path(__file__).resolve().parent.parent / "examples" / "help_desk.jsonl"
 QUESTION = "How do I export all of my data from the app, including my old invoices and the chat history?"
@@ -66,8 +62,7 @@ def page(tmp_path, browser):
     seed_examples(store, SEED)
     engine = FakeEngine()
     engine.enqueue(GREETING, WRONG)
-    app = create_app(ChatService(engine, store, ServeConfig(data_dir=tmp_path, admin_password=PASSWORD)),
-                     AdminGuard(PASSWORD))
+    app = build_app(store, engine, config=ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD), ui=True)
     with serve_in_thread(app) as url:
         page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
         open_app(page, url)
@@ -87,13 +82,13 @@ def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page, capfd, c
     page.get_by_role("tab", name="Admin").click()
     # A mistyped password is refused with a message, and the server logs one line for it, no traceback.
     capfd.readouterr()
-    page.locator("#admin-password input").fill(PASSWORD + "x")
+    page.locator("#admin-password input").fill(ADMIN_PASSWORD + "x")
     page.locator("#admin-login").click()
     page.get_by_text("The admin password is wrong").first.wait_for()
     refused = [r.getMessage() for r in caplog.records if r.name == "exemplar.ui"]
     assert refused == ["refused in the UI: The admin password is wrong"]
     assert "Traceback" not in capfd.readouterr().err
-    page.locator("#admin-password input").fill(PASSWORD)
+    page.locator("#admin-password input").fill(ADMIN_PASSWORD)
     page.locator("#admin-login").click()
     wait_for_text(page, "#review-count", "21 examples")
     page.locator("#review-table").get_by_text(CORRECTION[:40]).locator("visible=true").first.wait_for()

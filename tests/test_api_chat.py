@@ -10,38 +10,15 @@ import time
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from bot.api.app import add_api
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
 from bot.serving.base import GenerationParams
 from core.config import ServeConfig
 from core.errors import ValidationError
 from core.prompts import FittedPrompt
-from tests.fakes import FakeEngine, FakeGeneration
-from tests.live_app import serve_in_thread
+from tests.fakes import FakeGeneration
+from tests.live_app import ADMIN
 
-PASSWORD = "correct-horse-battery"
-ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def make_app(store, engine) -> FastAPI:
-    app = FastAPI()
-    add_api(app, ChatService(engine, store, ServeConfig()), AdminGuard(PASSWORD))
-    return app
-
-
-@pytest.fixture
-def engine():
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(store, engine):
-    return TestClient(make_app(store, engine), raise_server_exceptions=False)
 
 
 def sse_events(text: str) -> list:
@@ -198,10 +175,8 @@ def test_feedback_with_the_completion_id_creates_examples_the_admin_sees(client,
     assert store.get_example(up["example_id"])["status"] == "rejected"
 
 
-def test_feedback_waits_for_review_under_the_manual_policy(store, engine):
-    app = FastAPI()
-    add_api(app, ChatService(engine, store, ServeConfig(review_policy="manual")), AdminGuard(PASSWORD))
-    client = TestClient(app)
+def test_feedback_waits_for_review_under_the_manual_policy(make_client):
+    client = make_client(config=ServeConfig(review_policy="manual"))
     answer = client.post("/v1/chat/completions", json={"messages": QUESTION}).json()
     result = client.post("/api/feedback", json={"message_id": answer["id"], "correction": "Paris."}).json()
     assert result["status"] == "pending"
@@ -209,10 +184,8 @@ def test_feedback_waits_for_review_under_the_manual_policy(store, engine):
     assert [e["id"] for e in pending["examples"]] == [result["example_id"]]
 
 
-def test_an_anonymous_rating_cannot_reject_what_an_admin_approved(store, engine):
-    app = FastAPI()
-    add_api(app, ChatService(engine, store, ServeConfig(review_policy="manual")), AdminGuard(PASSWORD))
-    client = TestClient(app)
+def test_an_anonymous_rating_cannot_reject_what_an_admin_approved(make_client, store, engine):
+    client = make_client(config=ServeConfig(review_policy="manual"))
     engine.enqueue("Paris.")
     answer = client.post("/v1/chat/completions", json={"messages": QUESTION}).json()
     up = client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"}).json()
@@ -255,53 +228,53 @@ def slow_engine(engine):
     return engine
 
 
-def test_generation_does_not_block_the_event_loop(store, slow_engine):
-    with serve_in_thread(make_app(store, slow_engine)) as url:
-        results = {}
+def test_generation_does_not_block_the_event_loop(server, slow_engine):
+    url = server
+    results = {}
 
-        def long_answer():
-            with httpx.Client(base_url=url, timeout=60) as http:
-                results["answer"] = http.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 5})
+    def long_answer():
+        with httpx.Client(base_url=url, timeout=60) as http:
+            results["answer"] = http.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 5})
 
-        worker = threading.Thread(target=long_answer)
-        worker.start()
-        while not slow_engine.made:
-            time.sleep(0.01)
-        started = time.perf_counter()
-        health = httpx.get(url + "/healthz", timeout=5)
-        assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": "base"}
-        assert time.perf_counter() - started < 1.0  # the 20 s answer is still being generated
-        assert worker.is_alive()
-        slow_engine.made[0].cancel()
-        worker.join(timeout=10)
+    worker = threading.Thread(target=long_answer)
+    worker.start()
+    while not slow_engine.made:
+        time.sleep(0.01)
+    started = time.perf_counter()
+    health = httpx.get(url + "/healthz", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": "base"}
+    assert time.perf_counter() - started < 1.0  # the 20 s answer is still being generated
+    assert worker.is_alive()
+    slow_engine.made[0].cancel()
+    worker.join(timeout=10)
 
 
-def test_a_client_that_disconnects_cancels_its_generation(store, slow_engine):
-    with serve_in_thread(make_app(store, slow_engine)) as url:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            with http.stream("POST", "/v1/chat/completions", json={"messages": QUESTION, "stream": True}) as response:
-                lines = response.iter_lines()
-                first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
-                next(line for line in lines if "word" in line)  # at least one piece arrived
-        generation = slow_engine.made[0]
-        deadline = time.monotonic() + 5
-        while not generation.cancelled and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert generation.cancelled, "the generation went on after the client left"
-        # The partial answer is stored under the id the client was given.
-        deadline = time.monotonic() + 5
-        while not store.get_message(int(first["id"]))["content"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stored = store.get_message(int(first["id"]))["content"]
-        assert stored.startswith("word") and stored.count("word") < 200
+def test_a_client_that_disconnects_cancels_its_generation(server, store, slow_engine):
+    url = server
+    with httpx.Client(base_url=url, timeout=30) as http:
+        with http.stream("POST", "/v1/chat/completions", json={"messages": QUESTION, "stream": True}) as response:
+            lines = response.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+            next(line for line in lines if "word" in line)  # at least one piece arrived
+    generation = slow_engine.made[0]
+    deadline = time.monotonic() + 5
+    while not generation.cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert generation.cancelled, "the generation went on after the client left"
+    # The partial answer is stored under the id the client was given.
+    deadline = time.monotonic() + 5
+    while not store.get_message(int(first["id"]))["content"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stored = store.get_message(int(first["id"]))["content"]
+    assert stored.startswith("word") and stored.count("word") < 200
 
-        # The same for a non-streamed request whose client times out.
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url + "/v1/chat/completions", json={"messages": QUESTION}, timeout=0.5)
-        deadline = time.monotonic() + 5
-        while not slow_engine.made[1].cancelled and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert slow_engine.made[1].cancelled
+    # The same for a non-streamed request whose client times out.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", json={"messages": QUESTION}, timeout=0.5)
+    deadline = time.monotonic() + 5
+    while not slow_engine.made[1].cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert slow_engine.made[1].cancelled
 
 
 def test_an_admin_trims_the_chat_a_correction_stored_as_its_context(client, engine, store):

@@ -6,44 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from bot.api.app import add_api
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from bot.server import create_app
 from core.config import ServeConfig
-from tests.fakes import FakeEngine, FakeTraining
+from tests.fakes import FakeTraining
+from tests.live_app import ADMIN, ADMIN_PASSWORD
 
-PASSWORD = "correct-horse-battery"
-ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
+PASSWORD = ADMIN_PASSWORD  # tests/test_adapter_checks.py imports it from here
 USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def make_client(store, training=None, *, with_ui: bool = False) -> tuple[TestClient, FakeEngine]:
-    """The API on its own app (fast), or the whole server app with the UI mounted."""
-    engine = FakeEngine()
-    service = ChatService(engine, store, ServeConfig())
-    if with_ui:
-        app = create_app(service, AdminGuard(PASSWORD), training=training)
-    else:
-        app = FastAPI()
-        add_api(app, service, AdminGuard(PASSWORD), training=training)
-    return TestClient(app, raise_server_exceptions=False), engine
-
-
-@pytest.fixture
-def client(store):
-    return make_client(store)[0]
-
-
-@pytest.fixture
-def answer_id(client) -> str:
-    """The id of a stored assistant answer."""
-    response = client.post("/v1/chat/completions", json={"messages": USER})
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
 
 
 def assert_error(response, status: int, *words: str) -> None:
@@ -167,8 +136,8 @@ ADMIN_ROUTES = [
     [None, "Bearer wrong-password", "Basic " + PASSWORD, "Bearer ", PASSWORD],
     ids=["none", "wrong", "basic", "empty", "no-scheme"],
 )
-def test_admin_routes_need_the_password(store, method, path, body, header):
-    client, _ = make_client(store, training=FakeTraining())
+def test_admin_routes_need_the_password(make_client, store, method, path, body, header):
+    client = make_client(training=FakeTraining())
     headers = {"Authorization": header} if header is not None else {}
     response = client.request(method, path, json=body, headers=headers)
     assert_error(response, 401, "password")
@@ -205,15 +174,14 @@ ADMIN_CASES = [
 
 
 @pytest.mark.parametrize("method,path,body,status,words", ADMIN_CASES, ids=[f"{c[0]} {c[1]} {c[3]}" for c in ADMIN_CASES])
-def test_bad_admin_requests(store, method, path, body, status, words):
-    client, _ = make_client(store, training=FakeTraining())
+def test_bad_admin_requests(make_client, store, method, path, body, status, words):
+    client = make_client(training=FakeTraining())
     example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
     response = client.request(method, path.format(example=example_id), json=body, headers=ADMIN)
     assert_error(response, status, *words)
 
 
-def test_malformed_admin_json_is_400(store):
-    client, _ = make_client(store)
+def test_malformed_admin_json_is_400(client):
     assert_error(post_raw(client, "/api/examples", "{nope", ADMIN), 400, "not valid json")
 
 
@@ -227,9 +195,9 @@ def test_training_routes_without_a_trainer_say_so(client):
     assert response.json() == {"serving": "base", "models": []}
 
 
-def test_training_routes_pass_through_to_the_trainer(store):
+def test_training_routes_pass_through_to_the_trainer(make_client):
     trainer = FakeTraining()
-    client, _ = make_client(store, training=trainer)
+    client = make_client(training=trainer)
     response = client.post("/api/train", json={"epochs": 2}, headers=ADMIN)
     assert response.status_code == 202 and response.json() == {"job_id": 1}
     assert trainer.started == [({"epochs": 2}, "api")]
@@ -250,8 +218,8 @@ def test_training_routes_pass_through_to_the_trainer(store):
     assert_error(client.get("/api/learning", params={"version": "v9"}, headers=ADMIN), 404, "v9")
 
 
-def test_unknown_api_paths_and_methods_are_json_4xx_beside_the_ui(store):
-    client, _ = make_client(store, with_ui=True)
+def test_unknown_api_paths_and_methods_are_json_4xx_beside_the_ui(make_client):
+    client = make_client(ui=True)
     response = client.delete("/v1/chat/completions")
     assert_error(response, 405, "POST")
     assert response.headers["allow"] == "POST"
@@ -322,13 +290,11 @@ def test_openapi_schema_documents_the_admin_views_field_by_field(client):
     assert open_ended == [], f"schemas that allow any extra field: {open_ended}"
 
 
-def test_max_tokens_beyond_the_context_window_is_400_with_a_real_engine(store, tiny_model, tokenizer):
+def test_max_tokens_beyond_the_context_window_is_400_with_a_real_engine(make_client, store, tiny_model, tokenizer):
     from bot.serving.engine import Engine
 
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
-    app = FastAPI()
-    add_api(app, ChatService(engine, store, ServeConfig(max_new_tokens=16)), AdminGuard(PASSWORD))
-    client = TestClient(app, raise_server_exceptions=False)
+    client = make_client(engine, config=ServeConfig(max_new_tokens=16))
     for stream in (False, True):
         response = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 5000, "stream": stream})
         assert_error(response, 400, "max_tokens 5000", "fewer tokens")
@@ -351,8 +317,8 @@ FIELD_ROUTES = [
 
 
 @pytest.mark.parametrize("method,path,base", FIELD_ROUTES, ids=[f"{m} {p}" for m, p, _ in FIELD_ROUTES])
-def test_odd_values_in_any_field_never_cause_a_5xx(store, answer_id, method, path, base):
-    client, _ = make_client(store, training=FakeTraining())
+def test_odd_values_in_any_field_never_cause_a_5xx(make_client, store, answer_id, method, path, base):
+    client = make_client(training=FakeTraining())
     example_id = store.add_example("Seed question?", "Seed answer.", source="seed")
     path = path.format(example=example_id)
     for field in base:

@@ -6,31 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 import bot.api.middleware
-from bot.api.app import add_api
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from core.config import ServeConfig
 from storage import Store
-from tests.fakes import FakeEngine
+from tests.live_app import ADMIN, build_app
 
-PASSWORD = "correct-horse-battery"
-ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
 KEPT = ("input", "output", "rejected", "source", "status", "split")
-
-
-def make_client(store: Store, engine: FakeEngine | None = None) -> TestClient:
-    app = FastAPI()
-    add_api(app, ChatService(engine or FakeEngine(), store, ServeConfig()), AdminGuard(PASSWORD))
-    return TestClient(app, raise_server_exceptions=False)
-
-
-@pytest.fixture
-def client(store):
-    return make_client(store)
 
 
 def test_create_list_and_patch_examples(client, store):
@@ -117,11 +98,11 @@ def test_import_of_a_bad_line_stores_nothing(client, store, bad_line, words):
     assert store.count_examples() == 0
 
 
-def test_import_errors_for_empty_and_oversized_bodies(client, store, monkeypatch):
+def test_import_errors_for_empty_and_oversized_bodies(make_client, client, store, monkeypatch):
     response = client.post("/api/examples/import", content="\n\n", headers=ADMIN)
     assert response.status_code == 400 and "no examples" in response.json()["error"]
     monkeypatch.setattr(bot.api.middleware, "MAX_IMPORT_BYTES", 4096)
-    small = make_client(store)  # the limit is read when the app starts
+    small = make_client()  # the limit is read when the app starts
     response = small.post("/api/examples/import", content=JSONL * 40, headers=ADMIN)
     assert response.status_code == 413 and "4096" in response.json()["error"]
     assert store.count_examples() == 0
@@ -136,12 +117,10 @@ def test_import_accepts_bodies_above_the_chat_limit(client, store):
     assert store.count_examples() == 60
 
 
-def test_export_formats(client, store):
-    engine = FakeEngine()
+def test_export_formats(client, engine, store):
     engine.enqueue("Saturn.")
-    chat = make_client(store, engine)
-    answer = chat.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Largest planet?"}]}).json()
-    chat.post("/api/feedback", json={"message_id": answer["id"], "correction": "Jupiter."})
+    answer = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Largest planet?"}]}).json()
+    client.post("/api/feedback", json={"message_id": answer["id"], "correction": "Jupiter."})
     store.add_example("2+2?", "4", source="admin", split="train")
 
     response = client.get("/api/examples/export", headers=ADMIN)
@@ -161,11 +140,10 @@ def test_export_formats(client, store):
     assert len(only_train.text.splitlines()) == 1
 
 
-def test_exported_jsonl_imports_into_a_fresh_data_dir_as_the_same_examples(tmp_path):
+def test_exported_jsonl_imports_into_a_fresh_data_dir_as_the_same_examples(make_client, engine, tmp_path):
     source_store = Store(tmp_path / "first" / "exemplar.db")
-    engine = FakeEngine()
     engine.enqueue("Lyon.", "Water boils at 100 C.")
-    client = make_client(source_store, engine)
+    client = make_client(store=source_store)
     question = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}]
     wrong = client.post("/v1/chat/completions", json={"messages": question}).json()
     client.post("/api/feedback", json={"message_id": wrong["id"], "rating": "down", "correction": "Paris."})
@@ -187,7 +165,7 @@ def test_exported_jsonl_imports_into_a_fresh_data_dir_as_the_same_examples(tmp_p
     path.write_bytes(exported.content)
 
     fresh_store = Store(tmp_path / "fresh" / "exemplar.db")
-    fresh = make_client(fresh_store)
+    fresh = make_client(store=fresh_store)
     imported = fresh.post("/api/examples/import", content=path.read_bytes(), headers=ADMIN)
     assert imported.status_code == 201, imported.text
 
@@ -226,8 +204,7 @@ def test_many_admins_importing_and_trimming_at_once_get_consistent_reports(tmp_p
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Capital of Zorvania?"}]
     corrected = store.add_example(chat, "Velmora.", source="correction")
-    app = FastAPI()
-    add_api(app, ChatService(FakeEngine(), store, ServeConfig()), AdminGuard(PASSWORD))
+    app = build_app(store)
     start = threading.Barrier(24)
 
     def call(i):

@@ -14,25 +14,17 @@ import httpx
 import pytest
 
 from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from bot.server import create_app
-from core.config import ServeConfig
-from tests.fakes import FakeEngine
-from tests.live_app import serve_in_thread
+from tests.live_app import ADMIN, ADMIN_PASSWORD
 
-PASSWORD = "correct-horse-battery"
-ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
 EVENT_DATA = {"index": [0, 0], "value": "1", "row_value": ["1"], "col_value": ["1"], "selected": True,
               "liked": True, "previous_value": ""}
 
 
 @pytest.fixture
-def server(store):
-    engine = FakeEngine()
-    # Tests here try every admin event with a wrong password: more tries than the login limit allows.
-    app = create_app(ChatService(engine, store, ServeConfig()), AdminGuard(PASSWORD, max_failures=10_000))
-    with serve_in_thread(app) as url:
-        yield url, engine
+def url(make_server) -> str:
+    """The whole app, API and UI, on a real socket. Tests here try every admin event with a wrong
+    password: more tries than the default login limit allows."""
+    return make_server(guard=AdminGuard(ADMIN_PASSWORD, max_failures=10_000), ui=True)
 
 
 def call_event(url: str, dependency: dict[str, Any], data: list[Any], client: Any = httpx) -> tuple[bool, Any]:
@@ -114,10 +106,9 @@ def default_inputs(
     return [value(i) for i in dependency["inputs"]]
 
 
-def test_gradio_client_chat_endpoint_answers(server, store):
+def test_gradio_client_chat_endpoint_answers(url, engine, store):
     from gradio_client import Client
 
-    url, engine = server
     engine.enqueue("Four.")
     client = Client(url + "/", verbose=False)
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
@@ -136,15 +127,13 @@ def test_gradio_client_chat_endpoint_answers(server, store):
     assert [m["content"] for m in store.conversation_messages(1)] == ["What is 2+2?", "Four."]
 
 
-def test_only_the_chat_endpoint_is_public(server):
-    url, _ = server
+def test_only_the_chat_endpoint_is_public(url):
     config = httpx.get(f"{url}/config").json()
     public = sorted(d["api_name"] for d in config["dependencies"] if d.get("api_visibility") == "public")
     assert public == ["chat"]
 
 
-def test_admin_handlers_refuse_without_the_password(server, store):
-    url, _ = server
+def test_admin_handlers_refuse_without_the_password(url, store):
     config, events, password_id = admin_events(url)
     if not events:
         pytest.skip("the Admin tab has no handlers yet")
@@ -162,31 +151,29 @@ def test_admin_handlers_refuse_without_the_password(server, store):
     assert (store.list_examples(limit=None), store.list_jobs()) == before
     # The calls above reach the handlers: with the password, none of them fails on it.
     for event in events:
-        ok, result = call_event(url, event, default_inputs(config, event, password_id, PASSWORD))
+        ok, result = call_event(url, event, default_inputs(config, event, password_id, ADMIN_PASSWORD))
         assert ok or "password" not in result.lower(), f"admin event {event.get('api_name')} refused the password"
 
 
-def test_the_admin_login_limit_counts_each_address_apart(store):
+def test_the_admin_login_limit_counts_each_address_apart(make_server):
     """Wrong passwords sent from one address (127.0.0.2, over Gradio's own API) lock that address
     out of the Admin tab; an admin at another address (127.0.0.1) still logs in."""
-    app = create_app(ChatService(FakeEngine(), store, ServeConfig()), AdminGuard(PASSWORD, max_failures=2))
-    with serve_in_thread(app) as url:
-        config, events, password_id = admin_events(url)
-        components = {c["id"]: c for c in config["components"]}
-        login = next(e for e in events if any(components.get(t[0], {}).get("props", {}).get("elem_id") == "admin-login"
-                                              for t in e["targets"]))
-        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as stranger:
-            for _ in range(2):
-                ok, result = call_event(url, login, default_inputs(config, login, password_id, "a-wrong-guess"), stranger)
-                assert not ok and "wrong" in result
-            ok, result = call_event(url, login, default_inputs(config, login, password_id, PASSWORD), stranger)
-            assert not ok and "Too many wrong admin passwords" in result
-        ok, result = call_event(url, login, default_inputs(config, login, password_id, PASSWORD))
-        assert ok, result
+    url = make_server(guard=AdminGuard(ADMIN_PASSWORD, max_failures=2), ui=True)
+    config, events, password_id = admin_events(url)
+    components = {c["id"]: c for c in config["components"]}
+    login = next(e for e in events if any(components.get(t[0], {}).get("props", {}).get("elem_id") == "admin-login"
+                                          for t in e["targets"]))
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as stranger:
+        for _ in range(2):
+            ok, result = call_event(url, login, default_inputs(config, login, password_id, "a-wrong-guess"), stranger)
+            assert not ok and "wrong" in result
+        ok, result = call_event(url, login, default_inputs(config, login, password_id, ADMIN_PASSWORD), stranger)
+        assert not ok and "Too many wrong admin passwords" in result
+    ok, result = call_event(url, login, default_inputs(config, login, password_id, ADMIN_PASSWORD))
+    assert ok, result
 
 
-def test_examples_from_the_http_api_show_up_in_the_admin_tab(server, store):
-    url, engine = server
+def test_examples_from_the_http_api_show_up_in_the_admin_tab(url, engine, store):
     config, events, password_id = admin_events(url)
     components = {c["id"]: c for c in config["components"]}
     listing = [e for e in events if any(components[o]["type"] == "dataframe" for o in e["outputs"])]
@@ -204,7 +191,7 @@ def test_examples_from_the_http_api_show_up_in_the_admin_tab(server, store):
 
     shown = ""
     for event in listing:
-        ok, result = call_event(url, event, default_inputs(config, event, password_id, PASSWORD, widest=True))
+        ok, result = call_event(url, event, default_inputs(config, event, password_id, ADMIN_PASSWORD, widest=True))
         if ok:
             shown += json.dumps(result)
     assert "Paris, of course." in shown, "the correction posted through the API is not in the Admin tab"

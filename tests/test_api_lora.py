@@ -4,18 +4,12 @@ vLLM's request shapes, and `"model": "<lora_name>"` picks the adapter that answe
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from bot.server import create_app
 from bot.serving.engine import Engine
 from bot.serving.watcher import ModelWatcher
 from core.config import ServeConfig
 from core.prompts import render_prompt
-
-PASSWORD = "correct-horse-battery"
-ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
+from tests.live_app import ADMIN
 
 
 def save_adapter(model, folder, seed: int) -> None:
@@ -35,14 +29,14 @@ def save_adapter(model, folder, seed: int) -> None:
 
 
 @pytest.fixture
-def server(tmp_path, store, tiny_model, tokenizer):
+def served(make_client, tmp_path, store, tiny_model, tokenizer):
+    """(a client on the API over a tiny real engine and its watcher, the engine, an adapter's folder)."""
     adapter = tmp_path / "adapters" / "a1"
     save_adapter(tiny_model, adapter, seed=1)
     engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
     watcher = ModelWatcher(engine, store, tmp_path)
     watcher.sync()
-    app = create_app(ChatService(engine, store, ServeConfig(data_dir=tmp_path)), AdminGuard(PASSWORD), watcher=watcher)
-    return TestClient(app, raise_server_exceptions=False), engine, adapter
+    return make_client(engine, config=ServeConfig(data_dir=tmp_path), watcher=watcher), engine, adapter
 
 
 def complete(client, tokenizer, model=None, **extra):
@@ -53,8 +47,8 @@ def complete(client, tokenizer, model=None, **extra):
     return client.post("/v1/completions", json=body, headers=ADMIN)
 
 
-def test_lora_routes_need_the_admin_password(server, tokenizer):
-    client, _, adapter = server
+def test_lora_routes_need_the_admin_password(served, tokenizer):
+    client, _, adapter = served
     for path, body in (("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(adapter)}),
                        ("/v1/unload_lora_adapter", {"lora_name": "x"}),
                        ("/v1/completions", {"prompt": "Hi"})):
@@ -63,8 +57,8 @@ def test_lora_routes_need_the_admin_password(server, tokenizer):
         assert "error" in response.json()
 
 
-def test_load_select_and_unload_an_adapter_by_name(server, tokenizer):
-    client, engine, adapter = server
+def test_load_select_and_unload_an_adapter_by_name(served, tokenizer):
+    client, engine, adapter = served
     base = complete(client, tokenizer)
     assert base.status_code == 200, base.text
     base_text = base.json()["choices"][0]["text"]
@@ -95,8 +89,8 @@ def test_load_select_and_unload_an_adapter_by_name(server, tokenizer):
     assert gone.status_code == 404 and "cannot be found" in gone.json()["error"]
 
 
-def test_completions_stream_in_openai_chunks(server, tokenizer):
-    client, _, _ = server
+def test_completions_stream_in_openai_chunks(served, tokenizer):
+    client, _, _ = served
     with client.stream("POST", "/v1/completions", headers=ADMIN, json={
         "prompt": render_prompt(tokenizer, [{"role": "user", "content": "Hi"}]), "max_tokens": 5, "temperature": 0,
         "stream": True, "stream_options": {"include_usage": True}}) as response:
@@ -110,8 +104,8 @@ def test_completions_stream_in_openai_chunks(server, tokenizer):
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
 
 
-def test_bad_adapter_paths_and_names_are_refused(server, tmp_path):
-    client, _, _ = server
+def test_bad_adapter_paths_and_names_are_refused(served, tmp_path):
+    client, _, _ = served
     missing = client.post("/v1/load_lora_adapter", json={"lora_name": "v9", "lora_path": str(tmp_path / "nope")},
                           headers=ADMIN)
     assert missing.status_code == 400 and "adapter_config.json" in missing.json()["error"]

@@ -7,8 +7,7 @@ import subprocess
 import sys
 import threading
 
-from load_client import LoadResult, missing_writes, run_writers, seed_answers
-
+from benchmarks.load_client import LoadResult, missing_writes, run_writers, seed_answers
 from launch import main
 from storage import Store
 from storage.files import check_file

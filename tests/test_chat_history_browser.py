@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from bot.server import create_app
 from core.config import ServeConfig
 from storage import Store
 from tests.browser_steps import open_app, send_and_wait, wait_for_text
 from tests.fakes import FakeEngine
-from tests.live_app import serve_in_thread
+from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-PASSWORD = "chat-history-password"
 
 
 def send(page, text, reply):
@@ -38,9 +34,8 @@ def wait_for_list(page, count):
 
 
 def serve(tmp_path, store, port=0):
-    engine = FakeEngine()
-    config = ServeConfig(data_dir=tmp_path, admin_password=PASSWORD)
-    return serve_in_thread(create_app(ChatService(engine, store, config), AdminGuard(PASSWORD)), port=port)
+    config = ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD)
+    return serve_in_thread(build_app(store, FakeEngine(), config=config, ui=True), port=port)
 
 
 def test_a_past_chat_reopens_with_its_messages_and_ratings(tmp_path, browser):

@@ -11,16 +11,17 @@ import threading
 import time
 
 import pytest
-from load_client import (
+
+from benchmarks.load_client import (
     LoadResult,
     create_answers,
     integrity_check,
     missing_writes,
-    percentile,
     run_streaming_chats,
     run_writers,
     seed_answers,
 )
+from benchmarks.timing import percentile
 
 WRITERS = 50
 # Hundreds of new corrections would start an automatic training run; this test is about the writes.

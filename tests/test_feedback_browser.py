@@ -17,22 +17,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, bundled_checkpoint):
+def live_server(tmp_path_factory, bundled_checkpoint):
+    """One `launch.py serve` with the bundled model for the tests here (starting one takes tens of seconds)."""
     server = LiveServer(tmp_path_factory.mktemp("feedback-data"), bundled_checkpoint, "--max-new-tokens", "160")
     yield server.wait_ready()
     server.stop()
 
 
 @pytest.fixture
-def page(server, browser):
+def page(live_server, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    open_app(page, server.url)
+    open_app(page, live_server.url)
     yield page
     page.close()
 
 
-def db(server):
-    connection = sqlite3.connect(server.data_dir / "exemplar.db")
+def db(live_server):
+    connection = sqlite3.connect(live_server.data_dir / "exemplar.db")
     connection.row_factory = sqlite3.Row
     return connection
 
@@ -52,7 +53,7 @@ def status_says(page, text):
     )
 
 
-def test_ratings_stay_visible_and_a_second_click_takes_them_back(page, server):
+def test_ratings_stay_visible_and_a_second_click_takes_them_back(page, live_server):
     chat = page.locator("#chatbot")
     send(page, "What is the capital of France? Answer in one sentence.")
     chat.get_by_label("Like", exact=True).first.click()
@@ -69,15 +70,15 @@ def test_ratings_stay_visible_and_a_second_click_takes_them_back(page, server):
     assert chat.get_by_label("Liked", exact=True).count() == 0
     assert chat.get_by_label("Disliked", exact=True).count() == 1
 
-    rows = db(server).execute("select * from examples where source = 'upvote'").fetchall()
+    rows = db(live_server).execute("select * from examples where source = 'upvote'").fetchall()
     assert len(rows) == 1 and rows[0]["status"] == "rejected"  # liked once, then withdrawn
     first_answer = rows[0]["message_id"]
-    ratings = [r["rating"] for r in db(server).execute(
+    ratings = [r["rating"] for r in db(live_server).execute(
         "select rating from feedback where message_id = ? order by id", [first_answer])]
     assert ratings == ["up", None]
 
 
-def test_a_thumbs_down_reason_and_comment_show_in_the_feedback_view(page, server):
+def test_a_thumbs_down_reason_and_comment_show_in_the_feedback_view(page, live_server):
     chat = page.locator("#chatbot")
     send(page, "Who wrote Hamlet? One sentence.")
     page.locator("#feedback-comment textarea").fill("It should name the year too")
@@ -86,13 +87,13 @@ def test_a_thumbs_down_reason_and_comment_show_in_the_feedback_view(page, server
     chat.get_by_label("Feedback").last.hover()
     chat.locator(".extra-feedback-option", has_text="Too long").last.click()
     status_says(page, "(too long)")
-    answer_id = db(server).execute("select max(id) from messages where role = 'assistant'").fetchone()[0]
-    rows = db(server).execute("select rating, reason, comment from feedback where message_id = ?", [answer_id]).fetchall()
+    answer_id = db(live_server).execute("select max(id) from messages where role = 'assistant'").fetchone()[0]
+    rows = db(live_server).execute("select rating, reason, comment from feedback where message_id = ?", [answer_id]).fetchall()
     assert [tuple(r) for r in rows][-1][:2] == ("down", "too long")
 
     page.get_by_role("tab", name="Admin").click()
     password = page.locator("#admin-password input")
-    password.fill(server.password)
+    password.fill(live_server.password)
     password.press("Enter")
     page.get_by_role("tab", name="Feedback").click()
     search = page.locator("#feedback-filter-text textarea")
@@ -117,7 +118,7 @@ def test_a_thumbs_down_reason_and_comment_show_in_the_feedback_view(page, server
     assert '"reason": "too long"' in exported and "It should name the year too" in exported
 
 
-def test_stop_ends_a_long_answer_and_a_message_sent_meanwhile_is_answered(page, server):
+def test_stop_ends_a_long_answer_and_a_message_sent_meanwhile_is_answered(page, live_server):
     send(page, "Write a very long story about a dragon who learns to cook.", wait=False)
     page.wait_for_function(
         "document.querySelectorAll('#chatbot [data-testid=bot]').length > 0"
@@ -127,7 +128,7 @@ def test_stop_ends_a_long_answer_and_a_message_sent_meanwhile_is_answered(page, 
     page.locator("#stop-button").click()
     page.locator("#send-button").wait_for(state="visible", timeout=15_000)
     page.wait_for_function("document.querySelector('#answer-info').innerText.includes('Stopped')", timeout=15_000)
-    stopped = db(server).execute("select * from messages where role = 'assistant' order by id desc").fetchone()
+    stopped = db(live_server).execute("select * from messages where role = 'assistant' order by id desc").fetchone()
     assert 20 < len(stopped["content"]) and len(stopped["content"]) < 1000
     assert page.locator(".toast-body").count() == 0  # no red error
 
@@ -143,7 +144,7 @@ def test_stop_ends_a_long_answer_and_a_message_sent_meanwhile_is_answered(page, 
     page.locator("#send-button").wait_for(state="visible", timeout=120_000)
     page.wait_for_timeout(500)
     page.locator("#send-button").wait_for(state="visible", timeout=120_000)
-    users = [m["content"] for m in db(server).execute("select content from messages where role = 'user' order by id")]
+    users = [m["content"] for m in db(live_server).execute("select content from messages where role = 'user' order by id")]
     assert users[-2:] == ["Name three colours.", "Name three fruits."]
 
 

@@ -78,7 +78,7 @@ def test_the_same_question_retrieves_its_example_with_one_or_many_examples():
 
 
 def test_paraphrases_retrieve_their_example():
-    # scripts/measure_retrieval.py reports these figures in more detail (71/72 and 70/72 when written).
+    # python -m benchmarks.measure_retrieval reports these figures in more detail (71/72 and 70/72 when written).
     store, by_id = fact_store()
     paraphrases = [(f, p) for f in FACTS["facts"] for p in f["paraphrases"]]
     first = sum(by_id.get(next(iter(retrieve(store, ask(p))), {}).get("id")) is f for f, p in paraphrases)
@@ -262,7 +262,7 @@ class TableEmbedder:
 
 
 def entity_store() -> tuple[Store, dict[str, int]]:
-    """The 30 corrections about three entities beside the 24 other facts, as benchmarks/bench_fewshot.py stores them."""
+    """The 30 corrections about three entities beside the 24 other facts, as the benchmark benchmarks.bench_fewshot stores them."""
     store, _ = fact_store()
     facts = [f for e in ENTITIES for f in e["facts"]]
     ids = store.add_examples([{"input": f["question"], "output": f["answer"], "source": "correction"} for f in facts])

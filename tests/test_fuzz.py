@@ -22,7 +22,7 @@ from core.errors import ValidationError
 from storage import Store
 from storage.formats import IMPORT_FORMATS, parse_examples
 from tests.fakes import FakeTraining
-from tests.test_api_errors import ADMIN, make_client
+from tests.live_app import ADMIN
 
 FUZZ_EXAMPLES = 15
 PARSER_EXAMPLES = 300
@@ -40,10 +40,10 @@ def _ndjson(ctx, value) -> bytes:
     return json.dumps(value).encode()
 
 
-def test_the_http_api_never_answers_5xx_to_schema_fuzzing(store, capsys):
+def test_the_http_api_never_answers_5xx_to_schema_fuzzing(make_client, capsys):
     """Every operation in /openapi.json, admin routes with the password, positive and
     negative cases: no status of 500 or more."""
-    client, _ = make_client(store, FakeTraining())
+    client = make_client(training=FakeTraining())
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
     ran: dict[str, int] = {}
     failures: list[str] = []

@@ -13,9 +13,7 @@ from core.config import ADMIN_PASSWORD_ENV
 from core.errors import ConfigError, ValidationError
 from storage.formats import parse_examples
 from tests.fakes import FakeEngine
-
-# The API fixtures (a client on the fake engine, a stored answer's id) are test_api_errors' own.
-from tests.test_api_errors import ADMIN, answer_id, client, make_client  # noqa: F401
+from tests.live_app import ADMIN
 from tests.test_ui_handlers import ask, make
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 
@@ -101,7 +99,7 @@ def test_review_ids_typed_in_the_admin_tab_are_ascii_digits():
 
 
 @pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e999"])
-def test_hyper_parameters_must_be_finite(value, store, tmp_path):
+def test_hyper_parameters_must_be_finite(make_client, value, store, tmp_path):
     from training.manager import TrainingManager
 
     config = TrainConfig()
@@ -111,14 +109,14 @@ def test_hyper_parameters_must_be_finite(value, store, tmp_path):
         config.with_overrides({"batch_size": json.loads(value)})
     # Over HTTP, against the real training manager: refused before a job exists.
     manager = TrainingManager(store, tmp_path)
-    client, _ = make_client(store, training=manager)
+    client = make_client(training=manager)
     store.add_example("q", "a", source="admin", status="approved", split="train")
     response = client.post("/api/train", content=f'{{"learning_rate": {value}}}'.encode(), headers={**JSON, **ADMIN})
     assert_refused(response, "learning_rate", "finite")
     assert manager.latest_job() is None
 
 
-def test_absurdly_large_hyper_parameters_are_refused_with_the_bound(store, tmp_path):
+def test_absurdly_large_hyper_parameters_are_refused_with_the_bound(make_client, store, tmp_path):
     from training.manager import TrainingManager
 
     with pytest.raises(ValidationError, match="batch_size=.*at most 4096"):
@@ -126,7 +124,7 @@ def test_absurdly_large_hyper_parameters_are_refused_with_the_bound(store, tmp_p
     with pytest.raises(ConfigError, match="--eval-max-new-tokens 1000000000000: must be at most 32768"):
         EvalConfig(max_new_tokens=10**12)
     manager = TrainingManager(store, tmp_path)
-    client, _ = make_client(store, training=manager)
+    client = make_client(training=manager)
     store.add_example("q", "a", source="admin", status="approved", split="train")
     response = client.post("/api/train", content=b'{"epochs": 1e300, "lora_r": 100000000000000000000}',
                            headers={**JSON, **ADMIN})

@@ -9,15 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from bot.api.app import add_api
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from core.config import ServeConfig
 from storage import Store
-from tests.fakes import FakeEngine
-from tests.live_app import serve_in_thread
 
 A, B = "a" * 32, "b" * 32
 
@@ -88,19 +81,9 @@ def test_an_admin_rejection_stands_against_a_new_like(store):
     assert store.get_example(example)["status"] == "rejected" and len(upvotes(store)) == 1
 
 
-@pytest.fixture
-def server(tmp_path):
-    store = Store(tmp_path / "exemplar.db")
-    engine = FakeEngine()
-    app = FastAPI()
-    add_api(app, ChatService(engine, store, ServeConfig()), AdminGuard("correct-horse-battery"))
-    with serve_in_thread(app) as url:
-        yield url, store
-    store.close()
-
-
-def test_dozens_of_people_rating_one_answer_at_once(server):
-    url, store = server
+def test_dozens_of_people_rating_one_answer_at_once(make_server, tmp_path):
+    store = Store(tmp_path / "exemplar.db")  # on disk, as served
+    url = make_server(store=store)
     with httpx.Client(base_url=url, timeout=30) as client:
         reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi?"}]}).json()
     message_id = reply["id"]
@@ -127,6 +110,7 @@ def test_dozens_of_people_rating_one_answer_at_once(server):
     current = store.list_feedback(rating="up")
     assert current == []
     assert len(store.list_feedback(current_only=False)) == 2 * len(users)
+    store.close()
 
 
 def test_the_admin_feedback_view_lists_filters_and_exports(store):

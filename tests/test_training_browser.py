@@ -13,21 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from bot.auth import AdminGuard
-from bot.chat.service import ChatService
-from bot.server import create_app
 from core.config import ServeConfig
 from storage import Store
 from storage.exchange import seed_examples
 from storage.store import now
 from tests.browser_steps import open_app, settle
-from tests.fakes import FakeEngine
-from tests.live_app import serve_in_thread
+from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
 from training.manager import TrainingManager
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-PASSWORD = "training-browser-password"
 SEED = Path(__file__).resolve().parent.parent / "examples" / "help_desk.jsonl"
 LOSSES = [3.4, 2.9, 2.2, 1.6, 1.1, 0.7, 0.45, 0.27]
 SAMPLE = {
@@ -71,7 +66,7 @@ def open_training_tab(browser, url):
     open_app(page, url)
     page.get_by_role("tab", name="Admin").click()
     password = page.locator("#admin-password input")
-    password.fill(PASSWORD)
+    password.fill(ADMIN_PASSWORD)
     password.press("Enter")
     page.get_by_role("tab", name="Training").click()
     settle(page)  # the login event, which also fills in every section, has finished
@@ -82,9 +77,9 @@ def open_training_tab(browser, url):
 def admin_page(tmp_path, browser):
     store = Store(tmp_path / "exemplar.db")
     seed_examples(store, SEED)
-    config = ServeConfig(data_dir=tmp_path, admin_password=PASSWORD)
+    config = ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD)
     manager = ThreadWorkerManager(store, tmp_path)
-    app = create_app(ChatService(FakeEngine(), store, config), AdminGuard(PASSWORD), training=manager)
+    app = build_app(store, config=config, training=manager, ui=True)
     with serve_in_thread(app) as url:
         page = open_training_tab(browser, url)
         yield page
@@ -155,8 +150,8 @@ def test_an_automatic_run_shows_at_login_with_the_counts_that_started_it(tmp_pat
     seed_examples(store, SEED)  # 20 approved examples: the default policy retrains at 20
     manager = ThreadWorkerManager(store, tmp_path)
     stop = manager.start_background(interval=0.2)
-    app = create_app(ChatService(FakeEngine(), store, ServeConfig(data_dir=tmp_path, admin_password=PASSWORD)),
-                     AdminGuard(PASSWORD), training=manager)
+    app = build_app(store, config=ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD), training=manager,
+                    ui=True)
     try:
         with serve_in_thread(app) as url:
             page = open_training_tab(browser, url)

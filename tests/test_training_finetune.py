@@ -14,7 +14,7 @@ from training.finetune import train_adapter
 
 # fp32: these tests check the mechanism at a tiny model's high learning rate, where bf16 autocast (the default)
 # holds the KL rows less tightly (drift 0.85 against 0.52 in fp32); its effect on the real model is judged by
-# the canary (benchmarks/bench_generalise.py, tests/test_training_scenario.py).
+# the canary (python -m benchmarks.bench_generalise, tests/test_training_scenario.py).
 FAST = dict(learning_rate=2e-2, batch_size=4, replay_examples=0, target_modules="all-linear", warmup_steps=0, bf16=False)
 QUESTION = [{"role": "user", "content": "What is the password of the blue door?"}]
 EXAMPLES = [

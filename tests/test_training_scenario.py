@@ -24,11 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_app import serve_in_thread
+from tests.live_app import ADMIN, ADMIN_PASSWORD, serve_in_thread
 from tests.training_helpers import learnable_tiny_llama, save_tiny_base
 
-PASSWORD = "test-admin-password"
-ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
 FACTS = [json.loads(line) for line in (Path(__file__).parent / "training_facts.jsonl").read_text().splitlines()]
 
 
@@ -74,7 +72,7 @@ def serve(tmp_path, engine, base_model: str):
     config = ServeConfig(data_dir=tmp_path / "data", base_model=base_model)
     store = Store(config.paths.db)
     manager = TrainingManager(store, config.data_dir, config.base_model)
-    app, watcher = build_server(engine, store, config, PASSWORD, training=manager)
+    app, watcher = build_server(engine, store, config, ADMIN_PASSWORD, training=manager)
     return app, watcher, store
 
 

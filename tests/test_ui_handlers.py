@@ -155,6 +155,32 @@ def test_settings_out_of_range_become_gradio_errors_and_store_nothing(store, eng
     assert store.db["messages"].count == 0
 
 
+BAD_SETTINGS = [float("inf"), float("-inf"), float("nan"), "0.5", "hot", 10**30, 1e308, True, False, None, -1, [1]]
+
+
+@pytest.mark.parametrize("value", BAD_SETTINGS, ids=repr)
+@pytest.mark.parametrize("setting", ["temperature", "max_tokens"])
+def test_any_bad_setting_gradio_can_send_is_a_message_naming_it(store, engine, setting, value):
+    """Gradio's API passes slider values through unchecked: each bad one is refused with the
+    setting's name and range (no traceback in the log), before anything is stored or generated."""
+    _, handlers = make(store, engine)
+    temperature, max_tokens = (value, 64) if setting == "temperature" else (0.0, value)
+    with pytest.raises(gr.Error) as refused:
+        list(handlers.submit("What is the capital of France?", [], [], None, "", True, temperature, max_tokens))
+    words = "Temperature must be a number from 0 to 2" if setting == "temperature" else (
+        "Max new tokens must be a whole number from 1 to 1024")
+    assert words in refused.value.message
+    assert refused.value.print_exception is False
+    assert store.db["messages"].count == 0 and engine.calls == []
+
+
+def test_settings_in_range_are_used_as_given(store, engine):
+    _, handlers = make(store, engine)
+    list(handlers.submit("What is the capital of France?", [], [], None, "", True, 2, 1024.0))
+    params = engine.calls[-1]["params"]
+    assert (params.temperature, params.max_new_tokens) == (2.0, 1024)
+
+
 def test_history_normalisation_accepts_gradio_parts():
     history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}], "metadata": None},
                {"role": "assistant", "content": "Hello", "options": None}]

@@ -152,25 +152,17 @@ class SilentServer:
             conn.close()
 
 
-def make_front(store, tokenizer, url: str, timeout: float = 1.0):
-    from bot.auth import AdminGuard
-    from bot.chat.service import ChatService
-    from bot.server import create_app
+def upstream_engine(tokenizer, url: str, timeout: float = 1.0):
+    """A front's engine: generation by the Exemplar (or vLLM) server at `url`."""
     from bot.serving.upstream import UpstreamClient, UpstreamEngine
-    from core.config import ServeConfig
 
-    engine = UpstreamEngine(tokenizer, UpstreamClient(url, timeout=timeout), base_name="tiny", model="exemplar")
-    service = ChatService(engine, store, ServeConfig())
-    return create_app(service, AdminGuard(FRONT_PASSWORD)), service
+    return UpstreamEngine(tokenizer, UpstreamClient(url, timeout=timeout), base_name="tiny", model="exemplar")
 
 
-def test_a_hung_upstream_answers_502_within_the_timeout_and_stores_nothing(store, tokenizer):
-    from fastapi.testclient import TestClient
-
+def test_a_hung_upstream_answers_502_within_the_timeout_and_stores_nothing(make_client, store, tokenizer):
     silent = SilentServer()
     try:
-        app, service = make_front(store, tokenizer, silent.url, timeout=1.0)
-        client = TestClient(app, raise_server_exceptions=False)
+        client = make_client(upstream_engine(tokenizer, silent.url, timeout=1.0))
         started = time.monotonic()
         response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
         elapsed = time.monotonic() - started
@@ -187,11 +179,13 @@ def test_a_hung_upstream_answers_502_within_the_timeout_and_stores_nothing(store
 def test_a_hung_upstream_gives_the_chat_tab_a_message(store, tokenizer):
     import gradio as gr
 
+    from bot.chat.service import ChatService
     from bot.ui.chat_tab import ChatHandlers
+    from core.config import ServeConfig
 
     silent = SilentServer()
     try:
-        _, service = make_front(store, tokenizer, silent.url, timeout=1.0)
+        service = ChatService(upstream_engine(tokenizer, silent.url, timeout=1.0), store, ServeConfig())
         started = time.monotonic()
         with pytest.raises(gr.Error, match="did not answer within 1 s"):
             list(ChatHandlers(service).submit("Hi", [], [], None, "", True, 0.0, 16))
@@ -215,18 +209,15 @@ def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_
     """Through an in-process Exemplar upstream, the answer is the one the local engine gives for the same
     conversation: the front renders the prompt with the one renderer, the upstream continues it as is."""
     from bot.auth import AdminGuard
-    from bot.chat.service import ChatService
-    from bot.server import create_app
     from bot.serving.base import GenerationParams
     from bot.serving.contracts import AnswerStream, ChatEngine
     from bot.serving.engine import Engine
     from bot.serving.upstream import UpstreamClient, UpstreamEngine
-    from core.config import ServeConfig
-    from tests.live_app import serve_in_thread
+    from tests.live_app import build_app, serve_in_thread
     from tests.test_contracts import check
 
     local = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
-    app = create_app(ChatService(local, store, ServeConfig()), AdminGuard(UPSTREAM_PASSWORD))
+    app = build_app(store, local, guard=AdminGuard(UPSTREAM_PASSWORD))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the printer?"}]
     demos = [{"id": 7, "input": [{"role": "user", "content": "Where is the coffee?"}], "output": "In the kitchen."}]
     params = GenerationParams(max_new_tokens=12)
@@ -247,21 +238,17 @@ def test_the_upstream_engine_keeps_the_engine_contract_and_answers_as_the_local_
 
 def test_a_restarted_upstream_gets_the_adapter_again(tmp_path, store, tiny_model, tokenizer):
     """The upstream forgot the adapter (it restarted): the next answer loads it again and is served by it."""
-
     from bot.auth import AdminGuard
-    from bot.chat.service import ChatService
-    from bot.server import create_app
     from bot.serving.base import GenerationParams
     from bot.serving.engine import Engine
     from bot.serving.upstream import UpstreamClient, UpstreamEngine
-    from core.config import ServeConfig
-    from tests.live_app import serve_in_thread
+    from tests.live_app import build_app, serve_in_thread
     from tests.test_api_lora import save_adapter
 
     adapter = tmp_path / "adapters" / "v1"
     save_adapter(tiny_model, adapter, seed=1)
     local = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=512)
-    app = create_app(ChatService(local, store, ServeConfig()), AdminGuard(UPSTREAM_PASSWORD))
+    app = build_app(store, local, guard=AdminGuard(UPSTREAM_PASSWORD))
     admin = {"Authorization": f"Bearer {UPSTREAM_PASSWORD}"}
     messages = [{"role": "user", "content": "Where is the printer?"}]
     with serve_in_thread(app) as url:

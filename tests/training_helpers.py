@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.tiny_llama import tiny_llama
+
 FAST_EVAL = dict(max_new_tokens=8, canary_max_new_tokens=4, max_heldout=8)
 
 
@@ -38,21 +40,4 @@ def learnable_tiny_llama(tokenizer: Any) -> Any:
     conftest's tiny_model (hidden 32, initializer range 0.02) starts with near-uniform
     logits that a LoRA barely moves; larger initial weights make its outputs learnable.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer, hidden_size=64, intermediate_size=128, initializer_range=0.2)

@@ -27,6 +27,7 @@ import psutil
 
 from core.datadir import DataDir
 from storage import Store
+from storage.processes import pid_alive  # training.manager asks it too, through this module
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES, JobStatus
 from training import distributed
@@ -37,18 +38,6 @@ HEARTBEAT_SECONDS = 5.0
 # Set by the manager that starts the worker: the pid of the process the job belongs to.
 OWNER_PID_ENV = "EXEMPLAR_JOB_OWNER_PID"
 LOG_TAIL_CHARS = 4000
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists (a zombie, exited but not yet waited for, counts as dead)."""
-    if not pid:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # another user's process: it exists
-        return True
 
 
 class Cancelled(Exception):

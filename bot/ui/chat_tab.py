@@ -8,7 +8,6 @@ correction always points at what the model really said and in what context.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,8 @@ GREEDY_RETRY = (
     "raise the temperature in Settings to vary it."
 )
 RATER_ID = re.compile(r"[0-9a-f]{32}")
+# The top of the Max new tokens slider (or the configured default, when that is higher).
+MAX_TOKENS_SETTING = 1024
 # Send turns into Stop while an answer streams, and back when it ends.
 # (Send, Stop, Continue): Continue shows only under an answer cut at the token limit.
 BUSY = (gr.update(visible=False), gr.update(visible=True), gr.update(visible=False))
@@ -82,6 +83,15 @@ def _ui_error(exc: ExemplarError) -> gr.Error:
     return user_error(str(exc))
 
 
+def _setting(value: object, name: str, low: float, high: float, *, whole: bool = False) -> float:
+    """A slider's value as a float, or a gr.Error naming the setting and its range."""
+    # bool is an int to Python, and NaN fails every comparison, so both fall out here.
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high
+            or (whole and value != int(value))):
+        raise user_error(f"{name} must be {'a whole number' if whole else 'a number'} from {low:g} to {high:g}.")
+    return float(value)
+
+
 class ChatHandlers:
     """The Chat tab's event handlers, separate from layout so tests can call them directly."""
 
@@ -94,18 +104,14 @@ class ChatHandlers:
 
     # -- answering -----------------------------------------------------------
 
-    def _params(self, temperature: float | None, max_tokens: float | None) -> GenerationParams:
-        defaults = self.service.default_params()
-        # Gradio's own API passes these through unchecked: NaN or infinity must get a message, not a traceback.
-        if temperature is not None:
-            if not math.isfinite(float(temperature)):
-                raise gr.Error(f"Temperature must be a number between 0 and {MAX_TEMPERATURE:g}.")
-            defaults.temperature = float(temperature)
-        if max_tokens is not None:
-            if not math.isfinite(float(max_tokens)) or max_tokens < 1:
-                raise gr.Error("Max new tokens must be a whole number of at least 1.")
-            defaults.max_new_tokens = int(max_tokens)
-        return defaults
+    def _params(self, temperature: object, max_tokens: object) -> GenerationParams:
+        """The Settings sliders' values. Gradio's own API passes anything through (a string, a bool,
+        None, NaN, infinity, 1e308), so each must be a number in the slider's range: else a message."""
+        params = self.service.default_params()
+        top = max(MAX_TOKENS_SETTING, params.max_new_tokens)
+        params.temperature = _setting(temperature, "Temperature", 0, MAX_TEMPERATURE)
+        params.max_new_tokens = int(_setting(max_tokens, "Max new tokens", 1, top, whole=True))
+        return params
 
     def _stream(
         self,
@@ -518,7 +524,8 @@ def build_chat_tab(service: ChatService) -> Any:
                 )
                 with gr.Row():
                     temperature = gr.Slider(0, MAX_TEMPERATURE, value=config.temperature, step=0.05, label="Temperature (0 = greedy)")
-                    max_tokens = gr.Slider(16, 1024, value=config.max_new_tokens, step=16, label="Max new tokens")
+                    max_tokens = gr.Slider(16, max(MAX_TOKENS_SETTING, config.max_new_tokens), value=config.max_new_tokens,
+                                           step=16, label="Max new tokens")
     settings = [system_prompt, few_shot, temperature, max_tokens, rater]
     buttons = [send, stop, more]
     # Every change to the open chat saves it in this browser's list of past chats: after an answer

@@ -6,24 +6,19 @@ often unrelated questions and near misses (the same kind of question about
 something else) retrieve anything. Settings: the 24 facts alone; each fact
 alone in its store (1 example); the facts among 1,000 generated distractors.
 
-    .venv/bin/python scripts/measure_retrieval.py [--min-score 0.2] [--k 3] [--scores]
+    python -m benchmarks.measure_retrieval [--min-score 0.2] [--k 3] [--scores]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks import fact_sets
+from bot.serving import retrieval as fewshot
+from storage import Store
 
-from bot.serving import retrieval as fewshot  # noqa: E402
-from storage import Store  # noqa: E402
-
-FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())
+FACTS = fact_sets.fewshot_facts()
 
 
 def distractors(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -145,7 +140,7 @@ def main() -> None:
     measure(f"{len(facts)} facts", store, ids, facts, args.k, args.min_score, args.scores)
 
     # Each fact alone: the score must behave with a single example.
-    first = anywhere = total = 0
+    first = total = 0
     unrelated_hits = 0
     for index, fact in enumerate(facts):
         store, ids = build([fact])

@@ -1,18 +1,19 @@
-"""Clients that load a real server over HTTP, for the concurrency tests and
-benchmarks/bench_load.py: writers posting corrections to /api/feedback and
-streaming chats, each recording what the server acknowledged and how fast."""
+"""Clients that load a real server over HTTP, for bench_feedback_load and the concurrency
+tests: writers posting corrections to /api/feedback and streaming chats, each recording what
+the server acknowledged and how fast, and checks of the database afterwards."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import statistics
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from benchmarks.timing import percentile, run_at_once
 
 
 def create_answers(url: str, count: int, *, workers: int = 4, max_tokens: int = 1) -> list[int]:
@@ -34,11 +35,7 @@ def create_answers(url: str, count: int, *, workers: int = 4, max_tokens: int = 
                 response.raise_for_status()
                 ids[i] = int(response.json()["id"])
 
-    threads = [threading.Thread(target=work) for _ in range(min(workers, count))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(lambda _: work(), min(workers, count))
     assert None not in ids
     return ids  # type: ignore[return-value]
 
@@ -77,9 +74,7 @@ class LoadResult:
         return sum(n for code, n in self.statuses.items() if code >= 500)
 
     def summary(self, label: str) -> str:
-        lat = sorted(self.latencies) or [0.0]
-        p50 = statistics.median(lat)
-        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+        p50, p95 = percentile(self.latencies, 0.5), percentile(self.latencies, 0.95)
         return (f"{label}: {len(self.acknowledged)} writes acknowledged in {self.seconds:.1f} s "
                 f"({len(self.acknowledged) / max(self.seconds, 1e-9):.1f}/s), statuses {dict(sorted(self.statuses.items()))}, "
                 f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, failures {len(self.failures)}")
@@ -127,13 +122,7 @@ def run_writers(
                     else:
                         result.failures.append(f"writer {w}: {response.status_code} {response.text[:200]}")
 
-    began = time.monotonic()
-    threads = [threading.Thread(target=writer, args=(w, mid)) for w, mid in enumerate(message_ids)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.seconds = time.monotonic() - began
+    _, result.seconds = run_at_once(lambda w: writer(w, message_ids[w]), len(message_ids))
     return result
 
 
@@ -155,6 +144,7 @@ def missing_writes(db_path: Path, acknowledged: list[tuple[int, int, str]]) -> l
 
 
 def integrity_check(db_path: Path) -> str:
+    """SQLite's own check of the database file: "ok" when it is sound."""
     conn = sqlite3.connect(db_path)
     try:
         return "\n".join(row[0] for row in conn.execute("PRAGMA integrity_check").fetchall())
@@ -164,6 +154,8 @@ def integrity_check(db_path: Path) -> str:
 
 @dataclass
 class ChatStats:
+    """What the streaming chats got: times to first token, answers completed, errors."""
+
     first_token: list[float] = field(default_factory=list)
     completed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -213,14 +205,6 @@ def run_streaming_chats(url: str, chats: int, seconds: float, *, max_tokens: int
                     if first is not None:
                         stats.first_token.append(first)
 
-    threads = [threading.Thread(target=chat, args=(c,)) for c in range(chats)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(chat, chats)
     return stats
 
-
-def percentile(values: list[float], share: float) -> float:
-    values = sorted(values) or [0.0]
-    return values[min(len(values) - 1, int(share * len(values)))]

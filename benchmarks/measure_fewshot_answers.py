@@ -5,34 +5,31 @@ examples (as if each had been corrected), then asks every question and
 paraphrase with few-shot on, and the original questions with few-shot off,
 and counts the answers that contain the fact. Greedy decoding, 48 new tokens.
 
-    .venv/bin/python scripts/measure_fewshot_answers.py [--data-dir .cache/test-data] [--limit 24]
+    python -m benchmarks.measure_fewshot_answers [--data-dir .cache/test-data] [--limit 24]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks import fact_sets
+from benchmarks.base_model import add_data_dir_flag
 
-from bot.serving.base import GenerationParams  # noqa: E402
-from bot.serving.engine import Engine  # noqa: E402
-from bot.serving.retrieval import retrieve  # noqa: E402
-from storage import Store  # noqa: E402
-
-FACTS = json.loads((REPO / "tests" / "fewshot_facts.json").read_text())["facts"]
+FACTS = fact_sets.fewshot_facts()["facts"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=REPO / ".cache" / "test-data", help="holds the converted model")
+    add_data_dir_flag(parser)
     parser.add_argument("--limit", type=int, default=len(FACTS), help="how many facts to ask about")
     parser.add_argument("--show", action="store_true", help="print every answer")
     args = parser.parse_args()
+
+    from bot.serving.base import GenerationParams
+    from bot.serving.engine import Engine
+    from bot.serving.retrieval import retrieve
+    from storage import Store
 
     engine = Engine.load(None, args.data_dir)
     store = Store(":memory:")
