@@ -103,7 +103,7 @@ def idf(doc_freq: int, total: int) -> float:
 
 
 # The least relevance for an example to be put into a prompt as a demonstration.
-# Measured with scripts/measure_retrieval.py on tests/fewshot_facts.json.
+# Measured with benchmarks/measure_retrieval.py on tests/fewshot_facts.json.
 MIN_SCORE = 0.3
 
 

@@ -53,7 +53,7 @@ class TrainConfig(Settings):
     length_grouped: bool = Field(
         default=False,
         description="Batch examples of similar length together (less padding); off draws batches at random. Off by "
-        "default until benchmarks/bench_training.py --training-only has measured it on a quiet machine.",
+        "default until python -m benchmarks.bench_training --training-only has measured it on a quiet machine.",
     )
     lora_r: int = Field(
         default=16,

@@ -122,7 +122,7 @@ class QuestionEmbedder:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
         # Names masked (mask_names): the right correction first for 29 of 30 paraphrases instead of 24
-        # (benchmarks/bench_fewshot.py --retrieval-only), because the entity, which a paraphrase and a
+        # (python -m benchmarks.bench_fewshot --retrieval-only), because the entity, which a paraphrase and a
         # near miss share, no longer dominates the vector; what is left is what the question asks.
         self.masked = masked
         self._centre: Any = None

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
-from bot.chat.service import ChatService
+from bot.chat.service import Answer, ChatService
 from bot.serving.base import GenerationParams
 from bot.ui import chat_history
 from bot.ui.errors import user_error
@@ -92,13 +92,21 @@ def _setting(value: object, name: str, low: float, high: float, *, whole: bool =
     return float(value)
 
 
+def _index(index: Any) -> Any:
+    """A chat message's index as Gradio gives it in event data (an int, or [row, column])."""
+    return index[0] if isinstance(index, (list, tuple)) else index
+
+
 class ChatHandlers:
     """The Chat tab's event handlers, separate from layout so tests can call them directly."""
+
+    # Set by build_chat_tab: (function, inputs, outputs) that fill in the list of past chats as the page opens.
+    chat_list: tuple[Callable[..., Any], list[Any], list[Any]]
 
     def __init__(self, service: ChatService):
         self.service = service
         # The answer each browser session is streaming, so its Stop button can end it.
-        self._active: dict[str, Any] = {}
+        self._active: dict[str, Answer] = {}
         self._stopped: dict[int, bool] = {}
         self._cut: dict[str, bool] = {}
 
@@ -171,7 +179,7 @@ class ChatHandlers:
         """The thumb or reason each answer of the chat shows: this person's current rating in the store."""
         answer_ids = [ids[i] if i < len(ids) else None for i, m in enumerate(history) if m["role"] == "assistant"]
         current = self.service.current_ratings([i for i in answer_ids if i is not None], rater=rater)
-        return [_option(current.get(i)) for i in answer_ids]
+        return [_option(current.get(i)) if i is not None else None for i in answer_ids]
 
     def describe(self, answer: Any, *, params: GenerationParams | None = None, stopped: bool = False) -> str:
         """The line under the chat that says which model answered and which examples guided it,
@@ -241,7 +249,7 @@ class ChatHandlers:
         request: gr.Request | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """Answer the user message at data.index again (the old answer stays stored)."""
-        history = normalise_history(history)[: data.index + 1]
+        history = normalise_history(history)[: _index(data.index) + 1]
         greedy = self._params(temperature, max_tokens).temperature == 0
         for shown, conv, new_ids, info in self._stream(
             history, ids, conversation_id, system_prompt, few_shot, temperature, max_tokens, rater, request
@@ -270,8 +278,8 @@ class ChatHandlers:
 
     def undo(self, data: gr.UndoData, history: list[Any], ids: list[int | None]) -> tuple[Any, ...]:
         """Take back the last exchange; its user text returns to the input box, the info line clears."""
-        history = normalise_history(history)[: data.index]
-        return history, ids[: data.index], text_of(data.value), ""
+        index = _index(data.index)
+        return normalise_history(history)[:index], ids[:index], text_of(data.value), ""
 
     def clear(self) -> tuple[Any, ...]:
         """The chatbot's Clear button: a new chat, as New chat (the cleared one stays in the list)."""
@@ -359,11 +367,11 @@ class ChatHandlers:
     # -- feedback ------------------------------------------------------------
 
     def _message_id(self, ids: list[int | None], index: Any) -> int:
-        if isinstance(index, (list, tuple)):
-            index = index[0]
-        if not isinstance(index, int) or index >= len(ids) or ids[index] is None:
+        index = _index(index)
+        message_id = ids[index] if isinstance(index, int) and 0 <= index < len(ids) else None
+        if message_id is None:
             raise user_error("That message cannot be rated: only answers given in this chat can")
-        return ids[index]
+        return message_id
 
     def like(
         self,
@@ -428,7 +436,7 @@ class ChatHandlers:
     ) -> Iterator[tuple[Any, ...]]:
         """An edited answer is a correction; an edited question is answered again from there."""
         history = normalise_history(history)
-        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        index = _index(data.index)
         new_text, old_text = text_of(data.value), text_of(data.previous_value)
         if history[index]["role"] == "assistant":
             if new_text.strip() == old_text.strip():
