@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from bot.serving.contracts import AnswerStream, ChatEngine
+from bot.serving.contracts import AnswerStream, ChatEngine, LocalModel
 from core.training_contract import TrainingController
 from tests.fakes import FakeEngine, FakeGeneration, FakeTraining
 
@@ -60,6 +60,8 @@ def test_the_real_engine_keeps_the_engine_contract(tiny_model, tokenizer):
 
     engine = Engine(tiny_model, tokenizer, base_name="tiny")
     check(ChatEngine, Engine, engine)
+    check(LocalModel, Engine, engine)
+    assert engine.local_model() is engine and engine.health() is None
     from bot.serving.base import GenerationParams
 
     generation = engine.stream([{"role": "user", "content": "Hi"}], GenerationParams(max_new_tokens=2))
@@ -73,16 +75,6 @@ def test_the_training_manager_and_its_fake_keep_the_training_contract(tmp_path, 
     check(TrainingController, TrainingManager, TrainingManager(store, tmp_path))
     check(TrainingController, FakeTraining, FakeTraining())
     assert isinstance(FakeTraining(), TrainingController)
-
-
-def test_the_upstream_engine_keeps_the_engine_contract(tokenizer):
-    from bot.serving.upstream import UpstreamClient, UpstreamEngine
-
-    client = UpstreamClient("http://127.0.0.1:9", timeout=1)
-    try:
-        check(ChatEngine, UpstreamEngine, UpstreamEngine(tokenizer, client, base_name="tiny", model="m"))
-    finally:
-        client.close()
 
 
 def test_a_missing_member_is_caught():
