@@ -73,7 +73,8 @@ def canary_differences(ref, count: int, tokens: int, batches: list[int], long_co
     import torch
 
     from bot.serving.base import GenerationParams
-    from bot.serving.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, Engine
+    from bot.serving.dtype import DEFAULT_BF16_PREFILL_FROM_TOKENS
+    from bot.serving.engine import Engine
     from core.models import load_base_model
     from training.evaluate import load_canary, mentions_any
 

@@ -117,7 +117,8 @@ def main() -> int:
 
     import torch
 
-    from bot.serving.engine import DEFAULT_BF16_PREFILL_FROM_TOKENS, DEFAULT_PREFILL_CHUNK_TOKENS, Engine
+    from bot.serving.dtype import DEFAULT_BF16_PREFILL_FROM_TOKENS
+    from bot.serving.engine import DEFAULT_PREFILL_CHUNK_TOKENS, Engine
     from core.models import load_base_model
     from core.prompts import encode, render_prompt
 

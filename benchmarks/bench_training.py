@@ -330,11 +330,13 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int, rounds:
 
 def default_variant() -> str:
     """The variant the default TrainConfig runs."""
+    from core.models import bf16_trains_fast
     from training.config import TrainConfig
 
     config = TrainConfig()
-    return next(name for name, v in VARIANTS.items() if all(getattr(config, k) == x for k, x in v.items())
-                and v.get("bf16", False) == config.bf16)
+    bf16 = bf16_trains_fast() if config.bf16 is None else config.bf16  # empty: chosen for this machine
+    return next(name for name, v in VARIANTS.items() if all(getattr(config, k) == x for k, x in v.items() if k != "bf16")
+                and v.get("bf16", False) == bf16)
 
 
 def print_tables(results: dict) -> None:

@@ -344,17 +344,21 @@ class ServeConfig(Settings):
         default=None,
         ge=0,
         examples=[4],
-        description="On the CPU, decode in bf16 once the batch holds this many answers (faster there, but it changes "
-        "some greedy answers: see docs/performance.md); smaller batches stay fp32. Empty: 1 on a CPU with native bf16 "
-        "(AVX512-BF16 or AMX), where one answer decodes 1.25x faster in bf16, else 4. 0 keeps fp32 always.",
+        description="On the CPU, decode in bf16 once the batch holds this many answers (faster where the CPU has bf16 "
+        "instructions, but it changes some greedy answers: see docs/performance.md); smaller batches stay fp32. "
+        "Empty: chosen for this CPU at start: 1 with native bf16 (AVX512-BF16 or AMX), where one answer decodes "
+        "1.25x faster in bf16; elsewhere 4 if a timed bf16 product beats fp32 for a batch, else 0. 0 keeps fp32 "
+        "always.",
     )
-    bf16_prefill_from_tokens: int = Field(
-        default=256,
+    bf16_prefill_from_tokens: int | None = Field(
+        default=None,
         ge=0,
-        description="On the CPU, prefill prompts at least this many tokens long in bf16 (about 2.5x faster, so a long "
-        "prompt's first token comes sooner), its first token included (a near tie is decided again on the decode "
-        "weights); the rest of the answer still decodes in the decode dtype. It changes a few greedy answers to long "
-        "prompts (see docs/performance.md). 0 keeps fp32 always.",
+        examples=[256],
+        description="On the CPU, prefill prompts at least this many tokens long in bf16 (about 2.5x faster with native "
+        "bf16, so a long prompt's first token comes sooner), its first token included (a near tie is decided again "
+        "on the decode weights); the rest of the answer still decodes in the decode dtype. It changes a few greedy "
+        "answers to long prompts (see docs/performance.md). Empty: 256 where bf16 is faster on this CPU (native "
+        "bf16, or a timed product says so at start), else 0. 0 keeps fp32 always.",
     )
     prefill_chunk_tokens: int = Field(
         default=256,

@@ -34,7 +34,7 @@ from pydantic.fields import FieldInfo
 ENV_PREFIX = "EXEMPLAR_"
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
-METAVARS = {int: "N", float: "NUMBER", str: "TEXT", Path: "PATH"}
+METAVARS = {int: "N", float: "NUMBER", str: "TEXT", Path: "PATH", bool: "{true,false}"}
 Config = typing.TypeVar("Config", bound=BaseModel)
 
 

@@ -6,8 +6,8 @@ import threading
 import pytest
 import torch
 
+import bot.serving.dtype as dtype_module
 from bot.serving.base import GenerationParams
-from bot.serving.dtype import default_bf16_from_batch
 from bot.serving.engine import Engine
 from core.errors import ModelLoadError, ValidationError
 from storage.vocabulary import BASE_VERSION
@@ -306,18 +306,42 @@ def test_big_batches_switch_to_bf16_and_single_answers_stay_fp32(tiny_model, tok
     assert all(g.completion_tokens == 10 for g in results)
 
 
-def test_one_answer_decodes_in_bf16_by_default_only_on_a_cpu_with_native_bf16(tiny_model, tokenizer, monkeypatch):
-    for avx512_bf16, amx, expected in ((True, False, 1), (False, True, 1), (False, False, 4)):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        assert default_bf16_from_batch() == expected
-        engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
-        assert engine.bf16_from_batch == expected
-        assert engine.dtypes.decode_model(1).dtype == (torch.bfloat16 if expected == 1 else torch.float32)
-        assert engine.dtypes.decode_model(4).dtype == torch.bfloat16
-    # A setting given wins over the CPU's default.
-    fp32 = Engine(tiny_model, tokenizer, base_name="tiny", bf16_from_batch=0)
-    assert fp32.dtypes.decode_model(16).dtype == torch.float32
+@pytest.mark.parametrize(
+    "avx512_bf16,amx,speedup,batch,prefill",
+    [
+        (True, False, None, 1, 256),  # native bf16: every answer in bf16, nothing timed
+        (False, True, None, 1, 256),
+        (False, False, 1.9, 4, 256),  # emulated but timed faster: batches of 4 and long prompts
+        (False, False, 0.5, 0, 0),  # emulated and timed slower (an AVX2-only CPU): fp32 always
+    ],
+)
+def test_bf16_is_chosen_for_the_cpu_unless_set(tiny_model, tokenizer, monkeypatch, avx512_bf16, amx, speedup, batch, prefill):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    timed: list[int] = []
+
+    def fake_speedup(model, rows):
+        assert speedup is not None, "a CPU with native bf16 needs no timing"
+        timed.append(rows)
+        return speedup
+
+    monkeypatch.setattr(dtype_module, "bf16_speedup", fake_speedup)
+    engine = Engine(tiny_model, tokenizer, base_name="tiny", max_context_tokens=256)
+    assert (engine.bf16_from_batch, engine.dtypes.bf16_prefill_from_tokens) == (batch, prefill)
+    assert engine.dtypes.decode_model(1).dtype == (torch.bfloat16 if batch == 1 else torch.float32)
+    assert engine.dtypes.decode_model(4).dtype == (torch.bfloat16 if batch else torch.float32)
+    assert (engine.dtypes.bf16_model is None) == (batch == 0 and prefill == 0)  # no copy kept for nothing
+    assert timed == ([] if speedup is None else [dtype_module.BATCH_ROWS, dtype_module.PREFILL_ROWS])
+    # Settings given win over the CPU's defaults, and are not timed.
+    timed.clear()
+    fp32 = Engine(tiny_model, tokenizer, base_name="tiny", bf16_from_batch=0, bf16_prefill_from_tokens=0)
+    assert fp32.dtypes.decode_model(16).dtype == torch.float32 and fp32.dtypes.bf16_model is None and timed == []
+
+
+def test_the_bf16_timing_measures_this_machine(tiny_model):
+    """A real timing: a positive ratio (what it is depends on the CPU: above 1 with native bf16)."""
+    ratio = dtype_module.bf16_speedup(tiny_model, 8)
+    assert 0 < ratio < 100
 
 
 # -- prefill: chunks while others decode, bf16 for long prompts ------------------

@@ -149,13 +149,14 @@ class TrainConfig(Settings):
         "only where an answer token is predicted, and the base model's side of the replay KL term is computed once "
         "per run. The loss is the padded batch's (tests/test_training_packing.py); off pads every batch.",
     )
-    bf16: bool = Field(
-        default=True,
-        description="Train under bfloat16 autocast (AMX on this CPU; a GPU without bf16 trains in fp32): packed steps "
-        "about 2x faster than fp32 (benchmarks/bench_training.py), which pays for the extra wordings. With 2 "
-        "rewordings + 1 statement it learned the same 24 facts as fp32 and kept the canary (40 of 40); with the "
-        "question alone it once kept one canary answer fewer (38 against 39). A CPU without bf16 instructions may run "
-        "it slower than fp32: turn it off there.",
+    bf16: bool | None = Field(
+        default=None,
+        description="Train under bfloat16 autocast. Empty: on where bf16 is fast, a GPU that supports it or a CPU with "
+        "native bf16 (AVX512-BF16 or AMX), and off elsewhere. With AMX, packed steps ran about 2x faster than fp32 "
+        "(benchmarks/bench_training.py), which pays for the extra wordings; on a CPU without those instructions bf16 "
+        "is emulated and a step ran many times slower. With 2 rewordings + 1 statement it learned the same 24 facts "
+        "as fp32 and kept the canary (40 of 40); with the question alone it once kept one canary answer fewer (38 "
+        "against 39). A GPU without bf16 always trains in fp32.",
     )
     seed: int = Field(default=0, description="Random seed for LoRA initialisation and data order.")
     max_steps: int | None = Field(

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.models import bf16_trains_fast
 from training.config import TrainConfig
 from training.dataset import IGNORE_INDEX, Collator, PackingCollator, build_dataset, pack
 
@@ -246,9 +247,11 @@ def train_adapter(
                 losses.append(float(logs["loss"]))
 
     use_cuda = torch.cuda.is_available()
-    # bf16 is on by default (it pays for the extra wordings); a GPU without it would make the Trainer refuse
-    # to start, so such a GPU trains in fp32 instead.
-    bf16 = config.bf16 and (not use_cuda or torch.cuda.is_bf16_supported())
+    # bf16 where it is fast (it pays for the extra wordings), unless set; a GPU without it would make the Trainer
+    # refuse to start, so such a GPU trains in fp32 whatever the setting.
+    bf16 = (bf16_trains_fast() if config.bf16 is None else config.bf16) and (
+        not use_cuda or torch.cuda.is_bf16_supported()
+    )
     with tempfile.TemporaryDirectory(prefix="exemplar-trainer-") as scratch:
         args = TrainingArguments(
             output_dir=scratch,  # the Trainer wants one; nothing is saved there (save_strategy "no")

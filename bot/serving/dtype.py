@@ -1,13 +1,18 @@
 """Which weights the engine runs: the model's own (fp32 on the CPU) and, where bf16 pays, a bf16
 copy; a batch of N answers decodes on one of them and a prompt of W tokens is prefilled on one.
 
-Decode: on a CPU without native bf16 instructions a batch decodes in bf16 from `bf16_from_batch`
-(4) answers at once, where bf16 is faster, and one person's answer stays fp32, where it is not; on a
-CPU with native bf16 every batch decodes in bf16 (see the DEFAULT_* and NATIVE_* figures below).
+Whether bf16 pays depends on the CPU, so unless the settings say, it is chosen at start:
+- on a CPU with native bf16 (AVX512-BF16 or AMX) every batch decodes in bf16, one answer included,
+  and long prompts are prefilled in bf16 (see the NATIVE_* and DEFAULT_* figures below);
+- elsewhere bf16 is emulated, and a product of the model's own shape is timed in both dtypes
+  (bf16_speedup): batches of `DEFAULT_BF16_FROM_BATCH` (4) or more decode in bf16 only if bf16 was
+  faster for a batch, and long prompts are prefilled in bf16 only if it was faster for a long
+  prompt. On a 2-core AVX2-only CPU bf16 measured 8x slower for a long prompt and 2x slower for a
+  batch of 8, so everything stays fp32 there.
 
-Prefill: on the CPU a prompt of `bf16_prefill_from_tokens` (256) or more tokens is prefilled in
-bf16, about 2.5x faster than fp32, its first token included; the KV cache is then cast to the
-decode weights' dtype and the rest of the answer decodes as before. (Running the last prompt token
+Prefill: a prompt of `bf16_prefill_from_tokens` (256) or more tokens, when enabled, is prefilled in
+bf16, about 2.5x faster than fp32 with native bf16, its first token included; the KV cache is then
+cast to the decode weights' dtype and the rest of the answer decodes as before. (Running the last prompt token
 on the fp32 weights every time cost a whole fp32 step, about a tenth of a long prompt's first
 token; the scheduler reruns it only for a near tie.) Short prompts keep their fp32 prefill, even
 when a long one arrives at the same moment: the two are admitted apart (`prefills_apart`).
@@ -21,9 +26,10 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-# From this many rows the batch decodes in bf16, on a CPU without native bf16 instructions: there
-# bf16 decodes a batch of 8 1.85x faster than fp32 (measured on 2 cores with the bundled model) but a
-# lone answer slower, so one person's answer stays fp32. bf16 changes some greedy answers.
+# From this many rows the batch decodes in bf16 on a CPU without native bf16 instructions, where the
+# timing at start says bf16 is faster for a batch (one CPU measured 1.85x for a batch of 8 with the
+# bundled model, and slower for a lone answer, so one person's answer stays fp32). bf16 changes some
+# greedy answers.
 DEFAULT_BF16_FROM_BATCH = 4
 # On a CPU with native bf16 (AVX512-BF16 or AMX) every batch decodes in bf16, one answer included.
 # One answer reads every weight once per token, so its speed is memory bandwidth: bf16 halves the
@@ -34,16 +40,53 @@ NATIVE_BF16_FROM_BATCH = 1
 # it is a near tie: see the scheduler's first_token_recheck_margin); docs/performance.md has the
 # figures. 0 = never.
 DEFAULT_BF16_PREFILL_FROM_TOKENS = 256
+# Without native bf16, bf16 is used for a job only where it timed at least this many times faster than fp32:
+# real gains are 1.5x and more, and emulated bf16 is several times slower, so noise cannot tip the choice.
+BF16_PAYS = 1.2
+# The rows of the timed products: a batch decoding, and a long prompt's prefill.
+BATCH_ROWS, PREFILL_ROWS = 8, 256
 
 
-def default_bf16_from_batch() -> int:
-    """The batch size from which a CPU fp32 model decodes in bf16, for this machine's CPU."""
+def bf16_speedup(model: PreTrainedModel, rows: int) -> float:
+    """How many times faster than fp32 a bf16 product of the model's MLP shape (capped at 1024 x 4096,
+    to stay cheap for big models) runs here for `rows` rows: the fastest of three runs each, after a
+    warm-up (a busy machine only slows runs down). About 0.1 s for the bundled model on an AVX2 CPU."""
+    import time
+
     import torch
 
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPU feature tests
-    native = any(getattr(cpu, check, lambda: False)() for check in checks)
-    return NATIVE_BF16_FROM_BATCH if native else DEFAULT_BF16_FROM_BATCH
+    hidden = min(int(getattr(model.config, "hidden_size", 1024)), 1024)
+    inner = min(int(getattr(model.config, "intermediate_size", 4 * hidden)), 4096)
+    x, w = torch.randn(rows, hidden), torch.randn(inner, hidden)
+
+    def fastest(a: torch.Tensor, b: torch.Tensor) -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(4):
+                started = time.perf_counter()
+                a @ b.T
+                times.append(time.perf_counter() - started)
+        return min(times[1:])
+
+    return fastest(x, w) / fastest(x.bfloat16(), w.bfloat16())
+
+
+def default_bf16_from_batch(model: PreTrainedModel) -> int:
+    """The batch size from which a CPU fp32 model decodes in bf16 on this machine (0: never)."""
+    from core.models import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():
+        return NATIVE_BF16_FROM_BATCH
+    return DEFAULT_BF16_FROM_BATCH if bf16_speedup(model, BATCH_ROWS) >= BF16_PAYS else 0
+
+
+def default_bf16_prefill_from_tokens(model: PreTrainedModel) -> int:
+    """The prompt length from which a CPU fp32 model prefills in bf16 on this machine (0: never)."""
+    from core.models import cpu_has_native_bf16
+
+    if cpu_has_native_bf16() or bf16_speedup(model, PREFILL_ROWS) >= BF16_PAYS:
+        return DEFAULT_BF16_PREFILL_FROM_TOKENS
+    return 0
 
 
 class DtypePolicy:
@@ -55,19 +98,24 @@ class DtypePolicy:
         model: PreTrainedModel,
         *,
         bf16_from_batch: int | None = None,
-        bf16_prefill_from_tokens: int = DEFAULT_BF16_PREFILL_FROM_TOKENS,
+        bf16_prefill_from_tokens: int | None = None,
     ):
         import torch
 
         self.model = model
         self.device: torch.device = next(model.parameters()).device
-        if bf16_from_batch is None:  # not chosen: what measures faster on this CPU
-            bf16_from_batch = default_bf16_from_batch()
+        # Only an fp32 model on the CPU gets a bf16 copy (a GPU model loads in bf16 already).
+        on_cpu_fp32 = model.dtype == torch.float32 and self.device.type == "cpu"
+        # Not set: what is faster on this machine (timed here, once, when the CPU lacks native bf16).
+        if bf16_from_batch is None:
+            bf16_from_batch = default_bf16_from_batch(model) if on_cpu_fp32 else 0
+        if bf16_prefill_from_tokens is None:
+            bf16_prefill_from_tokens = default_bf16_prefill_from_tokens(model) if on_cpu_fp32 else 0
         self.bf16_from_batch = bf16_from_batch
         self.bf16_prefill_from_tokens = bf16_prefill_from_tokens
         self.bf16_model: PreTrainedModel | None = None
         wants_bf16 = bf16_from_batch > 0 or bf16_prefill_from_tokens > 0
-        if wants_bf16 and model.dtype == torch.float32 and self.device.type == "cpu":
+        if wants_bf16 and on_cpu_fp32:
             import copy
 
             # (transformers wraps PreTrainedModel.to with functools.wraps, which hides `self` from mypy)

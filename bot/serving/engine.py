@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.serving.adapters import AdapterSwap, LayerDelta, read_adapter
 from bot.serving.base import GenerationParams, PromptFitting
-from bot.serving.dtype import DEFAULT_BF16_PREFILL_FROM_TOKENS, DtypePolicy
+from bot.serving.dtype import DtypePolicy
 from bot.serving.scheduler import (
     DEFAULT_FIRST_TOKEN_RECHECK_MARGIN,
     DEFAULT_MAX_BATCH,
@@ -52,7 +52,7 @@ class Engine(PromptFitting):
         max_context_tokens: int = 2048,
         max_batch: int = DEFAULT_MAX_BATCH,
         bf16_from_batch: int | None = None,
-        bf16_prefill_from_tokens: int = DEFAULT_BF16_PREFILL_FROM_TOKENS,
+        bf16_prefill_from_tokens: int | None = None,
         prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
         first_token_recheck_margin: float = DEFAULT_FIRST_TOKEN_RECHECK_MARGIN,
     ):
@@ -89,7 +89,7 @@ class Engine(PromptFitting):
         max_context_tokens: int = 2048,
         max_batch: int = DEFAULT_MAX_BATCH,
         bf16_from_batch: int | None = None,
-        bf16_prefill_from_tokens: int = DEFAULT_BF16_PREFILL_FROM_TOKENS,
+        bf16_prefill_from_tokens: int | None = None,
         prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
     ) -> Engine:
         """Resolve and load the base model (converting the bundled one on first use)."""
