@@ -83,7 +83,9 @@ def greedy(model, engine, n=8):
 
 def assert_served_as_peft_merges(model, tokenizer, path):
     reference = peft_merged(model, path)
-    engine = Engine(model, tokenizer, base_name="tiny", max_context_tokens=256, bf16_from_batch=0)
+    # fp32 decoding, and a bf16 copy for long prompts (kept whatever this CPU's default), which must merge too.
+    engine = Engine(model, tokenizer, base_name="tiny", max_context_tokens=256, bf16_from_batch=0,
+                    bf16_prefill_from_tokens=256)
     base_logits = logits(model, tokenizer).clone()
     engine.activate("v1", path)
     assert not torch.allclose(logits(engine.model, tokenizer), base_logits, atol=1e-3)  # the adapter changes answers

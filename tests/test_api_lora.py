@@ -115,11 +115,11 @@ def test_bad_adapter_paths_and_names_are_refused(served, tmp_path):
     assert too_long.status_code == 400 and "context window" in too_long.json()["error"]
 
 
-def test_sampling_bounds_are_the_engines(server, tokenizer):
+def test_sampling_bounds_are_the_engines(served, tokenizer):
     """/v1/completions takes the same temperature range as the chat route, the engine and --temperature."""
     from core.config import MAX_TEMPERATURE
 
-    client, _, _ = server
+    client, _, _ = served
     too_hot = complete(client, tokenizer, temperature=MAX_TEMPERATURE + 0.5)
     assert too_hot.status_code == 422 and "temperature" in too_hot.json()["error"]
     assert complete(client, tokenizer, temperature=MAX_TEMPERATURE).status_code == 200

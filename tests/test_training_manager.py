@@ -150,14 +150,14 @@ def test_retrain_policy_counts_new_approved_training_examples(setup):
     add_facts(store, TEST, "test")  # held-out examples count too: every approved example is trained on
     store.add_example("Pending?", "Not yet.", source="correction", status="pending", split="train")
     assert manager.check_schedule() is None
-    assert manager.schedule_status()["new_examples"] == 3
+    assert manager.schedule_status().new_examples == 3
     add_facts(store, TRAIN[2:3], "train")
     job_id = manager.check_schedule()
     assert job_id is not None and store.get_job(job_id)["params"]["reason"].startswith("schedule")
     assert manager.check_schedule() is None  # one at a time
     manager.cancel(job_id)
     manager.wait(job_id, timeout=120)
-    assert manager.schedule_status()["new_examples"] == 0  # counted from the last run's start
+    assert manager.schedule_status().new_examples == 0  # counted from the last run's start
     manager.policy = RetrainPolicy(enabled=False)
     add_facts(store, TRAIN[3:], "train")
     assert manager.check_schedule() is None
