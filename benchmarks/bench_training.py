@@ -135,28 +135,6 @@ def compare_training(ref, threads: int, count: int, rounds: int, variants: dict 
     return out
 
 
-def measure_training(ref, steps: int, threads: int, overrides: dict | None = None, count: int = 64) -> dict:
-    """s/step and tokens/s of one recipe over `steps` timed steps, and the extrapolated time for 200 examples."""
-    from training.config import TrainConfig
-    from training.dataset import load_replay
-    from training.finetune import total_steps
-
-    config = TrainConfig(**(overrides or {}))
-    rows = examples(count) + load_replay(config.replay_examples)
-    run = time_run(ref, overrides or {}, threads, rows, steps + 1)
-    per_step = statistics.median(run["step_seconds"][1:])
-    full_steps = total_steps(200 + len(load_replay(config.replay_examples)), config)
-    return {
-        "threads": threads,
-        "settings": overrides or {},
-        "steps_measured": steps,
-        "seconds_per_step": round(per_step, 2),
-        "tokens_per_second": round(run["tokens_per_step"] / per_step, 1),
-        "steps_for_200_examples": full_steps,
-        "minutes_for_200_examples_extrapolated": round(full_steps * per_step / 60, 1),
-    }
-
-
 def measure_evaluation(ref, threads: int, n: int = 16) -> dict:
     """Seconds the judging of a job costs: per correction (answer + margin, for the candidate and the
     serving version, and the base model's margin) and for the canary (candidate and serving)."""

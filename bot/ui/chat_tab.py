@@ -21,6 +21,7 @@ from bot.ui import chat_history
 from bot.ui.errors import user_error
 from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError
+from core.prompts import with_system
 from storage.vocabulary import DISLIKE_REASONS
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,7 @@ class ChatHandlers:
         The answer's id is known before its first piece and goes out with the first
         yield, so it can be rated (or stopped) while it streams.
         """
-        messages = list(history)
-        if system_prompt and system_prompt.strip():
-            messages = [{"role": "system", "content": system_prompt.strip()}, *messages]
+        messages = with_system(history, system_prompt)
         params = self._params(temperature, max_tokens)
         try:
             answer = self.service.answer(
