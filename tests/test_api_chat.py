@@ -85,8 +85,9 @@ def test_content_parts_and_system_prompts_are_accepted(client, engine, store):
 def test_few_shot_uses_approved_examples_unless_turned_off(client, engine, store):
     example_id = store.add_example("What is the capital of France?", "Paris.", source="admin")
     on = client.post("/v1/chat/completions", json={"messages": QUESTION}).json()
-    assert on["exemplar"]["few_shot_ids"] == [example_id]
-    assert [d["id"] for d in engine.calls[-1]["demonstrations"]] == [example_id]
+    # The approved answer answers the question itself: served word for word, no model asked.
+    assert on["exemplar"]["few_shot_ids"] == [example_id] and on["exemplar"]["from_example"] == example_id
+    assert on["choices"][0]["message"]["content"] == "Paris." and engine.calls == []
     off = client.post("/v1/chat/completions", json={"messages": QUESTION, "few_shot": False}).json()
     assert off["exemplar"]["few_shot_ids"] == [] and engine.calls[-1]["demonstrations"] == []
     assert store.get_message(int(on["id"]))["few_shot_ids"] == [example_id]
@@ -111,7 +112,8 @@ def test_stream_sends_openai_chunks_all_carrying_the_stored_id(client, engine, s
     last = chunks[-1]
     assert last["choices"][0]["finish_reason"] == "stop" and last["choices"][0]["delta"] == {}
     assert last["usage"]["completion_tokens"] == 5
-    assert last["exemplar"] == {"model_version": "base", "few_shot_ids": [], "from_example": None, "message_id": message_id,
+    assert last["exemplar"] == {"model_version": "base", "few_shot_ids": [], "from_example": None, "related": [],
+                                "message_id": message_id,
                                 "conversation_id": store.get_message(message_id)["conversation_id"]}
     assert store.get_message(message_id)["content"] == text
 

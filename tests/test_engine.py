@@ -507,22 +507,3 @@ def test_hold_waits_for_the_answers_in_flight_and_admits_nothing_until_it_exits(
         engine.version = "held"  # what an adapter swap does inside the block
     assert "".join(waiting) and waiting.completion_tokens == 4 and waiting.model_version == "held"
     list(pieces)
-
-
-def test_base_copy_is_the_plain_base_while_an_adapter_serves(engine, tmp_path, tiny_model, tokenizer):
-    """Few-shot question vectors come from a base copy, so they must not depend on the version served."""
-    import copy
-
-    from bot.serving.retrieval import QuestionEmbedder
-
-    base_logits = _logits(tiny_model, tokenizer).clone()
-    fresh = QuestionEmbedder(copy.deepcopy(tiny_model), tokenizer)
-    make_adapter(copy.deepcopy(tiny_model), tmp_path / "v1", seed=1)
-    engine.activate("v1", tmp_path / "v1")
-    assert not torch.equal(_logits(engine.model, tokenizer), base_logits)  # the adapter is merged in place
-    assert torch.equal(_logits(engine.base_copy(), tokenizer), base_logits)
-    embedder = QuestionEmbedder.for_engine(engine)  # a server that starts with a trained version active
-    assert embedder is not None
-    question = "How many people live in Brindlemoor?"
-    torch.testing.assert_close(embedder.vector(question), fresh.vector(question))
-    assert not torch.equal(_logits(engine.model, tokenizer), base_logits)  # still serving v1

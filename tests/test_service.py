@@ -28,7 +28,9 @@ class RowCheckingEngine(FakeEngine):
 def test_rows_are_written_before_generation_starts(store):
     engine = RowCheckingEngine(store)
     store.add_example("What is the office wifi?", "It is ExemplarNet.", source="admin", split="train")
-    answer = ChatService(engine, store, ServeConfig()).answer([{"role": "user", "content": "What is the office wifi?"}])
+    # Direct answers off: the model answers, shown the example (served word for word it would not decode).
+    config = ServeConfig(few_shot_direct=False)
+    answer = ChatService(engine, store, config).answer([{"role": "user", "content": "What is the office wifi?"}])
     assert engine.rows_at_start == [("user", "What is the office wifi?"), ("assistant", "")]
     assert "".join(answer) == "You said: What is the office wifi?"
     row = store.get_message(answer.message_id)

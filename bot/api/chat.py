@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from bot.chat.service import Answer, ChatService
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream
+from bot.serving.retrieval import question_of
 from core.config import MaxNewTokens, StopText, StopTexts, Temperature, TopP
 from core.errors import ExemplarError, ValidationError
 from storage.text import ascii_int
@@ -93,6 +94,12 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class RelatedExample(BaseModel):
+    id: int
+    question: str
+    answer: str
+
+
 class ExemplarInfo(BaseModel):
     model_version: str | None = Field(description="The model version that wrote the answer ('base' or vN).")
     few_shot_ids: list[int] = Field(description="Ids of the examples put into the prompt.")
@@ -100,6 +107,12 @@ class ExemplarInfo(BaseModel):
         None,
         description="The id of the approved example whose answer this is, word for word, when the question "
         "reworded its question (--few-shot-direct); null when the model wrote the answer.",
+    )
+    related: list[RelatedExample] = Field(
+        default_factory=list,
+        description="Approved examples shown in the reply as related, not as the answer: the question has no approved "
+        "answer yet, so the reply says so and quotes these (--grounded, and near misses of a stored question). "
+        "Empty otherwise. Correcting such a reply (POST /api/feedback) teaches the answer.",
     )
     message_id: int = Field(description="The stored assistant message id (also `id`, as a string).")
     conversation_id: int
@@ -254,6 +267,7 @@ def exemplar_of(answer: Answer) -> dict[str, Any]:
         "model_version": answer.model_version,
         "few_shot_ids": answer.few_shot_ids,
         "from_example": answer.from_example,
+        "related": [{"id": e["id"], "question": question_of(e), "answer": e["output"]} for e in answer.related],
         "message_id": answer.message_id,
         "conversation_id": answer.conversation_id,
     }

@@ -9,14 +9,16 @@ from typing import Any
 
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream, ChatEngine
+from bot.serving.embedder import shared_embedder
 from bot.serving.retrieval import (
     WARM_EXAMPLES,
     ApprovedAnswer,
-    QuestionEmbedder,
+    Consultation,
+    RelatedAnswer,
     answer_tokens,
-    approved_answer_for,
+    consult,
     question_of,
-    retrieve,
+    shown,
     single_question,
 )
 from core.config import ServeConfig
@@ -58,6 +60,8 @@ class Answer:
     store: Store
     message_id: int
     few_shot_examples: list[dict[str, Any]] = field(default_factory=list)
+    # Approved examples shown as related, not as the answer (RelatedAnswer): the question has none yet.
+    related: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -106,49 +110,58 @@ class ChatService:
         self.engine = engine
         self.store = store
         self.config = config
-        # Question vectors come from the plain base weights, whichever version the engine serves.
-        wants_embedder = config.few_shot_rerank or config.few_shot_direct
-        self.embedder = QuestionEmbedder.for_engine(engine) if wants_embedder else None
-        self.rerank = self.embedder if config.few_shot_rerank else None
+        # Sentence vectors rank the approved examples; one model per process (shared_embedder).
+        self.embedder = shared_embedder(config.embedder)
 
     def warm_few_shot(self) -> int:
-        """Compute the question vectors the first chats would otherwise wait for: the shared ones
-        (44 questions, about 2 s on 2 cores) and those of the newest approved examples' questions.
-        Returns how many example questions were embedded."""
-        if self.embedder is None:
-            return 0
+        """Compute the question vectors the first chats would otherwise wait for: those of the newest
+        approved examples' questions (about 2 ms each in batches on 2 cores). Returns how many."""
         examples = self.store.list_examples(status=ExampleStatus.APPROVED, limit=WARM_EXAMPLES)
-        return self.embedder.warm([question_of(e) for e in examples if single_question(e)])
+        return self.embedder.warm([question_of(e) for e in examples])
 
-    def approved_answer(self, context: Sequence[dict[str, str]], params: GenerationParams) -> dict[str, Any] | None:
+    def consult(self, context: Sequence[dict[str, str]]) -> Consultation:
+        """What the approved examples say about the conversation's latest question (bot/serving/retrieval.py)."""
+        return consult(
+            self.store, context, self.embedder, k=self.config.few_shot_k,
+            min_similarity=self.config.few_shot_min_similarity,
+            related_similarity=self.config.few_shot_related_similarity,
+        )
+
+    def approved_answer(self, found: Consultation, params: GenerationParams) -> dict[str, Any] | None:
         """The approved example to answer with word for word (few_shot_direct), or None to let the model answer.
 
-        Only for a conversation without a system prompt (an approved answer knows nothing of one), and
-        only when the answer fits the requested length and holds none of its stop strings."""
-        if not self.config.few_shot_direct or self.embedder is None:
+        Only an example of a single question (its answer stands on its own), and only when the answer fits
+        the requested length and holds none of its stop strings."""
+        example = found.answer
+        if not self.config.few_shot_direct or example is None or not single_question(example):
             return None
-        if any(m["role"] == "system" for m in context):
-            return None
-        example = approved_answer_for(
-            self.store, context, self.embedder,
-            min_similarity=self.config.few_shot_direct_min_similarity,
-            min_margin=self.config.few_shot_direct_min_margin,
-        )
-        if example is None or any(s in example["output"] for s in params.stop):
+        if any(s in example["output"] for s in params.stop):
             return None
         if answer_tokens(example["output"], self.engine.tokenizer) > params.max_new_tokens:
             return None
         return example
 
-    def demonstrations(self, context: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
-        """The approved examples to show the model for the conversation's latest question."""
-        demos = retrieve(
-            self.store, context, k=self.config.few_shot_k, embedder=self.rerank,
-            min_similarity=self.config.few_shot_min_similarity, min_margin=self.config.few_shot_min_margin,
-        )
-        for demo in demos:
-            demo["form"] = self.config.few_shot_form
-        return demos
+    def reply_plan(
+        self, context: Sequence[dict[str, str]], params: GenerationParams, few_shot: bool
+    ) -> tuple[dict[str, Any] | None, Consultation | None, list[dict[str, Any]]]:
+        """How to answer: (an approved answer to serve, or an honest reply's consultation, or neither),
+        and the demonstrations for the model otherwise.
+
+        A conversation with a system prompt is always answered by the model (an approved answer and the
+        honest reply know nothing of that prompt), with the examples that answer its question as
+        demonstrations; so is any conversation when few-shot is off, with none."""
+        if not few_shot:
+            return None, None, []
+        found = self.consult(context)
+        demos = [dict(e, form=self.config.few_shot_form) for e in found.answering]
+        if any(m["role"] == "system" for m in context):
+            return None, None, demos
+        direct = self.approved_answer(found, params)
+        if direct is not None:
+            return direct, None, [direct]
+        if not found.answering and (found.related or found.unknown and self.config.grounded):
+            return None, found, []
+        return None, None, demos
 
     def default_params(self) -> GenerationParams:
         return GenerationParams(
@@ -172,8 +185,7 @@ class ChatService:
         )
         params = (params or self.default_params()).validate()
         use_few_shot = self.config.few_shot if few_shot is None else few_shot
-        direct = self.approved_answer(context, params) if use_few_shot else None
-        demos = [direct] if direct else self.demonstrations(context) if use_few_shot else []
+        direct, honest, demos = self.reply_plan(context, params, use_few_shot)
         # The rows are written first, so a failed write starts no decode that nobody would cancel.
         new_conversation = conversation_id is None
         if conversation_id is None:
@@ -189,6 +201,8 @@ class ChatService:
             if direct:
                 tokens = answer_tokens(direct["output"], self.engine.tokenizer)
                 generation = ApprovedAnswer(direct, params, model_version=self.engine.version, completion_tokens=tokens)
+            elif honest:
+                generation = RelatedAnswer(honest, params, model_version=self.engine.version, tokenizer=self.engine.tokenizer)
             else:
                 generation = self.engine.stream(context, params, demos)
         except BaseException:  # refused (e.g. the prompt does not fit): leave no trace of the turn
@@ -199,7 +213,10 @@ class ChatService:
         except BaseException:
             generation.cancel()
             raise
-        return Answer(generation, conversation_id, context, self.store, message_id, few_shot_examples=demos)
+        related = shown(honest) if honest else []
+        return Answer(
+            generation, conversation_id, context, self.store, message_id, few_shot_examples=demos, related=related
+        )
 
     def review_status(self) -> str:
         """The status a new example gets under the review policy."""

@@ -201,16 +201,3 @@ class AdapterSwap:
                 for name in self._originals:
                     copy.get_parameter(name).copy_(self.model.get_parameter(name))
 
-    def base_copy(self) -> PreTrainedModel:
-        """A copy of the plain base model, any merged adapter taken out, for work that needs the base's
-        own outputs whichever version serves (few-shot question vectors)."""
-        import copy
-
-        import torch
-
-        with self._lock:
-            clone = copy.deepcopy(self.model)
-            with torch.no_grad():
-                for name, original in self._originals.items():
-                    clone.get_parameter(name).copy_(original)
-        return clone.eval()

@@ -90,10 +90,6 @@ class LocalModel(Protocol):
         """Continue an already-rendered prompt (POST /v1/completions, when this server is another's upstream)."""
         ...
 
-    def base_copy(self) -> Any:
-        """A copy of the plain base model, whatever adapter serves (few-shot question vectors)."""
-        ...
-
     def check_adapter(self, version: str, path: Path) -> None:
         """Read an adapter as it would be served and refuse it (ModelLoadError) if it cannot be."""
         ...

@@ -124,16 +124,11 @@ class Engine(PromptFitting):
 
     def health(self) -> None:
         """Nothing to report beyond /healthz's own fields: the model runs in this process."""
-        return None
+        return
 
     def local_model(self) -> Engine:
         """This engine: its model is in this process (bot/serving/contracts.py LocalModel)."""
         return self
-
-    def base_copy(self) -> PreTrainedModel:
-        """A copy of the plain base model, any merged adapter taken out, for work that needs the base's
-        own outputs whichever version serves (few-shot question vectors)."""
-        return self.swap.base_copy()
 
     def activate(self, version: str | None, adapter_path: str | Path | None = None) -> float:
         """Serve `version` from now on (None or "base": the base model); return the seconds the swap took.

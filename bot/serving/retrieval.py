@@ -1,99 +1,124 @@
-"""Few-shot retrieval: approved examples whose question resembles the user's
-latest one, to be put into the prompt as demonstrations.
+"""Retrieval: which approved examples bear on the user's latest question, and how.
 
-Two stages. storage/search.py's word score finds the candidates (FTS5 recall,
-then a rarity-weighted cosine with its MIN_SCORE floor): it is good at "same
-entity" and at leaving unrelated questions out. It cannot tell which of ten
-corrections about one ferry company a question is about, because names
-dominate it ("How many people live in Brindlemoor?" scores the Brindlemoor
-*mayor* correction as high as the *population* one). So, when the base
-model's weights are at hand, QuestionEmbedder re-ranks the candidates by what
-the questions mean, and an example is used only when it stands out from the
-other candidates (a margin): a question about an attribute no correction
-covers then gets no demonstration rather than a misleading one. The vectors are
-taken with names masked (mask_names), so they compare what two questions ask.
+Three outcomes (consult() returns a Consultation):
 
-The 135M model carries a demonstration over to a reworded question only 60-80%
-of the time, so when retrieval is sure that a question rewords an approved
-example's question (approved_answer_for: similar enough, clearly more than any
-other candidate and than generic questions about any entity, and about the same
-names), the example's approved answer is served word for word (ApprovedAnswer;
-ServeConfig.few_shot_direct) instead of asking the model.
-benchmarks/bench_fewshot.py measures all of it; docs/few-shot.md has the tables.
-Prompts are built by core/prompts.py.
+- **answered**: an approved example asks what the question asks. Its answer can be served word for
+  word (ApprovedAnswer; ServeConfig.few_shot_direct), or put into the prompt as a demonstration.
+- **related**: examples close to the question that do not answer it: a minimal pair ("adult fare"
+  against a stored "child fare"), or a rewording retrieval is not sure of. They are never asserted:
+  the bot says it has no answer yet and shows them as related (RelatedAnswer), and the user can
+  correct that reply, which makes the near miss the next correction.
+- **unknown**: the question names something the approved examples speak of ("Harbrook Ferries"),
+  and none of them answers it (ServeConfig.grounded): the bot says it does not know that yet
+  rather than letting the model invent an answer about it.
+
+Candidates come from storage/search.py's word score (FTS5 recall; it leaves unrelated questions
+out). A sentence-embedding model (bot/serving/embedder.py) ranks them by what the questions mean,
+and bot/serving/coverage.py decides whether the best one answers: a minimal pair is as similar as
+a paraphrase by any vector, so the words that differ are looked at. benchmarks/bench_grounding.py
+measures all of it; docs/few-shot.md has the tables. Prompts are built by core/prompts.py.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.serving.base import GenerationParams
-from bot.serving.contracts import ChatEngine
+from bot.serving.coverage import coverage
+from bot.serving.embedder import SentenceEmbedder
 from core.prompts import FittedPrompt
 from storage import Store
-from storage.search import MIN_SCORE, content_words, name_words  # the word-score floor lives with the ranking
+from storage.search import content_words, name_words
 
-# Candidates the word score hands to the re-ranking: enough to hold every correction about one entity.
-RECALL = 10
-# A message longer than this is no rewording of a stored single question (those run to 13 words in
-# tests/fewshot_entities.json): it is never served an approved answer, and it is not re-ranked by
-# meaning (the word score's order stands), because embedding it would cost a forward pass over all
-# of it before the answer starts: 1.3 s for a 577-word message on 2 quiet cores (0.08 s for 6 words).
+# Candidates the word score hands to the ranking by meaning: enough to hold every correction about
+# a few entities. Any shared content word makes a candidate (min_score 0): the ranking and the
+# coverage decide, and a rewording may share only the entity's name with its question.
+RECALL = 20
+# A message longer than this is no single question: nothing is asserted or shown as related for
+# it, and it gets no demonstrations (its words would match many examples loosely).
 DIRECT_MAX_QUESTION_WORDS = 40
-
-# The prompt that turns a question into one vector: the hidden state of its last token
-# ("PromptEOL", Jiang et al. 2023). Mean-pooled states and the answer's likelihood under the
-# model were measured too and told paraphrases from near misses no better than chance.
-EMBED_TEMPLATE = 'This sentence : "{}" means in one word:"'
-
-# Questions about nothing the bot was taught. Their mean vector is subtracted from every
-# vector, so the cosine measures what is particular to a question and not that it is one:
-# without centring, every pair of questions scores above 0.9.
-GENERIC_QUESTIONS = (
-    "How do I bake sourdough bread?", "Write a haiku about autumn.", "What is 17 times 23?",
-    "Who painted the Mona Lisa?", "Explain photosynthesis in simple terms.", "Tell me a joke.",
-    "How do I sort a list in Python?", "What causes rainbows?", "Recommend a good book about history.",
-    "How far is the Moon from Earth?", "What's the weather like today?", "Translate 'good morning' into Spanish.",
-    "How many legs does a spider have?", "What is the speed of light?", "Hi there!", "Thanks, that helps.",
-    "What should I cook for dinner tonight?", "How do vaccines work?", "What is machine learning?",
-    "Give me tips for a job interview.", "Why is the sky blue?", "What year did World War II end?",
-    "How do I tie a tie?", "Can you summarise the plot of Hamlet?",
-)  # fmt: skip
-
-
-# Questions anyone might ask about any entity, with its name already masked out (see mask_names).
-# A question is answered from an approved example only when it is closer to that example than to
-# every one of these: with one or two corrections about an entity stored, the other candidates
-# alone say little about whether a question asks for the same thing.
-CONTRAST_QUESTIONS = (
-    "Who owns it?", "Where is it?", "How big is it?", "What is it made of?", "How old is it?",
-    "What is its address?", "What does it look like?", "Who started it?", "How do I contact it?",
-    "Is it open on Sundays?", "What is it famous for?", "How much does it cost?", "What is its phone number?",
-    "Who works there?", "How many are there?", "What is its website?", "When does it open?", "Is it safe?",
-    "What are the rules?", "What is the best thing about it?",
-)  # fmt: skip
-
-MASK = "it"
-
+# Related answers shown at most.
+RELATED_K = 2
 # At start, the server embeds the question of up to this many approved examples (newest first) in
 # the background, so the first chats that retrieve them do not wait for their vectors.
 WARM_EXAMPLES = 500
 
+_QUESTION_START = re.compile(
+    r"^\s*(who|whom|whose|what|whats|what's|which|when|where|why|how|is|are|am|was|were|do|does|did|can|could|"
+    r"will|would|should|shall|may|might|must|has|have|had)\b",
+    re.IGNORECASE,
+)
 
-def mask_names(text: str) -> str:
-    """`text` with the names in it (storage.search.name_words, and numbers right after a name, as in
-    "Veltrix Aero 14") replaced by "it", so two questions about one entity are compared by what they ask:
-    "How many people live in Brindlemoor?" becomes "How many people live in it?"."""
-    for name in sorted(name_words(text), key=len, reverse=True):
-        text = re.sub(rf"\b{re.escape(name)}'s\b", "its", text)
-        text = re.sub(rf"\b{re.escape(name)}\b", MASK, text)
-    text = re.sub(rf"\b{MASK}((\s+{MASK})|(\s+\d+))+\b", MASK, text)  # one mask for a whole name
-    return re.sub(rf"\b(the|a|an) {MASK}\b", MASK, text)
+
+def is_question(text: str) -> bool:
+    """Whether `text` asks something (a '?' or a question word first), rather than asks for a text to be written."""
+    return "?" in text or bool(_QUESTION_START.match(text))
+
+
+@dataclass
+class Consultation:
+    """What the approved examples say about the latest question (see the module doc)."""
+
+    question: str
+    answer: dict[str, Any] | None = None  # the example that answers it, best first among `answering`
+    answering: list[dict[str, Any]] = field(default_factory=list)  # examples that answer it (demonstrations)
+    related: list[dict[str, Any]] = field(default_factory=list)  # close examples that do not answer it
+    unknown: bool = False  # it asks about something the examples name, and none answers it
+    entity: list[str] = field(default_factory=list)  # the names it shares with the examples
+    about: list[dict[str, Any]] = field(default_factory=list)  # the closest examples about those names
+
+
+def consult(
+    store: Store,
+    messages: Sequence[dict[str, str]],
+    embedder: SentenceEmbedder,
+    *,
+    k: int = 3,
+    min_similarity: float = 0.6,
+    related_similarity: float = 0.45,
+    recall: int = RECALL,
+) -> Consultation:
+    """Rank the approved examples for the latest question and judge them (see the module doc).
+
+    An example answers when its question is at least `min_similarity` from the question (cosine of
+    sentence vectors) and covers the question's words (bot/serving/coverage.py); every example that
+    does, up to `k`, is in `answering`, and the first is the `answer` unless two that answer give
+    different answers (then neither is asserted: both are related). Examples at least
+    `related_similarity` from it that do not answer are `related`. Each candidate gets a
+    `similarity`; an answering one `covered` True.
+    """
+    found = Consultation(question=latest_question(messages))
+    question = found.question
+    if k <= 0 or not question.strip() or len(question.split()) > DIRECT_MAX_QUESTION_WORDS:
+        return found
+    candidates = store.search_examples(question, limit=recall, min_score=0.0)
+    if not candidates:
+        return found
+    vectors = embedder.vectors([question] + [question_of(e) for e in candidates])
+    for example, similarity in zip(candidates, (vectors[1:] @ vectors[0]).tolist(), strict=True):
+        example["similarity"] = similarity
+    ranked = sorted(candidates, key=lambda e: -e["similarity"])  # stable: the word score breaks ties
+    for example in ranked:
+        example["covered"] = example["similarity"] >= min_similarity and coverage(
+            question, question_of(example), example["output"], embedder
+        ).covered
+    found.answering = [e for e in ranked if e["covered"]][:k]
+    answers = {" ".join(e["output"].split()).casefold() for e in found.answering}
+    if len(answers) > 1 and found.answering[1]["similarity"] > found.answering[0]["similarity"] - 0.05:
+        found.answering = []  # two stored answers disagree about it: show them, state neither
+    found.answer = found.answering[0] if found.answering else None
+    if found.answer is None:
+        found.related = [e for e in ranked if e["similarity"] >= related_similarity][:RELATED_K]
+        names = set(content_words(" ".join(name_words(question))))
+        about = [e for e in ranked if names and names <= set(content_words(question_of(e)))]
+        if about and is_question(question):
+            found.unknown = True
+            found.entity = name_words(question)
+            found.about = about[:RELATED_K]
+    return found
 
 
 def latest_question(messages: Sequence[dict[str, str]]) -> str:
@@ -101,239 +126,14 @@ def latest_question(messages: Sequence[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
-class QuestionEmbedder:
-    """Question vectors from a causal LM's own hidden states: no extra model, no hub.
-
-    The model must be the *base* weights, never an adapter-merged copy, so a
-    cached vector stays valid across version swaps. Vectors are cached per
-    text (an example's question is embedded once); thread-safe.
-    """
-
-    def __init__(
-        self, model: Any, tokenizer: Any, *, layer_fraction: float = 0.8, cache_size: int = 20_000, masked: bool = True
-    ):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        layers = int(getattr(model.config, "num_hidden_layers", 30))
-        # Layer 24 of SmolLM2-135M's 30: the last layers are tuned to predict a token, the
-        # early ones to spell; measured best between 23 and 30 (benchmarks/bench_fewshot.py).
-        self.layer = max(1, round(layer_fraction * layers))
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, Any] = OrderedDict()
-        self._cache_size = cache_size
-        # Names masked (mask_names): the right correction first for 29 of 30 paraphrases instead of 24
-        # (python -m benchmarks.bench_fewshot --retrieval-only), because the entity, which a paraphrase and a
-        # near miss share, no longer dominates the vector; what is left is what the question asks.
-        self.masked = masked
-        self._centre: Any = None
-        self._contrast: Any = None
-        self._truncated = False
-        self._state: Any = None  # the last kept layer's output, once truncated (truncate_to_layer)
-
-    def _prepare(self) -> None:
-        """The centre and the contrast vectors, on first use (a server that is never asked pays nothing)."""
-        import torch
-
-        if self._centre is None:
-            with torch.no_grad():
-                self._centre = torch.stack([self._raw(q) for q in GENERIC_QUESTIONS]).mean(0)
-                self._contrast = torch.stack(
-                    [torch.nn.functional.normalize(self._raw(q) - self._centre, dim=0) for q in CONTRAST_QUESTIONS]
-                )
-
-    def truncate_to_layer(self) -> bool:
-        """Drop the decoder layers above `layer` from the model, which must be this embedder's own copy.
-
-        A vector is the state after layer `layer`: the layers above it and the output layer
-        (49,152 logits for every prompt token) would be computed and thrown away. Without them a
-        new question's vector takes 50 ms instead of 81 (2 cores, SmolLM2-135M, 20 questions) and is
-        bit for bit the same. False (nothing changed) for a model without `model.layers`, or when
-        `layer` is the last one (whose state the model gives after its final norm)."""
-        decoder = getattr(self.model, "model", None)
-        layers = getattr(decoder, "layers", None)
-        if layers is None or len(layers) <= self.layer:
-            return False
-        del layers[self.layer :]
-
-        def keep(module: Any, inputs: Any, output: Any) -> None:
-            self._state = output[0] if isinstance(output, tuple) else output
-
-        # The decoder's own hidden_states would give the last layer's state after the final norm.
-        layers[self.layer - 1].register_forward_hook(keep)
-        self.model = decoder
-        self._truncated = True
-        return True
-
-    _shared: weakref.WeakKeyDictionary[Any, QuestionEmbedder] = weakref.WeakKeyDictionary()
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def for_engine(cls, engine: ChatEngine) -> QuestionEmbedder | None:
-        """One embedder per local engine, on a copy of its plain base weights (whichever version it
-        serves: adapters are merged into its weights in place, and the engine keeps the originals);
-        None for an engine without local weights (a fake, an upstream server)."""
-        local = engine.local_model()
-        if local is None or engine.tokenizer is None:
-            return None
-        with cls._shared_lock:
-            if engine not in cls._shared:
-                embedder = cls(local.base_copy(), engine.tokenizer)
-                embedder.truncate_to_layer()  # the copy is the embedder's own
-                cls._shared[engine] = embedder
-            return cls._shared[engine]
-
-    def _raw(self, text: str) -> Any:
-        if self.masked:
-            text = mask_names(text)
-        ids = self.tokenizer(EMBED_TEMPLATE.format(text), return_tensors="pt", add_special_tokens=False)
-        device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in ids.items()}
-        if self._truncated:
-            self.model(**inputs, use_cache=False)  # the hook keeps the last layer's output
-            return self._state[0, -1].float().cpu()
-        out = self.model(**inputs, output_hidden_states=True)
-        return out.hidden_states[self.layer][0, -1].float().cpu()
-
-    def warm(self, questions: Sequence[str]) -> int:
-        """Compute and cache the shared vectors and those of `questions` (each under the lock, so
-        chats asked meanwhile interleave); return how many were new."""
-        import torch
-
-        with self._lock, torch.no_grad():
-            self._prepare()
-        new = 0
-        for question in questions:
-            with self._lock:
-                cached = question in self._cache
-            if not cached:
-                self.vector(question)
-                new += 1
-        return new
-
-    def vector(self, text: str) -> Any:
-        """The unit vector of one question, centred on GENERIC_QUESTIONS."""
-        import torch
-
-        with self._lock:
-            self._prepare()
-            if text in self._cache:
-                self._cache.move_to_end(text)
-                return self._cache[text]
-            with torch.no_grad():
-                found = torch.nn.functional.normalize(self._raw(text) - self._centre, dim=0)
-            self._cache[text] = found
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return found
-
-    def similarity(self, a: str, b: str) -> float:
-        """Cosine of two questions' centred vectors: about 0.6 for a paraphrase, 1 for the same text."""
-        return float(self.vector(a) @ self.vector(b))
-
-    def contrast_similarity(self, text: str) -> float:
-        """The highest similarity of a question to CONTRAST_QUESTIONS (what anyone might ask about anything)."""
-        found = self.vector(text)
-        return float((self._contrast @ found).max())
-
-
 def question_of(example: dict[str, Any]) -> str:
     """An example's question: the last user turn of its input."""
     return latest_question(example["input"])
 
 
-def retrieve(
-    store: Store,
-    messages: Sequence[dict[str, str]],
-    *,
-    k: int = 3,
-    min_score: float = MIN_SCORE,
-    embedder: QuestionEmbedder | None = None,
-    min_similarity: float = 0.3,
-    min_margin: float = 0.05,
-    recall: int = RECALL,
-) -> list[dict[str, Any]]:
-    """Up to `k` approved examples relevant to the user's latest question, most relevant first.
-
-    Each has a `score` (the word score); none scores below `min_score`, so an
-    unrelated question gets no examples at all. With an `embedder`, the
-    candidates are re-ranked by meaning (each then has a `similarity` too); the
-    best is used only when its similarity reaches `min_similarity` and beats
-    the runner-up's by `min_margin`, and the others only where they also reach
-    `min_similarity`. `recall` is how many of the word score's best are candidates.
-    """
-    if k <= 0:
-        return []
-    question = latest_question(messages)
-    if embedder is None or len(question.split()) > DIRECT_MAX_QUESTION_WORDS:  # a long message: words only
-        return store.search_examples(question, limit=k, min_score=min_score)
-    candidates = store.search_examples(question, limit=max(k, recall), min_score=min_score)
-    if not candidates:
-        return []
-    for example in candidates:
-        example["similarity"] = embedder.similarity(question, question_of(example))
-    ranked = sorted(candidates, key=lambda e: -e["similarity"])  # stable: the word score breaks ties
-    best = ranked[0]["similarity"]
-    runner_up = ranked[1]["similarity"] if len(ranked) > 1 else -1.0
-    if best < min_similarity or best - runner_up < min_margin:
-        return []
-    return [e for e in ranked[:k] if e["similarity"] >= min_similarity]
-
-
 def single_question(example: dict[str, Any]) -> bool:
     """An example whose input is one user question and nothing else: its answer stands on its own."""
     return len(example["input"]) == 1 and example["input"][0]["role"] == "user"
-
-
-def entity_terms(text: str) -> set[str]:
-    """The stems of the names in `text` and its numbers: what mask_names hides from the vectors."""
-    return set(content_words(" ".join(name_words(text)))) | {w for w in content_words(text) if w.isdigit()}
-
-
-def same_entity(question: str, example_question: str) -> bool:
-    """Whether every name and number of `question` is in `example_question` too (in any case).
-
-    The vectors compare questions with their names masked, so "the population of Harbrook" would
-    match "the population of Brindlemoor", and "the Veltrix Aero 15" "the Veltrix Aero 14": an
-    approved answer is served only to a question about what it names. A question with no name or
-    number in it (typed in lower case, say) is never served one."""
-    wanted = entity_terms(question)
-    return bool(wanted) and wanted <= set(content_words(example_question))
-
-
-def approved_answer_for(
-    store: Store,
-    messages: Sequence[dict[str, str]],
-    embedder: QuestionEmbedder,
-    *,
-    min_similarity: float = 0.5,
-    min_margin: float = 0.25,
-    min_score: float = MIN_SCORE,
-) -> dict[str, Any] | None:
-    """The approved example whose question the latest one rewords, if retrieval is sure of it; else None.
-
-    Sure means: among the word score's candidates, the most similar one by meaning (names masked)
-    reaches `min_similarity` and beats both the runner-up and every CONTRAST_QUESTIONS by
-    `min_margin`, and it names what the question names (same_entity). The example gets its
-    `similarity` and `margin`. Its approved answer can then be
-    served as the answer: the bundled 135M model carries a demonstration over to a reworded
-    question only 60-80% of the time. Only examples that are a single question count.
-    """
-    question = latest_question(messages)
-    if len(question.split()) > DIRECT_MAX_QUESTION_WORDS:
-        return None
-    candidates = store.search_examples(question, limit=RECALL, min_score=min_score)
-    candidates = [e for e in candidates if single_question(e)]
-    if not candidates:
-        return None
-    for example in candidates:
-        example["similarity"] = embedder.similarity(question, question_of(example))
-    ranked = sorted(candidates, key=lambda e: -e["similarity"])
-    runner_up = max(ranked[1]["similarity"] if len(ranked) > 1 else -1.0, embedder.contrast_similarity(question))
-    best = ranked[0]
-    best["margin"] = best["similarity"] - runner_up
-    if best["similarity"] < min_similarity or best["margin"] < min_margin:
-        return None
-    return best if same_entity(question, question_of(best)) else None
 
 
 def answer_tokens(text: str, tokenizer: Any = None) -> int:
@@ -372,6 +172,68 @@ class ApprovedAnswer:
     def few_shot_ids(self) -> list[int]:
         return [self.example["id"]]
 
+
+    def cancel(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[str]:
+        self.text = self._answer
+        yield self._answer
+
+
+def _quote(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def honest_reply(found: Consultation) -> str:
+    """What the bot says when it has no approved answer to the question: that it has none, the
+    related answers it was given (each with the question it was given for), and how to teach it."""
+    if found.related:
+        opening = "I don't have an answer to that yet."
+    else:
+        opening = f"I don't know that yet: none of the answers I was given about {' '.join(found.entity)} answers it."
+    shown_examples = shown(found)
+    if len(shown_examples) == 1:
+        e = shown_examples[0]
+        listing = f"A related answer I was given, to “{_quote(question_of(e))}”: “{_quote(e['output'])}”"
+    else:
+        listing = "Related answers I was given:\n" + "\n".join(
+            f"- to “{_quote(question_of(e))}”: “{_quote(e['output'])}”" for e in shown_examples
+        )
+    invite = "If you know the answer, correct this reply and I will use it from now on."
+    return "\n\n".join(part for part in (opening, listing if shown_examples else "", invite) if part)
+
+
+def shown(found: Consultation) -> list[dict[str, Any]]:
+    """The examples an honest reply shows as related: the close ones, else the closest about its names."""
+    return found.related or found.about
+
+
+class RelatedAnswer:
+    """The honest reply (honest_reply) served as the answer (the AnswerStream contract), with no decoding:
+    the question has no approved answer, and what the examples hold is shown as related, not asserted."""
+
+    finish_reason = "stop"
+    from_example: int | None = None
+
+    def __init__(self, found: Consultation, params: GenerationParams, *, model_version: str | None, tokenizer: Any = None):
+        self.found = found
+        self.params = params
+        self.model_version = model_version
+        self.related_ids = [e["id"] for e in shown(found)]
+        self.prompt = FittedPrompt(text="", token_ids=[], messages=[], demonstrations=[])
+        self.text = ""
+        self._answer = honest_reply(found)
+        self.completion_tokens = answer_tokens(self._answer, tokenizer)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return 0
+
+    @property
+    def few_shot_ids(self) -> list[int]:
+        return []
 
     def cancel(self) -> None:
         pass

@@ -187,14 +187,25 @@ class ChatHandlers:
         examples = answer.few_shot_examples and [
             e for e in answer.few_shot_examples if e["id"] in set(answer.few_shot_ids)
         ]
+        related = answer.related
         if from_example is not None:  # no model wrote it (ServeConfig.few_shot_direct)
             parts = [f"Answer #{answer.message_id}", f"guided by 1 example: approved answer #{from_example}, word for word"]
+        elif related:  # no model wrote it either: the honest reply (bot/serving/retrieval.py RelatedAnswer)
+            shown = ", ".join(f"#{e['id']}" for e in related)
+            parts = [
+                f"Answer #{answer.message_id}",
+                f"no approved answer to this question yet; related approved answer{'s' if len(related) > 1 else ''} "
+                f"{shown} shown as related, not as the answer",
+            ]
         else:
             parts = [f"Answer #{answer.message_id} by model **{answer.model_version}**"]
         if examples and from_example is None:
             parts.append(f"guided by {len(examples)} example{'s' if len(examples) != 1 else ''}")
         text = " · ".join(parts)
         notices = list(answer.notices)
+        if related:
+            notices.append("Know the answer? Write it in \"Correct this answer\" below (or edit the reply): the next "
+                           "time this is asked, it is the answer.")
         if stopped:
             notices.append("Stopped: the answer so far is kept.")
         elif answer.generation.finish_reason == "length":
