@@ -24,7 +24,7 @@ FACTS = fact_sets.fewshot_facts()
 def distractors(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """Questions shaped like the facts' (the same generic words, other names)."""
     rng = random.Random(seed)
-    syllables = ["ka", "lo", "ri", "ve", "th", "an", "mor", "del", "su", "pra", "gen", "ol", "ix", "ur", "ben", "tas", "vel", "om", "ni", "quar"]
+    syllables = "ka lo ri ve th an mor del su pra gen ol ix ur ben tas vel om ni quar".split()
 
     def name() -> str:
         return "".join(rng.choice(syllables) for _ in range(rng.randint(2, 3))).capitalize()

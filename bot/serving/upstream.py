@@ -65,7 +65,8 @@ class UpstreamClient:
         import httpx
 
         self.url = url.rstrip("/")
-        self.url = self.url.removesuffix("/v1")
+        if self.url.endswith("/v1"):
+            self.url = self.url[: -len("/v1")]
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # One pooled client, shared by all threads (httpx.Client is thread-safe).
@@ -395,7 +396,7 @@ class UpstreamEngine(PromptFitting):
 
     def local_model(self) -> None:
         """None: the model runs on the upstream server, not in this process."""
-        return
+        return None
 
     def health(self) -> dict[str, Any]:
         """The upstream's state for /healthz: reachable or not, and the model requests name now."""
