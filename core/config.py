@@ -414,4 +414,11 @@ class ServeConfig(Settings):
             )
         if self.backend == "openai-upstream" and not self.upstream_url:
             problems.append("{backend} needs {upstream_url:name}, e.g. http://127.0.0.1:8000 (the vLLM server)")
+        if self.embedder is not None and not (self.embedder / "config.json").is_file():
+            problems.append(
+                "{embedder} must be a folder with a sentence-embedding model (config.json, weights, tokenizer), "
+                "e.g. one saved by sentence-transformers; leave it empty for the bundled all-MiniLM-L6-v2"
+            )
+        if self.few_shot_related_similarity > self.few_shot_min_similarity:
+            problems.append("{few_shot_related_similarity} must not be above {few_shot_min_similarity}")
         return problems

@@ -56,7 +56,7 @@ def store_with(*pairs: tuple[str, str]) -> tuple[Store, list[int]]:
 
 
 def test_consult_answers_relates_or_knows_it_does_not_know(embedder):
-    store, [child_id, bike_id] = store_with(CHILD, ("Can I bring a bicycle on Ashvane Coaches?", "Yes, bicycles travel free."))
+    store, [child_id, _bike] = store_with(CHILD, ("Can I bring a bicycle on Ashvane Coaches?", "Yes, bicycles travel free."))
     found = consult(store, ask("What is the price of a child ticket on Ashvane Coaches?"), embedder)
     assert found.answer["id"] == child_id and not found.related
 
@@ -203,3 +203,17 @@ def test_over_http_corrections_answer_their_paraphrases_and_never_a_minimal_pair
     assert wrong == []
     assert stated + shown >= 18  # the target: 90% (19 of 20 measured, benchmarks/bench_grounding.py)
     assert stated >= 6  # 7 of 20 measured: a rewording whose words differ is shown as related instead
+
+
+def test_serve_refuses_an_embedder_folder_that_holds_no_model_before_loading_anything(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(repo / "launch.py"), "serve", "--data-dir", str(tmp_path / "data"), "--embedder", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"--embedder {tmp_path} must be a folder with a sentence-embedding model" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr and not (tmp_path / "data" / "exemplar.db").exists()
