@@ -9,6 +9,8 @@ with the server's defaults (few-shot on, greedy, the bundled model), and counts:
 
 - paraphrases *asserted*: the answer states the question's own fact (an approved answer served
   word for word, or the model's answer); *shown as related*: the honest reply quotes it;
+  *stated another answer*: an approved answer served for it, or another correction's fact
+  stated, that is not its own;
 - near misses *asserted*: the answer states the fact of another correction of the same entity
   (shown as related, in the honest reply, does not count); *honest*: the honest reply;
 - unanswered questions (about an entity, answered by none of its corrections): honest, or left
@@ -126,6 +128,8 @@ def main() -> None:
         if ask["kind"] == "paraphrase":
             own = ask["fact"]["fact"].lower() in text.lower()
             ask["asserted"], ask["related"] = own and not honest, own and honest
+            others = [f for f in facts_of[ask["fact"]["entity"]] if f != ask["fact"]["fact"] and f.lower() in text.lower()]
+            ask["wrong"] = not honest and not own and (ask["direct"] or bool(others))  # another answer stated
             # The most similar of the word score's candidates (bot/serving/retrieval.py RECALL).
             top = max(store.search_examples(ask["question"], limit=20), default=None,
                       key=lambda e: service.embedder.similarity(ask["question"], e["input"][-1]["content"]))
@@ -144,7 +148,8 @@ def main() -> None:
 
     print(f"\n{len(corrections)} corrections stored (+24 other facts); {time.perf_counter() - started:.0f} s; "
           f"load average {load_average()[0]:.1f}; config overrides {overrides or 'none'}")
-    header = ["set", "paraphrases asserted", "asserted or related", "false refusals", "retrieval top-1",
+    header = ["set", "paraphrases asserted", "asserted or related", "stated another answer", "false refusals",
+              "retrieval top-1",
               "near misses asserted", "near misses honest", "unanswered honest"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name in dict.fromkeys(a["set"] for a in asks):
@@ -156,6 +161,7 @@ def main() -> None:
             name,
             share(sum(a["asserted"] for a in para), len(para)),
             share(sum(a["asserted"] or a["related"] for a in para), len(para)),
+            share(sum(a["wrong"] for a in para), len(para)),
             share(sum(a["honest"] for a in para), len(para)),
             share(sum(a["top1"] for a in para), len(para)),
             share(sum(a["asserted"] for a in near), len(near)),

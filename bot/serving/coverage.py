@@ -46,7 +46,7 @@ FRAMING_KINDS = {
     "contact": "call ring reach contact number",
     "generic": "find get able possible allowed allow permitted exactly currently actually usually generally "
     "typically normally still right now today please help tell know need needs want like kind sort type "
-    "someone somebody anyone people person exist exists available offer offers provide provides going come "
+    "someone somebody anyone people person exist exists available offer offers provide provides "
     "bring carry catch mean means called",
 }
 FRAMING = {word: kind for kind, words in FRAMING_KINDS.items() for word in words.split()}
@@ -62,6 +62,43 @@ SAME_WORD = 0.88
 SAME_IN_CONTEXT = 0.985
 # Only a stored word at least this close to the question's word (a word alone) is tried as its swap.
 SWAP_MIN_WORD = 0.5
+
+# What kind of answer a question asks for, from its question words (stopwords to the word score):
+# "When does breakfast begin?" is not answered by the breakfast price, however alike the words.
+QUESTION_KINDS = (
+    ("how much", "amount"), ("how many", "count"), ("how long", "duration"), ("how far", "distance"),
+    ("how old", "age"), ("what time", "time"), ("what date", "time"), ("what day", "time"), ("which day", "time"),
+    ("when", "time"), ("who", "person"), ("whom", "person"), ("whose", "person"), ("where", "place"), ("why", "reason"),
+)  # fmt: skip
+_KIND = re.compile(r"\b(" + "|".join(re.escape(phrase) for phrase, _ in QUESTION_KINDS) + r")\b", re.IGNORECASE)
+# Contrastive words that name an event of their own: added alone, they still change the question
+# ("When does breakfast *begin*?" against "How much is breakfast?").
+EVENTS = frozenset("open opens opening close closes closing start starts end ends begin begins finish finishes "
+                   "arrive arrives leave leaves".split())
+
+
+# For a kind of answer the stored question does not name by a question word ("What does X cost?"),
+# what in its question or answer shows that it gives that kind: a time, a date, a day, a price.
+KIND_EVIDENCE = {
+    "time": re.compile(
+        r"\b\d{1,2}[:.]\d{2}\b|\b\d{1,2}\s*(am|pm)\b|\b(1[5-9]|20)\d{2}\b|\b(time|times|early|earliest|late|latest|"
+        r"morning|afternoon|evening|night|noon|midnight|today|tomorrow|monday|tuesday|wednesday|thursday|friday|"
+        r"saturday|sunday|weekdays?|weekends?|january|february|march|april|may|june|july|august|september|october|"
+        r"november|december|spring|summer|autumn|winter|date|day|days|year|month|week)\b",
+        re.IGNORECASE,
+    ),
+    "amount": re.compile(
+        r"[$€£¥]|\b(cost|costs|price|prices|pay|paid|fee|fees|free|euros?|dollars?|pounds?|crowns?|cents?|charge|charges)\b",
+        re.IGNORECASE,
+    ),
+}
+
+
+def asked_kind(text: str) -> str | None:
+    """The kind of answer `text` asks for (QUESTION_KINDS), from its first question word; None if none says."""
+    found = _KIND.search(text)
+    return dict(QUESTION_KINDS)[found.group(1).casefold()] if found else None
+
 
 _WORD = re.compile(r"[^\W_]+(?:-[^\W_]+)*")  # "check-in" is one word, "what's" two (the "s" is dropped)
 
@@ -112,6 +149,12 @@ def coverage(question: str, stored_question: str, stored_answer: str, embedder: 
     mine = words_of(question)
     own_stems = {w.stem for w in mine}
     result = Coverage()
+    mine_kind, their_kind = asked_kind(question), asked_kind(stored_question)
+    if mine_kind and their_kind and mine_kind != their_kind:
+        result.uncovered.append(f"({mine_kind}, not {their_kind})")
+    elif mine_kind in KIND_EVIDENCE and their_kind is None:
+        if not KIND_EVIDENCE[mine_kind].search(stored_question + " " + stored_answer):
+            result.uncovered.append(f"({mine_kind}, not said)")
     # Words the stored texts have and the question lacks: what a word of the question may stand for.
     partners = [
         w.text for w in theirs
@@ -125,7 +168,7 @@ def coverage(question: str, stored_question: str, stored_answer: str, embedder: 
         if word.is_number or word.is_name:
             result.uncovered.append(word.text)
         elif word.text.casefold() in CONTRASTIVE:
-            if their_contrasts:  # "open" where they say "close"
+            if their_contrasts or word.text.casefold() in EVENTS:  # "open" where they say "close"
                 result.uncovered.append(word.text)
         elif framing_kind(word) is not None:
             (result.framing if framing_kind(word) in kinds else result.uncovered).append(word.text)
