@@ -67,4 +67,6 @@ def test_reopen_shows_the_chat_with_its_ratings_as_a_new_conversation(store):
     listing, *view = handlers.delete_chat(key, key, chats)
     assert listing == [] and view[5] is None and view[0]["value"] == [] and view[-1].startswith("Deleted")
     with pytest.raises(gr.Error, match="Pick a chat"):
-        handlers.delete_chat(None, key, chats)
+        handlers.delete_chat(None, key, chats)  # through Gradio's API: the page keeps Delete off (below)
+    # Delete is on only while a chat is chosen in the list (none is as the page opens, after New chat or a delete).
+    assert [handlers.chosen(k)["interactive"] for k in (key, None, "")] == [True, False, False]

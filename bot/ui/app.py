@@ -11,6 +11,7 @@ from bot.auth import AdminGuard
 from bot.chat.service import ChatService
 from bot.ui.admin_tab import build_admin_tab
 from bot.ui.chat_tab import build_chat_tab
+from bot.ui.errors import NO_ERROR_COVER
 from core.training_contract import TrainingController
 
 CSS = """
@@ -26,7 +27,7 @@ CSS = """
 .cmp-head { font-weight: 600; margin-bottom: 4px; }
 .cmp-text { white-space: pre-wrap; overflow-wrap: anywhere; }
 .cmp-example { opacity: 0.7; font-size: 0.85em; }
-"""
+""" + NO_ERROR_COVER
 
 
 def build_ui(

@@ -326,6 +326,11 @@ class ChatHandlers:
         """The list of past chats, as the page opens."""
         return gr.update(choices=chat_history.choices(chats), value=None)
 
+    @staticmethod
+    def chosen(key: str | None) -> Any:
+        """The Delete button follows the list: usable only while a chat is chosen in it."""
+        return gr.update(interactive=bool(key))
+
     def _idle_only(self, request: gr.Request | None) -> None:
         if self._active.get(_session(request)) is not None:
             raise user_error("Stop the answer first (or wait for it to end)")
@@ -497,7 +502,10 @@ def build_chat_tab(service: ChatService) -> Any:
         with gr.Column(scale=1, min_width=220, elem_id="chat-history-column"):
             new_chat = gr.Button("New chat", elem_id="new-chat")
             past = gr.Radio(choices=[], value=None, label="Past chats (kept in this browser)", elem_id="chat-history")
-            delete = gr.Button("Delete the chosen chat", size="sm", variant="stop", elem_id="delete-chat")
+            # Usable once a chat is chosen (see `chosen`): no chat is chosen as the page opens.
+            delete = gr.Button(
+                "Delete the chosen chat", size="sm", variant="stop", interactive=False, elem_id="delete-chat"
+            )
             history_note = gr.Markdown("", elem_id="chat-history-note")  # the list's actions confirm here
         with gr.Column(scale=5):
             chatbot = gr.Chatbot(
@@ -600,5 +608,8 @@ def build_chat_tab(service: ChatService) -> Any:
     new_chat.click(handlers.new_chat, None, chat_view, **private)
     past.input(handlers.reopen, [past, chats, rater], chat_view, **private)
     delete.click(handlers.delete_chat, [past, chat_key, chats], [chats, *chat_view], **private)
+    # Every way the choice changes (picked, emptied by New chat or a delete, set by a save, the page
+    # opening) enables or disables Delete; outside the queue, so it never waits behind an answer.
+    past.change(handlers.chosen, past, delete, queue=False, show_progress="hidden", **private)
     handlers.chat_list = (handlers.list_chats, [chats], [past])  # filled in as the page opens
     return rater, handlers
