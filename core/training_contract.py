@@ -238,6 +238,11 @@ class ComparisonSample(View):
     candidate_correct: bool | None = None
     current: str | None = None
     current_correct: bool | None = None
+    trained_on: bool = Field(
+        False,
+        description="Whether the version trained on this example: with too few held-out examples for a selection "
+        "run, the answers are those of the version itself, which trained on every approved example.",
+    )
 
 
 class LearningItem(View):
@@ -255,9 +260,40 @@ class LearningItem(View):
     candidate_learned: bool = False
     contradicts: list[int] = Field(default_factory=list, description="Approved examples asking the same with another answer.")
     margin_base: float | None = Field(None, description="log p(correction) − log p(replaced answer) under the base model.")
-    margin_serving: float | None = None
-    margin_candidate: float | None = None
+    margin_serving: float | None = Field(None, description="The same under the version it was judged against.")
+    margin_candidate: float | None = Field(None, description="The same under the version reported on.")
     reason: str | None = Field(None, description="Why it is not learned, when it is not.")
+    serving_now_learned: bool | None = Field(
+        None, description="Whether the version serving now answers it (None: that version was never judged on it)."
+    )
+    margin_note: str | None = Field(None, description="What the margins say, in words.")
+
+
+def explain_margin(item: dict[str, Any], version: str) -> str | None:
+    """What an item's margins mean, in words: the margin compares the correction with the one answer it
+    replaced, not with what the model writes, so it can grow while the correction stays unlearned."""
+    after, before = item.get("margin_candidate"), item.get("margin_base")
+    if after is None:
+        return None
+    change = "" if before is None else f" (base model: {before:+.1f})"
+    if after > 0:
+        prefers = (
+            f"{version} finds the correction more likely than the answer it replaced, by {after:.1f} "
+            f"log-probability (nats, summed over the answer's tokens){change}"
+        )
+    else:
+        prefers = (
+            f"{version} still finds the answer it replaced more likely than the correction, by {-after:.1f} "
+            f"log-probability (nats, summed over the answer's tokens){change}"
+        )
+    if item.get("candidate_learned"):
+        return f"{prefers}; and its own answer says the correction: learned."
+    if after > 0:
+        return (
+            f"{prefers}; yet its own answer (greedy, few-shot off) does not say the correction, so it is not "
+            "learned: the margin compares only those two texts, and the model writes a third."
+        )
+    return f"{prefers}: not learned."
 
 
 class LearningReport(View):
@@ -265,6 +301,7 @@ class LearningReport(View):
 
     version: str = Field(description="The version reported on.")
     compared_with: str = Field(description="The version it was judged against when it was trained.")
+    serving_now: str | None = Field(None, description="The version serving now ('base' for the base model).")
     learned: int | None = Field(None, description="Approved corrections it answers with few-shot off.")
     serving_learned: int | None = Field(None, description="Those that `compared_with` answered.")
     n: int | None = Field(None, description="Approved corrections judged (None: trained before these reports).")

@@ -89,6 +89,14 @@ class FakeEngine(ChatEngine):
         self.version = version or BASE_VERSION
         return 0.0
 
+    def answer_with(
+        self, version: str, adapter_path: Any, messages: Sequence[dict[str, str]], params: GenerationParams | None = None
+    ) -> str:
+        """The next queued reply (or an echo naming `version`); recorded with the version and adapter asked for."""
+        params = (params or GenerationParams()).validate()
+        self.calls.append({"messages": list(messages), "params": params, "version": version, "adapter_path": adapter_path})
+        return self.replies.pop(0) if self.replies else f"{version} says: {messages[-1]['content']}"
+
     def health(self) -> None:
         return None
 

@@ -74,7 +74,7 @@ def test_every_handler_demands_the_password(handlers):
 
 
 def test_overview_activate_rollback_and_compare(handlers):
-    policy, status, curve, log, job_id, timer, versions, chosen, compare_choices, learned_choices, runs = (
+    policy, status, curve, log, job_id, timer, versions, chosen, compare_choices, learned_choices, runs, try_choices = (
         handlers.overview(PASSWORD)
     )
     assert list(runs.columns)[:3] == ["job", "status", "why"] and len(runs) == 0
@@ -107,7 +107,7 @@ def test_the_loss_curve_is_numeric_even_when_empty():
 
 def test_did_it_learn_this_lists_every_correction_and_filters_to_not_learned(handlers):
     title, table = handlers.learning(PASSWORD, "v2", False)
-    assert "answers **1 of 2** corrections" in title and "(v1: 0)" in title
+    assert "answers **1 of 2** corrections" in title and "**v1**, which it was judged against, answered 0" in title
     assert list(table["example"]) == [7, 8] and list(table["candidate"]) == ["✓", "✗"]
     assert table.iloc[0]["margin candidate"] == 4.1
     title, table = handlers.learning(PASSWORD, "v2", True)
@@ -194,3 +194,48 @@ def test_a_rejected_version_keeps_its_label_after_a_rollback(tmp_path):
     assert store.get_model_version("v1")["status"] == "retired"
     store.activate_version("v1")  # and rolls back
     assert store.get_model_version("v2")["status"] == "rejected"
+
+
+def test_compare_shows_the_held_out_examples_the_verdict_counted_without_a_selection_run(handlers):
+    """Below heldout_min_items no selection run is made and no samples are recorded: Compare showed
+    "0 held-out examples" while the verdict said "held-out: 3 examples". It now shows those 3, answered by
+    the version itself beside the one it was judged against, and says that it trained on them."""
+    items = [
+        {"example_id": n, "split": split, "question": f"Q{n}?", "reference": f"A{n}.", "serving_answer": "No idea.",
+         "serving_learned": False, "candidate_answer": f"A{n}.", "candidate_learned": True}
+        for n, split in ((1, "test"), (2, "train"), (3, "test"), (4, "test"))
+    ]
+    metrics = {"compared_with": "base", "heldout": {"n": 3, "selection_run": False}, "items": items,
+               "gate": {"passed": True, "reasons": ["held-out: 3 examples, fewer than the 5 needed to tell harm from noise"]}}
+    handlers.store.add_model_version("v3", path="adapters/v3", metrics=metrics, example_ids=[1, 2, 3, 4])
+    title, html = handlers.compare(PASSWORD, "v3")
+    assert "on 3 held-out examples" in title and "3 right against 0" in title and "trained on them" in title
+    assert html.count('class="cmp-card"') == 3 and "Q2?" not in html and "A4." in html
+
+
+def test_did_it_learn_this_shows_the_version_serving_now_and_explains_margins(handlers):
+    """After v1 was promoted the "serving" column showed base's verdicts (the version v1 was judged
+    against); it now shows the version serving now, and each margin comes with words."""
+    handlers.manager.activate("v1")
+    title, table = handlers.learning(PASSWORD, "v1", False)
+    assert "Serving now: **v1**" in title and "**base**, which it was judged against, answered 0" in title
+    assert list(table["serving now"]) == ["✓", "✗"] and list(table["judged against"]) == ["✗", "✗"]
+    learned, not_learned = table["margin in words"]
+    assert "more likely than the answer it replaced, by 4.1" in learned and "learned." in learned
+    assert "still finds the answer it replaced more likely" in not_learned and "not learned" in not_learned
+    handlers.manager.activate("v2")  # v2's record judged the same corrections: its verdicts show for v1's rows
+    _, table = handlers.learning(PASSWORD, "v1", False)
+    assert list(table["serving now"]) == ["✓", "✗"]
+    handlers.manager.activate("base")  # v1 was judged against the base model: its verdicts
+    title, table = handlers.learning(PASSWORD, "v1", False)
+    assert "Serving now: **base**" in title and list(table["serving now"]) == ["✗", "✗"]
+    title, table = handlers.learning(PASSWORD, "v2", False)  # v2 was judged against v1, not the base model
+    assert "Serving now: **base**" in title and list(table["serving now"]) == ["–", "–"]
+
+
+def test_a_growing_margin_beside_not_learned_is_explained():
+    from core.training_contract import explain_margin
+
+    note = explain_margin({"margin_base": 86.92, "margin_candidate": 137.931, "candidate_learned": False}, "v1")
+    assert "by 137.9" in note and "(base model: +86.9)" in note
+    assert "does not say the correction, so it is not learned" in note

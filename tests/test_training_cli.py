@@ -59,7 +59,8 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
     lines = out.getvalue().splitlines()
     assert lines[0] == "Evaluating v1 against base on 5 approved examples and 40 canary questions…"
     assert lines[1].startswith("v1 answers ") and "of 5 approved examples with few-shot off (base: 0)" in lines[1]
-    rows = [line.split() for line in lines[3:-1]]
+    rows = [line.split() for line in lines[3:-1] if line.split()[0].isdigit()]  # not the margins in words
+    assert lines[2].split()[:5] == ["id", "base", "v1", "m.base", "m.v1"]  # one base margin column, not two
     assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
     assert all(r[3].startswith(("+", "-")) for r in rows[:4]) and rows[4][3] == "-"  # #5 replaced no answer
 
@@ -68,9 +69,9 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
     assert commands.evaluate(data_dir, str(base), "base", per_example=True, eval_config=eval_config, out=out) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("Evaluating base against v1") and "approved examples with few-shot off (v1: " in lines[1]
-    base_rows = [line.split() for line in lines[3:-1]]
-    assert [r[5] for r in base_rows] == [r[3] for r in rows]  # base's margins, as measured before
-    assert [r[4] for r in base_rows] == [r[5] for r in rows]  # v1's margins, as measured before
+    base_rows = [line.split() for line in lines[3:-1] if line.split()[0].isdigit()]
+    assert [r[3] for r in base_rows] == [r[3] for r in rows]  # base's margins, as measured before
+    assert [r[4] for r in base_rows] == [r[4] for r in rows]  # v1's margins, as measured before
 
 
 def test_launch_py_wires_the_commands(tmp_path):
@@ -112,3 +113,22 @@ def test_train_and_the_server_apply_the_same_gate():
     assert cli["eval_config"] == serve_eval and cli["eval_config"].canary_max_lost == 1
     assert cli["train_config"] == serve_train and serve_train.epochs == 2
     assert from_args(parser.parse_args(["train"]), EvalConfig) == EvalConfig()  # defaults alike too
+
+
+def test_the_per_example_report_beside_the_base_model_has_one_base_margin_column():
+    """Beside the base model the serving margins are the base margins: the header read "m.base m.base"."""
+    import io
+
+    from training.commands import print_learning_report
+
+    item = {"example_id": 4, "question": "Capital of Sundra?", "serving_learned": False, "candidate_learned": False,
+            "margin_base": 86.92, "margin_serving": 86.92, "margin_candidate": 137.931}
+    out = io.StringIO()
+    print_learning_report([item], "v1", "base", out=out)
+    header, row, note, *_ = out.getvalue().splitlines()
+    assert header.split() == ["id", "base", "v1", "m.base", "m.v1", "question"]
+    assert row.split()[:5] == ["4", "✗", "✗", "+86.9", "+137.9"]
+    assert "by 137.9" in note and "does not say the correction, so it is not learned" in note
+    out = io.StringIO()
+    print_learning_report([item], "v2", "v1", out=out)
+    assert out.getvalue().splitlines()[0].split()[3:6] == ["m.base", "m.v1", "m.v2"]

@@ -7,9 +7,11 @@ launch.py to turn into a message.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,7 +19,7 @@ from core.config import build_all
 from core.datadir import DataDir
 from core.flags import add_group, from_args
 from core.progress import bar, clock
-from core.training_contract import JobView, ModelVersionView
+from core.training_contract import JobView, ModelVersionView, explain_margin
 from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES, BASE_VERSION, JobStatus
 from training import distributed
@@ -47,6 +49,7 @@ EVAL_EXAMPLES = """examples:
   python launch.py eval                                   judge the active version on every correction and the canaries
   python launch.py eval --version v2                      judge v2 beside the serving version
   python launch.py eval --per-example --not-learned       which corrections it did not learn, with the margins
+  python launch.py eval --no-progress > report.txt        no progress bar (it goes to stderr; the report to stdout)
 """
 
 
@@ -262,15 +265,19 @@ def evaluate(
     eval_config: EvalConfig | None = None,
     per_example: bool = False,
     not_learned: bool = False,
+    progress: bool = True,
     out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
 ) -> int:
     """Judge a version (default: the active one; 'base' for the base model) on every approved correction
     (few-shot off) and the canary set, beside the serving version (or the base model when it is the one
-    serving); with `per_example`, one line per correction: learned or not, and the margins."""
+    serving); with `per_example`, one line per correction: learned or not, and the margins. With `progress`,
+    a bar of the answers generated goes to `err`."""
     import torch
 
     from core.models import load_base_model, resolve_base_model
     from training import recipe, registry
+    from training.evaluate import on_answers
 
     if threads:
         torch.set_num_threads(threads)
@@ -298,7 +305,12 @@ def evaluate(
             file=out,
             flush=True,
         )
-        evaluation = recipe.evaluate(model, tokenizer, plan)
+        # recipe.evaluate answers every example and canary question twice: as the candidate, and as the
+        # version it is compared with. Generating them is nearly all of its time.
+        meter = AnswerProgress(2 * (len(plan.examples) + len(plan.canary)), err)
+        with on_answers(meter.advance) if progress else contextlib.nullcontext():
+            evaluation = recipe.evaluate(model, tokenizer, plan)
+        meter.close()
     finally:
         store.close()
     items, canary = evaluation["items"], evaluation["canary"]
@@ -314,6 +326,31 @@ def evaluate(
     return 0
 
 
+class AnswerProgress:
+    """`eval`'s progress: a bar of the answers generated of those planned, with the time left; redrawn in
+    place on a terminal, one line per batch elsewhere."""
+
+    def __init__(self, total: int, out: TextIO):
+        self.total, self.done, self.out = total, 0, out
+        self.started = time.perf_counter()
+        self.shown = ""
+
+    def advance(self, answered: int) -> None:
+        self.done += answered
+        total = max(self.total, self.done)  # the bar never reads 51/24, whatever the judging does
+        eta = (time.perf_counter() - self.started) / self.done * (total - self.done) if self.done else None
+        line = f"eval {bar(self.done / total)} {self.done}/{total} answers  eta {clock(eta)}"
+        if self.out.isatty():
+            print("\r" + line.ljust(len(self.shown)), end="", file=self.out, flush=True)
+        else:
+            print(line, file=self.out, flush=True)
+        self.shown = line
+
+    def close(self) -> None:
+        if self.shown and self.out.isatty():
+            print(file=self.out, flush=True)
+
+
 def print_learning_report(
     items: list[dict[str, Any]], name: str, serving: str, *, not_learned_only: bool = False, out: TextIO = sys.stdout
 ) -> None:
@@ -322,17 +359,30 @@ def print_learning_report(
     def margin(value: float | None) -> str:
         return "-" if value is None else f"{value:+.1f}"
 
-    print(f"{'id':>6} {serving[:7]:>7} {name[:7]:>7} {'m.base':>7} {'m.' + serving[:5]:>7} {'m.' + name[:5]:>7}  question", file=out)
+    # Beside the base model the serving margin is the base margin: one column, not "m.base m.base".
+    columns = [("m.base", "margin_base")] + ([] if serving == BASE_VERSION else [("m." + serving[:5], "margin_serving")])
+    if name != BASE_VERSION:  # the base model judged as the candidate: its margins are the m.base column
+        columns.append(("m." + name[:5], "margin_candidate"))
+    heads = " ".join(f"{head:>7}" for head, _ in columns)
+    print(f"{'id':>6} {serving[:7]:>7} {name[:7]:>7} {heads}  question", file=out)
     for i in items:
         if not_learned_only and i["candidate_learned"]:
             continue
+        margins = " ".join(f"{margin(i[key]):>7}" for _, key in columns)
         print(
             f"{i['example_id']:>6} {'✓' if i['serving_learned'] else '✗':>7} {'✓' if i['candidate_learned'] else '✗':>7} "
-            f"{margin(i['margin_base']):>7} {margin(i['margin_serving']):>7} {margin(i['margin_candidate']):>7}  "
-            f"{i['question'][:70]}",
+            f"{margins}  {i['question'][:70]}",
             file=out,
         )
-    print("margin: log p(correction) − log p(the answer it replaced); positive means the correction is preferred", file=out)
+        note = None if i["candidate_learned"] else explain_margin(i, name)
+        if note:
+            print(f"{'':>6} {note}", file=out)
+    print(
+        "margin: log p(correction) − log p(the answer it replaced), summed over the answer's tokens; positive means "
+        "the model prefers the correction to that one answer. Learned means its own answer (greedy, few-shot off) "
+        "says the correction, so a large margin can stand beside ✗.",
+        file=out,
+    )
 
 
 def add_parsers(commands: Any, add_common: Any) -> None:
@@ -388,6 +438,9 @@ def add_parsers(commands: Any, add_common: Any) -> None:
         "--per-example", action="store_true", help="one line per approved correction: learned or not, and the margins"
     )
     evaluator.add_argument("--not-learned", action="store_true", help="with --per-example: only the corrections not learned")
+    evaluator.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is written to stderr, the report to stdout)"
+    )
     add_group(evaluator, EvalConfig, title="evaluation")
     evaluator.set_defaults(
         handler=lambda a: evaluate(
@@ -397,6 +450,7 @@ def add_parsers(commands: Any, add_common: Any) -> None:
             threads=a.threads,
             per_example=a.per_example,
             not_learned=a.not_learned,
+            progress=not a.no_progress,
             **_configs(a, eval_config=EvalConfig),
         )
     )

@@ -18,7 +18,9 @@ import json
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,11 @@ from training.dataset import IGNORE_INDEX, collate, tokenize_example
 from training.distributed import sharded, sharded_mean
 
 CANARY_PATH = Path(__file__).with_name("canary.jsonl")
+
+# Told how many greedy answers each batch generated: the `eval` command's progress bar (on_answers). A context
+# variable rather than a parameter: generation sits three calls below the command (recipe.evaluate →
+# judge_answers / canary_answers → generate_answers), and nothing else listens.
+_answers_done: ContextVar[Callable[[int], None] | None] = ContextVar("answers_done", default=None)
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation + "“”‘’«»…–—"})
@@ -142,6 +149,16 @@ def load_canary(path: Path = CANARY_PATH) -> list[dict[str, Any]]:
 # -- model measurements ------------------------------------------------------
 
 
+@contextmanager
+def on_answers(callback: Callable[[int], None]) -> Iterator[None]:
+    """Within the block, call `callback(n)` after each batch of n greedy answers is generated."""
+    token = _answers_done.set(callback)
+    try:
+        yield
+    finally:
+        _answers_done.reset(token)
+
+
 @sharded_mean  # under `accelerate launch`, each process scores a share (training/distributed.py)
 def heldout_loss(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], *, max_length: int, batch_size: int) -> tuple[float, int]:
     """(mean NLL per answer token, number of answer tokens) of the references under `model`."""
@@ -193,6 +210,8 @@ def generate_answers(
             )
         for row in output[:, width:]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        if (done := _answers_done.get()) is not None:
+            done(len(prompts))
     return answers
 
 

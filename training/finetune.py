@@ -89,7 +89,8 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
 
 
 def total_steps(n_examples: int, config: TrainConfig) -> int:
-    """Optimiser steps a run will take (the Trainer's own arithmetic, without gradient accumulation)."""
+    """Optimiser steps a run on `n_examples` rows will take (the Trainer's own arithmetic, without gradient
+    accumulation), for planning; during a run, the Trainer's state.max_steps is the total."""
     if config.max_steps:
         return config.max_steps
     return math.ceil(math.ceil(n_examples / config.batch_size) * config.epochs)
@@ -286,11 +287,10 @@ def train_adapter(
         trainer.base_logp = base_logp
         # Progress is reported by our callbacks; the Trainer's own printing would flood the job log.
         trainer.remove_callback(PrinterCallback)
-        planned = total_steps(len(dataset), config)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        steps = trainer.state.global_step
+        steps, planned = trainer.state.global_step, trainer.state.max_steps
     # Tokens actually seen: each example's length times the epochs run.
     lengths = [len(row["input_ids"]) for row in dataset]
     epochs_run = steps / max(1, math.ceil(len(dataset) / config.batch_size))

@@ -18,6 +18,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from core.config import ADMIN_PASSWORD_ENV
@@ -32,12 +33,13 @@ from core.training_contract import (
     LearningReport,
     ModelVersionView,
     ScheduleStatus,
+    explain_margin,
 )
 from storage import Store
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
-from storage.vocabulary import JobStatus
+from storage.vocabulary import JobStatus, Split
 from training import distributed, promotion, registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 from training.worker import OWNER_PID_ENV, log_tail, pid_alive
@@ -325,7 +327,20 @@ class TrainingManager:
     def comparison(self, version: str) -> list[ComparisonSample]:
         """Held-out answers of `version` beside those of the version it was judged against."""
         row = self.store.get_model_version(version)
-        return [ComparisonSample.model_validate(s) for s in (row.get("metrics") or {}).get("samples") or []]
+        metrics = row.get("metrics") or {}
+        if metrics.get("samples"):  # the selection run's answers, on examples it never trained on
+            return [ComparisonSample.model_validate(s) for s in metrics["samples"]]
+        # No selection run (fewer held-out examples than heldout_min_items): the version's own evaluation
+        # answered the same held-out examples beside the version it was judged against, after training on them.
+        return [
+            ComparisonSample(
+                example_id=i["example_id"], question=i["question"], reference=i["reference"],
+                candidate=i.get("candidate_answer"), candidate_correct=i.get("candidate_learned"),
+                current=i.get("serving_answer"), current_correct=i.get("serving_learned"), trained_on=True,
+            )
+            for i in metrics.get("items") or []
+            if i.get("split") == Split.TEST
+        ]
 
     def learning_report(self, version: str | None = None, *, not_learned_only: bool = False) -> LearningReport:
         """"Did it learn this?": per approved correction, learned or not under the version it was judged
@@ -341,21 +356,55 @@ class TrainingManager:
         else:
             row = self.store.get_model_version(version)
         metrics = row.get("metrics") or {}
+        compared_with = metrics.get("compared_with") or BASE
+        active = self.store.active_version()
+        serving_now = active["version"] if active else BASE
+        now_learned = self._learned_by(serving_now, row["version"], compared_with)
         items = list(metrics.get("items") or [])
         reasons = {r["example_id"]: r["reason"] for r in metrics.get("not_learned") or []}
-        items = [{**i, "reason": reasons.get(i["example_id"])} for i in items]
+        items = [
+            {
+                **i,
+                "reason": reasons.get(i["example_id"]),
+                "serving_now_learned": now_learned(i),
+                "margin_note": explain_margin(i, row["version"]),
+            }
+            for i in items
+        ]
         if not_learned_only:
             items = [i for i in items if not i["candidate_learned"]]
         learned = metrics.get("learned") or {}
         return LearningReport.model_validate({
             "version": row["version"],
-            "compared_with": metrics.get("compared_with") or BASE,
+            "compared_with": compared_with,
+            "serving_now": serving_now,
             "learned": learned.get("candidate"),
             "serving_learned": learned.get("serving"),
             "n": learned.get("n"),
             "gate": (metrics.get("gate") or {}).get("summary"),
             "items": items,
         })
+
+    def _learned_by(self, serving_now: str, version: str, compared_with: str) -> Callable[[dict[str, Any]], bool | None]:
+        """learned(item): whether `serving_now` answers an item of `version`'s report: that version's own
+        verdict, the judged-against one's, or the one in serving_now's record for the same correction; None
+        where serving_now was never judged on it."""
+        if serving_now == version:
+            return lambda i: bool(i["candidate_learned"])
+        if serving_now == compared_with:
+            return lambda i: bool(i["serving_learned"])
+        if serving_now == BASE:
+            return lambda i: None
+        own = {
+            i["example_id"]: i
+            for i in (self.store.get_model_version(serving_now).get("metrics") or {}).get("items") or []
+        }
+
+        def learned(item: dict[str, Any]) -> bool | None:
+            mine = own.get(item["example_id"])
+            return bool(mine["candidate_learned"]) if mine and mine.get("reference") == item.get("reference") else None
+
+        return learned
 
     def hyperparameters(self, names: tuple[str, ...]) -> list[HyperParameter]:
         """The named training settings with their defaults (this server's) and help text, for the Admin tab's form."""

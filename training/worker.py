@@ -87,16 +87,19 @@ class JobReporter:
                 log.warning("Heartbeat failed", exc_info=True)
 
     def phase(self, name: str, **extra: Any) -> None:
-        """Enter a phase of the job (loading, training, evaluating, saving); a training run starts a new loss curve."""
+        """Enter a phase of the job (loading, training, evaluating, saving); a training run starts a new loss
+        curve and new progress (its total comes from the Trainer when it begins: progress_callback)."""
         log.info("Phase: %s", name)
         if name == "training":
             self.losses = []
+            self.progress = {}
         self.progress = {**self.progress, "phase": name, **extra}
         self.store.update_job(self.job_id, progress=self.progress, heartbeat_at=now())
         self.check()
 
     def step(self, step: int, total: int, epoch: float, loss: float | None, elapsed: float) -> None:
-        eta = elapsed / step * (total - step) if step else None
+        """Record step `step` of `total` (0: the run has begun), with the time left at the pace so far."""
+        eta = elapsed / step * max(0, total - step) if step else None
         self.progress = {
             "phase": "training",
             "run": self.run,
@@ -207,18 +210,28 @@ class ThreadGovernor:
         return threads
 
 
-def progress_callback(reporter: JobReporter, total: int, governor: ThreadGovernor | None = None) -> Any:
-    """A TrainerCallback that reports each step and stops training on a cancel request."""
+def progress_callback(reporter: JobReporter, governor: ThreadGovernor | None = None) -> Any:
+    """A TrainerCallback that reports each step and stops training on a cancel request.
+
+    The total is the Trainer's own (state.max_steps, known when training begins): the rows it trains on are
+    the examples with their extra wordings, 'not known' rows and replay rows (recipe.training_rows), less
+    any too long to fit, over the epochs, so no count made beforehand from the examples matches it.
+    """
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
         def __init__(self) -> None:
             self.started = time.perf_counter()
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # The pace is measured from here: tokenising and the base model's replay distributions came before.
+            self.started = time.perf_counter()
+            reporter.step(0, state.max_steps, 0.0, None, 0.0)
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
                 elapsed = time.perf_counter() - self.started
-                reporter.step(state.global_step, total, state.epoch or 0.0, float(logs["loss"]), elapsed)
+                reporter.step(state.global_step, state.max_steps, state.epoch or 0.0, float(logs["loss"]), elapsed)
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if governor is not None:
@@ -357,13 +370,11 @@ class TrainingJob:
         run: str,
     ) -> tuple[Any, Any]:
         from training import recipe
-        from training.finetune import total_steps
 
-        total = total_steps(len(examples) + len(plan.replay), plan.config)
         reporter.run = run
-        reporter.phase("training", run=run, step=0, total_steps=total)
+        reporter.phase("training", run=run, step=0)
         counts = (governor.idle_steps, governor.busy_steps)
-        callback = progress_callback(reporter, total, governor)
+        callback = progress_callback(reporter, governor)
         peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[callback])
         reporter.check()
         log.info(

@@ -108,6 +108,26 @@ class ModelVersions(BaseModel):
     models: list[ModelVersionView] = Field(description="Every trained version with its metrics and status, newest first.")
 
 
+class TryRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=64_000, description="One user message to answer.")
+    version: str | None = Field(
+        None, max_length=64,
+        description="The version to try beside the one serving, such as v3 or 'base' (default: the newest other one).",
+    )
+
+
+class TriedAnswerView(BaseModel):
+    version: str = Field(description="The version that wrote the answer.")
+    serving: bool = Field(description="Whether it is the version serving now.")
+    label: str = Field(description="The version and its role, e.g. 'v2 (chosen version)'.")
+    text: str
+
+
+class TryResult(BaseModel):
+    prompt: str
+    answers: list[TriedAnswerView] = Field(description="The chosen version's answer, then the serving version's.")
+
+
 def admin_router(service: ChatService, guard: AdminGuard, training: TrainingController | None = None) -> APIRouter:
     store = service.store
     def need_training() -> TrainingController:
@@ -257,6 +277,18 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
         under the one it was judged against, with the margins log p(correction) − log p(replaced answer)
         under the base model, that version and this one, and why a correction was not learned."""
         return need_training().learning_report(version, not_learned_only=not_learned)
+
+    @router.post("/models/try", response_model=TryResult)
+    def try_on_both(body: TryRequest) -> TryResult:
+        """"Try it on both": the prompt answered by the chosen version and by the one serving now, each
+        labelled, with few-shot off and greedy decoding. Nothing is stored, and no user is answered by the
+        chosen version (the built-in engine pauses chat for that one answer). 400 for an empty prompt or
+        the serving version itself, 404 for an unknown version."""
+        answers = service.try_versions(body.prompt, body.version)
+        return TryResult(
+            prompt=body.prompt,
+            answers=[TriedAnswerView(version=a.version, serving=a.serving, label=a.label, text=a.text) for a in answers],
+        )
 
     @router.post("/models/{version}/activate", response_model=Activation)
     def activate(version: str) -> Activation:

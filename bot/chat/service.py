@@ -25,7 +25,7 @@ from core.config import ServeConfig
 from core.errors import TooLargeError, ValidationError
 from storage import Store
 from storage.examples import normalise_text, validate_messages
-from storage.vocabulary import ExampleStatus, Role
+from storage.vocabulary import BASE_VERSION, ExampleStatus, Role
 
 
 def clean_conversation(messages: Any, *, max_chars: int = 64_000, max_turns: int = 200) -> list[dict[str, str]]:
@@ -103,6 +103,19 @@ class Answer:
         self.generation.cancel()
 
 
+@dataclass
+class TriedAnswer:
+    """One of the answers of "try it on both": the version that wrote it and whether it is the one serving."""
+
+    version: str
+    serving: bool
+    text: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.version} ({'serving now' if self.serving else 'chosen version'})"
+
+
 class ChatService:
     """Answers conversations and turns ratings and corrections into examples."""
 
@@ -162,6 +175,33 @@ class ChatService:
         if not found.answering and (found.related or found.unknown and self.config.grounded):
             return None, found, []
         return None, None, demos
+
+    def try_versions(self, prompt: str, version: str | None = None) -> list[TriedAnswer]:
+        """"Try it on both": one prompt answered by `version` (default: the newest other than the one
+        serving) and by the version serving now, with few-shot off and greedy decoding, so the two
+        differ only by their weights. Nothing is stored and no user is answered by `version`."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValidationError("Type a prompt to try on both versions")
+        messages = clean_conversation([{"role": Role.USER, "content": prompt.strip()}])
+        serving = self.engine.version
+        if not version:
+            others = [r["version"] for r in reversed(self.store.list_model_versions()) if r["version"] != serving]
+            if not others:
+                raise ValidationError("There is no trained version besides the one serving: train one first")
+            version = others[0]
+        if version == serving:
+            raise ValidationError(f"{version} is the version serving now: choose another version to try beside it")
+        # An unknown version is a NotFoundError (404) here, before any model work.
+        path = None if version == BASE_VERSION else self.config.paths.resolve(self.store.get_model_version(version)["path"])
+        params = GenerationParams(max_new_tokens=self.config.max_new_tokens)
+        chosen = self.engine.answer_with(version, path, messages, params)
+        current = self.engine.stream(messages, params)
+        for _ in current:
+            pass
+        return [
+            TriedAnswer(version, False, chosen),
+            TriedAnswer(current.model_version or serving, True, current.text),
+        ]
 
     def default_params(self) -> GenerationParams:
         return GenerationParams(

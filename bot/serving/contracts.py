@@ -72,6 +72,17 @@ class ChatEngine(Protocol):
         """Serve `version` (None or the base version: the base model); return the seconds the swap took."""
         ...
 
+    def answer_with(
+        self,
+        version: str,
+        adapter_path: str | Path | None,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams | None = None,
+    ) -> str:
+        """One whole answer (few-shot off) by `version`, whether or not it serves, without serving it to
+        anyone else: an admin's "try it on both". Raises ConflictError where the engine cannot."""
+        ...
+
     def health(self) -> dict[str, Any] | None:
         """The state of the model server generation goes to, for /healthz (`status` ok, degraded or
         unreachable); None when the model runs in this process."""

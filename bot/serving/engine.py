@@ -29,6 +29,7 @@ from bot.serving.scheduler import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     Generation,
     Scheduler,
+    end_token_ids,
 )
 from core.errors import ModelLoadError, ValidationError
 from core.prompts import FittedPrompt, Message, encode
@@ -62,6 +63,7 @@ class Engine(PromptFitting):
         self.base_name = base_name
         self.max_context_tokens = max_context_tokens
         self.version = BASE_VERSION
+        self._adapter_path: str | Path | None = None  # the serving version's adapter, to merge back after answer_with
         self.dtypes = DtypePolicy(
             model, bf16_from_batch=bf16_from_batch, bf16_prefill_from_tokens=bf16_prefill_from_tokens
         )
@@ -144,6 +146,7 @@ class Engine(PromptFitting):
             swap_started = time.perf_counter()
             self.swap.merge(deltas)
             self.version = version
+            self._adapter_path = adapter_path
         log.info("Now serving %s (weights swapped in %.3f s)", version, time.perf_counter() - swap_started)
         return time.perf_counter() - started
 
@@ -158,6 +161,49 @@ class Engine(PromptFitting):
         """Start generating an answer; iterate the result for text as it comes."""
         params = (params or GenerationParams()).validate()
         return self.scheduler.submit(self.prepare(messages, params, demonstrations), params)
+
+    def answer_with(
+        self,
+        version: str,
+        adapter_path: str | Path | None,
+        messages: Sequence[Message],
+        params: GenerationParams | None = None,
+    ) -> str:
+        """One whole answer (few-shot off) by `version`, serving or not, for an admin trying it before promoting.
+
+        The serving version answers through the scheduler like any chat. Another version is read and
+        checked first, then merged in while the scheduler is held (answers in flight finish on the
+        serving version, new ones wait, so no user is answered by it), answers alone, greedy unless
+        `params` sample, and the serving weights are merged back: chat pauses for that one answer.
+        """
+        import torch
+
+        params = (params or GenerationParams()).validate()
+        version = version or BASE_VERSION
+        if version == self.version:
+            return self.generate(messages, params).text
+        deltas = {} if version == BASE_VERSION else self._read_adapter(adapter_path, version)
+        prompt = self.prepare(messages, params)
+        end = sorted(end_token_ids(self.tokenizer, self.model))
+        ids = torch.tensor([prompt.token_ids], device=self.model.device)
+        sampling = params.temperature > 0
+        with self.scheduler.hold():
+            serving = {} if self.version == BASE_VERSION else self._read_adapter(self._adapter_path, self.version)
+            self.swap.merge(deltas)
+            try:
+                with torch.no_grad():
+                    output = self.model.generate(  # type: ignore[operator]
+                        ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
+                        do_sample=sampling, temperature=params.temperature if sampling else None,
+                        top_p=params.top_p if sampling else None, top_k=None,
+                        eos_token_id=end, pad_token_id=end[0] if end else None,
+                    )
+            finally:
+                self.swap.merge(serving)
+        text = self.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+        for stop in params.stop:
+            text = text.split(stop, 1)[0] if stop else text
+        return text.strip()
 
     def stream_prompt(self, prompt: str, params: GenerationParams | None = None) -> Generation:
         """Start generating after an already-rendered prompt (POST /v1/completions, when this server

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bot.serving.base import AnswerState, GenerationParams, PromptFitting
-from core.errors import ExemplarError, ModelLoadError
+from core.errors import ConflictError, ExemplarError, ModelLoadError
 from core.prompts import FittedPrompt, Message
 from storage.vocabulary import BASE_VERSION
 
@@ -393,6 +393,23 @@ class UpstreamEngine(PromptFitting):
         """Send the prompt to the upstream; iterate the result for text as it comes."""
         params = (params or GenerationParams()).validate()
         return UpstreamGeneration(self, self.prepare(messages, params, demonstrations), params)
+
+    def answer_with(
+        self,
+        version: str,
+        adapter_path: str | Path | None,
+        messages: Sequence[Message],
+        params: GenerationParams | None = None,
+    ) -> str:
+        """The version serving answers through the upstream; another cannot without switching the upstream's
+        adapter for every user, so that is refused (ConflictError)."""
+        if (version or BASE_VERSION) != self.version:
+            raise ConflictError(
+                f"this server sends generation to an upstream model server, which serves {self.version} to "
+                f"everyone: {version} cannot answer alone there. Activate it to try it, or try it on a server "
+                "with the built-in engine"
+            )
+        return self.generate(messages, params).text
 
     def local_model(self) -> None:
         """None: the model runs on the upstream server, not in this process."""

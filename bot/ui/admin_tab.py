@@ -92,7 +92,7 @@ def build_admin_tab(
             loaders = [review.on_login, feedback.on_login]
             if training is not None:
                 with gr.Tab("Training", id="training"):
-                    loaders.append(build_training_section(training, service.store, check_admin, password))
+                    loaders.append(build_training_section(training, service.store, check_admin, password, service))
 
     def log_in(password_value: str) -> tuple[Any, ...]:
         """Check the password, then show the tools (each section then loads itself)."""

@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from bot.chat.service import ChatService
 from bot.ui.admin_handlers import admin_handler
 from bot.ui.errors import user_error
 from core.progress import bar, clock
@@ -29,7 +30,11 @@ from storage.vocabulary import BASE_VERSION as BASE
 
 VERSION_COLUMNS = ["serving", "version", "status", "examples", "corrections learned", "held-out accuracy %", "canary %", "created", "notes"]
 LOSS_COLUMNS = ["step", "loss"]
-LEARNED_COLUMNS = ["example", "question", "correction", "serving", "candidate", "margin base", "margin serving", "margin candidate", "why not learned"]
+LEARNED_COLUMNS = [
+    "example", "question", "correction", "serving now", "candidate", "judged against", "margin base",
+    "margin judged against", "margin candidate", "margin in words", "why not learned",
+]
+TRY_COLUMNS = ["version", "answer"]
 
 
 def describe_job(view: JobView | None) -> str:
@@ -151,10 +156,14 @@ def comparison_html(samples: list[ComparisonSample], version: str, against: str)
 class TrainingHandlers:
     """The section's event handlers, separate from the layout so tests can drive them."""
 
-    def __init__(self, manager: TrainingController, store: Store, check_admin: Callable[[str], None]):
+    def __init__(
+        self, manager: TrainingController, store: Store, check_admin: Callable[[str], None],
+        service: ChatService | None = None,
+    ):
         self.manager = manager
         self.store = store
         self.check_admin = check_admin
+        self.service = service  # answers "try it on both" (its engine); None: the box says it is not available
 
     def _job(self, job_id: Any) -> JobView | None:
         if job_id:
@@ -179,6 +188,7 @@ class TrainingHandlers:
             gr.Dropdown(choices=[c for c in choices if c != BASE], value=None),
             gr.Dropdown(choices=[c for c in choices if c != BASE], value=choices[0] if len(choices) > 1 else None),
             self.runs(),
+            gr.Dropdown(choices=choices, value=None),  # try it on both: none chosen means the newest other one
         )
 
     def runs(self) -> pd.DataFrame:
@@ -264,11 +274,28 @@ class TrainingHandlers:
         row = self.store.get_model_version(version)
         against = (row.get("metrics") or {}).get("compared_with") or BASE
         right = sum(1 for x in samples if x.candidate_correct), sum(1 for x in samples if x.current_correct)
-        title = (
-            f"**{version}** against **{against}** on {len(samples)} held-out examples (never trained on): "
-            f"{right[0]} right against {right[1]}."
-        )
+        if any(x.trained_on for x in samples):
+            title = (
+                f"**{version}** against **{against}** on {len(samples)} held-out examples: {right[0]} right against "
+                f"{right[1]}. Too few were held out for a selection run, so {version} trained on them too: these are "
+                "its own answers after training, not answers to questions it never saw."
+            )
+        else:
+            title = (
+                f"**{version}** against **{against}** on {len(samples)} held-out examples (never trained on): "
+                f"{right[0]} right against {right[1]}."
+            )
         return title, comparison_html(samples, version, against)
+
+    @admin_handler
+    def try_on_both(self, password: str, version: str | None, prompt: str | None) -> tuple[str, pd.DataFrame]:
+        """"Try it on both": the prompt answered by the chosen version and by the one serving now, each labelled."""
+        if self.service is None:
+            raise user_error("Trying a prompt needs the chat engine, which this Admin tab was built without")
+        answers = self.service.try_versions(prompt or "", version or None)
+        frame = pd.DataFrame([[a.label, a.text] for a in answers], columns=TRY_COLUMNS)
+        chosen, serving = answers[0].version, answers[1].version
+        return f"**{chosen}** (chosen) and **{serving}** (serving now), few-shot off, greedy.", frame
 
     @admin_handler
     def learning(self, password: str, version: str | None, not_learned_only: bool) -> tuple[str, pd.DataFrame]:
@@ -276,18 +303,23 @@ class TrainingHandlers:
         if not version:
             raise user_error("Choose a trained version")
         report = self.manager.learning_report(version, not_learned_only=bool(not_learned_only))
-        mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
+        mark = lambda ok: "–" if ok is None else "✓" if ok else "✗"  # noqa: E731
         frame = pd.DataFrame(
             [
-                [i.example_id, i.question, i.reference, mark(i.serving_learned), mark(i.candidate_learned),
-                 i.margin_base, i.margin_serving, i.margin_candidate, i.reason or ""]
+                [i.example_id, i.question, i.reference, mark(i.serving_now_learned), mark(i.candidate_learned),
+                 mark(i.serving_learned), i.margin_base, i.margin_serving, i.margin_candidate, i.margin_note or "",
+                 i.reason or ""]
                 for i in report.items
             ],
             columns=LEARNED_COLUMNS,
         )
         title = (
-            f"**{report.version}** answers **{report.learned} of {report.n}** corrections with few-shot off "
-            f"({report.compared_with}: {report.serving_learned}). Margin: log p(correction) − log p(the answer it replaced)."
+            f"**{report.version}** answers **{report.learned} of {report.n}** corrections with few-shot off; "
+            f"**{report.compared_with}**, which it was judged against, answered {report.serving_learned}. "
+            f"Serving now: **{report.serving_now or BASE}** (– where it was never judged on a correction). "
+            "Margin = log p(correction) − log p(the answer it replaced), summed over the answer's tokens: above 0 "
+            "the model prefers the correction to that one answer. Learned means its own answer says the "
+            "correction, so a large margin can stand beside ✗."
             if report.n is not None
             else f"{report.version} was trained before per-correction reports existed."
         )
@@ -321,11 +353,12 @@ class TrainingHandlers:
 
 
 def build_training_section(
-    manager: TrainingController, store: Store, check_admin: Callable[[str], None], password: gr.Textbox
+    manager: TrainingController, store: Store, check_admin: Callable[[str], None], password: gr.Textbox,
+    service: ChatService | None = None,
 ) -> tuple[Callable[..., Any], list[Any], list[Any]]:
     """Lay out the training section inside the current (Admin tab) context.
     Returns (function, inputs, outputs) that fill it in, which the Admin tab runs at login."""
-    handlers = TrainingHandlers(manager, store, check_admin)
+    handlers = TrainingHandlers(manager, store, check_admin, service)
     private: dict[str, Any] = {"api_visibility": "private"}
     gr.Markdown("## Training")
     policy = gr.Markdown(manager.policy.describe(), elem_id="training-policy")
@@ -384,6 +417,20 @@ def build_training_section(
     compare_title = gr.Markdown()
     comparison = gr.HTML("", elem_id="training-comparison")
 
+    gr.Markdown("### Try it on both")
+    with gr.Row():
+        try_version = gr.Dropdown(label="Version to try", choices=[], value=None, elem_id="training-try-version")
+        try_prompt = gr.Textbox(
+            label="Prompt", placeholder="A question to ask the chosen version and the one serving now",
+            scale=3, elem_id="training-try-prompt",
+        )
+        try_button = gr.Button("Try it on both", elem_id="training-try")
+    try_title = gr.Markdown()
+    try_table = gr.Dataframe(
+        pd.DataFrame(columns=TRY_COLUMNS), interactive=False, wrap=True, elem_id="training-try-answers",
+        column_widths=["20%", "80%"],
+    )
+
     gr.Markdown("### Did it learn this?")
     with gr.Row():
         learned_version = gr.Dropdown(label="Trained version", choices=[], value=None, elem_id="training-learned-version")
@@ -392,11 +439,12 @@ def build_training_section(
     learned_title = gr.Markdown()
     learned_table = gr.Dataframe(
         pd.DataFrame(columns=LEARNED_COLUMNS), interactive=False, wrap=True, elem_id="training-learned-table",
-        column_widths=["6%", "16%", "16%", "14%", "14%", "6%", "6%", "7%", "15%"],
+        column_widths=["5%", "12%", "12%", "6%", "6%", "6%", "5%", "5%", "5%", "24%", "14%"],
     )
 
     overview_outputs = [
-        policy, status, curve, log, job_id, timer, versions, chosen, compare_version, learned_version, runs
+        policy, status, curve, log, job_id, timer, versions, chosen, compare_version, learned_version, runs,
+        try_version,
     ]
     refresh.click(handlers.overview, [password], overview_outputs, **private)
     on_login = (handlers.overview, [password], overview_outputs)
@@ -412,4 +460,6 @@ def build_training_section(
     learned_button.click(
         handlers.learning, [password, learned_version, only_missing], [learned_title, learned_table], **private
     )
+    try_button.click(handlers.try_on_both, [password, try_version, try_prompt], [try_title, try_table], **private)
+    try_prompt.submit(handlers.try_on_both, [password, try_version, try_prompt], [try_title, try_table], **private)
     return on_login
