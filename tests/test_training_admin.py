@@ -5,6 +5,8 @@ rollback and the side-by-side comparison work on recorded versions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pytest
 import torch
@@ -16,6 +18,7 @@ from storage import Store
 from training.manager import TrainingManager
 
 PASSWORD = "right-password"
+SEED = Path(__file__).resolve().parent.parent / "examples" / "help_desk.jsonl"
 
 
 def check_admin(password: str) -> None:
@@ -103,6 +106,58 @@ def test_the_loss_curve_is_numeric_even_when_empty():
               "losses": [{"step": 1, "loss": "3.4"}, {"step": 2, "loss": 0.27}, {"step": 3, "loss": float("nan")}]}
     frame = loss_frame(JobView.model_validate(stored))
     assert list(frame["loss"]) == [3.4, 0.27] and str(frame["loss"].dtype) == "float64"
+
+
+def test_the_loss_chart_spans_whole_steps_from_zero():
+    """Ticks at 1.5 and 2.5 on a chart of two steps, and the first loss on the clipped left edge:
+    the x axis now runs from 0 over at least MIN_STEPS_SHOWN steps, or the whole run."""
+    from bot.ui.admin_training import MIN_STEPS_SHOWN, loss_plot
+
+    two = JobView.model_validate({"id": 1, "kind": "train", "status": "running", "losses": [
+        {"step": 1, "loss": 3.4}, {"step": 2, "loss": 2.9}], "progress": {"step": 2, "total_steps": 3}})
+    plot = loss_plot(two)
+    assert plot.x_lim == [0, MIN_STEPS_SHOWN] and list(plot.value["data"]) == [[1, 3.4], [2, 2.9]]
+    long = two.model_copy(update={"progress": two.progress.model_copy(update={"total_steps": 90})})
+    assert loss_plot(long).x_lim == [0, 90] and loss_plot(None).x_lim == [0, MIN_STEPS_SHOWN]
+
+
+def test_the_new_since_count_drops_once_a_run_has_taken_the_examples_in(handlers):
+    """"New since the last run: 15" stayed on the tab after the run had trained on them: the count
+    is shown again when a run starts and when it ends, without pressing Refresh."""
+    from storage.exchange import seed_examples
+
+    seed_examples(handlers.store, SEED)
+    assert "New since the last run: **20**" in handlers.overview(PASSWORD)[0]
+    job = handlers.store.create_job("train", {"reason": "admin"})
+    handlers.store.update_job(job, status="running")
+    running = handlers.poll(PASSWORD, job)
+    assert not isinstance(running[-1], str)  # left as it is while the run goes on
+    handlers.store.update_job(job, status="succeeded")
+    assert "New since the last run: **0**" in handlers.poll(PASSWORD, job)[-1]
+
+
+def test_the_log_shows_the_workers_lines_without_progress_bars_or_library_warnings(handlers, tmp_path):
+    from core.datadir import DataDir
+
+    job = handlers.store.create_job("train", {"reason": "admin"})
+    handlers.store.update_job(job, status="running")
+    path = DataDir(tmp_path).job_log(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "2026-12-07 01:00:00,000 INFO Phase: loading\n"
+        "Loading checkpoint shards:   0%|          | 0/2 [00:00<?, ?it/s]\rLoading checkpoint shards: 100%|##| 2/2 "
+        "[00:02<00:00,  1.1s/it]\n"
+        "/venv/site-packages/transformers/training_args.py:1575: FutureWarning: `evaluation_strategy` is deprecated\n"
+        "  warnings.warn(\n"
+        + "".join(f"Map:  50%|#####     | 5/10 [00:00<00:00, 99 examples/s]\r2026-12-07 01:00:0{n},000 INFO step {n}/9"
+                  "  loss 1.0\n" for n in range(1, 10))
+        + "2026-12-07 01:00:10,000 ERROR Training failed\nTraceback (most recent call last):\nValueError: boom\n"
+    )
+    log = handlers.poll(PASSWORD, job)[2]
+    lines = log.splitlines()
+    assert lines[0] == "2026-12-07 01:00:00,000 INFO Phase: loading" and lines[-1] == "ValueError: boom"
+    assert "2026-12-07 01:00:09,000 INFO step 9/9  loss 1.0" in lines and len(lines) == 13
+    assert "%|" not in log and "\r" not in log and "Warning" not in log and "warnings.warn" not in log
 
 
 def test_did_it_learn_this_lists_every_correction_and_filters_to_not_learned(handlers):

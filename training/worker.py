@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -38,6 +39,7 @@ HEARTBEAT_SECONDS = 5.0
 # Set by the manager that starts the worker: the pid of the process the job belongs to.
 OWNER_PID_ENV = "EXEMPLAR_JOB_OWNER_PID"
 LOG_TAIL_CHARS = 4000
+LOG_READ_BYTES = 64_000
 
 
 class Cancelled(Exception):
@@ -420,14 +422,56 @@ def promotion_rejection(heldout: Any) -> Any:
     )
 
 
+# The log file keeps everything the process printed, for whoever debugs it; the log an admin reads
+# (the Training tab, the API, the CLI) drops what libraries print: a progress bar's redraws ("\r"
+# and the bar again) and their warnings ("file.py:12: FutureWarning: ..." and the source line under it).
+_OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")  # main()'s logging format
+_PROGRESS_BAR = re.compile(r"\d+%\||\|\s*\d+/\d+ \[|(it/s|s/it)\]\s*$")
+_LIBRARY_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def clean_log(text: str) -> str:
+    """A log as a person reads it: the worker's own lines and any traceback, without progress-bar
+    fragments or library warnings."""
+    kept: list[str] = []
+    in_warning = False
+    for raw in text.split("\n"):
+        redraws = [part for part in _ANSI.sub("", raw).split("\r") if part.strip()]
+        line = redraws[-1].rstrip() if redraws else ""  # what a terminal shows: the last redraw
+        own = _OWN_LINE.search(line)
+        if own and own.start() > 0:  # a line logged right after a bar that did not end its line
+            line = line[own.start():]
+        if _LIBRARY_WARNING.match(line):
+            in_warning = True
+            continue
+        if in_warning and not (own or line.startswith("Traceback")):
+            continue  # the warning's source line, or the rest of a multi-line message
+        in_warning = False
+        if line and not _PROGRESS_BAR.search(line):
+            kept.append(line)
+    ending = "\n" if kept and text.endswith("\n") else ""
+    return "\n".join(kept) + ending
+
+
 def log_tail(data_dir: str | Path, job_id: int) -> str | None:
-    """The last LOG_TAIL_CHARS of a job's log, or None when it has none."""
+    """The last LOG_TAIL_CHARS of a job's log, cleaned (clean_log), or None when it has none."""
     path = DataDir(data_dir).job_log(job_id)
     if not path.is_file():
         return None
+    size = path.stat().st_size
     with path.open("rb") as fh:
-        fh.seek(max(0, path.stat().st_size - LOG_TAIL_CHARS))
-        return fh.read().decode("utf-8", "replace")
+        # Read more than is shown: progress bars can fill most of the file's end.
+        fh.seek(max(0, size - LOG_READ_BYTES))
+        text = fh.read().decode("utf-8", "replace")
+    if size > LOG_READ_BYTES:
+        text = text.partition("\n")[2]  # the first line was cut in two
+    text = clean_log(text)
+    if len(text) > LOG_TAIL_CHARS:
+        text = text[-LOG_TAIL_CHARS:]
+        start = text.find("\n") + 1  # whole lines only
+        text = text[start:] if 0 < start < len(text) else text
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", type=int, required=True, help="the queued job to run")
     parser.add_argument("--data-dir", type=Path, required=True, help="the data dir holding exemplar.db")
     args = parser.parse_args(argv)
+    # Progress is reported through the job row; tqdm bars (read when tqdm is imported) would only
+    # fill the log with redraws.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

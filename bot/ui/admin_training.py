@@ -124,6 +124,20 @@ def loss_frame(view: JobView | None) -> pd.DataFrame:
     )
 
 
+# The chart's x axis runs from step 0 (the first loss clear of the plot's left edge, where the line is
+# clipped) to the run's last step, and spans at least this many steps: the plot puts about one tick
+# per 40 px, so a shorter span got ticks at 1.5 and 2.5 on a chart of whole steps.
+MIN_STEPS_SHOWN = 24
+
+
+def loss_plot(view: JobView | None) -> gr.LinePlot:
+    """The loss chart's update: the curve, and an x range of whole steps that holds the whole run."""
+    frame = loss_frame(view)
+    total = (view.progress.total_steps if view else None) or 0
+    last = int(frame["step"].max()) if len(frame) else 0
+    return gr.LinePlot(value=frame, x_lim=[0, max(MIN_STEPS_SHOWN, total, last)])
+
+
 def comparison_html(samples: list[ComparisonSample], version: str, against: str) -> str:
     """Each held-out question with its reference, then the two versions' answers side by side,
     each with its verdict: cards that wrap, so nothing needs scrolling sideways."""
@@ -179,7 +193,7 @@ class TrainingHandlers:
         return (
             self._policy(),
             describe_job(view),
-            loss_frame(view),
+            loss_plot(view),
             (view.log if view else None) or "",
             view.id if view else None,
             gr.Timer(active=running),
@@ -215,7 +229,8 @@ class TrainingHandlers:
                 params[name] = int(value) if isinstance(default, int) and float(value).is_integer() else value
         job_id = self.manager.start(params or None, reason="admin")
         view = self.manager.job_view(job_id)
-        return describe_job(view), loss_frame(view), "", job_id, gr.Timer(active=True)
+        # The new run takes in every example there is: the count since the last run starts again.
+        return describe_job(view), loss_plot(view), "", job_id, gr.Timer(active=True), self._policy()
 
     @admin_handler
     def poll(self, password: str, job_id: Any) -> tuple[Any, ...]:
@@ -223,8 +238,8 @@ class TrainingHandlers:
         view = self._job(job_id)
         running = view is not None and view.status in ACTIVE
         if running:
-            listing: tuple[Any, ...] = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        else:  # the job's version (if any) joins the tables and the choices
+            listing: tuple[Any, ...] = (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        else:  # the job's version (if any) joins the tables and the choices; the new-since count is recounted
             versions, choices = self._versions()
             trained = [c for c in choices if c != BASE]
             listing = (
@@ -232,8 +247,9 @@ class TrainingHandlers:
                 gr.Dropdown(choices=choices),
                 gr.Dropdown(choices=trained, value=view.model_version if view and trained else None),
                 self.runs(),
+                self._policy(),
             )
-        return describe_job(view), loss_frame(view), (view.log if view else None) or "", gr.Timer(active=running), *listing
+        return describe_job(view), loss_plot(view), (view.log if view else None) or "", gr.Timer(active=running), *listing
 
     @admin_handler
     def stop(self, password: str, job_id: Any) -> str:
@@ -352,6 +368,30 @@ class TrainingHandlers:
         return pd.DataFrame(table, columns=VERSION_COLUMNS), [r.version for r in rows] + [BASE]
 
 
+# Keeps the log pane on its newest line while a run writes it, unless the admin has scrolled up to
+# read (scrolling back to the end follows again).
+FOLLOW_LOG_JS = """() => {
+  const pane = document.querySelector('#training-log textarea');
+  if (!pane) return;
+  if (!pane.dataset.follow) {
+    pane.dataset.follow = 'yes';
+    const look = () => setTimeout(() => {
+      pane.dataset.follow = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - 8 ? 'yes' : 'no';
+    }, 50);
+    for (const name of ['wheel', 'keyup', 'pointerup', 'touchend']) pane.addEventListener(name, look, {passive: true});
+  }
+  if (pane.dataset.follow === 'yes') setTimeout(() => { pane.scrollTop = pane.scrollHeight; }, 30);
+}"""
+
+
+def confirm_js(question: str) -> str:
+    """A click's browser-side step: ask `question`; a cancel throws, so the handler is never called."""
+    return (
+        f"(...inputs) => {{ if (!window.confirm({json.dumps(question)})) throw new Error('Cancelled'); "
+        "return inputs; }"
+    )
+
+
 def build_training_section(
     manager: TrainingController, store: Store, check_admin: Callable[[str], None], password: gr.Textbox,
     service: ChatService | None = None,
@@ -387,9 +427,10 @@ def build_training_section(
     with gr.Row():
         curve = gr.LinePlot(
             loss_frame(None), x="step", y="loss", title="Training loss", height=260, y_lim=[0, None],
-            x_title="step", y_title="loss", elem_id="training-loss",
+            x_lim=[0, MIN_STEPS_SHOWN], x_title="step", y_title="loss", elem_id="training-loss",
         )
-        log = gr.Textbox(label="Log", lines=12, max_lines=12, interactive=False, autoscroll=True, elem_id="training-log")
+        # Followed by FOLLOW_LOG_JS: the Textbox's own autoscroll lost the end once each poll replaced the text.
+        log = gr.Textbox(label="Log", lines=12, max_lines=12, interactive=False, autoscroll=False, elem_id="training-log")
     timer = gr.Timer(1.0, active=False)
 
     gr.Markdown("### Versions")
@@ -448,14 +489,19 @@ def build_training_section(
     ]
     refresh.click(handlers.overview, [password], overview_outputs, **private)
     on_login = (handlers.overview, [password], overview_outputs)
-    retrain.click(handlers.retrain, [password, params, *form], [status, curve, log, job_id, timer], **private)
+    retrain.click(handlers.retrain, [password, params, *form], [status, curve, log, job_id, timer, policy], **private)
     timer.tick(
-        handlers.poll, [password, job_id], [status, curve, log, timer, versions, chosen, compare_version, runs],
+        handlers.poll, [password, job_id], [status, curve, log, timer, versions, chosen, compare_version, runs, policy],
         **private,
     )
-    stop.click(handlers.stop, [password, job_id], [status], **private)
+    log.change(None, None, None, js=FOLLOW_LOG_JS)
+    # Asked in the browser first; the handlers still check the password themselves.
+    stop.click(handlers.stop, [password, job_id], [status], js=confirm_js("Stop the training run?"), **private)
     activate.click(handlers.activate, [password, chosen, confirm_version], [result, versions, confirm_version], **private)
-    rollback.click(handlers.rollback, [password], [result, versions], **private)
+    rollback.click(
+        handlers.rollback, [password], [result, versions],
+        js=confirm_js("Roll back to the previous version? The one serving now stops answering."), **private,
+    )
     compare.click(handlers.compare, [password, compare_version], [compare_title, comparison], **private)
     learned_button.click(
         handlers.learning, [password, learned_version, only_missing], [learned_title, learned_table], **private
