@@ -40,7 +40,7 @@ def create_app(
     """
     from bot.api.app import add_api
     from bot.api.middleware import HostCheck
-    from bot.ui.app import CSS, build_ui
+    from bot.ui.app import CSS, MARKS_SCRIPT, build_ui
 
     app = FastAPI(
         title="Exemplar",
@@ -53,7 +53,9 @@ def create_app(
     )
     # Uploads need no password (Gradio takes them before any handler runs), so their size is capped.
     max_upload = service.config.max_upload_mb * 1024 * 1024
-    app = gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=CSS, max_file_size=max_upload)
+    app = gr.mount_gradio_app(
+        app, blocks, path="/", footer_links=["api"], css=CSS, head=MARKS_SCRIPT, max_file_size=max_upload
+    )
     if host_names is not None:
         app.add_middleware(HostCheck, allowed=host_names)
     return app

@@ -154,3 +154,12 @@ def m005_import_rows(db: Database) -> None:
         "insert into examples_fts (examples_fts, rowid, input_text) values('delete', old.rowid, old.input_text); "
         "insert into examples_fts (rowid, input_text) values (new.rowid, new.input_text); end"
     )
+
+
+@migrations()
+def m006_answer_sources(db: Database) -> None:
+    # Which kind of answer an assistant turn is, so each answer's badge can say so later (a
+    # reopened chat, an undo): the approved example stated word for word, or the related
+    # examples an honest reply showed (JSON list). Both null for the model's own answer.
+    db.table("messages").add_column("from_example", int)
+    db.table("messages").add_column("related_ids", str)

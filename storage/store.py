@@ -60,7 +60,7 @@ IMPORT_CHUNK_ROWS = 500
 IMPORTING = "importing"
 
 _JSON_COLUMNS = {
-    "messages": ("context", "gen_params", "few_shot_ids"),
+    "messages": ("context", "gen_params", "few_shot_ids", "related_ids"),
     "examples": ("input",),
     "model_versions": ("metrics", "example_ids", "train_config"),
     "jobs": ("params", "progress", "losses", "metrics"),
@@ -265,8 +265,9 @@ class Store:
         return self._get("messages", message_id, "Message")
 
     def update_message(self, message_id: int, **fields: Any) -> None:
-        """Fill in a turn stored before its text was known (content, model_version, gen_params, few_shot_ids)."""
-        allowed = {"content", "model_version", "gen_params", "few_shot_ids"}
+        """Fill in a turn stored before its text was known (content, model_version, gen_params, few_shot_ids,
+        and the answer's kind: from_example, related_ids)."""
+        allowed = {"content", "model_version", "gen_params", "few_shot_ids", "from_example", "related_ids"}
         if not fields or set(fields) - allowed:
             raise ValidationError(f"update_message changes only {', '.join(sorted(allowed))}")
         with self._write():
@@ -363,6 +364,24 @@ class Store:
             ).fetchall()
             columns = [c.name for c in self.db.table("feedback").columns]
         return {row[columns.index("message_id")]: dict(zip(columns, row)) for row in rows}
+
+    def answer_sources(self, message_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """What each answer's badge says: how it was made (model_version, few_shot_ids, from_example,
+        related_ids), its original text, and its latest correction (None if never corrected)."""
+        ids = [int(i) for i in message_ids][:MAX_RATED_IDS]
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        with self._lock:
+            rows = self.db.execute(
+                f"""select m.id, m.content, m.model_version, m.few_shot_ids, m.from_example, m.related_ids,
+                           (select f.correction from feedback f where f.message_id = m.id and f.correction is not null
+                            order by f.id desc limit 1) as correction
+                    from messages m where m.id in ({marks}) and m.role = ?""",
+                [*ids, Role.ASSISTANT],
+            ).fetchall()
+        keys = ("id", "content", "model_version", "few_shot_ids", "from_example", "related_ids", "correction")
+        return {row[0]: self._decode("messages", dict(zip(keys, row))) for row in rows}
 
     def list_feedback(
         self,

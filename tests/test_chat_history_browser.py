@@ -6,6 +6,8 @@ the list survives a reload of the page and a restart of the server."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.config import ServeConfig
@@ -22,9 +24,13 @@ def send(page, text, reply):
     send_and_wait(page, text, reply, timeout=30_000)
 
 
-def past_chats(page):
-    """The labels of the list of past chats, top first."""
-    return [t.strip() for t in page.locator("#chat-history label").all_inner_texts() if t.strip()]
+DATE = re.compile(r" · \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d UTC")
+
+
+def past_chats(page, dated=False):
+    """The labels of the list of past chats, top first (without the date each has, unless `dated`)."""
+    labels = [t.strip() for t in page.locator("#chat-history label").all_inner_texts() if t.strip()]
+    return labels if dated else [DATE.sub("", label) for label in labels]
 
 
 def wait_for_list(page, count):
@@ -94,6 +100,77 @@ def test_a_past_chat_reopens_with_its_messages_and_ratings(tmp_path, browser):
         open_app(page, url)
         wait_for_list(page, 1)
         assert past_chats(page)[0].startswith("What is the capital of Zorvania? · 3 answers")
+    context.close()
+    store.close()
+
+
+def fill(page, selector, text):
+    page.locator(f"{selector} input, {selector} textarea").first.fill(text)
+
+
+def test_the_last_chat_reopens_and_chats_can_be_renamed_searched_and_undeleted(tmp_path, browser):
+    """Two chats that begin with the same question are told apart and dated; a reload reopens the chat
+    one was in (not the one saved last); a rename, a search, and a delete taken back by Undo delete."""
+    store = Store(tmp_path / "exemplar.db")
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    question = "What is the capital of Zorvania?"
+    with serve(tmp_path, store) as url:
+        open_app(page, url)
+        send(page, question, f"You said: {question}")
+        wait_for_list(page, 1)
+        page.locator("#new-chat").click()
+        page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=bot]').length === 0")
+        send(page, question, f"You said: {question}")
+        send(page, "And its river?", "You said: And its river?")
+        wait_for_text(page, "#chat-history", "2 answers")
+        newer, older = past_chats(page, dated=True)
+        assert newer != older and all(DATE.search(label) for label in (newer, older))
+        assert older == DATE.search(older).expand(f"{question}\\g<0> · 1 answer")
+        if DATE.search(newer).group() == DATE.search(older).group():  # begun in the same minute: numbered
+            assert newer.startswith(f"{question} (2) · ")
+
+        # Open the older chat, then reload: the chat one was in opens again, chosen in the list.
+        page.locator("#chat-history label", has_text="1 answer").click()
+        wait_for_text(page, "#chat-history-note", "Reopened")
+        open_app(page, url)
+        wait_for_list(page, 2)
+        wait_for_text(page, "#chatbot", question)
+        assert page.locator("#chatbot [data-testid=bot]").count() == 1
+        assert page.locator("#chat-history label", has=page.locator("input:checked")).inner_text().endswith("1 answer")
+
+        # Rename it; the search finds chats by title and by what was said.
+        fill(page, "#rename-chat-name", "Trip planning")
+        page.locator("#rename-chat").click()
+        wait_for_text(page, "#chat-history", "Trip planning")
+        assert past_chats(page) == [f"{question} · 2 answers", "Trip planning · 1 answer"]
+        fill(page, "#chat-search", "trip")
+        wait_for_list(page, 1)
+        assert past_chats(page) == ["Trip planning · 1 answer"]
+        fill(page, "#chat-search", "RIVER")
+        page.wait_for_function("document.querySelector('#chat-history').innerText.includes('2 answers')")
+        assert past_chats(page) == [f"{question} · 2 answers"]
+        fill(page, "#chat-search", "")
+        wait_for_list(page, 2)
+
+        # Delete one, then take the delete back.
+        undo = page.locator("#undo-delete")
+        assert undo.count() == 0 or not undo.is_visible()
+        page.locator("#chat-history label", has_text="2 answers").click()
+        wait_for_text(page, "#chatbot", "And its river?")
+        page.locator("#delete-chat").click()
+        wait_for_list(page, 1)
+        assert past_chats(page) == ["Trip planning · 1 answer"]
+        undo.click()
+        wait_for_text(page, "#chat-history-note", "Brought back")
+        wait_for_list(page, 2)
+        assert past_chats(page) == [f"{question} · 2 answers", "Trip planning · 1 answer"]
+        page.locator("#undo-delete").wait_for(state="hidden")
+
+        # All of it is kept in the browser: a reload shows it again.
+        open_app(page, url)
+        wait_for_list(page, 2)
+        assert past_chats(page) == [f"{question} · 2 answers", "Trip planning · 1 answer"]
     context.close()
     store.close()
 

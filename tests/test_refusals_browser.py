@@ -73,12 +73,12 @@ def test_refusals_say_why_and_leave_the_page_usable(tmp_path, browser):
         chat.get_by_label("Like", exact=True).first.click(timeout=CLICK_MS)
         wait_for_text(page, "#feedback-status", "Liked")
 
-        # New chat empties the choice, and so does a reload: Delete is off again.
+        # A reload reopens the chat one was in, chosen in the list: Delete is on. New chat empties the choice: off.
+        open_app(page, url)
+        wait_for_text(page, "#chat-history-note", "Reopened")
+        wait_until(page, "#delete-chat", enabled=True)
         page.locator("#new-chat").click(timeout=CLICK_MS)
         wait_until(page, "#delete-chat", enabled=False)
-        open_app(page, url)
-        page.locator("#chat-history label").first.wait_for()
-        assert page.locator("#delete-chat").is_disabled()
         # Choosing a chat turns it on; deleting that chat turns it off.
         page.locator("#chat-history label").first.click()
         wait_for_text(page, "#chat-history-note", "Reopened")

@@ -243,3 +243,33 @@ def test_an_answer_cut_at_the_token_limit_offers_continue(store, engine):
     engine.stream = original
     *_, after = handlers.continue_answer(last[1], last[3], last[2], *SETTINGS, None, request)
     assert engine.calls[-1]["messages"][-1]["content"] == "Please continue where you stopped."
+
+
+def test_every_answer_has_a_badge_saying_what_made_it_from_the_store(store, engine):
+    _, handlers = make(store, engine)
+    child = ("How much is a child ticket on Ashvane Coaches?", "A child ticket on Ashvane Coaches costs 4.60 euros.")
+    example_id = store.add_example(child[0], child[1], source="admin")
+    engine.enqueue("Lyon <i>&</i> co.")
+    shown, ids, conv, _, _ = ask(handlers, "Capital of France?")
+    shown, ids, conv, _, _ = ask(handlers, child[0], shown, ids, conv)
+    shown, ids, conv, _, _ = ask(handlers, "How much is an adult ticket on Ashvane Coaches?", shown, ids, conv)
+    model, stated, honest = ids[1], ids[3], ids[5]
+    marks = handlers.marks(shown, ids)
+    assert marks.count('class="answer-mark"') == 3
+    assert f"Answer #{model} · by model base</span>" in marks
+    assert f"Answer #{stated} · approved answer #{example_id}, word for word" in marks
+    assert f"Answer #{honest} · no approved answer yet · related answer #{example_id}" in marks
+    assert "corrected" not in marks
+    # The answer starting to stream has its badge before its first piece (its id comes first).
+    assert handlers.marks(shown[:-1], ids).count('class="answer-mark"') == 3
+
+    # Corrected: marked, with the original (escaped) a click away; the same from a reopened chat's ids.
+    edited = [*shown[:1], {"role": "assistant", "content": "Paris <b>is</b> the capital."}, *shown[2:]]
+    data = gr.EditData(target=None, data={"index": 1, "value": "Paris <b>is</b> the capital.", "previous_value": "Lyon <i>&</i> co."})
+    list(handlers.edit(data, edited, ids, conv, *SETTINGS))
+    marks = ChatHandlers(handlers.service).marks(edited, list(ids))
+    assert f"Answer #{model} · by model base</span><span class=\"answer-corrected\">" in marks
+    assert "<summary>Original answer</summary><div class=\"answer-original-text\">Lyon &lt;i&gt;&amp;&lt;/i&gt; co.</div>" in marks
+    assert marks.count('class="answer-corrected"') == 1
+    # Undo: the badges of what is left.
+    assert handlers.marks(edited[:2], ids[:2]).count('class="answer-mark"') == 1

@@ -248,12 +248,15 @@ class ChatService:
         except BaseException:  # refused (e.g. the prompt does not fit): leave no trace of the turn
             self.store.discard_turn([message_id, user_id], conversation_id=conversation_id if new_conversation else None)
             raise
-        try:  # which demonstrations fit is known once the prompt is built
-            self.store.update_message(message_id, few_shot_ids=generation.few_shot_ids)
+        related = shown(honest) if honest else []
+        try:  # which demonstrations fit is known once the prompt is built; the kind of answer, for its badge
+            self.store.update_message(
+                message_id, few_shot_ids=generation.few_shot_ids, from_example=generation.from_example,
+                related_ids=[e["id"] for e in related] or None,
+            )
         except BaseException:
             generation.cancel()
             raise
-        related = shown(honest) if honest else []
         return Answer(
             generation, conversation_id, context, self.store, message_id, few_shot_examples=demos, related=related
         )
@@ -300,6 +303,10 @@ class ChatService:
             actor=actor,
             rater=rater,
         )
+
+    def answer_sources(self, message_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """How each answer was made and whether it was corrected (what the chat's badges show)."""
+        return self.store.answer_sources(message_ids)
 
     def current_ratings(self, message_ids: Sequence[int], *, rater: str | None) -> dict[int, dict[str, Any]]:
         """Each answer's current rating by one rater (what the chat's thumbs show)."""

@@ -7,6 +7,7 @@ correction always points at what the model really said and in what context.
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import uuid
@@ -78,6 +79,32 @@ def normalise_history(history: list[Any] | None) -> list[dict[str, str]]:
         if role in ("user", "assistant"):
             out.append({"role": role, "content": text_of(content)})
     return out
+
+
+def answer_mark(message_id: int | None, source: dict[str, Any] | None) -> str:
+    """The badge under one answer (HTML): which kind of answer it is and what made it, and, once
+    corrected, a "corrected" mark with the original answer a click away. Built from what the store
+    keeps for the answer, so it is the same after an undo, a correction or reopening the chat."""
+    if message_id is None or source is None:
+        return '<div class="answer-mark"></div>'
+    if source.get("from_example") is not None:
+        kind = f"approved answer #{source['from_example']}, word for word"
+    elif source.get("related_ids"):
+        shown = ", ".join(f"#{i}" for i in source["related_ids"])
+        kind = f"no approved answer yet · related answer{'s' if len(source['related_ids']) > 1 else ''} {shown}"
+    else:
+        kind = f"by model {source.get('model_version') or '(unknown version)'}"
+        guided = len(source.get("few_shot_ids") or [])
+        if guided:
+            kind += f" · guided by {guided} example{'s' if guided != 1 else ''}"
+    parts = [f'<span class="answer-badge">Answer #{message_id} · {html.escape(kind)}</span>']
+    if source.get("correction") is not None:
+        parts.append('<span class="answer-corrected">✎ corrected</span>')
+        parts.append(
+            '<details class="answer-original"><summary>Original answer</summary>'
+            f'<div class="answer-original-text">{html.escape(source.get("content") or "")}</div></details>'
+        )
+    return f'<div class="answer-mark" data-answer="{message_id}">{"".join(parts)}</div>'
 
 
 def _ui_error(exc: ExemplarError) -> gr.Error:
@@ -179,6 +206,16 @@ class ChatHandlers:
         answer_ids = [ids[i] if i < len(ids) else None for i, m in enumerate(history) if m["role"] == "assistant"]
         current = self.service.current_ratings([i for i in answer_ids if i is not None], rater=rater)
         return [_option(current.get(i)) if i is not None else None for i in answer_ids]
+
+    def marks(self, history: list[Any], ids: list[int | None]) -> str:
+        """The badges of every answer of the chat, in order (see answer_mark); the page's script
+        (bot/ui/app.py, MARKS_SCRIPT) puts each under its answer."""
+        history = normalise_history(history)
+        ids = ids or []
+        answer_ids = [ids[i] if i < len(ids) else None for i, m in enumerate(history) if m["role"] == "assistant"]
+        answer_ids += ids[len(history):]  # the answer starting to stream: its id comes before its first piece
+        sources = self.service.answer_sources([i for i in answer_ids if i is not None])
+        return "".join(answer_mark(i, sources.get(i) if i is not None else None) for i in answer_ids)
 
     def describe(self, answer: Any, *, params: GenerationParams | None = None, stopped: bool = False) -> str:
         """The line under the chat that says which model answered and which examples guided it,
@@ -306,29 +343,59 @@ class ChatHandlers:
 
     # -- past chats (kept in this browser) -------------------------------------
 
+    @staticmethod
+    def listing(chats: Any, query: str | None, chosen: str | None) -> Any:
+        """The list of past chats, those matching the search box, with `chosen` chosen if it is among them."""
+        shown = chat_history.choices(chats, query)
+        return gr.update(choices=shown, value=chosen if any(key == chosen for _, key in shown) else None)
+
     def save_chat(
-        self, key: str | None, history: list[Any], ids: list[int | None], chats: Any
+        self, key: str | None, history: list[Any], ids: list[int | None], chats: Any, query: str | None = ""
     ) -> tuple[Any, ...]:
         """After each change to the open chat: save it at the top of this browser's list."""
         key, chats = chat_history.remember(chats, key, normalise_history(history), ids or [])
-        return key, chats, gr.update(choices=chat_history.choices(chats), value=key)
+        return key, chats, self.listing(chats, query, key)
 
     def idle_and_save(
         self, history: list[Any], ids: list[int | None], rater: str | None, key: str | None, chats: Any,
-        request: gr.Request | None = None,
+        query: str | None = "", request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
         """After an answer: `idle`, and the chat saved in this browser's list, in one event
         (one step fewer between an answer's end and the next message)."""
-        return (*self.idle(history, ids, rater, request), *self.save_chat(key, history, ids, chats))
+        return (*self.idle(history, ids, rater, request), *self.save_chat(key, history, ids, chats, query))
 
-    @staticmethod
-    def list_chats(chats: Any) -> Any:
-        """The list of past chats, as the page opens."""
-        return gr.update(choices=chat_history.choices(chats), value=None)
+    def reopen_last(self, chats: Any, rater: str | None = None) -> tuple[Any, ...]:
+        """As the page opens: the list of past chats, the chat opened last shown again (with this
+        person's ratings) and chosen in it, and Undo delete while a deleted chat can come back.
+        Returns the list, chatbot, ids, chat key, the note under the list and Undo delete."""
+        chat = chat_history.last_opened(chats)
+        undo = gr.update(visible=chat_history.deleted(chats) is not None)
+        if chat is None:
+            return self.listing(chats, "", None), gr.skip(), gr.skip(), gr.skip(), gr.skip(), undo
+        history, ids = chat["history"], chat["ids"]
+        thumbs = self.feedback_values(history, ids, rater)
+        return (
+            self.listing(chats, "", chat["key"]), gr.update(value=history, feedback_value=thumbs), ids, chat["key"],
+            f"Reopened “{chat['title']}”, the chat you were in.", undo,
+        )
+
+    def search_chats(self, query: str | None, chats: Any, chosen: str | None) -> Any:
+        """The search box: the list narrowed to the chats whose title or messages hold every word typed."""
+        return self.listing(chats, query, chosen)
+
+    def rename_chat(self, key: str | None, name: str | None, chats: Any, query: str | None = "") -> tuple[Any, ...]:
+        """Rename the chat chosen in the list (an empty name gives it back its first question).
+        Returns the saved chats, the list, the emptied name box and the note under the list."""
+        if not key or chat_history.find(chats, key) is None:
+            raise user_error("Pick a chat in the list first")
+        chats = chat_history.rename(chats, key, name)
+        chat = chat_history.find(chats, key)
+        said = f"Renamed it “{chat['title']}”." if chat and chat["name"] else "Named it by its first question again."
+        return chats, self.listing(chats, query, key), "", said
 
     @staticmethod
     def chosen(key: str | None) -> Any:
-        """The Delete button follows the list: usable only while a chat is chosen in it."""
+        """Delete (and Rename) follow the list: usable only while a chat is chosen in it."""
         return gr.update(interactive=bool(key))
 
     def _idle_only(self, request: gr.Request | None) -> None:
@@ -349,7 +416,8 @@ class ChatHandlers:
         self, key: str | None, chats: Any, rater: str | None = None, request: gr.Request | None = None
     ) -> tuple[Any, ...]:
         """A chat picked in the list: show it again with this person's ratings. It goes on as a new
-        stored conversation (see bot/chat_history.py: a conversation id from the browser is never used)."""
+        stored conversation (see bot/chat_history.py: a conversation id from the browser is never used).
+        Returns the saved chats (this one marked opened last), then the chat view."""
         self._idle_only(request)
         chat = chat_history.find(chats, key)
         if chat is None:
@@ -357,22 +425,34 @@ class ChatHandlers:
         history, ids = chat["history"], chat["ids"]
         thumbs = self.feedback_values(history, ids, rater)
         return (
+            chat_history.opened(chats, chat["key"]),  # it reopens as the page loads, until another is opened
             gr.update(value=history, feedback_value=thumbs), None, ids, "", "", chat["key"],
             gr.update(value=chat["key"]), *IDLE[:2], gr.update(visible=False), f"Reopened “{chat['title']}”.",
         )
 
     def delete_chat(
-        self, key: str | None, open_key: str | None, chats: Any, request: gr.Request | None = None
+        self, key: str | None, open_key: str | None, chats: Any, query: str | None = "",
+        request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
         """Delete the chat picked in the list from this browser (what the server stored stays);
-        if it is the open one, the view empties. Returns the list, then the chat view."""
+        if it is the open one, the view empties. Undo delete brings it back for a while
+        (chat_history.UNDO_SECONDS), until the next delete. Returns the list, the chat view, Undo delete."""
         if not key:
             raise user_error("Pick a chat in the list first")
         chats = chat_history.forget(chats, key)
         view = list(self.new_chat(request)) if key == open_key else [gr.skip()] * 11
-        view[6] = gr.update(choices=chat_history.choices(chats), value=None)
-        view[10] = "Deleted the chat from this browser."
-        return chats, *view
+        view[6] = self.listing(chats, query, None)
+        minutes = chat_history.UNDO_SECONDS // 60
+        view[10] = f"Deleted the chat from this browser: Undo delete brings it back for {minutes} minutes."
+        return chats, *view, gr.update(visible=True)
+
+    def undo_delete(self, chats: Any, query: str | None, open_key: str | None) -> tuple[Any, ...]:
+        """Undo delete: the chat deleted last back in the list, if it was deleted a short while ago.
+        Returns the saved chats, the list, Undo delete (hidden) and the note under the list."""
+        chat, chats = chat_history.restore(chats)
+        said = (f"Brought back “{chat['title']}”." if chat else
+                f"Nothing to bring back: only the last chat deleted, for {chat_history.UNDO_SECONDS // 60} minutes.")
+        return chats, self.listing(chats, query, open_key), gr.update(visible=False), said
 
     @staticmethod
     def new_rater(rater: str | None) -> str:
@@ -501,12 +581,20 @@ def build_chat_tab(service: ChatService) -> Any:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=220, elem_id="chat-history-column"):
             new_chat = gr.Button("New chat", elem_id="new-chat")
+            search = gr.Textbox(placeholder="Search past chats…", show_label=False, elem_id="chat-search")
             past = gr.Radio(choices=[], value=None, label="Past chats (kept in this browser)", elem_id="chat-history")
-            # Usable once a chat is chosen (see `chosen`): no chat is chosen as the page opens.
+            with gr.Row():
+                rename_name = gr.Textbox(
+                    placeholder="New name for the chosen chat", show_label=False, scale=3, max_length=200,
+                    elem_id="rename-chat-name",
+                )
+                rename = gr.Button("Rename", size="sm", scale=1, interactive=False, elem_id="rename-chat")
+            # Usable once a chat is chosen (see `chosen`): none is chosen before the page reopens the last one.
             delete = gr.Button(
                 "Delete the chosen chat", size="sm", variant="stop", interactive=False, elem_id="delete-chat"
             )
             history_note = gr.Markdown("", elem_id="chat-history-note")  # the list's actions confirm here
+            undo_delete = gr.Button("Undo delete", size="sm", visible=False, elem_id="undo-delete")
         with gr.Column(scale=5):
             chatbot = gr.Chatbot(
                 label="Exemplar",
@@ -518,6 +606,10 @@ def build_chat_tab(service: ChatService) -> Any:
                 placeholder="Ask a question. Rate the answers, and edit a wrong one to correct it.",
             )
             info = gr.Markdown("", elem_id="answer-info")
+            # Every answer's badge, in order; kept out of sight and put under each answer by the page's
+            # script (bot/ui/app.py): Gradio's Chatbot has no per-message footer (a metadata title turns the
+            # message into a collapsible "thought", and a second content part breaks its edit and copy buttons).
+            marks = gr.HTML("", visible="hidden", elem_id="answer-marks")
             with gr.Row():
                 message = gr.Textbox(
                     placeholder="Ask a question… (Enter sends; while an answer streams, it is sent next)",
@@ -557,10 +649,17 @@ def build_chat_tab(service: ChatService) -> Any:
     # Every change to the open chat saves it in this browser's list of past chats: after an answer
     # together with setting the thumbs (one event), after an undo or a correction on its own.
     after_answer = (
-        handlers.idle_and_save, [chatbot, ids, rater, chat_key, chats], [chatbot, *buttons, chat_key, chats, past]
+        handlers.idle_and_save, [chatbot, ids, rater, chat_key, chats, search],
+        [chatbot, *buttons, chat_key, chats, past],
     )
-    save = (handlers.save_chat, [chat_key, chatbot, ids, chats], [chat_key, chats, past])
+    save = (handlers.save_chat, [chat_key, chatbot, ids, chats, search], [chat_key, chats, past])
     private: dict[str, Any] = {"api_visibility": "private"}
+    # The badges follow the answers: every change of the chat's ids (an answer, retry, undo, New chat,
+    # reopening a chat) redraws them, and so does a correction (above and below).
+    refresh_marks = (handlers.marks, [chatbot, ids], [marks])
+    # Unqueued (it only reads the store): queued, a redraw set off while an answer streamed after a
+    # rating kept the page's event stream open, and the next answer never finished.
+    ids.change(*refresh_marks, queue=False, show_progress="hidden", **private)
 
     # A message sent while an answer streams waits and is answered next (always_last), never dropped.
     gr.on(
@@ -598,18 +697,31 @@ def build_chat_tab(service: ChatService) -> Any:
         [chatbot, conversation_id, ids, info, status, *buttons],
         concurrency_id="generate",
         **private,
-    ).then(*after_answer, **private)
+    ).then(*after_answer, **private).then(*refresh_marks, **private)  # a correction changes no id
     correct.click(
         handlers.correct_last, [correction, chatbot, ids], [chatbot, correction, status], **private
-    ).success(*save, **private)
+    ).success(*save, **private).then(*refresh_marks, **private)
 
-    # Past chats: New chat, reopen one from the list, delete one.
+    # Past chats: New chat, search, reopen one from the list, rename, delete one and undo that.
     chat_view = [chatbot, conversation_id, ids, info, status, chat_key, past, *buttons, history_note]
     new_chat.click(handlers.new_chat, None, chat_view, **private)
-    past.input(handlers.reopen, [past, chats, rater], chat_view, **private)
-    delete.click(handlers.delete_chat, [past, chat_key, chats], [chats, *chat_view], **private)
+    search.change(
+        handlers.search_chats, [search, chats, past], past, queue=False, show_progress="hidden",
+        trigger_mode="always_last", **private,
+    )
+    past.input(handlers.reopen, [past, chats, rater], [chats, *chat_view], **private)
+    gr.on(
+        [rename.click, rename_name.submit], handlers.rename_chat, [past, rename_name, chats, search],
+        [chats, past, rename_name, history_note], **private,
+    )
+    delete.click(handlers.delete_chat, [past, chat_key, chats, search], [chats, *chat_view, undo_delete], **private)
+    undo_delete.click(handlers.undo_delete, [chats, search, chat_key], [chats, past, undo_delete, history_note], **private)
     # Every way the choice changes (picked, emptied by New chat or a delete, set by a save, the page
-    # opening) enables or disables Delete; outside the queue, so it never waits behind an answer.
+    # opening) enables or disables Delete and Rename; outside the queue, so it never waits behind an answer.
     past.change(handlers.chosen, past, delete, queue=False, show_progress="hidden", **private)
-    handlers.chat_list = (handlers.list_chats, [chats], [past])  # filled in as the page opens
+    past.change(handlers.chosen, past, rename, queue=False, show_progress="hidden", **private)
+    # Filled in as the page opens: the list, and the chat opened last shown again.
+    handlers.chat_list = (
+        handlers.reopen_last, [chats, rater], [past, chatbot, ids, chat_key, history_note, undo_delete]
+    )
     return rater, handlers
