@@ -350,10 +350,9 @@ class Store:
 
     def current_ratings(self, message_ids: Sequence[int], rater: str | None) -> dict[int, dict[str, Any]]:
         """Each answer's latest rating by one rater (a row whose rating may be null: un-rated)."""
-        ids = [int(i) for i in message_ids][:MAX_RATED_IDS]
+        ids, marks = _id_marks(message_ids)
         if not ids:
             return {}
-        marks = ", ".join("?" for _ in ids)
         with self._lock:
             rows = self.db.execute(
                 f"""select * from feedback where id in (
@@ -368,10 +367,9 @@ class Store:
     def answer_sources(self, message_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """What each answer's badge says: how it was made (model_version, few_shot_ids, from_example,
         related_ids), its original text, and its latest correction (None if never corrected)."""
-        ids = [int(i) for i in message_ids][:MAX_RATED_IDS]
+        ids, marks = _id_marks(message_ids)
         if not ids:
             return {}
-        marks = ", ".join("?" for _ in ids)
         with self._lock:
             rows = self.db.execute(
                 f"""select m.id, m.content, m.model_version, m.few_shot_ids, m.from_example, m.related_ids,
@@ -1058,3 +1056,9 @@ class Store:
     def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._lock:
             return [self._decode("jobs", r) for r in self.db.table("jobs").rows_where(order_by="id desc", limit=limit)]
+
+
+def _id_marks(message_ids: Sequence[int]) -> tuple[list[int], str]:
+    """Up to MAX_RATED_IDS message ids as integers, and the "?, ?, …" that binds them in an `in (…)`."""
+    ids = [int(i) for i in message_ids][:MAX_RATED_IDS]
+    return ids, ", ".join("?" for _ in ids)

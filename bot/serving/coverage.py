@@ -30,7 +30,11 @@ from storage.search import STOPWORDS, name_words, porter_stem
 # most of them. One of them in the question counts only against another of them in the stored
 # texts ("open" against "close"); added alone ("Who set it *up* in the *first* place?") it does not.
 CONTRASTIVE = frozenset(
-    ["before", "after", "above", "below", "over", "under", "off", "up", "down", "in", "out", "more", "most", "less", "least", "fewer", "first", "last", "next", "previous", "early", "earlier", "earliest", "late", "later", "latest", "open", "opens", "opening", "close", "closes", "closing", "start", "starts", "end", "ends", "begin", "begins", "finish", "finishes", "arrive", "arrives", "leave", "leaves"]
+    """
+    before after above below over under off up down in out more most less least fewer first last next previous
+    early earlier earliest late later latest open opens opening close closes closing start starts end ends
+    begin begins finish finishes arrive arrives leave leaves
+    """.split()  # noqa: SIM905 (a word list reads best as words)
 )
 IGNORED = STOPWORDS - CONTRASTIVE
 
@@ -38,9 +42,9 @@ IGNORED = STOPWORDS - CONTRASTIVE
 # for: "What do kids *pay*…" asks for an amount as "How much is…" does. A question may use one of
 # a kind the stored texts use too; "generic" ones it may add freely. "The *price* of the textbook"
 # is not "the textbook": a kind the stored texts do not ask for is a word they do not cover.
-FRAMING_KINDS = {
+FRAMING_KINDS = {  # each word in one kind ("early" and "late" are CONTRASTIVE, never framing)
     "amount": "cost costs price prices priced pay paying paid much fee fees amount charge charges",
-    "clock": "time times early late hour hours",
+    "clock": "times hour",
     "duration": "long take takes took time hours minutes",
     "distance": "far distance",
     "contact": "call ring reach contact number",
@@ -74,7 +78,7 @@ _KIND = re.compile(r"\b(" + "|".join(re.escape(phrase) for phrase, _ in QUESTION
 # Contrastive words that name an event of their own: added alone, they still change the question
 # ("When does breakfast *begin*?" against "How much is breakfast?").
 EVENTS = frozenset("open opens opening close closes closing start starts end ends begin begins finish finishes "
-                   "arrive arrives leave leaves".split())
+                   "arrive arrives leave leaves".split())  # noqa: SIM905
 
 
 # For a kind of answer the stored question does not name by a question word ("What does X cost?"),
@@ -130,8 +134,6 @@ class Coverage:
     """How a question's words stand against a stored question and its answer."""
 
     uncovered: list[str] = field(default_factory=list)  # the question's words neither of them has
-    framing: list[str] = field(default_factory=list)  # words added or swapped that only frame the question
-    swapped: list[tuple[str, str]] = field(default_factory=list)  # (question's word, stored word) of like meaning
 
     @property
     def covered(self) -> bool:
@@ -171,13 +173,10 @@ def coverage(question: str, stored_question: str, stored_answer: str, embedder: 
             if their_contrasts or word.text.casefold() in EVENTS:  # "open" where they say "close"
                 result.uncovered.append(word.text)
         elif framing_kind(word) is not None:
-            (result.framing if framing_kind(word) in kinds else result.uncovered).append(word.text)
-        else:
-            partner = _swap(word.text, question, partners, embedder)
-            if partner is None:
+            if framing_kind(word) not in kinds:  # a framing word of a kind they do not ask for
                 result.uncovered.append(word.text)
-            else:
-                result.swapped.append((word.text, partner))
+        elif _swap(word.text, question, partners, embedder) is None:
+            result.uncovered.append(word.text)
     return result
 
 

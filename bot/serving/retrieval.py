@@ -88,7 +88,7 @@ def consult(
     does, up to `k`, is in `answering`, and the first is the `answer` unless two that answer give
     different answers (then neither is asserted: both are related). Examples at least
     `related_similarity` from it that do not answer are `related`. Each candidate gets a
-    `similarity`; an answering one `covered` True.
+    `similarity`.
     """
     found = Consultation(question=latest_question(messages))
     question = found.question
@@ -101,14 +101,19 @@ def consult(
     for example, similarity in zip(candidates, (vectors[1:] @ vectors[0]).tolist(), strict=True):
         example["similarity"] = similarity
     ranked = sorted(candidates, key=lambda e: -e["similarity"])  # stable: the word score breaks ties
+    # Coverage looks at words one by one: only the close candidates, and only until enough answer
+    # (two at least, to see whether the best two disagree).
     for example in ranked:
-        example["covered"] = example["similarity"] >= min_similarity and coverage(
-            question, question_of(example), example["output"], embedder
-        ).covered
-    found.answering = [e for e in ranked if e["covered"]][:k]
-    answers = {" ".join(e["output"].split()).casefold() for e in found.answering}
-    if len(answers) > 1 and found.answering[1]["similarity"] > found.answering[0]["similarity"] - 0.05:
-        found.answering = []  # two stored answers disagree about it: show them, state neither
+        if example["similarity"] < min_similarity or len(found.answering) >= max(k, 2):
+            break
+        if coverage(question, question_of(example), example["output"], embedder).covered:
+            found.answering.append(example)
+    if found.answering:
+        best = found.answering[0]
+        rival = next((e for e in found.answering[1:] if _same_text(e["output"]) != _same_text(best["output"])), None)
+        if rival is not None and rival["similarity"] > best["similarity"] - 0.05:
+            found.answering = []  # two stored answers disagree about it: show them, state neither
+    found.answering = found.answering[:k]
     found.answer = found.answering[0] if found.answering else None
     if found.answer is None:
         found.related = [e for e in ranked if e["similarity"] >= related_similarity][:RELATED_K]
@@ -119,6 +124,10 @@ def consult(
             found.entity = name_words(question)
             found.about = about[:RELATED_K]
     return found
+
+
+def _same_text(text: str) -> str:
+    return " ".join(text.split()).casefold()
 
 
 def latest_question(messages: Sequence[dict[str, str]]) -> str:
