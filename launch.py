@@ -23,6 +23,7 @@ SERVE_EXAMPLES = """examples:
   python launch.py                                  serve the bundled model on http://127.0.0.1:7860
   python launch.py serve --port 8000 --data-dir ~/exemplar
   python launch.py serve --host 0.0.0.0 --admin-password 'a-long-secret'
+  python launch.py serve --forwarded-allow-ips 127.0.0.1   behind a reverse proxy on this host
   python launch.py serve --base-model ./my-checkpoint
   python launch.py serve --retrain-min-new-examples 50 --train-epochs 8
   EXEMPLAR_PORT=8000 python launch.py serve           every flag has an environment variable
@@ -242,7 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bot.auth import generate_password
-    from bot.server import build_server
+    from bot.server import build_server, uvicorn_options
     from bot.serving.engine import Engine
     from storage import Store
     from training.manager import TrainingManager
@@ -287,9 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Reaps dead training jobs and starts retrains when the policy says so.
     scheduler = training.start_background()
     try:
-        # An open browser tab holds a streaming connection; without a limit a SIGTERM (or Ctrl-C)
-        # would wait for it forever.
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
+        uvicorn.run(app, **uvicorn_options(config))
     finally:
         scheduler.set()
         watcher.stop()

@@ -40,7 +40,7 @@ def create_app(
     """
     from bot.api.app import add_api
     from bot.api.middleware import HostCheck
-    from bot.ui.app import CSS, MARKS_SCRIPT, build_ui
+    from bot.ui.app import CSS, PAGE_SCRIPT, build_ui
 
     app = FastAPI(
         title="Exemplar",
@@ -54,7 +54,7 @@ def create_app(
     # Uploads need no password (Gradio takes them before any handler runs), so their size is capped.
     max_upload = service.config.max_upload_mb * 1024 * 1024
     app = gr.mount_gradio_app(
-        app, blocks, path="/", footer_links=["api"], css=CSS, head=MARKS_SCRIPT, max_file_size=max_upload
+        app, blocks, path="/", footer_links=["api"], css=CSS, head=PAGE_SCRIPT, max_file_size=max_upload
     )
     if host_names is not None:
         app.add_middleware(HostCheck, allowed=host_names)
@@ -74,6 +74,24 @@ def warm_few_shot(service: ChatService) -> None:
         log.info("Few-shot question vectors ready: %d examples in %.1f s", count, time.monotonic() - started)
     except Exception:  # a warm-up that fails costs only speed: the vectors are computed when asked
         log.warning("Few-shot warm-up failed; question vectors will be computed as questions come", exc_info=True)
+
+
+def uvicorn_options(config: Any) -> dict[str, Any]:
+    """How uvicorn serves the app for `config` (a ServeConfig): its address, and which proxies' forwarded
+    headers it believes. uvicorn itself believes any loopback client's X-Forwarded-For, so a client on this
+    host could claim a new address with every wrong admin password and never meet the login limit: here
+    only the proxies named in --forwarded-allow-ips are believed, and none by default."""
+    proxies = config.forwarded_allow_ips.strip()
+    return {
+        "host": config.host,
+        "port": config.port,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies,  # never None: uvicorn would read $FORWARDED_ALLOW_IPS or trust loopback
+        "log_level": "warning",
+        # An open browser tab holds a streaming connection; without a limit a SIGTERM (or Ctrl-C)
+        # would wait for it forever.
+        "timeout_graceful_shutdown": 3,
+    }
 
 
 def build_server(

@@ -28,6 +28,9 @@ from core.flags import option
 
 # The sampling temperature's range everywhere (engine, HTTP API, UI slider, --temperature): OpenAI's, 0 to 2.
 MAX_TEMPERATURE = 2.0
+# A temperature below this decodes greedily, as its limit does: float32 logits divided by a smaller one
+# overflow to inf (and 5e-324 is 0 in float32), which no sampler can draw from. vLLM draws the same line.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 # How one answer may be decoded, stated once: GenerationParams (bot/serving/base.py), the HTTP
 # request models (bot/api/chat.py, lora.py) and ServeConfig's defaults all take these types.
 MaxNewTokens = Annotated[int, Field(ge=1)]
@@ -178,6 +181,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _probe(path: Path, check: Callable[[Path], bool]) -> bool:
+    """`check(path)`, with a path the system cannot look at (a name too long, a folder it may not
+    enter) reported as a problem with the setting rather than a traceback."""
+    try:
+        return check(path)
+    except OSError as exc:
+        raise ValueError(f"cannot be opened: {exc.strerror or exc}") from None
+
+
 class ServeConfig(Settings):
     """How the server runs: where data lives, which model, who may administer."""
 
@@ -324,6 +336,15 @@ class ServeConfig(Settings):
     admin_login_window_s: float = Field(
         default=60.0, gt=0, description="The window, in seconds, over which wrong admin passwords count."
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="The reverse proxies whose X-Forwarded-For and X-Forwarded-Proto headers are believed "
+        "(comma-separated addresses or networks, e.g. 127.0.0.1 or 10.0.0.0/8; '*' believes every client). "
+        "A request from one of them counts as coming from the address the proxy forwards (the admin login limit "
+        "counts by it); from any other client the headers are ignored. Empty believes none: every request "
+        "counts as coming from its socket's address.",
+        json_schema_extra={"metavar": "IPS"},
+    )
     max_batch: int = Field(
         default=16,
         ge=1,
@@ -381,19 +402,40 @@ class ServeConfig(Settings):
             return self.review_policy
         return "auto" if is_loopback(self.host) else "manual"
 
+    @property
+    def _embedder_ok(self) -> bool:
+        try:
+            return self.embedder is not None and (self.embedder / "config.json").is_file()
+        except OSError:  # a name too long for the file system, a folder it may not enter
+            return False
+
     @field_validator("data_dir")
     @classmethod
     def _not_a_file(cls, path: Path) -> Path:
-        if path.exists() and not path.is_dir():
+        if _probe(path, Path.exists) and not path.is_dir():
             raise ValueError("is a file: give a folder")
         return path
 
     @field_validator("base_model")
     @classmethod
     def _folder_exists(cls, name: str | None) -> str | None:
-        if name and name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        if name and name.startswith((".", "/", "~")) and not _probe(Path(name).expanduser(), Path.is_dir):
             raise ValueError("no such folder; give a model folder or a hub id")
         return name
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, text: str) -> str:
+        for item in (part.strip() for part in text.split(",")):
+            if item in ("", "*"):
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network: name the proxies, e.g. 127.0.0.1 or 10.0.0.0/8"
+                ) from None
+        return text
 
     @field_validator("upstream_url")
     @classmethod
@@ -414,7 +456,7 @@ class ServeConfig(Settings):
             )
         if self.backend == "openai-upstream" and not self.upstream_url:
             problems.append("{backend} needs {upstream_url:name}, e.g. http://127.0.0.1:8000 (the vLLM server)")
-        if self.embedder is not None and not (self.embedder / "config.json").is_file():
+        if self.embedder is not None and not self._embedder_ok:
             problems.append(
                 "{embedder} must be a folder with a sentence-embedding model (config.json, weights, tokenizer), "
                 "e.g. one saved by sentence-transformers; leave it empty for the bundled all-MiniLM-L6-v2"

@@ -163,3 +163,18 @@ def m006_answer_sources(db: Database) -> None:
     # examples an honest reply showed (JSON list). Both null for the model's own answer.
     db.table("messages").add_column("from_example", int)
     db.table("messages").add_column("related_ids", str)
+
+
+@migrations()
+def m007_feedback_details(db: Database) -> None:
+    # What a rating may say beyond its thumb and reason (the chat's rating panel, Open WebUI's
+    # feedback): free tags (a JSON list of short strings) and a score from 1 to 10.
+    db.table("feedback").add_column("tags", str)
+    db.table("feedback").add_column("score", int)
+
+
+@migrations()
+def m008_inactive_versions(db: Database) -> None:
+    # A version that served and stepped down can be activated again: "inactive" says so, where
+    # "retired" read as gone for good.
+    db.execute("update model_versions set status = 'inactive' where status = 'retired'")

@@ -36,7 +36,7 @@ from storage.examples import (
 from storage.migrations import migrations
 from storage.processes import pid_alive
 from storage.search import query_words, rank
-from storage.text import check_text
+from storage.text import check_score, check_tags, check_text
 from storage.vocabulary import (
     ACTIVE_JOB_STATUSES,
     REVIEW_STATUSES,
@@ -64,7 +64,9 @@ _JSON_COLUMNS = {
     "examples": ("input",),
     "model_versions": ("metrics", "example_ids", "train_config"),
     "jobs": ("params", "progress", "losses", "metrics"),
+    "feedback": ("tags",),
 }
+
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,8 @@ class Store:
         example_id: int | None = None,
         actor: str | None = None,
         rater: str | None = None,
+        tags: Sequence[str] | None = None,
+        score: int | None = None,
     ) -> int:
         """Record a rating (or un-rating, rating=None) and/or a correction of an assistant message."""
         if rating is not None:
@@ -319,6 +323,7 @@ class Store:
         for name, value in (("reason", reason), ("comment", comment), ("correction", correction)):
             if value is not None:
                 check_text(value, name)
+        tags, score = check_tags(tags), check_score(score)
         with self._write():
             message = self.get_message(message_id)
             if message["role"] != "assistant":
@@ -333,6 +338,8 @@ class Store:
                     "example_id": example_id,
                     "actor": actor,
                     "rater": rater,
+                    "tags": tags,
+                    "score": score,
                     "created_at": now(),
                 }
             ))
@@ -342,7 +349,8 @@ class Store:
 
     def message_feedback(self, message_id: int) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db.table("feedback").rows_where("message_id = ?", [message_id], order_by="id"))
+            rows = list(self.db.table("feedback").rows_where("message_id = ?", [message_id], order_by="id"))
+        return [self._decode("feedback", row) for row in rows]
 
     def current_rating(self, message_id: int, rater: str | None) -> dict[str, Any] | None:
         """A rater's latest rating of an answer (corrections aside), or None if never rated."""
@@ -362,7 +370,7 @@ class Store:
                 [*ids, rater],
             ).fetchall()
             columns = [c.name for c in self.db.table("feedback").columns]
-        return {row[columns.index("message_id")]: dict(zip(columns, row)) for row in rows}
+        return {row[columns.index("message_id")]: self._decode("feedback", dict(zip(columns, row))) for row in rows}
 
     def answer_sources(self, message_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """What each answer's badge says: how it was made (model_version, few_shot_ids, from_example,
@@ -417,7 +425,8 @@ class Store:
         if text:
             where.append("(m.content like ? or m.context like ? or f.comment like ?)")
             params.extend([f"%{text}%"] * 3)
-        sql = f"""select f.id, f.message_id, f.rating, f.reason, f.comment, f.rater, f.actor, f.created_at,
+        sql = f"""select f.id, f.message_id, f.rating, f.reason, f.comment, f.tags, f.score, f.rater, f.actor,
+                         f.created_at,
                          f.example_id, m.content as answer, m.context, m.model_version, m.conversation_id,
                          e.status as example_status, e.source as example_source
                   from feedback f join messages m on m.id = f.message_id
@@ -433,6 +442,7 @@ class Store:
         for row in rows:
             context = json.loads(row.pop("context") or "[]")
             row["question"] = next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
+            self._decode("feedback", row)
         return rows
 
     def record_feedback(
@@ -446,6 +456,8 @@ class Store:
         status: str,
         actor: str,
         rater: str | None = None,
+        tags: Sequence[str] | None = None,
+        score: int | None = None,
     ) -> dict[str, Any]:
         """Store a rating and/or correction of an assistant answer and the example it makes, in one
         transaction: everything, or (on any error) nothing.
@@ -455,7 +467,8 @@ class Store:
         a plain thumbs-up withdraws (rejects) the upvote examples this answer made before, except
         those whose status an admin set, which only an admin may change. `status` is the new
         example's status (the review policy's); `actor` who rates (an `Actor`); `rater` which person
-        (a browser session), so that the UI can show each person their own current rating.
+        (a browser session), so that the UI can show each person their own current rating. `tags`
+        and `score` (1 to 10) say more about a rating, as `reason` and `comment` do.
         Returns {"feedback_id", "example_id", "status"}; example_id and status are None when no
         example was made.
         """
@@ -465,6 +478,7 @@ class Store:
             correction = self.validate_output(correction, what="correction")
         check_choice("status", status, REVIEW_STATUSES)
         check_choice("actor", actor, Actor)
+        tags, score = check_tags(tags), check_score(score)
         with self._write():
             message = self.get_message(message_id)
             if message["role"] != Role.ASSISTANT or not message.get("context"):
@@ -474,20 +488,23 @@ class Store:
             if correction is None:
                 # One rating per answer per person: the latest wins, older rows stay as history.
                 current = self._current_rating(message_id, rater)
-                if current is not None and current["rating"] == rating == Rating.DOWN:
-                    # A reason or a comment refines a thumbs-down; neither is lost by the other.
+                if current is not None and rating is not None and current["rating"] == rating:
+                    # A reason, comment, tags or score refine the same thumb; none is lost by another.
                     reason = reason or current["reason"]
                     comment = comment or current["comment"]
-                if current is not None and (current["rating"], current["reason"], current["comment"]) == (
-                    rating, reason, comment
-                ):
+                    tags = tags or (json.loads(current["tags"]) if current["tags"] else None)
+                    score = score or current["score"]
+                if current is not None and (
+                    current["rating"], current["reason"], current["comment"],
+                    json.loads(current["tags"]) if current["tags"] else None, current["score"],
+                ) == (rating, reason, comment, tags, score):
                     # The same click again (the browser can send one twice): nothing new to store.
                     example = current["example_id"]
                     return {"feedback_id": current["id"], "example_id": example,
                             "status": self.get_example(example)["status"] if example else None, "unchanged": True}
             feedback_id = self.add_feedback(
                 message_id, rating=rating, reason=reason, comment=comment, correction=correction, actor=actor,
-                rater=rater,
+                rater=rater, tags=tags, score=score,
             )
             withdrawn = None
             if rating != Rating.UP or correction is not None:
@@ -1006,13 +1023,13 @@ class Store:
         with self._write():
             if version is not None:
                 self.get_model_version(version)
-            # The one serving steps down: retired, or back to rejected if the gate had rejected it
+            # The one serving steps down: inactive, or back to rejected if the gate had rejected it
             # (an admin activated it anyway), so the label says what the gate said.
             self.db.execute(
                 "update model_versions set status = case when exists (select 1 from jobs "
                 "where jobs.model_version = model_versions.version and jobs.promoted = 0) then ? else ? end "
                 "where status = ?",
-                [VersionStatus.REJECTED, VersionStatus.RETIRED, VersionStatus.ACTIVE],
+                [VersionStatus.REJECTED, VersionStatus.INACTIVE, VersionStatus.ACTIVE],
             )
             if version is not None:
                 self.db.table("model_versions").update(version, {"status": VersionStatus.ACTIVE, "activated_at": now()})

@@ -4,6 +4,7 @@ store's validators and the HTTP edge, so every path refuses the same things."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from storage.errors import ValidationError
@@ -14,6 +15,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Deeper JSON than any real request or example file; past it Python's recursive
 # encoders and decoders (json, repr) run out of stack.
 MAX_JSON_DEPTH = 64
+# A rating's tags: at most this many, each at most TAG_CHARS characters.
+MAX_TAGS = 10
+TAG_CHARS = 50
+# A rating's optional score runs from 1 to MAX_SCORE, as Open WebUI's does.
+MAX_SCORE = 10
 
 
 def check_text(text: str, what: str) -> str:
@@ -61,3 +67,28 @@ def ascii_int(text: str, what: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ValidationError(f"{what} must be a number written with the digits 0-9, not {text!r}")
     return int(text)
+
+
+def check_tags(tags: Sequence[str] | None) -> list[str] | None:
+    """A rating's tags, stripped, empty ones and repeats dropped (None for none), or a ValidationError."""
+    if tags is None:
+        return None
+    if isinstance(tags, str) or not isinstance(tags, Sequence) or len(tags) > MAX_TAGS:
+        raise ValidationError(f"tags must be a list of at most {MAX_TAGS} short texts")
+    kept: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str) or len(tag.strip()) > TAG_CHARS:
+            raise ValidationError(f"each tag must be a text of at most {TAG_CHARS} characters")
+        tag = " ".join(check_text(tag, "tag").split())
+        if tag and tag.lower() not in (k.lower() for k in kept):
+            kept.append(tag)
+    return kept or None
+
+
+def check_score(score: int | None) -> int | None:
+    """A rating's score: a whole number from 1 to MAX_SCORE, or None; else a ValidationError."""
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= MAX_SCORE:
+        raise ValidationError(f"score must be a whole number from 1 to {MAX_SCORE}, not {score!r}")
+    return score

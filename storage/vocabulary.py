@@ -95,7 +95,7 @@ class VersionStatus(Word):
 
     CANDIDATE = "candidate"
     ACTIVE = "active"
-    RETIRED = "retired"
+    INACTIVE = "inactive"  # served once, stepped down: it can be activated again
     REJECTED = "rejected"
 
 

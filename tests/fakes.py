@@ -3,6 +3,7 @@ generation (UI handlers, HTTP plumbing). Never a stand-in for the feature itself
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,8 +29,11 @@ from training.config import RetrainPolicy
 class FakeGeneration(AnswerStream):
     """Streams its canned reply word by word."""
 
-    def __init__(self, reply: str, version: str, params: GenerationParams, prompt: FittedPrompt):
+    def __init__(
+        self, reply: str, version: str, params: GenerationParams, prompt: FittedPrompt, piece_delay: float = 0.0
+    ):
         self._reply = reply
+        self._piece_delay = piece_delay
         self.params = params
         self.prompt = prompt
         self.model_version = version
@@ -56,6 +60,8 @@ class FakeGeneration(AnswerStream):
                 return
             piece = word if not self.text else " " + word
             self.text += piece
+            if self._piece_delay:
+                time.sleep(self._piece_delay)
             yield piece
 
 
@@ -65,8 +71,9 @@ class FakeEngine(ChatEngine):
     It declares the ChatEngine contract, and tests/test_contracts.py checks that it and
     bot.engine.Engine both match it, so a change to Engine breaks this fake's tests."""
 
-    def __init__(self, version: str = BASE_VERSION):
+    def __init__(self, version: str = BASE_VERSION, piece_delay: float = 0.0):
         self.version = version
+        self.piece_delay = piece_delay  # seconds before each streamed word: time to act while an answer streams
         self.base_name = "fake"
         self.tokenizer = None  # approved answers are counted in words
         self.replies: list[str] = []
@@ -83,7 +90,7 @@ class FakeEngine(ChatEngine):
         reply = self.replies.pop(0) if self.replies else f"You said: {messages[-1]['content']}"
         words = [w for m in messages for w in m["content"].split()]
         prompt = FittedPrompt(" ".join(words), list(range(len(words))), list(messages), list(demonstrations))
-        return FakeGeneration(reply, self.version, params, prompt)
+        return FakeGeneration(reply, self.version, params, prompt, self.piece_delay)
 
     def activate(self, version: str | None, adapter_path: Any = None) -> float:
         self.version = version or BASE_VERSION
@@ -150,7 +157,7 @@ class FakeTraining(TrainingController):
         return self.activate(BASE_VERSION)
 
     def models_view(self) -> list[ModelVersionView]:
-        status = VersionStatus.ACTIVE if self.active == "v1" else VersionStatus.RETIRED
+        status = VersionStatus.ACTIVE if self.active == "v1" else VersionStatus.INACTIVE
         return [ModelVersionView(version="v1", status=status, active=self.active == "v1")]
 
     def comparison(self, version: str) -> list[ComparisonSample]:

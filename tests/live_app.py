@@ -70,15 +70,17 @@ def build_app(
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, timeout: float = 30, port: int = 0) -> Iterator[str]:
-    """Yield the base URL of `app` served on 127.0.0.1 (on `port`, or a free one); the server stops on exit."""
+def serve_in_thread(app: Any, *, timeout: float = 30, port: int = 0, **options: Any) -> Iterator[str]:
+    """Yield the base URL of `app` served on 127.0.0.1 (on `port`, or a free one); the server stops on exit.
+    `options` go to uvicorn.Config (bot.server.uvicorn_options' proxy settings, say)."""
     import uvicorn
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart on the same port (a browser's origin)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
+    settings = {"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 1, **options}
+    server = uvicorn.Server(uvicorn.Config(app, **settings))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

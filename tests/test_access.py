@@ -9,11 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bot.auth import AdminGuard
-from bot.server import build_server
+from bot.server import build_server, uvicorn_options
 from bot.ui.admin_tab import ui_checker
 from core.config import ServeConfig
+from core.errors import ConfigError
 from tests.fakes import FakeEngine
-from tests.live_app import ADMIN_PASSWORD
+from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
 from tests.test_ui_handlers import ask, make
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -128,6 +129,54 @@ def test_serve_wires_the_configured_login_limit(store, tmp_path):
         assert codes == [401, 401, 429]
     finally:
         watcher.stop()
+
+
+def wrong_tries_over_http(store, config: ServeConfig, forwarded_for: list[str]) -> list[int]:
+    """The status of one wrong admin password per address in `forwarded_for` (sent as X-Forwarded-For),
+    through a real uvicorn on 127.0.0.1 set up as `serve` sets it up for `config`."""
+    import httpx
+
+    options = {k: v for k, v in uvicorn_options(config).items() if k not in ("host", "port")}
+    guard = AdminGuard(ADMIN_PASSWORD, max_failures=config.admin_login_attempts, window_s=60)
+    with serve_in_thread(build_app(store, guard=guard), **options) as url, httpx.Client(base_url=url) as client:
+        wrong = {"Authorization": "Bearer wrong-password"}
+        return [client.get("/api/examples", headers={**wrong, "X-Forwarded-For": address}).status_code
+                for address in forwarded_for]
+
+
+FORGED = [f"203.0.113.{i}" for i in range(1, 15)]  # a new address with every try
+
+
+def test_a_forged_x_forwarded_for_does_not_dodge_the_login_limit(store, monkeypatch):
+    # uvicorn believes loopback clients' headers by default (and $FORWARDED_ALLOW_IPS): serve must not.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    assert wrong_tries_over_http(store, ServeConfig(), FORGED) == [401] * 10 + [429] * 4
+
+
+def test_a_forwarded_header_from_a_client_that_is_not_the_named_proxy_is_ignored(store):
+    config = ServeConfig(forwarded_allow_ips="10.0.0.7, 192.168.0.0/16")
+    assert wrong_tries_over_http(store, config, FORGED) == [401] * 10 + [429] * 4
+
+
+def test_behind_a_named_proxy_the_limit_counts_each_forwarded_address(store):
+    config = ServeConfig(forwarded_allow_ips="127.0.0.1")
+    one_client = ["198.51.100.7"] * 11
+    # Distinct people behind the proxy are counted apart, and one of them is limited on the 11th try. The
+    # address the proxy appends is the client's: one it forged in front of it (the proxy keeps a client's
+    # own X-Forwarded-For) does not free it.
+    forged_in_front = "203.0.113.99, 198.51.100.7"
+    codes = wrong_tries_over_http(store, config, FORGED + one_client + [forged_in_front, "198.51.100.8"])
+    assert codes == [401] * 14 + [401] * 10 + [429] + [429, 401]
+
+
+def test_forwarded_allow_ips_names_addresses_or_networks():
+    assert uvicorn_options(ServeConfig())["proxy_headers"] is False
+    assert uvicorn_options(ServeConfig())["forwarded_allow_ips"] == ""  # not None: uvicorn would trust loopback
+    named = uvicorn_options(ServeConfig(forwarded_allow_ips="127.0.0.1,::1, 10.0.0.0/8"))
+    assert named["proxy_headers"] is True and named["forwarded_allow_ips"] == "127.0.0.1,::1, 10.0.0.0/8"
+    assert uvicorn_options(ServeConfig(forwarded_allow_ips="*"))["proxy_headers"] is True
+    with pytest.raises(ConfigError, match="--forwarded-allow-ips 127.0.0.1,proxy.lan: 'proxy.lan' is not an IP address"):
+        ServeConfig(forwarded_allow_ips="127.0.0.1,proxy.lan")
 
 
 def test_conversation_length_is_capped_with_413(make_client):

@@ -28,6 +28,7 @@ QUESTION = "How do I export all of my data from the app, including my old invoic
 WRONG = ("To export your data, write to the support team and wait for a reply within thirty working days, "
          "then download the archive they send you by post.")
 GREETING = "Hello! I am the help desk assistant: ask me about your account, billing or the app."
+TYPESET_QUESTION = "Can I pay **by bank transfer**, $$x^2$$ or $y$ a month, \\frac{a}{b}?"
 CORRECTION = ("Open Settings › Privacy and press Export data: a zip with your invoices and chat history is ready "
               "to download within a few minutes, and you get an email when it is.")
 
@@ -120,12 +121,18 @@ def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page, capfd, c
 
     # Adding an example by hand confirms under the Add button, not in the queue's line above.
     page.get_by_text("Add an example by hand").click()
-    page.locator("#add-question textarea").fill("Can I pay by bank transfer?")
+    page.locator("#add-question textarea").fill(TYPESET_QUESTION)
     page.locator("#add-answer textarea").fill("Yes: choose Bank transfer under Settings › Billing.")
     page.locator("#add-example").click()
     wait_for_text(page, "#add-result", "Added example #22")
     assert 0 <= below(page, "#add-example", "#add-result") < 120
     assert "Added example" not in page.locator("#review-result").inner_text()
+    # Its details show the characters the model will learn: no Markdown and no LaTeX rendered.
+    page.locator("#review-ids textarea").fill("22")
+    page.locator("#review-ids textarea").press("Enter")
+    wait_for_text(page, "#review-details", "Example #22")
+    assert TYPESET_QUESTION in page.locator("#review-details").inner_text()
+    assert page.locator("#review-details .katex, #review-details strong").count() == 0
 
     # Trimming with no example chosen: a message by the button, one log line, no traceback.
     page.locator("#review-ids textarea").fill("")
@@ -139,4 +146,4 @@ def test_wide_tables_wrap_and_confirmations_show_by_their_buttons(page, capfd, c
     wait_for_text(page, "#feedback-count", "rating")
     page.locator("#feedback-table th").locator("visible=true").first.wait_for()
     edges = header_edges(page, "#feedback-table")
-    assert {"comment", "answer", "answer id"} <= set(edges) and max(edges.values()) <= WIDTH, edges
+    assert {"comment", "answer", "message id"} <= set(edges) and max(edges.values()) <= WIDTH, edges

@@ -46,7 +46,7 @@ def test_every_answer_keeps_its_badge_and_a_correction_keeps_the_original(tmp_pa
         send_and_wait(page, "And its flag?", "You said: And its flag?")
         first, second, third = wait_for_badges(page, 3)
         assert all(" · by model base" in b for b in (first, second, third))
-        assert first.startswith("Answer #2") and second.startswith("Answer #4") and third.startswith("Answer #6")
+        assert first.startswith("message #2") and second.startswith("message #4") and third.startswith("message #6")
 
         # Undo the last exchange: the answers left keep their badges.
         chat.get_by_label("Undo", exact=True).click()
@@ -67,7 +67,7 @@ def test_every_answer_keeps_its_badge_and_a_correction_keeps_the_original(tmp_pa
         assert labels == ['"Save"', '"Cancel"']
         editor.fill("Zorvania's river is the Quell.")
         chat.get_by_label("Submit", exact=True).click()
-        wait_for_text(page, "#feedback-status", "Correction of answer #4")
+        wait_for_text(page, "#feedback-status", "Correction of message #4")
         page.wait_for_function(
             "() => document.querySelectorAll('#chatbot .answer-corrected').length === 1", timeout=30_000
         )

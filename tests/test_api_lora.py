@@ -125,3 +125,43 @@ def test_sampling_bounds_are_the_engines(served, tokenizer):
     assert complete(client, tokenizer, temperature=MAX_TEMPERATURE).status_code == 200
     for bad in ({"top_p": 0}, {"stop": ["a", ""]}, {"max_tokens": 0}):
         assert complete(client, tokenizer, **bad).status_code == 422, bad
+
+
+@pytest.mark.parametrize("sampling", [
+    {"temperature": 1.0, "top_p": 5e-324},  # subnormal: 0 once the sampler compares it in float32
+    {"temperature": 1.0, "top_p": 1e-40},
+    {"temperature": 5e-324},  # the logits divided by it overflow to inf, and inf - inf is nan
+    {"temperature": 1e-30, "top_p": 1e-300},
+    {"temperature": 1e-6},
+])
+def test_tiny_temperatures_and_top_ps_decode_as_their_limit_greedy(served, tokenizer, sampling):
+    """Schemathesis found `top_p` 5e-324 answered 500. Every value the schema allows is answered: a
+    temperature or top_p that tends to 0 keeps only the most likely token, as greedy decoding does."""
+    client, _, _ = served
+    greedy = complete(client, tokenizer, temperature=0).json()["choices"][0]["text"]
+    response = complete(client, tokenizer, **sampling)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == greedy
+
+
+@pytest.mark.parametrize("path", [
+    "a" * 4000,  # one name longer than the file system allows (ENAMETOOLONG)
+    "/tmp/" + "b" * 256 + "/adapter",
+    "/tmp/" + "c/" * 2040,  # short names, but a path longer than the system's limit
+    "/tmp/nul\x00byte",
+])
+def test_an_adapter_path_the_system_cannot_open_is_refused_naming_the_field(served, path):
+    client, _, _ = served
+    response = client.post("/v1/load_lora_adapter", json={"lora_name": "v9", "lora_path": path}, headers=ADMIN)
+    assert 400 <= response.status_code < 500, response.text
+    assert "lora_path" in response.json()["error"]
+
+
+def test_completions_accept_the_fields_that_change_nothing(served, tokenizer):
+    """The refused fields are tests/test_openai_fields.py's; these are answered."""
+    client, _, _ = served
+    accepted = {"seed": 3, "user": "u-1", "response_format": {"type": "text"}, "presence_penalty": 0,
+                "logit_bias": {}, "echo": False, "best_of": 1, "suffix": ""}
+    response = complete(client, tokenizer, **accepted)
+    assert response.status_code == 200, response.text
+    assert complete(client, tokenizer, echo=True).json()["error"].startswith("echo")

@@ -17,7 +17,7 @@ def test_dislike_and_edit_an_answer_stores_the_correction(live_server_factory, b
     box = page.locator("#chat-input textarea")
     box.fill("What is the capital of France?")
     box.press("Enter")
-    page.wait_for_function("document.querySelector('#answer-info').innerText.includes('Answer #')", timeout=90_000)
+    page.wait_for_function("document.querySelector('#answer-info').innerText.includes('Message #')", timeout=90_000)
     original = page.locator("#chatbot").inner_text()
     assert "Paris" in original  # the bundled model knows this one
 

@@ -23,7 +23,7 @@ QUESTIONS = [
 
 ANSWER_JS = """() => {
     const rows = document.querySelectorAll('#chatbot .bot-row');
-    const done = document.querySelector('#answer-info').innerText.includes('Answer #');
+    const done = document.querySelector('#answer-info').innerText.includes('Message #');
     return [rows.length ? rows[rows.length - 1].innerText.trim().length : 0, done];
 }"""
 

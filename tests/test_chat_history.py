@@ -56,7 +56,7 @@ def test_reopen_shows_the_chat_with_its_ratings_as_a_new_conversation(store):
     rater = "c" * 32
     outputs = list(handlers.submit("Capital of Zorvania?", [], [], None, None, False, 0.0, 64, rater))
     _, history, conversation_id, ids, *_ = outputs[-1]
-    handlers.like(gr.LikeData(target=None, data={"index": 1, "value": "x", "liked": True}), history, ids, "", rater)
+    handlers.like(gr.LikeData(target=None, data={"index": 1, "value": "x", "liked": True}), history, ids, rater)
     key, chats, _ = handlers.save_chat(None, history, ids, [])
     chats[0]["conversation_id"] = conversation_id  # what a client might add: never used
     chats, *view = handlers.reopen(key, chats, rater)

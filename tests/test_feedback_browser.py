@@ -81,12 +81,13 @@ def test_ratings_stay_visible_and_a_second_click_takes_them_back(page, live_serv
 def test_a_thumbs_down_reason_and_comment_show_in_the_feedback_view(page, live_server):
     chat = page.locator("#chatbot")
     send(page, "Who wrote Hamlet? One sentence.")
-    page.locator("#feedback-comment textarea").fill("It should name the year too")
     chat.get_by_label("Dislike", exact=True).last.click()
     status_says(page, "Disliked")
-    chat.get_by_label("Feedback").last.hover()
-    chat.locator(".extra-feedback-option", has_text="Too long").last.click()
-    status_says(page, "(too long)")
+    panel = chat.locator(".rating-panel")  # the thumb opens it under the answer
+    panel.get_by_role("button", name="Too long").click()
+    panel.get_by_label("Comment").fill("It should name the year too")
+    panel.get_by_role("button", name="Save details").click()
+    status_says(page, "(too long")
     answer_id = db(live_server).execute("select max(id) from messages where role = 'assistant'").fetchone()[0]
     rows = db(live_server).execute("select rating, reason, comment from feedback where message_id = ?", [answer_id]).fetchall()
     assert [tuple(r) for r in rows][-1][:2] == ("down", "too long")

@@ -25,7 +25,7 @@ def ask(page, question):
     box = page.locator("#chat-input textarea")
     box.fill(question)
     box.press("Enter")
-    wait_for_text(page, "#answer-info", "Answer #", timeout=90_000)
+    wait_for_text(page, "#answer-info", "Message #", timeout=90_000)
     page.locator("#send-button").wait_for(state="visible", timeout=30_000)
 
 
@@ -33,7 +33,7 @@ def new_chat(page):
     page.locator("#new-chat").click()
     page.wait_for_function(
         "document.querySelectorAll('#chatbot [data-testid=bot]').length === 0"
-        " && !document.querySelector('#answer-info').innerText.includes('Answer #')",
+        " && !document.querySelector('#answer-info').innerText.includes('Message #')",
         timeout=20_000,
     )
 
@@ -42,7 +42,7 @@ def correct(page, text):
     """Write the right answer in "Correct this answer" and save it, as a user does."""
     page.locator("#correction-input textarea").fill(text)
     page.locator("#correction-button").click()
-    wait_for_text(page, "#feedback-status", "Correction of answer #")
+    wait_for_text(page, "#feedback-status", "Correction of message #")
     wait_for_text(page, "#chatbot", text)
 
 
@@ -87,7 +87,7 @@ def test_a_near_miss_is_shown_as_related_and_its_correction_then_answers(live_se
     assert reply.count("4.60") == 1, reply
     info = page.locator("#answer-info").inner_text()
     assert (
-        f"no approved answer to this question yet; related approved answer #{child['id']} "
+        f"no example answers this question yet; example #{child['id']} "
         "shown as related, not as the answer"
     ) in info, info
     assert 'Know the answer? Write it in "Correct this answer" below (or edit the reply)' in info, info
@@ -106,6 +106,6 @@ def test_a_near_miss_is_shown_as_related_and_its_correction_then_answers(live_se
     ask(page, ADULT_QUESTION)
     assert last_answer(page).strip() == ADULT_ANSWER
     info = page.locator("#answer-info").inner_text()
-    assert f"approved answer #{adult['id']}, word for word" in info, info
+    assert f"stated from example #{adult['id']}, word for word" in info, info
     assert "shown as related" not in info, info
     page.close()

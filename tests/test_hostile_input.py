@@ -140,6 +140,18 @@ def test_configs_from_the_command_line_must_be_finite():
             build()
 
 
+def test_config_paths_the_system_cannot_open_are_named_problems(tmp_path):
+    """A name longer than the file system allows raises OSError (ENAMETOOLONG) when looked at."""
+    from core.config import ServeConfig
+
+    too_long = str(tmp_path / ("x" * 300))
+    with pytest.raises(ConfigError) as refused:
+        ServeConfig(data_dir=too_long, base_model=too_long, embedder=too_long)
+    problems = refused.value.problems
+    assert [p.split(" ", 1)[0] for p in problems] == ["--data-dir", "--base-model", "--embedder"], problems
+    assert "cannot be opened: File name too long" in problems[0]
+
+
 def test_generation_settings_refuse_nan(client):
     from bot.serving.base import GenerationParams
 

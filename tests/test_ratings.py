@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from storage import Store
+from storage.errors import ValidationError
 
 A, B = "a" * 32, "b" * 32
 
@@ -50,6 +51,38 @@ def test_a_reason_refines_a_thumbs_down_and_keeps_its_comment(store):
     (listed,) = store.list_feedback()
     assert listed["reason"] == "wrong fact" and listed["comment"] == "It is Paris, not Lyon"
     assert len(store.list_feedback(current_only=False)) == 2
+
+
+def test_tags_and_a_score_refine_the_same_thumb_and_a_new_thumb_starts_afresh(store):
+    m = answer(store)
+    rate(store, m, "up", tags=["Clear", " to the  point ", "clear"], score=9)
+    rate(store, m, "up", comment="Short and right")
+    current = store.current_rating(m, A)
+    assert (current["tags"], current["score"], current["comment"]) == (["Clear", "to the point"], 9, "Short and right")
+    assert rate(store, m, "up", comment="Short and right")["unchanged"]
+    rate(store, m, "down")  # changed their mind: the thumbs-down says nothing of the like's details
+    current = store.current_rating(m, A)
+    assert (current["rating"], current["tags"], current["score"], current["comment"]) == ("down", None, None, None)
+    for bad in ({"score": 0}, {"score": True}, {"tags": "clear"}, {"tags": ["x" * 51]}, {"tags": ["a\x00"]}):
+        with pytest.raises(ValidationError):
+            rate(store, m, "up", **bad)
+    assert len(store.message_feedback(m)) == 3
+
+
+def test_the_api_takes_tags_and_a_score_and_refuses_what_the_ui_would(make_server, tmp_path):
+    store = Store(tmp_path / "exemplar.db")
+    url = make_server(store=store)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        message_id = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi?"}]}).json()["id"]
+        body = {"message_id": message_id, "rating": "down", "reason": "wrong fact", "tags": ["billing"], "score": 3}
+        assert client.post("/api/feedback", json=body).status_code == 201
+        for bad, field in (({"score": 11}, "score"), ({"score": 2.5}, "score"), ({"tags": ["x" * 51]}, "tags"),
+                           ({"tags": [str(i) for i in range(11)]}, "tags"), ({"tags": "billing"}, "tags")):
+            response = client.post("/api/feedback", json=body | bad)
+            assert response.status_code in (400, 422) and field in response.json()["error"], response.text
+    (row,) = store.message_feedback(int(message_id))
+    assert (row["rating"], row["reason"], row["tags"], row["score"]) == ("down", "wrong fact", ["billing"], 3)
+    store.close()
 
 
 def test_like_unrate_like_keeps_one_upvote_example(store):
@@ -128,7 +161,7 @@ def test_the_admin_feedback_view_lists_filters_and_exports(store):
     liked, disliked = answer(store, "Paris."), answer(store, "Lyon.")
     rate(store, liked, "up")
     rate(store, disliked, "down", comment="It is Paris")
-    rate(store, disliked, "down", reason="wrong fact")
+    rate(store, disliked, "down", reason="wrong fact", tags=["geography"], score=2)
     everything = ("pw", "any", "any", "", "", "", "", False)
     with pytest.raises(gr.Error):
         handlers.table("guess", *everything[1:])
@@ -136,6 +169,7 @@ def test_the_admin_feedback_view_lists_filters_and_exports(store):
     assert line.startswith("2 ratings") and "1 up, 1 down" in line
     down = frame[frame["rating"] == "thumbs down"].iloc[0]
     assert (down["reason"], down["comment"], down["answer"], down["model"]) == ("wrong fact", "It is Paris", "Lyon.", "base")
+    assert (down["tags"], down["score"]) == ("geography", 2)
     assert frame[frame["rating"] == "thumbs up"].iloc[0]["example"].startswith("#")
     frame, _ = handlers.table("pw", "thumbs down", "wrong fact", "base", "", "", "Lyon", False)
     assert list(frame["answer"]) == ["Lyon."]
@@ -148,3 +182,28 @@ def test_the_admin_feedback_view_lists_filters_and_exports(store):
     records = [json.loads(line) for line in open(path, encoding="utf-8")]
     assert said == "Exported 2 ratings to feedback.jsonl." and {r["rating"] for r in records} == {"up", "down"}
     assert next(r for r in records if r["rating"] == "down")["question"] == "Capital of France?"
+    assert next(r for r in records if r["rating"] == "down")["tags"] == ["geography"]
+
+
+def test_the_admin_feedback_details_show_stored_text_as_stored(store):
+    """What people wrote and what was answered are shown as typed: no Markdown, no LaTeX, HTML escaped."""
+    import html
+    import re
+
+    import gradio as gr
+
+    from bot.ui.admin_feedback import FeedbackHandlers, build_feedback_section
+
+    handlers = FeedbackHandlers(store, lambda password: None)
+    said = "**Yes**: $$E = mc^2$$, so \\frac{a}{b}\n- <b>bold</b> & done"
+    rate(store, answer(store, said), "down", comment="Wrong: $x^2$ is _not_ <i>it</i>")
+    frame, _ = handlers.table("pw", "any", "any", "", "", "", "", False)
+    event = gr.SelectData(None, {"index": [0, 0], "value": 1, "row_value": frame.iloc[0].tolist()})
+    body, _, _ = handlers.details("pw", frame, event)
+    assert "<b>bold</b>" not in body and "<i>it</i>" not in body  # escaped, not markup
+    text = html.unescape(re.sub(r"<[^>]+>", "", body))
+    assert said in text and "Wrong: $x^2$ is _not_ <i>it</i>" in text
+    with gr.Blocks() as demo:
+        build_feedback_section(store, lambda password: None, gr.Textbox())
+    shown = [block for block in demo.blocks.values() if block.elem_id == "feedback-details"]
+    assert len(shown) == 1 and isinstance(shown[0], gr.HTML)  # gr.HTML renders neither Markdown nor LaTeX

@@ -21,7 +21,7 @@ def ask(page, question):
     box = page.locator("#chat-input textarea")
     box.fill(question)
     box.press("Enter")
-    wait_for_text(page, "#answer-info", "Answer #", timeout=120_000)
+    wait_for_text(page, "#answer-info", "Message #", timeout=120_000)
 
 
 def test_approving_a_pending_correction_guides_the_next_answer(live_server_factory, browser):
@@ -67,7 +67,7 @@ def test_approving_a_pending_correction_guides_the_next_answer(live_server_facto
     # Back in the chat, a fresh conversation: the same question is answered with the correction.
     page.get_by_role("tab", name="Chat").click()
     page.get_by_label("Clear").first.click()
-    page.wait_for_function("!document.querySelector('#answer-info').innerText.includes('Answer #')", timeout=20_000)
+    page.wait_for_function("!document.querySelector('#answer-info').innerText.includes('Message #')", timeout=20_000)
     ask(page, QUESTION)
     wait_for_text(page, "#answer-info", "guided by 1 example")
     assert "Velmora" in page.locator("#chatbot").inner_text()

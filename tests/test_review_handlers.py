@@ -111,6 +111,24 @@ def test_picking_rows_and_the_side_by_side_details(handlers, store, queue):
         handlers.details(PASSWORD, "999")
 
 
+def test_the_details_show_an_examples_text_as_stored_not_rendered(handlers, store):
+    """LaTeX and Markdown in an example are what the model will learn: the admin sees the characters."""
+    import html
+    import re
+
+    question = "Square it: $x^2$, then \\frac{a}{b}.\n\n**bold** _it_ `code` <b>tag</b> & [link](http://x)\n- item"
+    example_id = store.add_example(question, "$$E = mc^2$$", source="admin")
+    body, _, output, *_ = handlers.details(PASSWORD, str(example_id))
+    assert "<b>tag</b>" not in body and "&lt;b&gt;tag&lt;/b&gt;" in body  # escaped, not markup
+    assert question in html.unescape(re.sub(r"<[^>]+>", "", body))  # every character, line breaks too
+    assert output == "$$E = mc^2$$"  # in a Textbox
+    with gr.Blocks():
+        section = build_review_section(store, check_admin, gr.Textbox())
+    shown = section.detail_outputs[0]
+    # gr.HTML renders neither Markdown nor LaTeX (gr.Markdown does both).
+    assert isinstance(shown, gr.HTML) and shown.elem_id == "review-details"
+
+
 def test_parse_ids():
     assert parse_ids("3, 5 7-9,#12, 3") == [3, 5, 7, 8, 9, 12]
     for bad in ("", "abc", "9-3", "1-5000"):
@@ -192,7 +210,8 @@ def test_import_reads_only_uploaded_files(handlers, store, tmp_path, monkeypatch
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
     outside = tmp_path / "server-file.jsonl"
     outside.write_text(json.dumps({"instruction": "Q?", "output": "A."}) + "\n")
-    for path in (outside, uploads / ".." / "server-file.jsonl", "/etc/hostname", uploads):
+    unopenable = (uploads / ("x" * 4000), uploads / ("y/" * 2100), f"{uploads}/nul\x00byte")  # ENAMETOOLONG, NUL
+    for path in (outside, uploads / ".." / "server-file.jsonl", "/etc/hostname", uploads, *unopenable):
         with pytest.raises(gr.Error, match="uploaded here"):
             handlers.import_upload(PASSWORD, str(path), "guess from the file", "approved")
     assert store.count_examples() == 0

@@ -32,6 +32,19 @@ def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path):
     s2.close()
 
 
+def test_a_database_from_before_the_word_inactive_keeps_its_versions_activatable(tmp_path):
+    path = tmp_path / "old.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("insert into model_versions (version, number, status) values ('v1', 1, 'retired')")
+    conn.execute("delete from _sqlite_migrations where name = 'm008_inactive_versions'")
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.get_model_version("v1")["status"] == "inactive"
+    store.close()
+
+
 def test_assistant_message_records_version_params_and_context(store):
     conv = store.create_conversation(source="ui", system_prompt="Be brief.")
     store.add_message(conv, "user", "Hi")
@@ -135,7 +148,7 @@ def test_one_job_at_a_time_and_versions(store):
     assert store.next_version_name() == "v2"
     store.activate_version(None)
     assert store.active_version() is None
-    assert store.get_model_version("v1")["status"] == "retired"
+    assert store.get_model_version("v1")["status"] == "inactive"
 
 
 def test_trimming_an_examples_input_keeps_its_last_turns_and_the_history(store):

@@ -246,7 +246,7 @@ def test_a_rejected_version_keeps_its_label_after_a_rollback(tmp_path):
     store.update_model_version("v2", status="rejected")
     store.activate_version("v1")
     store.activate_version("v2")  # an admin serves the rejected one anyway
-    assert store.get_model_version("v1")["status"] == "retired"
+    assert store.get_model_version("v1")["status"] == "inactive"
     store.activate_version("v1")  # and rolls back
     assert store.get_model_version("v2")["status"] == "rejected"
 

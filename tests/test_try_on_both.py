@@ -93,3 +93,16 @@ def test_the_real_engine_answers_with_a_version_it_does_not_serve(tiny_model, to
     assert engine.generate(QUESTION, params).text == tried != base
     assert engine.answer_with(BASE_VERSION, None, QUESTION, params) == base  # and back, from v1 to the base
     assert engine.version == "v1" and engine.generate(QUESTION, params).text == tried
+
+
+def test_a_tiny_temperature_tries_a_version_greedily(tiny_model, tokenizer, tmp_path):
+    """transformers' sampler divides by the temperature too: 1e-30 would overflow it (a 500 over HTTP)."""
+    from bot.serving.engine import Engine
+    from tests.test_engine import make_adapter
+
+    engine = Engine(copy.deepcopy(tiny_model), tokenizer, base_name="tiny", max_context_tokens=256, bf16_from_batch=0)
+    make_adapter(copy.deepcopy(tiny_model), tmp_path / "v1", seed=1)
+    greedy = engine.answer_with("v1", tmp_path / "v1", QUESTION, GenerationParams(max_new_tokens=8))
+    for tiny in ({"temperature": 1e-30}, {"temperature": 5e-324}, {"temperature": 1.0, "top_p": 5e-324}):
+        params = GenerationParams(max_new_tokens=8, **tiny)
+        assert engine.answer_with("v1", tmp_path / "v1", QUESTION, params) == greedy, tiny

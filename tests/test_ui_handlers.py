@@ -1,5 +1,8 @@
 """The Chat tab's handlers, driven with a fake engine: what they store and show."""
 
+import json
+import re
+
 import gradio as gr
 import pytest
 
@@ -58,19 +61,28 @@ def test_multi_turn_keeps_one_conversation_and_system_prompt(store, engine):
     assert store.get_message(ids[3])["context"][-1]["content"] == "And again"
 
 
-def like(handlers, ids, index, liked, comment="", rater=None, history=None):
-    history = history or [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(len(ids))]
-    status, box, _thumbs = handlers.like(
-        gr.LikeData(target=None, data={"index": index, "value": "x", "liked": liked}), history, ids, comment, rater
+def chat_of(ids):
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(len(ids))]
+
+
+def like(handlers, ids, index, liked, rater=None, history=None):
+    status, _thumbs = handlers.like(
+        gr.LikeData(target=None, data={"index": index, "value": "x", "liked": liked}), history or chat_of(ids), ids, rater
     )
-    return status, box
+    return status
+
+
+def details(handlers, ids, rater=None, **fields):
+    """The rating panel's Save, as the page's script sends it."""
+    status, thumbs, marks = handlers.rate_details(json.dumps(fields), chat_of(ids), ids, rater)
+    return status, thumbs["feedback_value"], marks
 
 
 def test_thumbs_up_stores_an_upvote_example_and_unrate_withdraws_it(store, engine):
     _, handlers = make(store, engine)
     engine.enqueue("Paris.")
     _, ids, _, _, _ = ask(handlers, "Capital of France?")
-    status, comment = like(handlers, ids, 1, True)
+    status = like(handlers, ids, 1, True)
     (example,) = store.list_examples(source="upvote")
     assert example["output"] == "Paris." and example["status"] == "approved" and "example" in status
     like(handlers, ids, 1, "")  # the thumb clicked again
@@ -79,14 +91,49 @@ def test_thumbs_up_stores_an_upvote_example_and_unrate_withdraws_it(store, engin
     assert ratings == ["up", None]
 
 
-def test_thumbs_down_with_reason_and_comment_is_feedback_only(store, engine):
+def test_thumbs_down_then_reason_tags_score_and_comment_is_feedback_only(store, engine):
+    _, handlers = make(store, engine)
+    _, ids, _, _, _ = ask(handlers, "Capital of France?", rater="a" * 32)
+    assert "Say why in the panel" in like(handlers, ids, 1, False, rater="a" * 32)
+    status, thumbs, marks = details(
+        handlers, ids, "a" * 32, answer=ids[1], rating="down", reason="Wrong fact", comment="It is Paris",
+        tags="geography,  capitals , Geography", score=2,
+    )
+    assert store.count_examples() == 0 and thumbs == ["Dislike"]
+    assert status.startswith(f"Disliked message #{ids[1]} (wrong fact · #geography, #capitals · 2/10 · “It is Paris”)")
+    last = store.message_feedback(ids[1])[-1]
+    assert (last["rating"], last["reason"], last["comment"], last["tags"], last["score"]) == (
+        "down", "wrong fact", "It is Paris", ["geography", "capitals"], 2)
+    # The badge says it all, for this person only, and carries it for the panel to fill in again.
+    assert "👎 disliked · wrong fact · #geography, #capitals · 2/10 · “It is Paris”" in marks
+    assert "Edit rating details" in marks and "&quot;score&quot;: 2" in marks
+    assert "answer-rating" not in handlers.marks(chat_of(ids), ids, "b" * 32)
+    # A second save refines the same thumb: what it leaves out stays.
+    details(handlers, ids, "a" * 32, answer=ids[1], rating="down", score=5)
+    last = store.message_feedback(ids[1])[-1]
+    assert (last["reason"], last["comment"], last["tags"], last["score"]) == (
+        "wrong fact", "It is Paris", ["geography", "capitals"], 5)
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"rating": "down", "reason": "Because"}, "A reason is one of"),
+    ({"rating": "up", "reason": "Wrong fact"}, "A reason is one of"),
+    ({"rating": "sideways"}, "Choose 👍 or 👎"),
+    ({"rating": "down", "score": 11}, "score must be a whole number from 1 to 10"),
+    ({"rating": "down", "score": "3"}, "score must be a whole number"),
+    ({"rating": "down", "tags": ["x" * 51]}, "each tag must be a text of at most 50"),
+    ({"rating": "down", "tags": [str(i) for i in range(11)]}, "at most 10"),
+    ({"rating": "down", "comment": "x" * 2001}, "at most 2000"),
+    ({"rating": "down", "answer": 999}, "only answers given in this chat"),
+])
+def test_rating_details_are_checked_and_a_refusal_stores_nothing(store, engine, fields, says):
     _, handlers = make(store, engine)
     _, ids, _, _, _ = ask(handlers, "Capital of France?")
-    like(handlers, ids, 1, False)
-    status, cleared = like(handlers, ids, 1, "Wrong fact", comment="It is Paris")
-    assert store.count_examples() == 0 and cleared == ""
-    last = store.message_feedback(ids[1])[-1]
-    assert (last["rating"], last["reason"], last["comment"]) == ("down", "wrong fact", "It is Paris")
+    with pytest.raises(gr.Error, match=re.escape(says)):
+        details(handlers, ids, **({"answer": ids[1]} | fields))
+    with pytest.raises(gr.Error, match="did not arrive whole"):
+        handlers.rate_details("{not json", chat_of(ids), ids, None)
+    assert store.message_feedback(ids[1]) == []
 
 
 def test_editing_an_answer_stores_a_correction_with_the_rejected_original(store, engine):
@@ -199,14 +246,14 @@ def test_ratings_stay_on_every_answer_of_the_chat(store, engine):
     shown, ids, conv, _, _ = ask(handlers, "One?", rater="a" * 32)
     like(handlers, ids, 1, True, rater="a" * 32)
     shown, ids, conv, _, _ = ask(handlers, "Two?", shown, ids, conv, rater="a" * 32)
-    like(handlers, ids, 3, "Too long", rater="a" * 32)
+    like(handlers, ids, 3, False, rater="a" * 32)
     thumbs, send, stop, more = handlers.idle(shown, ids, "a" * 32)
-    assert thumbs["feedback_value"] == ["Like", "Too long"]
+    assert thumbs["feedback_value"] == ["Like", "Dislike"]
     assert send["visible"] is True and stop["visible"] is False and more["visible"] is False
     # Another person sees their own ratings, not this one's.
     assert handlers.idle(shown, ids, "b" * 32)[0]["feedback_value"] == [None, None]
     like(handlers, ids, 1, "", rater="a" * 32)  # the thumb clicked again: un-rated
-    assert handlers.idle(shown, ids, "a" * 32)[0]["feedback_value"] == [None, "Too long"]
+    assert handlers.idle(shown, ids, "a" * 32)[0]["feedback_value"] == [None, "Dislike"]
 
 
 def test_stop_ends_the_answer_and_keeps_the_text_so_far(store, engine):
@@ -256,9 +303,9 @@ def test_every_answer_has_a_badge_saying_what_made_it_from_the_store(store, engi
     model, stated, honest = ids[1], ids[3], ids[5]
     marks = handlers.marks(shown, ids)
     assert marks.count('class="answer-mark"') == 3
-    assert f"Answer #{model} · by model base</span>" in marks
-    assert f"Answer #{stated} · approved answer #{example_id}, word for word" in marks
-    assert f"Answer #{honest} · no approved answer yet · related answer #{example_id}" in marks
+    assert f"message #{model} · by model base</span>" in marks
+    assert f"message #{stated} · stated from example #{example_id}, word for word" in marks
+    assert f"message #{honest} · no example answers this yet · related example #{example_id}" in marks
     assert "corrected" not in marks
     # The answer starting to stream has its badge before its first piece (its id comes first).
     assert handlers.marks(shown[:-1], ids).count('class="answer-mark"') == 3
@@ -268,7 +315,7 @@ def test_every_answer_has_a_badge_saying_what_made_it_from_the_store(store, engi
     data = gr.EditData(target=None, data={"index": 1, "value": "Paris <b>is</b> the capital.", "previous_value": "Lyon <i>&</i> co."})
     list(handlers.edit(data, edited, ids, conv, *SETTINGS))
     marks = ChatHandlers(handlers.service).marks(edited, list(ids))
-    assert f"Answer #{model} · by model base</span><span class=\"answer-corrected\">" in marks
+    assert f"message #{model} · by model base</span><span class=\"answer-corrected\">" in marks
     assert "<summary>Original answer</summary><div class=\"answer-original-text\">Lyon &lt;i&gt;&amp;&lt;/i&gt; co.</div>" in marks
     assert marks.count('class="answer-corrected"') == 1
     # Undo: the badges of what is left.

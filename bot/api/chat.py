@@ -25,7 +25,7 @@ from bot.serving.contracts import AnswerStream
 from bot.serving.retrieval import question_of
 from core.config import MaxNewTokens, StopText, StopTexts, Temperature, TopP
 from core.errors import ExemplarError, ValidationError
-from storage.text import ascii_int
+from storage.text import MAX_SCORE, MAX_TAGS, TAG_CHARS, ascii_int
 from storage.vocabulary import ExampleStatus, Rating, Role
 
 MODEL_ID = "exemplar"
@@ -66,8 +66,64 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """OpenAI's chat completion request, plus `few_shot`. Other OpenAI fields are accepted and ignored."""
+class UnhonouredFields(BaseModel):
+    """OpenAI request fields that change what an answer means and that Exemplar does not apply yet. They are
+    declared so that a request setting one is refused with 400 naming it, never answered as if it had been
+    applied. Fields that change nothing a client relies on (`user`, `seed`, `metadata`, `store`,
+    `service_tier`, `parallel_tool_calls`, `stream_options`) are accepted, as is any other unknown field."""
+
+    response_format: dict[str, Any] | None = Field(
+        None, description='Only `{"type": "text"}`: answers are not constrained to JSON (json_object, json_schema '
+        "are refused with 400)."
+    )
+    tools: list[Any] | None = Field(None, description="Refused with 400 unless empty: the model calls no tools.")
+    functions: list[Any] | None = Field(None, description="The older `tools`; refused with 400 unless empty.")
+    tool_choice: str | dict[str, Any] | None = Field(None, description='Refused with 400 unless "none".')
+    function_call: str | dict[str, Any] | None = Field(
+        None, description='The older `tool_choice`; refused with 400 unless "none".'
+    )
+    top_logprobs: int | None = Field(None, description="Refused with 400 unless 0: no log probabilities are returned.")
+    presence_penalty: float | None = Field(None, description="Refused with 400 unless 0: no penalty is applied.")
+    frequency_penalty: float | None = Field(None, description="Refused with 400 unless 0: no penalty is applied.")
+    logit_bias: dict[str, float] | None = Field(None, description="Refused with 400 unless empty.")
+
+    def unhonoured(self) -> list[str]:
+        """What this request asks for that the server would not do, one problem per field."""
+        problems = []
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            problems.append(
+                f"response_format {kind!r} is not supported: answers are not constrained to JSON yet; leave "
+                'response_format out or send {"type": "text"}'
+            )
+        for name in ("tools", "functions"):
+            if getattr(self, name):
+                problems.append(f"{name} are not supported: the model cannot call tools; leave {name} out")
+        for name in ("tool_choice", "function_call"):
+            value = getattr(self, name)
+            if value not in (None, "none"):
+                problems.append(f"{name} {value!r} is not supported: the model calls no tools; leave it out or "
+                                'send "none"')
+        if self.top_logprobs:
+            problems.append("top_logprobs is not supported: no log probabilities are returned; leave it out")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value:
+                problems.append(f"{name} {value:g} is not supported: no penalty is applied; leave it out or send 0")
+        if self.logit_bias:
+            problems.append("logit_bias is not supported: the sampler applies no bias; leave it out")
+        return problems
+
+    def refuse_unhonoured(self) -> None:
+        """Raise ValidationError (400) naming every field set to something the server would not apply."""
+        problems = self.unhonoured()
+        if problems:
+            raise ValidationError("; ".join(problems))
+
+
+class ChatCompletionRequest(UnhonouredFields):
+    """OpenAI's chat completion request, plus `few_shot`. Fields that would change the answer's meaning and are
+    not applied are refused (UnhonouredFields); other OpenAI fields are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -85,7 +141,14 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = Field(False, description="Send server-sent events, ending with `data: [DONE]`.")
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
+    logprobs: bool | None = Field(None, description="Refused with 400 if true: no log probabilities are returned.")
     few_shot: bool = Field(True, description="Put similar approved examples into the prompt as demonstrations.")
+
+    def unhonoured(self) -> list[str]:
+        problems = super().unhonoured()
+        if self.logprobs:
+            problems.append("logprobs is not supported: no log probabilities are returned; leave it out or false")
+        return problems
 
 
 class Usage(BaseModel):
@@ -164,6 +227,12 @@ class FeedbackRequest(BaseModel):
     )
     reason: str | None = Field(None, max_length=2000, description="Why the answer was rated so.")
     comment: str | None = Field(None, max_length=2000)
+    tags: list[Annotated[str, Field(max_length=TAG_CHARS)]] | None = Field(
+        None, max_length=MAX_TAGS, description="Short labels for the rating (as Open WebUI's feedback tags)."
+    )
+    score: Annotated[int, Strict(), Field(ge=1, le=MAX_SCORE)] | None = Field(
+        None, description="An optional score from 1 (worst) to 10 (best)."
+    )
     correction: str | None = Field(None, description="The text the answer should have been.")
     user: str | None = Field(
         None,
@@ -353,6 +422,7 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """Answer a conversation (OpenAI-compatible). The answer is stored; its `id` is the message id."""
+        body.refuse_unhonoured()
         params = generation_params(service, body)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
 
@@ -398,6 +468,8 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
             reason=body.reason,
             comment=body.comment,
             correction=body.correction,
+            tags=body.tags,
+            score=body.score,
             actor="api",
             rater=f"api:{body.user}" if body.user else None,
         )

@@ -29,7 +29,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.api.auth import admin_dependency
-from bot.api.chat import MODEL_ID, StreamOptions, pieces, sse
+from bot.api.chat import MODEL_ID, StreamOptions, UnhonouredFields, pieces, sse
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
 from bot.serving.base import GenerationParams
@@ -58,8 +58,9 @@ class UnloadLoraAdapterRequest(BaseModel):
     lora_name: str = Field(pattern=LORA_NAME_PATTERN)
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI's (legacy) completion request for one already-rendered prompt; other fields are ignored."""
+class CompletionRequest(UnhonouredFields):
+    """OpenAI's (legacy) completion request for one already-rendered prompt. Fields that would change the
+    answer's meaning and are not applied are refused (UnhonouredFields); other fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -77,6 +78,22 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
     add_special_tokens: bool = Field(False, description="Accepted for vLLM compatibility; the prompt is used as is.")
+    logprobs: int | None = Field(None, description="Refused with 400 if set: no log probabilities are returned.")
+    echo: bool = Field(False, description="Refused with 400 if true: the prompt is not sent back.")
+    best_of: int | None = Field(None, description="Refused with 400 above 1: one answer is generated.")
+    suffix: str | None = Field(None, description="Refused with 400 unless empty: no text is inserted.")
+
+    def unhonoured(self) -> list[str]:
+        problems = super().unhonoured()
+        if self.logprobs is not None:
+            problems.append("logprobs is not supported: no log probabilities are returned; leave it out")
+        if self.echo:
+            problems.append("echo is not supported: the prompt is not sent back; leave it out or false")
+        if self.best_of not in (None, 1):
+            problems.append(f"best_of {self.best_of} is not supported: one answer is generated; leave it out or 1")
+        if self.suffix:
+            problems.append("suffix is not supported: no text is inserted after the answer; leave it out")
+        return problems
 
 
 class LoraSlots:
@@ -93,8 +110,14 @@ class LoraSlots:
         with self._lock:
             if name in self.loaded:
                 raise ValidationError(f"The lora adapter '{name}' has already been loaded.")
-            if not (folder / "adapter_config.json").is_file():
-                raise ValidationError(f"No adapter at {path}: the folder must hold a peft adapter_config.json")
+            try:
+                found = (folder / "adapter_config.json").is_file()
+            except OSError as exc:  # a name too long for the file system, a folder it may not enter, ...
+                raise ValidationError(f"lora_path cannot be opened: {exc.strerror or exc}") from None
+            if not found:
+                raise ValidationError(
+                    f"No adapter at lora_path {path}: the folder must hold a peft adapter_config.json"
+                )
             # Prove it loads now, so a bad adapter fails here and not on a user's request.
             self.engine.activate(name, folder)
             self.loaded[name] = folder
@@ -160,6 +183,7 @@ def lora_router(service: ChatService, guard: AdminGuard, slots: LoraSlots) -> AP
     @router.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """Continue an already-rendered prompt (OpenAI completions, `stream` true or false). Nothing is stored."""
+        body.refuse_unhonoured()
         local = need_local_engine()
         params = GenerationParams(
             max_new_tokens=body.max_tokens,

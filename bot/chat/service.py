@@ -275,6 +275,8 @@ class ChatService:
         correction: Any = None,
         actor: str,
         rater: str | None = None,
+        tags: Any = None,
+        score: Any = None,
     ) -> dict[str, Any]:
         """Store a rating and/or correction of an assistant message, creating an example where due.
 
@@ -282,7 +284,8 @@ class ChatService:
         a thumbs-up an `upvote` example, a thumbs-down alone feedback only. Un-rating
         (rating None) or a thumbs-down withdraws an earlier upvote example, unless an
         admin set its status. `actor` is an `Actor` (`ui`, `api`). The whole change is
-        one transaction in the store (Store.record_feedback).
+        one transaction in the store (Store.record_feedback). `tags` (short texts) and `score`
+        (1 to 10) say more about a rating, as `reason` and `comment` do.
         """
         if isinstance(message_id, bool) or not isinstance(message_id, int):
             raise ValidationError("message_id must be an integer")
@@ -302,6 +305,8 @@ class ChatService:
             status=self.review_status(),
             actor=actor,
             rater=rater,
+            tags=tags,
+            score=score,
         )
 
     def answer_sources(self, message_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

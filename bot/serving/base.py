@@ -12,7 +12,7 @@ from typing import Any
 
 import pydantic
 
-from core.config import MaxNewTokens, StopTexts, Temperature, TopP, error_words
+from core.config import GREEDY_BELOW_TEMPERATURE, MaxNewTokens, StopTexts, Temperature, TopP, error_words
 from core.errors import ValidationError
 from core.prompts import FittedPrompt, Message, fit_for_answer
 
@@ -38,6 +38,11 @@ class GenerationParams:
                 "; ".join(f"{'.'.join(map(str, e['loc']))} {error_words(e)}, not {e['input']!r}" for e in exc.errors())
             ) from None
         return self
+
+    @property
+    def sampling(self) -> bool:
+        """Whether to sample: false for temperature 0 and for one so small that greedy decoding is its meaning."""
+        return self.temperature >= GREEDY_BELOW_TEMPERATURE
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -186,7 +186,7 @@ class Engine(PromptFitting):
         prompt = self.prepare(messages, params)
         end = sorted(end_token_ids(self.tokenizer, self.model))
         ids = torch.tensor([prompt.token_ids], device=self.model.device)
-        sampling = params.temperature > 0
+        sampling = params.sampling
         with self.scheduler.hold():
             serving = {} if self.version == BASE_VERSION else self._read_adapter(self._adapter_path, self.version)
             self.swap.merge(deltas)

@@ -279,19 +279,21 @@ class _Prefill:
 
 
 def _sample(logits: torch.Tensor, rows: list[Generation]) -> list[int]:
-    """The next token of each row, by that row's own settings (greedy when temperature is 0)."""
+    """The next token of each row, by that row's own settings (greedy when temperature is 0 or tiny)."""
     import torch
 
     chosen = logits.argmax(-1)
     for i, generation in enumerate(rows):
         params = generation.params
-        if params.temperature <= 0:
+        if not params.sampling:
             continue
         probs = torch.softmax(logits[i].float() / params.temperature, -1)
         if params.top_p < 1:
             sorted_probs, order = probs.sort(descending=True)
-            # Keep the smallest set whose mass reaches top_p (always the most likely token).
+            # Keep the smallest set whose mass reaches top_p (always the most likely token, even for
+            # a top_p that float32 rounds to 0, such as 5e-324).
             drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+            drop[0] = False
             sorted_probs[drop] = 0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         chosen[i] = torch.multinomial(probs, 1)[0]

@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import gradio as gr
 import pandas as pd
 
 from bot.ui.admin_handlers import Loader, admin_handler
-from bot.ui.admin_review import ANY, day
+from bot.ui.admin_review import ANY, day, literal_html
 from bot.ui.errors import user_error
 from core.errors import ExemplarError
 from storage import Store
@@ -27,7 +28,8 @@ from storage.vocabulary import DISLIKE_REASONS
 
 RATINGS = {ANY: None, "thumbs up": "up", "thumbs down": "down", "withdrawn": "none"}
 TABLE_ROWS = 300
-COLUMNS = ["id", "time", "rating", "reason", "comment", "question", "answer", "model", "example", "answer id"]
+COLUMNS = ["id", "time", "rating", "reason", "tags", "score", "comment", "question", "answer", "model", "example",
+           "message id"]
 SHOWN = {"up": "thumbs up", "down": "thumbs down", None: "withdrawn"}
 
 
@@ -77,7 +79,8 @@ class FeedbackHandlers:
             [
                 [
                     r["id"], (r["created_at"] or "")[:19].replace("T", " "), SHOWN.get(r["rating"], r["rating"]),
-                    r["reason"] or "", _short(r["comment"]), _short(r["question"]), _short(r["answer"]),
+                    r["reason"] or "", ", ".join(r.get("tags") or []), r.get("score") or "", _short(r["comment"]),
+                    _short(r["question"]), _short(r["answer"]),
                     r["model_version"] or "", _example(r), r["message_id"],
                 ]
                 for r in shown
@@ -102,23 +105,32 @@ class FeedbackHandlers:
         except (ExemplarError, ValueError, TypeError) as exc:
             raise user_error(f"That row cannot be shown: {exc}") from exc
         context = message.get("context") or []
-        lines = [
-            f"#### Rating #{feedback['id']} · {SHOWN.get(feedback['rating'], feedback['rating'])}"
+        heading = (
+            f"Rating #{feedback['id']} · {SHOWN.get(feedback['rating'], feedback['rating'])}"
             + (f" · {feedback['reason']}" if feedback["reason"] else "")
-            + f" · {(feedback['created_at'] or '')[:19].replace('T', ' ')}",
-            f"**Comment:** {feedback['comment']}" if feedback["comment"] else "_No comment._",
-            "**Conversation:**",
-            *[f"> **{m['role']}:** {m['content']}" for m in context],
-            f"**Answer #{message['id']}** by model **{message.get('model_version') or '?'}**:\n\n{message['content']}",
+            + f" · {(feedback['created_at'] or '')[:19].replace('T', ' ')}"
+        )
+        # HTML with every stored text escaped (gr.HTML): the admin sees what people wrote, not it rendered.
+        lines = [
+            f"<h4>{escape(heading)}</h4>",
+            f"<p><b>Comment:</b> {literal_html(feedback['comment'])}</p>"
+            if feedback["comment"] else "<p><i>No comment.</i></p>",
+            *([f"<p><b>Tags:</b> {literal_html(', '.join(feedback['tags']))}</p>"] if feedback.get("tags") else []),
+            *([f"<p><b>Score:</b> {escape(str(feedback['score']))}/10</p>"] if feedback.get("score") else []),
+            "<p><b>Conversation:</b></p>",
+            *[f"<blockquote><b>{escape(m['role'])}:</b> {literal_html(m['content'])}</blockquote>" for m in context],
+            f"<p><b>Message #{message['id']}</b> by model <b>{escape(message.get('model_version') or '?')}</b>:</p>",
+            f"<p>{literal_html(message['content'])}</p>",
         ]
         example_id = feedback.get("example_id")
         if example_id:
             example = self.store.get_example(example_id)
-            lines.append(f"**Made example #{example_id}** ({example['status']}, {example['source']}).")
+            made = f"({escape(example['status'])}, {escape(example['source'])})"
+            lines.append(f"<p><b>Made example #{example_id}</b> {made}.</p>")
         else:
-            lines.append("_This rating made no example_ (a thumbs-down, or a withdrawn rating).")
+            lines.append("<p><i>This rating made no example</i> (a thumbs-down, or a withdrawn rating).</p>")
         button = gr.update(visible=bool(example_id), value=f"Open example #{example_id} in Examples" if example_id else "")
-        return "\n\n".join(lines), example_id or None, button
+        return "".join(lines), example_id or None, button
 
     @admin_handler
     def export(
@@ -130,7 +142,7 @@ class FeedbackHandlers:
             shutil.rmtree(self._last_export, ignore_errors=True)
         folder = self._last_export = Path(tempfile.mkdtemp(prefix="exemplar-feedback-"))
         path = folder / "feedback.jsonl"
-        keys = ["id", "created_at", "rating", "reason", "comment", "question", "answer", "model_version",
+        keys = ["id", "created_at", "rating", "reason", "tags", "score", "comment", "question", "answer", "model_version",
                 "message_id", "conversation_id", "example_id", "example_status", "rater", "actor"]
         with path.open("w", encoding="utf-8") as out:
             for row in rows:
@@ -165,7 +177,7 @@ def build_feedback_section(store: Store, check_admin: Callable[[str], None], pas
         headers=COLUMNS, interactive=False, wrap=True, max_height=520, elem_id="feedback-table",
         column_widths=["5%", "10%", "7%", "8%", "14%", "17%", "21%", "6%", "7%", "5%"],
     )
-    details = gr.Markdown("", elem_id="feedback-details")
+    details = gr.HTML("", elem_id="feedback-details")  # stored text as stored: no Markdown, no LaTeX
     example_id = gr.State(None)
     open_example = gr.Button("Open example", visible=False, elem_id="feedback-open-example")
 

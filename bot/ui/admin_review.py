@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import date, timedelta
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,13 @@ def uploaded_file(upload: Any) -> Path:
     so a caller of the Gradio API cannot make the server read a file of its own choosing."""
     from gradio.utils import get_upload_folder
 
-    path = Path(upload if isinstance(upload, str) else getattr(upload, "name", None) or str(upload)).resolve()
-    if not path.is_relative_to(Path(get_upload_folder()).resolve()) or not path.is_file():
-        raise user_error("Import takes a file uploaded here: choose it with the file picker")
+    refused = user_error("Import takes a file uploaded here: choose it with the file picker")
+    try:
+        path = Path(upload if isinstance(upload, str) else getattr(upload, "name", None) or str(upload)).resolve()
+        if not path.is_relative_to(Path(get_upload_folder()).resolve()) or not path.is_file():
+            raise refused
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte, ...
+        raise refused from None
     return path
 
 
@@ -98,9 +103,16 @@ def _when(stamp: str | None) -> str:
     return (stamp or "")[:19].replace("T", " ")
 
 
-def conversation_markdown(messages: list[dict[str, str]]) -> str:
-    """An example's input, one turn a paragraph."""
-    return "\n\n".join(f"**{m['role']}:** {m['content']}" for m in messages)
+def literal_html(text: str) -> str:
+    """Stored text for gr.HTML exactly as stored: every character HTML-escaped, line breaks kept.
+    The admin reviews what the model will learn, so example text never goes through gr.Markdown,
+    which would render its Markdown and typeset its LaTeX ($x^2$, \\frac{a}{b})."""
+    return f'<span style="white-space: pre-wrap">{escape(text)}</span>'
+
+
+def conversation_html(messages: list[dict[str, str]]) -> str:
+    """An example's input, one turn a paragraph, each text as stored."""
+    return "".join(f"<p><b>{escape(m['role'])}:</b> {literal_html(m['content'])}</p>" for m in messages)
 
 
 class ReviewHandlers:
@@ -178,7 +190,7 @@ class ReviewHandlers:
         history = self.store.example_history(example["id"])
         turns = count_turns(example["input"])
         heading = (
-            f"#### Example #{example['id']} · {example['status']} · {example['source']} · {example['split']}"
+            f"Example #{example['id']} · {example['status']} · {example['source']} · {example['split']}"
             + f" · input of {turns} turn{'s' if turns != 1 else ''}"
             + (f" · {len(ids) - 1} more selected" if len(ids) > 1 else "")
             + ("" if example["superseded_by"] is None else f" · superseded by #{example['superseded_by']}")
@@ -187,7 +199,7 @@ class ReviewHandlers:
             [[_when(h["at"]), h["actor"], h["field"], h["old_value"], h["new_value"]] for h in history],
             columns=HISTORY_COLUMNS,
         )
-        body = heading + "\n\n" + conversation_markdown(example["input"])
+        body = f"<h4>{escape(heading)}</h4>" + conversation_html(example["input"])
         editable = json.dumps(example["input"], ensure_ascii=False, indent=1)
         return body, example["rejected"] or "", example["output"], frame, editable
 
@@ -348,7 +360,7 @@ def build_review_section(
         placeholder="Click a row, or write ids like 3, 5, 7-9",
         elem_id="review-ids",
     )
-    details = gr.Markdown("", elem_id="review-details")
+    details = gr.HTML("", elem_id="review-details")  # example text as stored: no Markdown, no LaTeX
     with gr.Row():
         original = gr.Textbox(label="Original answer (rejected)", interactive=False, lines=5, elem_id="review-original")
         output = gr.Textbox(label="Correction / output (editable)", lines=5, elem_id="review-output")

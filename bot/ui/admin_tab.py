@@ -25,7 +25,8 @@ from storage.vocabulary import ExampleStatus
 def ui_client() -> str:
     """Who is trying the password in the current Gradio event, for the login limit: "ui:" and the
     browser's address, so a stranger's wrong guesses do not lock an admin out of the Admin tab.
-    ("ui" outside an event.) Behind a reverse proxy every browser shares the proxy's address."""
+    ("ui" outside an event.) Behind a reverse proxy every browser shares the proxy's address, unless
+    --forwarded-allow-ips names the proxy (bot/server.py's uvicorn_options)."""
     from gradio.context import LocalContext  # the request Gradio sets for the event being handled
 
     request = LocalContext.request.get(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from bot.ui.admin_tab import build_admin_tab
 from bot.ui.chat_tab import build_chat_tab
 from bot.ui.errors import NO_ERROR_COVER
 from core.training_contract import TrainingController
+from storage.text import MAX_SCORE
+from storage.vocabulary import DISLIKE_REASONS
 
 CSS = """
 #answer-info { font-size: 0.85em; opacity: 0.85; }
@@ -31,7 +34,7 @@ CSS = """
 /* ::before, shown after the icon: Gradio's ::after draws the line between the buttons. */
 #chatbot button[aria-label="Submit"]::before { content: "Save"; order: 2; font-size: 0.85em; }
 #chatbot button[aria-label="Cancel"]::before { content: "Cancel"; order: 2; font-size: 0.85em; }
-/* Each answer's badge (bot/ui/chat_tab.py answer_mark), put under it by MARKS_SCRIPT. */
+/* Each answer's badge (bot/ui/chat_tab.py answer_mark), put under it by PAGE_SCRIPT. */
 #chatbot .answer-mark { flex-basis: 100%; width: 100%; display: flex; flex-wrap: wrap; gap: 6px; align-items: center;
   margin-top: 4px; font-size: 0.75em; }
 #chatbot .answer-mark:empty { display: none; }
@@ -43,6 +46,39 @@ CSS = """
 #chatbot .answer-original summary { cursor: pointer; opacity: 0.8; }
 #chatbot .answer-original-text { white-space: pre-wrap; overflow-wrap: anywhere; opacity: 0.8; margin-top: 4px;
   padding-left: 8px; border-left: 3px solid var(--border-color-primary); }
+#chatbot .answer-rating { border-radius: 999px; padding: 0 8px; background: var(--background-fill-secondary); }
+#chatbot .answer-rating-edit, #chatbot .rating-panel button { border: 1px solid var(--border-color-primary);
+  border-radius: 6px; padding: 1px 8px; background: var(--background-fill-primary); cursor: pointer; }
+#chatbot .answer-rating-edit { font-size: 1em; }
+/* The rating panel a thumb opens under its answer (PAGE_SCRIPT). */
+#chatbot .rating-panel { flex-basis: 100%; width: 100%; box-sizing: border-box; margin-top: 6px; padding: 8px 10px;
+  display: flex; flex-direction: column; gap: 6px; border: 1px solid var(--border-color-primary); border-radius: 8px;
+  background: var(--background-fill-secondary); font-size: 0.85em; }
+#chatbot .rating-panel-head { font-weight: 600; }
+#chatbot .rating-reasons, #chatbot .rating-score, #chatbot .rating-actions { display: flex; flex-wrap: wrap; gap: 4px;
+  align-items: center; }
+#chatbot .rating-panel button[aria-pressed="true"] { background: var(--color-accent); color: white;
+  border-color: var(--color-accent); }
+#chatbot .rating-panel textarea, #chatbot .rating-panel input { width: 100%; box-sizing: border-box; padding: 4px 6px;
+  border: 1px solid var(--border-color-primary); border-radius: 6px; background: var(--background-fill-primary);
+  font: inherit; }
+#chatbot .rating-panel .rating-save { font-weight: 600; }
+#queued-note { font-size: 0.85em; opacity: 0.85; }
+#queued-note-box:has(#queued-note[hidden]) { display: none; }  /* no gap while nothing waits */
+/* Narrow screens (a phone, a side panel): the chat comes first and the input box takes the whole width,
+   its buttons on the line below; the list of past chats follows the chat. */
+@media (max-width: 700px) {
+  #chat-history-column { order: 2; }
+  #chat-input-row { flex-wrap: wrap; }
+  /* Gradio wraps the textbox in a .form block of its own. */
+  #chat-input-row > :is(#chat-input, :has(#chat-input)) { flex: 1 1 100% !important; min-width: 100% !important; }
+  #chat-input-row > button { flex: 1 1 40% !important; min-width: 0 !important; }
+  #correction-row, #rename-row { flex-wrap: wrap; }
+  #rename-row > * { flex: 1 1 100% !important; min-width: 100% !important; }
+  /* Tables keep readable columns and scroll sideways, rather than a letter a line. */
+  .virtual-table-viewport table { min-width: 900px; }
+  #correction-row > * { flex: 1 1 100% !important; min-width: 100% !important; }
+}
 .cmp-list { display: flex; flex-direction: column; gap: 12px; }
 .cmp-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px 12px; }
 .cmp-question, .cmp-reference { margin-bottom: 6px; }
@@ -55,30 +91,150 @@ CSS = """
 .cmp-example { opacity: 0.7; font-size: 0.85em; }
 """ + NO_ERROR_COVER
 
-# Puts each answer's badge (the hidden #answer-marks, one .answer-mark per answer in order) under its
-# answer in the chatbot, again whenever Gradio redraws the chat (a streamed piece, an edit, an undo).
-MARKS_SCRIPT = """<script>
+# The page's script (the <head> of the page, bot/server.py). Three parts:
+# - each answer's badge (the hidden #answer-marks, one .answer-mark per answer in order) put under its
+#   answer in the chatbot, again whenever Gradio redraws the chat (a streamed piece, an edit, an undo);
+# - the rating panel: a thumb (or "Edit rating details" in a badge) opens it under that answer, with
+#   reasons for a 👎, a comment, tags and a 1-10 score, as Open WebUI's; Save sends them to the server
+#   through the hidden #rating-bridge (chat_tab.py RATING_BRIDGE_JS, ChatHandlers.rate_details);
+# - a sign under the input box while a message sent during an answer waits its turn.
+PAGE_SCRIPT = """<script>
 (() => {
-  let queued = false;
+  const REASONS = %(reasons)s, MAX_SCORE = %(max_score)d;
+  let queued = false, panel = null;
+  function markOf(row) { return row && row.querySelector(":scope .answer-mark[data-answer]"); }
+  function rowOf(answer) {
+    const mark = document.querySelector('#chatbot .answer-mark[data-answer="' + answer + '"]');
+    return mark && mark.closest(".message-row.bot-row");
+  }
+  function place(row) { return row.querySelector(".flex-wrap") || row; }
+  function answering() { const stop = document.querySelector("#stop-button"); return !!(stop && stop.offsetParent); }
   function sync() {
     queued = false;
     const source = document.querySelector("#answer-marks"), chat = document.querySelector("#chatbot");
     if (!source || !chat) return;
     const marks = source.querySelectorAll(".answer-mark");
     chat.querySelectorAll(".message-row.bot-row").forEach((row, i) => {
-      const place = row.querySelector(".flex-wrap") || row;
-      const shown = place.querySelector(":scope > .answer-mark"), mark = marks[i];
+      const spot = place(row);
+      const shown = spot.querySelector(":scope > .answer-mark"), mark = marks[i];
       if (!mark) { if (shown) shown.remove(); return; }
       if (shown && shown.dataset.source === mark.outerHTML) return;
       const copy = mark.cloneNode(true);
       copy.dataset.source = mark.outerHTML;
-      if (shown) shown.replaceWith(copy); else place.appendChild(copy);
+      if (shown) shown.replaceWith(copy); else spot.appendChild(copy);
     });
+    // Gradio may redraw the row the panel sits in: the same panel (with what was typed) goes back under it.
+    if (panel && !panel.isConnected) {
+      const row = rowOf(panel.dataset.answer);
+      if (row) place(row).appendChild(panel); else panel = null;
+    }
+    const waiting = document.querySelector("#queued-note");
+    if (waiting && !waiting.hidden && !answering()) waiting.hidden = true;
   }
+  function el(tag, attrs, text) {
+    const node = document.createElement(tag);
+    Object.entries(attrs || {}).forEach(([k, v]) => node.setAttribute(k, v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  function closePanel() { if (panel) panel.remove(); panel = null; }
+  function openPanel(row, rating) {
+    const mark = markOf(row);
+    if (!mark) return;
+    closePanel();
+    let saved = {};
+    try { saved = JSON.parse(mark.dataset.rating || "{}"); } catch (e) { saved = {}; }
+    if (saved.rating !== rating) saved = {};
+    panel = el("div", {class: "rating-panel", role: "group", "aria-label": "Rating details"});
+    panel.dataset.answer = mark.dataset.answer;
+    panel.dataset.rating = rating;
+    panel.appendChild(el("div", {class: "rating-panel-head"},
+      (rating === "down" ? "👎 What was wrong?" : "👍 What was good?") + " Optional: your thumb is already saved."));
+    if (rating === "down") {
+      const reasons = el("div", {class: "rating-reasons", role: "group", "aria-label": "Reason"});
+      REASONS.forEach((reason) => {
+        const chosen = (saved.reason || "").toLowerCase() === reason.toLowerCase();
+        const button = el("button", {type: "button", class: "rating-reason", "aria-pressed": String(chosen)}, reason);
+        button.addEventListener("click", () => {
+          const on = button.getAttribute("aria-pressed") !== "true";
+          reasons.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", "false"));
+          button.setAttribute("aria-pressed", String(on));
+        });
+        reasons.appendChild(button);
+      });
+      panel.appendChild(reasons);
+    }
+    const comment = el("textarea", {class: "rating-comment", maxlength: "2000", rows: "2",
+      "aria-label": "Comment", placeholder: "Comment (optional): what should it have said?"});
+    comment.value = saved.comment || "";
+    const tags = el("input", {class: "rating-tags", maxlength: "300", "aria-label": "Tags",
+      placeholder: "Tags (optional, comma-separated): billing, outdated"});
+    tags.value = (saved.tags || []).join(", ");
+    panel.append(comment, tags);
+    const scores = el("div", {class: "rating-score", role: "group", "aria-label": "Score from 1 to " + MAX_SCORE});
+    scores.appendChild(el("span", {}, "Score (optional):"));
+    for (let n = 1; n <= MAX_SCORE; n++) {
+      const button = el("button", {type: "button", "aria-pressed": String(saved.score === n), "data-score": String(n)}, String(n));
+      button.addEventListener("click", () => {
+        const on = button.getAttribute("aria-pressed") !== "true";
+        scores.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", "false"));
+        button.setAttribute("aria-pressed", String(on));
+      });
+      scores.appendChild(button);
+    }
+    panel.appendChild(scores);
+    const save = el("button", {type: "button", class: "rating-save"}, "Save details");
+    const cancel = el("button", {type: "button", class: "rating-close"}, "Close");
+    save.addEventListener("click", () => {
+      const reason = panel.querySelector(".rating-reason[aria-pressed=true]");
+      const score = panel.querySelector(".rating-score [aria-pressed=true]");
+      window.exemplarRate({answer: Number(panel.dataset.answer), rating: panel.dataset.rating,
+        reason: reason ? reason.textContent : null, comment: comment.value,
+        tags: tags.value, score: score ? Number(score.dataset.score) : null});
+      closePanel();
+    });
+    cancel.addEventListener("click", closePanel);
+    panel.addEventListener("keydown", (event) => { if (event.key === "Escape") closePanel(); });
+    const actions = el("div", {class: "rating-actions"});
+    actions.append(save, cancel);
+    panel.appendChild(actions);
+    place(row).appendChild(panel);
+    panel.scrollIntoView({block: "nearest"});
+  }
+  document.addEventListener("click", (event) => {
+    const target = event.target instanceof Element ? event.target : null;
+    if (!target) return;
+    const edit = target.closest("#chatbot .answer-rating-edit");
+    if (edit) {
+      const mark = edit.closest(".answer-mark");
+      let saved = {};
+      try { saved = JSON.parse(mark.dataset.rating || "{}"); } catch (e) { saved = {}; }
+      openPanel(edit.closest(".message-row.bot-row"), saved.rating || "down");
+      return;
+    }
+    const thumb = target.closest("#chatbot .message-buttons button[aria-label]");
+    if (!thumb) return;
+    // The thumbs sit in a bar after their answer's row, not in it.
+    let row = thumb.closest(".message-buttons").previousElementSibling;
+    while (row && !row.matches(".message-row")) row = row.previousElementSibling;
+    if (!row || !row.matches(".bot-row")) return;
+    // Read before Gradio handles the click: "Like" raises the thumb, "Liked" takes it back.
+    const label = thumb.getAttribute("aria-label");
+    if (label === "Like" || label === "Dislike") openPanel(row, label === "Like" ? "up" : "down");
+    else if ((label === "Liked" || label === "Disliked") && panel && markOf(row)
+             && panel.dataset.answer === markOf(row).dataset.answer) closePanel();
+  }, true);
+  // Enter while an answer streams: the message waits its turn (trigger_mode="always_last"); say so.
+  document.addEventListener("keydown", (event) => {
+    const box = event.target instanceof Element && event.target.closest("#chat-input textarea");
+    if (!box || event.key !== "Enter" || event.shiftKey || !box.value.trim()) return;
+    const note = document.querySelector("#queued-note");
+    if (note && answering()) note.hidden = false;
+  }, true);
   new MutationObserver(() => { if (!queued) { queued = true; setTimeout(sync, 30); } })
     .observe(document.documentElement, { childList: true, subtree: true, characterData: true });
 })();
-</script>"""
+</script>""" % {"reasons": json.dumps(DISLIKE_REASONS), "max_score": MAX_SCORE}
 
 
 def build_ui(

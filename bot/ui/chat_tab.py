@@ -8,6 +8,7 @@ correction always points at what the model really said and in what context.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import uuid
@@ -23,6 +24,7 @@ from bot.ui.errors import user_error
 from core.config import MAX_TEMPERATURE
 from core.errors import ExemplarError
 from core.prompts import with_system
+from storage.text import MAX_SCORE, check_score, check_tags
 from storage.vocabulary import DISLIKE_REASONS
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,15 @@ MAX_TOKENS_SETTING = 1024
 # (Send, Stop, Continue): Continue shows only under an answer cut at the token limit.
 BUSY = (gr.update(visible=False), gr.update(visible=True), gr.update(visible=False))
 IDLE = (gr.update(visible=True), gr.update(visible=False), gr.skip())
+QUEUED_NOTE = (
+    '<div id="queued-note" role="status" hidden>⏳ Your message waits its turn: it is sent when this answer ends '
+    "(or press Stop).</div>"
+)
+# Runs once as the page opens (gr.HTML js_on_load): `props` and `trigger` are the bridge component's.
+RATING_BRIDGE_JS = (
+    "window.exemplarRate = (details) => { props.value = JSON.stringify(details); "
+    "setTimeout(() => trigger('submit'), 0); };"
+)
 
 
 
@@ -48,13 +59,11 @@ def _session(request: gr.Request | None) -> str:
 
 
 def _option(rating: dict[str, Any] | None) -> str | None:
-    """A stored rating as the chatbot's feedback option: Like, Dislike, or the dislike reason."""
+    """A stored rating as the chatbot's thumb: Like, Dislike, or none. (A reason, tags, a score or a
+    comment show in the answer's badge, answer_mark.)"""
     if not rating or not rating.get("rating"):
         return None
-    if rating["rating"] == "up":
-        return "Like"
-    reason = (rating.get("reason") or "").lower()
-    return next((r for r in DISLIKE_REASONS if r.lower() == reason), "Dislike")
+    return "Like" if rating["rating"] == "up" else "Dislike"
 
 
 def text_of(content: Any) -> str:
@@ -81,30 +90,63 @@ def normalise_history(history: list[Any] | None) -> list[dict[str, str]]:
     return out
 
 
-def answer_mark(message_id: int | None, source: dict[str, Any] | None) -> str:
-    """The badge under one answer (HTML): which kind of answer it is and what made it, and, once
-    corrected, a "corrected" mark with the original answer a click away. Built from what the store
-    keeps for the answer, so it is the same after an undo, a correction or reopening the chat."""
+def _examples(ids: list[int]) -> str:
+    return f"example{'s' if len(ids) > 1 else ''} " + ", ".join(f"#{i}" for i in ids)
+
+
+def rating_summary(rating: dict[str, Any] | None) -> str:
+    """One person's rating of an answer in words (its thumb, reason, tags, score and comment), or ""."""
+    if not rating or not rating.get("rating"):
+        return ""
+    parts = ["👍 liked" if rating["rating"] == "up" else "👎 disliked"]
+    if rating.get("reason"):
+        parts.append(str(rating["reason"]))
+    if rating.get("tags"):
+        parts.append(", ".join(f"#{t}" for t in rating["tags"]))
+    if rating.get("score"):
+        parts.append(f"{rating['score']}/{MAX_SCORE}")
+    if rating.get("comment"):
+        comment = str(rating["comment"])
+        parts.append(f"“{comment[:80]}{'…' if len(comment) > 80 else ''}”")
+    return " · ".join(parts)
+
+
+def answer_mark(
+    message_id: int | None, source: dict[str, Any] | None, rating: dict[str, Any] | None = None
+) -> str:
+    """The badge under one answer (HTML): its message number, which kind of answer it is and what
+    made it; once corrected, a "corrected" mark with the original answer a click away; once rated,
+    this person's rating in words, with a button that opens the rating panel (PAGE_SCRIPT in
+    bot/ui/app.py, which also reads the rating back from the data- attributes to fill the panel in).
+    Built from what the store keeps, so it is the same after an undo, a correction or a reopening."""
     if message_id is None or source is None:
         return '<div class="answer-mark"></div>'
     if source.get("from_example") is not None:
-        kind = f"approved answer #{source['from_example']}, word for word"
+        kind = f"stated from example #{source['from_example']}, word for word"
     elif source.get("related_ids"):
-        shown = ", ".join(f"#{i}" for i in source["related_ids"])
-        kind = f"no approved answer yet · related answer{'s' if len(source['related_ids']) > 1 else ''} {shown}"
+        kind = f"no example answers this yet · related {_examples(source['related_ids'])}"
     else:
         kind = f"by model {source.get('model_version') or '(unknown version)'}"
         guided = len(source.get("few_shot_ids") or [])
         if guided:
             kind += f" · guided by {guided} example{'s' if guided != 1 else ''}"
-    parts = [f'<span class="answer-badge">Answer #{message_id} · {html.escape(kind)}</span>']
+    parts = [f'<span class="answer-badge">message #{message_id} · {html.escape(kind)}</span>']
     if source.get("correction") is not None:
         parts.append('<span class="answer-corrected">✎ corrected</span>')
         parts.append(
             '<details class="answer-original"><summary>Original answer</summary>'
             f'<div class="answer-original-text">{html.escape(source.get("content") or "")}</div></details>'
         )
-    return f'<div class="answer-mark" data-answer="{message_id}">{"".join(parts)}</div>'
+    summary = rating_summary(rating)
+    attributes = f'data-answer="{message_id}"'
+    if summary and rating is not None:
+        parts.append(
+            f'<span class="answer-rating">{html.escape(summary)}</span>'
+            '<button type="button" class="answer-rating-edit">Edit rating details</button>'
+        )
+        saved = {k: rating.get(k) for k in ("rating", "reason", "comment", "tags", "score")}
+        attributes += f' data-rating="{html.escape(json.dumps(saved), quote=True)}"'
+    return f'<div class="answer-mark" {attributes}>{"".join(parts)}</div>'
 
 
 def _ui_error(exc: ExemplarError) -> gr.Error:
@@ -207,15 +249,20 @@ class ChatHandlers:
         current = self.service.current_ratings([i for i in answer_ids if i is not None], rater=rater)
         return [_option(current.get(i)) if i is not None else None for i in answer_ids]
 
-    def marks(self, history: list[Any], ids: list[int | None]) -> str:
-        """The badges of every answer of the chat, in order (see answer_mark); the page's script
-        (bot/ui/app.py, MARKS_SCRIPT) puts each under its answer."""
+    def marks(self, history: list[Any], ids: list[int | None], rater: str | None = None) -> str:
+        """The badges of every answer of the chat, in order, with this person's ratings (see
+        answer_mark); the page's script (bot/ui/app.py, PAGE_SCRIPT) puts each under its answer."""
         history = normalise_history(history)
         ids = ids or []
         answer_ids = [ids[i] if i < len(ids) else None for i, m in enumerate(history) if m["role"] == "assistant"]
         answer_ids += ids[len(history):]  # the answer starting to stream: its id comes before its first piece
-        sources = self.service.answer_sources([i for i in answer_ids if i is not None])
-        return "".join(answer_mark(i, sources.get(i) if i is not None else None) for i in answer_ids)
+        known = [i for i in answer_ids if i is not None]
+        sources = self.service.answer_sources(known)
+        ratings = self.service.current_ratings(known, rater=rater or None) if rater else {}
+        return "".join(
+            answer_mark(i, sources.get(i) if i is not None else None, ratings.get(i) if i is not None else None)
+            for i in answer_ids
+        )
 
     def describe(self, answer: Any, *, params: GenerationParams | None = None, stopped: bool = False) -> str:
         """The line under the chat that says which model answered and which examples guided it,
@@ -226,16 +273,15 @@ class ChatHandlers:
         ]
         related = answer.related
         if from_example is not None:  # no model wrote it (ServeConfig.few_shot_direct)
-            parts = [f"Answer #{answer.message_id}", f"guided by 1 example: approved answer #{from_example}, word for word"]
+            parts = [f"Message #{answer.message_id}", f"stated from example #{from_example}, word for word"]
         elif related:  # no model wrote it either: the honest reply (bot/serving/retrieval.py RelatedAnswer)
-            shown = ", ".join(f"#{e['id']}" for e in related)
             parts = [
-                f"Answer #{answer.message_id}",
-                f"no approved answer to this question yet; related approved answer{'s' if len(related) > 1 else ''} "
-                f"{shown} shown as related, not as the answer",
+                f"Message #{answer.message_id}",
+                f"no example answers this question yet; {_examples([e['id'] for e in related])} "
+                "shown as related, not as the answer",
             ]
         else:
-            parts = [f"Answer #{answer.message_id} by model **{answer.model_version}**"]
+            parts = [f"Message #{answer.message_id} by model **{answer.model_version}**"]
         if examples and from_example is None:
             parts.append(f"guided by {len(examples)} example{'s' if len(examples) != 1 else ''}")
         text = " · ".join(parts)
@@ -468,46 +514,77 @@ class ChatHandlers:
             raise user_error("That message cannot be rated: only answers given in this chat can")
         return message_id
 
-    def like(
-        self,
-        data: gr.LikeData,
-        history: list[Any],
-        ids: list[int | None],
-        comment: str | None,
-        rater: str | None = None,
-    ) -> tuple[Any, ...]:
-        """Thumbs up/down, a dislike reason from the flag menu, or un-rate (the thumb clicked again).
-        One rating per answer per person: the latest replaces the earlier one. Returns the status
-        line, the emptied comment box, and the thumbs of the whole chat as stored."""
+    def like(self, data: gr.LikeData, history: list[Any], ids: list[int | None], rater: str | None = None) -> tuple[Any, ...]:
+        """A thumb: up, down, or un-rate (the raised thumb clicked again). It is stored at once; the
+        rating panel that opens under the answer (PAGE_SCRIPT) then adds a reason, tags, a score and a
+        comment (rate_details). One rating per answer per person: the latest replaces the earlier one.
+        Returns the status line and the thumbs of the whole chat as stored."""
         message_id = self._message_id(ids, data.index)
-        if data.liked is True:
-            rating, reason = "up", None
-        elif data.liked is False:
-            rating, reason = "down", None
-        elif data.liked in DISLIKE_REASONS:
-            rating, reason = "down", data.liked.lower()
-        else:
-            rating, reason = None, None
+        rating = {True: "up", False: "down"}.get(data.liked) if isinstance(data.liked, bool) else None
+        result = self._rate(message_id, rating, rater)
+        thumbs = gr.update(feedback_value=self.feedback_values(normalise_history(history), ids, rater))
+        return self._rated(message_id, rating, result), thumbs
+
+    def _rate(self, message_id: int, rating: str | None, rater: str | None, **details: Any) -> dict[str, Any]:
         try:
-            result = self.service.record_feedback(
-                message_id,
-                rating=rating,
-                reason=reason,
-                comment=(comment or "").strip() or None,
-                actor="ui",
-                rater=rater or None,
-            )
+            return self.service.record_feedback(message_id, rating=rating, actor="ui", rater=rater or None, **details)
         except ExemplarError as exc:
             raise _ui_error(exc) from exc
-        said = {"up": "Liked", "down": "Disliked", None: "Rating removed"}[rating]
-        if reason:
-            said += f" ({reason})"
+
+    @staticmethod
+    def _rated(message_id: int, rating: str | None, result: dict[str, Any], detail: str = "") -> str:
+        said = {"up": "Liked", "down": "Disliked", None: "Rating removed"}[rating] + f" message #{message_id}"
+        if detail:
+            said += f" ({detail})"
         if result["example_id"]:
             said += f": stored as example #{result['example_id']} ({result['status']})"
         elif result.get("withdrawn"):
             said += f": example #{result['withdrawn']} withdrawn"
-        thumbs = gr.update(feedback_value=self.feedback_values(normalise_history(history), ids, rater))
-        return f"{said} for answer #{message_id}.", "", thumbs
+        if rating is not None and not detail:
+            said += ". Say why in the panel under it (optional)"
+        return said + "."
+
+    def rate_details(
+        self, details: Any, history: list[Any], ids: list[int | None], rater: str | None = None
+    ) -> tuple[Any, ...]:
+        """The rating panel's Save (PAGE_SCRIPT sends it as JSON through the hidden #rating-bridge):
+        {"answer": message id, "rating": "up"|"down", "reason", "comment", "tags": [..] or "a, b",
+        "score": 1..10}. Stored as this person's rating of the answer, refining the thumb. Returns
+        the status line, the thumbs of the whole chat and the answers' badges."""
+        try:
+            data = json.loads(details) if isinstance(details, str) else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise user_error("The rating details did not arrive whole: open the panel and save again")
+        answer = data.get("answer")
+        if isinstance(answer, bool) or not isinstance(answer, int) or answer not in [i for i in ids or [] if i]:
+            raise user_error("That message cannot be rated: only answers given in this chat can")
+        rating = data.get("rating")
+        if rating not in ("up", "down"):
+            raise user_error("Choose 👍 or 👎 first")
+        reason = data.get("reason") or None
+        if reason is not None and (rating != "down" or reason not in DISLIKE_REASONS):
+            raise user_error(f"A reason is one of {', '.join(DISLIKE_REASONS)}, for a 👎")
+        comment = data.get("comment")
+        if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
+            raise user_error("The comment must be text of at most 2000 characters")
+        tags = data.get("tags")
+        if isinstance(tags, str):
+            tags = [t for t in tags.split(",")]
+        try:
+            tags, score = check_tags(tags), check_score(data.get("score") or None)
+        except ExemplarError as exc:
+            raise _ui_error(exc) from exc
+        result = self._rate(
+            answer, rating, rater, reason=reason.lower() if reason else None,
+            comment=(comment or "").strip() or None, tags=tags, score=score,
+        )
+        detail = rating_summary({"rating": rating, "reason": reason and reason.lower(), "comment": comment,
+                                 "tags": tags, "score": score}).split(" · ", 1)[1:]
+        thumbs = gr.update(feedback_value=self.feedback_values(normalise_history(history), ids or [], rater))
+        return (self._rated(answer, rating, result, detail[0] if detail else "details saved"), thumbs,
+                self.marks(history, ids, rater))
 
     def _correct(self, ids: list[int | None], index: int, previous: str, corrected: str) -> dict[str, Any]:
         message_id = self._message_id(ids, index)
@@ -562,7 +639,7 @@ class ChatHandlers:
     @staticmethod
     def _correction_note(result: dict[str, Any]) -> str:
         return (
-            f"Correction of answer #{result['message_id']} stored as example #{result['example_id']} "
+            f"Correction of message #{result['message_id']} stored as example #{result['example_id']} "
             f"({result['status']})."
         )
 
@@ -583,7 +660,7 @@ def build_chat_tab(service: ChatService) -> Any:
             new_chat = gr.Button("New chat", elem_id="new-chat")
             search = gr.Textbox(placeholder="Search past chats…", show_label=False, elem_id="chat-search")
             past = gr.Radio(choices=[], value=None, label="Past chats (kept in this browser)", elem_id="chat-history")
-            with gr.Row():
+            with gr.Row(elem_id="rename-row"):
                 rename_name = gr.Textbox(
                     placeholder="New name for the chosen chat", show_label=False, scale=3, max_length=200,
                     elem_id="rename-chat-name",
@@ -600,7 +677,9 @@ def build_chat_tab(service: ChatService) -> Any:
                 label="Exemplar",
                 elem_id="chatbot",
                 editable="all",
-                feedback_options=("Like", "Dislike", *DISLIKE_REASONS),
+                # Thumbs only: a reason, tags, a score and a comment go in the panel a thumb opens under
+                # its answer (PAGE_SCRIPT), not in Gradio's flag menu, which opened off the panel's edge.
+                feedback_options=("Like", "Dislike"),
                 height=480,
                 buttons=["copy"],
                 placeholder="Ask a question. Rate the answers, and edit a wrong one to correct it.",
@@ -610,7 +689,10 @@ def build_chat_tab(service: ChatService) -> Any:
             # script (bot/ui/app.py): Gradio's Chatbot has no per-message footer (a metadata title turns the
             # message into a collapsible "thought", and a second content part breaks its edit and copy buttons).
             marks = gr.HTML("", visible="hidden", elem_id="answer-marks")
-            with gr.Row():
+            # The rating panel's Save arrives here: the page's script calls window.exemplarRate(details),
+            # which puts them in this component's value and submits it (rate_details).
+            bridge = gr.HTML("", visible="hidden", elem_id="rating-bridge", js_on_load=RATING_BRIDGE_JS)
+            with gr.Row(elem_id="chat-input-row"):
                 message = gr.Textbox(
                     placeholder="Ask a question… (Enter sends; while an answer streams, it is sent next)",
                     show_label=False,
@@ -621,7 +703,9 @@ def build_chat_tab(service: ChatService) -> Any:
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="send-button")
                 stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="stop-button")
                 more = gr.Button("Continue", scale=1, visible=False, elem_id="continue-button")
-            with gr.Row():
+            # Shown by the page's script while a message sent during an answer waits its turn.
+            gr.HTML(QUEUED_NOTE, elem_id="queued-note-box", padding=False)
+            with gr.Row(elem_id="correction-row"):
                 correction = gr.Textbox(
                     label="Correct this answer",
                     placeholder="Write what the last answer should have said…",
@@ -630,10 +714,6 @@ def build_chat_tab(service: ChatService) -> Any:
                     elem_id="correction-input",
                 )
                 correct = gr.Button("Save correction", scale=1, elem_id="correction-button")
-            with gr.Row():
-                comment = gr.Textbox(
-                    label="Comment on your next rating (optional)", scale=8, elem_id="feedback-comment", max_length=2000
-                )
             status = gr.Markdown("", elem_id="feedback-status")
             with gr.Accordion("Settings", open=False):
                 system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt")
@@ -656,7 +736,7 @@ def build_chat_tab(service: ChatService) -> Any:
     private: dict[str, Any] = {"api_visibility": "private"}
     # The badges follow the answers: every change of the chat's ids (an answer, retry, undo, New chat,
     # reopening a chat) redraws them, and so does a correction (above and below).
-    refresh_marks = (handlers.marks, [chatbot, ids], [marks])
+    refresh_marks = (handlers.marks, [chatbot, ids, rater], [marks])
     # Unqueued (it only reads the store): queued, a redraw set off while an answer streamed after a
     # rating kept the page's event stream open, and the next answer never finished.
     ids.change(*refresh_marks, queue=False, show_progress="hidden", **private)
@@ -690,7 +770,8 @@ def build_chat_tab(service: ChatService) -> Any:
     ).then(*after_answer, **private)
     chatbot.undo(handlers.undo, [chatbot, ids], [chatbot, ids, message, info], **private).then(*save, **private)
     chatbot.clear(handlers.clear, None, [chatbot, conversation_id, ids, info, status, chat_key, past], **private)
-    chatbot.like(handlers.like, [chatbot, ids, comment, rater], [status, comment, chatbot], **private)
+    chatbot.like(handlers.like, [chatbot, ids, rater], [status, chatbot], **private).then(*refresh_marks, **private)
+    bridge.submit(handlers.rate_details, [bridge, chatbot, ids, rater], [status, chatbot, marks], **private)
     chatbot.edit(
         handlers.edit,
         [chatbot, ids, conversation_id, *settings],
