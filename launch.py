@@ -316,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.status_code in (400, 401) else EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a write that met a full disk outside the code that says so itself
+        from storage.errors import is_storage_full
+
+        if not is_storage_full(exc):
+            raise
+        print(f"error: storage is full: {exc}; free space on that disk, then try again", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

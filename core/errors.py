@@ -1,7 +1,7 @@
 """Domain exceptions. Each carries a message a person can act on; the edges
 (CLI, Gradio, HTTP) turn them into an exit code, a gr.Error or a JSON 4xx."""
 
-from storage.errors import ConflictError, ExemplarError, NotFoundError, ValidationError
+from storage.errors import ConflictError, ExemplarError, NotFoundError, StorageFullError, ValidationError
 
 __all__ = [
     "AuthError",
@@ -11,6 +11,7 @@ __all__ = [
     "ModelLoadError",
     "NotFoundError",
     "RateLimitError",
+    "StorageFullError",
     "TooLargeError",
     "ValidationError",
 ]

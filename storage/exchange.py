@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from storage.errors import ValidationError
+from storage.errors import ValidationError, file_full_message, refuse_when_full
 from storage.examples import check_choice
 from storage.formats import EXPORT_FORMATS, export_examples, parse_examples, write_hf_dataset
 from storage.store import ImportReport, Store
@@ -81,8 +81,13 @@ def export_file(store: Store, path: str | Path, fmt: str, *, selection: str = "a
     text = export_examples(rows, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        with refuse_when_full(file_full_message(path)):  # a full disk is StorageFullError, and no .part stays
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return text.count("\n")
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from storage.errors import ValidationError
+from storage.errors import ValidationError, file_full_message, refuse_when_full
 from storage.examples import check_choice, validate_messages, validate_output
 from storage.text import MAX_JSON_DEPTH, check_json, check_text
 from storage.vocabulary import REVIEW_STATUSES, ExampleSource, ExampleStatus, Split
@@ -399,10 +399,11 @@ def write_hf_dataset(store_rows: Sequence[dict[str, Any]], folder: str | Path) -
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        datasets.Dataset.from_list(records).save_to_disk(str(tmp))
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
+        with refuse_when_full(file_full_message(folder)):
+            datasets.Dataset.from_list(records).save_to_disk(str(tmp))
+            if folder.exists():
+                folder.rmdir()
+            os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return len(records)

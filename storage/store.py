@@ -22,7 +22,7 @@ import sqlite_utils
 from sqlite_utils import Database
 from sqlite_utils.db import Table
 
-from storage.errors import ConflictError, NotFoundError, ValidationError
+from storage.errors import ConflictError, NotFoundError, ValidationError, file_full_message, refuse_when_full
 from storage.examples import (
     MAX_OUTPUT_CHARS,
     check_choice,
@@ -133,7 +133,7 @@ class Store:
         self.db.execute("PRAGMA foreign_keys = ON")
         # Other processes (the training worker, the CLI) write to the same file.
         self.db.execute("PRAGMA busy_timeout = 30000")
-        with self._lock:
+        with self._lock, refuse_when_full():
             migrations.apply(self.db)
         self._drop_abandoned_imports()
 
@@ -157,7 +157,8 @@ class Store:
         part.unlink(missing_ok=True)
         target = sqlite3.connect(part)
         try:
-            with self._lock:  # one step, so the copy is one snapshot; WAL lets other processes write meanwhile
+            # One step, so the copy is one snapshot; WAL lets other processes write meanwhile.
+            with self._lock, refuse_when_full(file_full_message(dest)):
                 self.db.conn.backup(target)
             # A single file, readable without its -wal: the copy leaves WAL mode.
             target.execute("PRAGMA journal_mode = DELETE")
@@ -181,8 +182,10 @@ class Store:
         outer transaction. BEGIN IMMEDIATE takes SQLite's write lock at the start,
         so a read-then-write never meets another process's commit halfway (which
         SQLite answers with "database is locked" at once, without waiting).
+        A full disk (SQLITE_FULL) rolls the transaction back and raises StorageFullError: nothing
+        half-written stays, and the next write succeeds once there is space again.
         """
-        with self._lock:
+        with self._lock, refuse_when_full():
             conn = self.db.conn
             if conn.in_transaction:
                 with self.db.atomic():
@@ -288,7 +291,7 @@ class Store:
     def discard_turn(self, message_ids: Sequence[int], *, conversation_id: int | None = None) -> None:
         """Remove the rows stored for an answer that never started: its turns and, when
         `conversation_id` is given and the conversation is left empty, the conversation."""
-        with self._lock, self.db.atomic():
+        with self._lock, refuse_when_full(), self.db.atomic():
             for message_id in message_ids:
                 self.db.execute("delete from messages where id = ?", [message_id])
             if conversation_id is not None and not self.db.execute(

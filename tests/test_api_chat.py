@@ -114,7 +114,7 @@ def test_stream_sends_openai_chunks_all_carrying_the_stored_id(client, engine, s
     assert last["usage"]["completion_tokens"] == 5
     assert last["exemplar"] == {"model_version": "base", "few_shot_ids": [], "from_example": None, "related": [],
                                 "message_id": message_id,
-                                "conversation_id": store.get_message(message_id)["conversation_id"]}
+                                "conversation_id": store.get_message(message_id)["conversation_id"], "stored": True}
     assert store.get_message(message_id)["content"] == text
 
 

@@ -262,6 +262,34 @@ def test_openapi_schema_describes_every_route(client):
     assert paths["/api/examples"]["get"]["security"]  # the bearer scheme is declared
 
 
+# The routes that write to the database or the disk: each may answer 507 when the storage is full.
+WRITING_ROUTES = {("/v1/chat/completions", "post"), ("/api/feedback", "post"), ("/api/examples", "post"),
+                  ("/api/examples/{example_id}", "patch"), ("/api/examples/import", "post"), ("/api/train", "post"),
+                  ("/api/jobs/{job_id}", "delete"), ("/api/models/{version}/activate", "post")}
+
+
+def test_openapi_schema_declares_each_routes_errors_with_the_error_body(client):
+    """Every route declares its error statuses with the API's one error body (tests/test_fuzz.py checks that
+    the server answers no other): 400 everywhere, the password's 401 and 429 where it is needed, 413 and 422
+    where a body is read, 507 where something is written."""
+    schema = client.get("/openapi.json").json()
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            responses = operation["responses"]
+            errors = {int(status) for status in responses if status[0] in "45"}
+            label = f"{method.upper()} {path}"
+            for status in errors:
+                body = responses[str(status)]["content"]["application/json"]["schema"]
+                assert body == {"$ref": "#/components/schemas/ErrorBody"}, (label, status)
+            assert 400 in errors, label
+            assert ({401, 429} <= errors) == bool(operation.get("security")), label
+            assert ({413, 422} <= errors) == ("requestBody" in operation or method != "get"), label
+            assert (507 in errors) == ((path, method) in WRITING_ROUTES), label
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's 422 body is not the API's
+    assert schema["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    assert schema["paths"]["/api/models"]["get"]["responses"]["429"]["headers"]["Retry-After"]
+
+
 def test_openapi_schema_documents_the_admin_views_field_by_field(client):
     """The training views are typed models (core/training_contract.py), so /openapi.json says what a
     job, a version and a learning report hold, down to the nested fields, and nothing is left open."""

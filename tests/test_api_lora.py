@@ -165,3 +165,25 @@ def test_completions_accept_the_fields_that_change_nothing(served, tokenizer):
     response = complete(client, tokenizer, **accepted)
     assert response.status_code == 200, response.text
     assert complete(client, tokenizer, echo=True).json()["error"].startswith("echo")
+
+
+@pytest.mark.parametrize("model", ["", "exemplar", "tiny"])
+def test_completions_answer_every_documented_name_of_the_active_version(served, tokenizer, model):
+    """As /openapi.json says: an empty `model`, `exemplar` or the base model's name is the active version."""
+    client, engine, _ = served
+    response = client.post("/v1/completions", headers=ADMIN, json={
+        "prompt": render_prompt(tokenizer, [{"role": "user", "content": "Hi"}]), "max_tokens": 3, "model": model})
+    assert response.status_code == 200, response.text
+    assert engine.version == "base"
+    assert client.post("/v1/completions", headers=ADMIN, json={"prompt": "Hi", "model": "v404"}).status_code == 404
+
+
+@pytest.mark.parametrize("field, value", [("echo", 0), ("stream", 1), ("temperature", False), ("max_tokens", "8"),
+                                          ("top_logprobs", False), ("stream_options", {"include_usage": 1})])
+def test_completions_take_each_field_as_the_schema_types_it(served, field, value):
+    """A value of another JSON type than /openapi.json's (0 for false, "8" for 8) is refused naming the field,
+    not read as the schema's type (schemathesis: negative_data_rejection)."""
+    client, _, _ = served
+    response = client.post("/v1/completions", headers=ADMIN, json={"prompt": "Hi", "max_tokens": 2, field: value})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith(field)

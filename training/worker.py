@@ -28,6 +28,7 @@ import psutil
 
 from core.datadir import DataDir
 from storage import Store
+from storage.errors import is_storage_full
 from storage.processes import pid_alive  # training.manager asks it too, through this module
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES, JobStatus
@@ -247,6 +248,14 @@ def progress_callback(reporter: JobReporter, governor: ThreadGovernor | None = N
     return Progress()
 
 
+def failure_message(exc: Exception) -> str:
+    """What a failed job's record says: the error, and for a full disk what to do about it."""
+    if is_storage_full(exc):
+        return (f"storage is full: the new version could not be saved ({exc}) and nothing of it was kept; free "
+                "space on the disk that holds the data dir, then train again")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def run_job(store: Store, data_dir: Path, job_id: int) -> str:
     """Run training job `job_id` to its end; return its final status."""
     return TrainingJob(store, Path(data_dir), job_id).run()
@@ -287,7 +296,7 @@ class TrainingJob:
         except Exception as exc:
             log.exception("Training failed")
             status = JobStatus.FAILED
-            store.update_job(job_id, status=status, error=f"{type(exc).__name__}: {exc}")
+            store.update_job(job_id, status=status, error=failure_message(exc))
         finally:
             reporter.stop()
             if self.temp_dir is not None:

@@ -7,15 +7,16 @@ without one answers them with a 409 that says so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Strict
 
 from bot.api.auth import admin_dependency
 from bot.api.chat import MAX_ID, RowId
+from bot.api.responses import error_responses
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
 from core.errors import ConflictError
@@ -84,7 +85,7 @@ class ExamplePatch(BaseModel):
     input: str | list[ExampleMessage] | None = Field(
         None, description="A new input (chat messages ending with a user turn), e.g. the stored context edited."
     )
-    keep_turns: int | None = Field(
+    keep_turns: Annotated[int, Strict()] | None = Field(
         None, ge=1, le=10_000,
         description="Keep only the last N user turns of the input (a correction stores the whole chat before it).",
     )
@@ -135,11 +136,13 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
             raise ConflictError(NO_TRAINING)
         return training
 
-    router = APIRouter(prefix="/api", dependencies=[Depends(admin_dependency(guard))], tags=["admin"])
+    # Every route: 400 (the Host check, a refused value), and the password's 401 and 429.
+    router = APIRouter(prefix="/api", dependencies=[Depends(admin_dependency(guard))], tags=["admin"],
+                       responses=error_responses(400, 401, 429))
 
     # -- examples -------------------------------------------------------------
 
-    @router.get("/examples", response_model=ExampleList)
+    @router.get("/examples", response_model=ExampleList, responses=error_responses(422))
     def list_examples(
         status: ExampleStatus | None = None,
         source: ExampleSource | None = None,
@@ -156,7 +159,7 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
             "examples": store.list_examples(**filters, limit=limit, offset=offset),
         }
 
-    @router.post("/examples", status_code=201, response_model=Example)
+    @router.post("/examples", status_code=201, response_model=Example, responses=error_responses(413, 422, 507))
     def create_example(body: NewExample) -> dict[str, Any]:
         """Add an example by hand (source `admin`)."""
         example_input = body.input if isinstance(body.input, str) else [m.model_dump() for m in body.input]
@@ -165,7 +168,7 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
         )
         return store.get_example(example_id)
 
-    @router.patch("/examples/{example_id}", response_model=Example)
+    @router.patch("/examples/{example_id}", response_model=Example, responses=error_responses(404, 413, 422, 507))
     def patch_example(example_id: RowId, body: ExamplePatch) -> dict[str, Any]:
         """Change an example's status, output, split or input (each change is kept in its history).
         `keep_turns` trims the input to its last N user turns; `input` replaces it."""
@@ -179,10 +182,13 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
         "/examples/import",
         status_code=201,
         response_model=ImportResult,
+        responses=error_responses(413, 422, 507),
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}, "example": (
+                    '{"messages": [{"role": "user", "content": "What is 2 + 2?"}, '
+                    '{"role": "assistant", "content": "4"}]}\n')}},
                 "description": "One example per line (jsonl chat messages, dpo or kto rows).",
             }
         },
@@ -213,7 +219,8 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
     @router.get(
         "/examples/export",
         response_class=Response,
-        responses={200: {"content": {"application/x-ndjson": {}}, "description": "One example per line."}},
+        responses={200: {"content": {"application/x-ndjson": {}}, "description": "One example per line."},
+                   **error_responses(422)},
     )
     def export_examples(
         format: ExportFormat = Query("jsonl"),
@@ -240,19 +247,19 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
 
     # -- training and versions ------------------------------------------------
 
-    @router.post("/train", status_code=202, response_model=JobAccepted)
+    @router.post("/train", status_code=202, response_model=JobAccepted, responses=error_responses(409, 413, 422, 507))
     def train(
         params: dict[str, Any] | None = Body(None, description="Hyper-parameters to override, e.g. {\"epochs\": 3}."),
     ) -> dict[str, Any]:
         """Start a training job (409 while one runs)."""
         return {"job_id": need_training().start(params or None, reason="api")}
 
-    @router.get("/jobs/{job_id}", response_model=JobView)
+    @router.get("/jobs/{job_id}", response_model=JobView, responses=error_responses(404, 409, 422))
     def get_job(job_id: RowId) -> JobView:
         """A job's status, progress, losses, metrics, and the version it produced."""
         return need_training().job_view(job_id)
 
-    @router.delete("/jobs/{job_id}", response_model=JobView)
+    @router.delete("/jobs/{job_id}", response_model=JobView, responses=error_responses(404, 409, 413, 422, 507))
     def cancel_job(job_id: RowId) -> JobView:
         """Ask a queued or running job to stop; answers the job as it is now."""
         runner = need_training()
@@ -268,7 +275,7 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
             models = [ModelVersionView.from_row(row) for row in reversed(store.list_model_versions())]
         return ModelVersions(serving=service.engine.version, models=models)
 
-    @router.get("/learning", response_model=LearningReport)
+    @router.get("/learning", response_model=LearningReport, responses=error_responses(404, 409, 422))
     def learning(
         version: str | None = Query(None, description="A trained version such as v3 (default: the one serving)."),
         not_learned: bool = Query(False, description="Only the corrections the version does not answer."),
@@ -278,7 +285,7 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
         under the base model, that version and this one, and why a correction was not learned."""
         return need_training().learning_report(version, not_learned_only=not_learned)
 
-    @router.post("/models/try", response_model=TryResult)
+    @router.post("/models/try", response_model=TryResult, responses=error_responses(404, 409, 413, 422, 502))
     def try_on_both(body: TryRequest) -> TryResult:
         """"Try it on both": the prompt answered by the chosen version and by the one serving now, each
         labelled, with few-shot off and greedy decoding. Nothing is stored, and no user is answered by the
@@ -290,7 +297,8 @@ def admin_router(service: ChatService, guard: AdminGuard, training: TrainingCont
             answers=[TriedAnswerView(version=a.version, serving=a.serving, label=a.label, text=a.text) for a in answers],
         )
 
-    @router.post("/models/{version}/activate", response_model=Activation)
+    @router.post("/models/{version}/activate", response_model=Activation,
+                 responses=error_responses(404, 409, 413, 422, 507))
     def activate(version: str) -> Activation:
         """Serve `version` (promote or roll back; `base` for the base model)."""
         return need_training().activate(version)

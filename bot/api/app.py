@@ -22,11 +22,13 @@ from bot.api.chat import chat_router
 from bot.api.errors import describe_validation_errors, error_response
 from bot.api.lora import LoraSlots, lora_router
 from bot.api.middleware import BodyLimit
+from bot.api.responses import error_responses
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
 from bot.serving.watcher import ModelWatcher
-from core.errors import AuthError, ExemplarError, RateLimitError
+from core.errors import AuthError, ExemplarError, RateLimitError, StorageFullError
 from core.training_contract import TrainingController
+from storage.errors import DATABASE_FULL, is_storage_full
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,16 @@ def add_api(
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        if is_storage_full(exc):  # a full disk met by a write that raised no StorageFullError: not a bug
+            log.warning("%s %s: storage is full: %s", request.method, request.url.path, exc)
+            return error_response(StorageFullError.status_code, DATABASE_FULL)
         # Reaching this is a bug; the client still gets the one error shape.
         log.exception("Unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, f"Internal error ({type(exc).__name__}); see the server log")
 
     app.add_middleware(BodyLimit)
 
-    @app.get("/healthz", tags=["service"])
+    @app.get("/healthz", tags=["service"], responses=error_responses(400))  # 400: the Host check
     def healthz(request: Request) -> dict[str, Any]:
         """Liveness, the model version now serving, and (with an upstream backend) the upstream's state."""
         health: dict[str, Any] = {"status": "ok", "model_version": service.engine.version}

@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
+from bot.api.responses import error_responses
 from bot.chat.service import Answer, ChatService
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream
@@ -63,6 +65,8 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)  # as UnhonouredFields: 0 is not false
+
     include_usage: bool = False
 
 
@@ -71,6 +75,10 @@ class UnhonouredFields(BaseModel):
     declared so that a request setting one is refused with 400 naming it, never answered as if it had been
     applied. Fields that change nothing a client relies on (`user`, `seed`, `metadata`, `store`,
     `service_tier`, `parallel_tool_calls`, `stream_options`) are accepted, as is any other unknown field."""
+
+    # Strict, so the server takes exactly what /openapi.json promises: `false` is no temperature, `0` no
+    # `stream` and "8" no `max_tokens` (422 naming the field). The requests built on this inherit it.
+    model_config = ConfigDict(strict=True)
 
     response_format: dict[str, Any] | None = Field(
         None, description='Only `{"type": "text"}`: answers are not constrained to JSON (json_object, json_schema '
@@ -125,7 +133,8 @@ class ChatCompletionRequest(UnhonouredFields):
     """OpenAI's chat completion request, plus `few_shot`. Fields that would change the answer's meaning and are
     not applied are refused (UnhonouredFields); other OpenAI fields are accepted and ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32}]})
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation, ending with a user message.")
     model: str | None = Field(
@@ -177,8 +186,16 @@ class ExemplarInfo(BaseModel):
         "answer yet, so the reply says so and quotes these (--grounded, and near misses of a stored question). "
         "Empty otherwise. Correcting such a reply (POST /api/feedback) teaches the answer.",
     )
-    message_id: int = Field(description="The stored assistant message id (also `id`, as a string).")
-    conversation_id: int
+    message_id: int | None = Field(
+        description="The stored assistant message id (also `id`, as a string); null when the answer was not stored."
+    )
+    conversation_id: int | None
+    stored: bool = Field(
+        True,
+        description="False when storage is full: the answer was given but not stored, so it cannot be rated or "
+        "corrected (POST /api/feedback would answer 507 meanwhile). The server stores answers again, with no "
+        "restart, once the operator frees space.",
+    )
 
 
 class AssistantMessage(BaseModel):
@@ -194,7 +211,10 @@ class Choice(BaseModel):
 
 
 class ChatCompletion(BaseModel):
-    id: str = Field(description="The stored assistant message id, as a string: pass it to POST /api/feedback.")
+    id: str = Field(
+        description="The stored assistant message id, as a string: pass it to POST /api/feedback. "
+        "`chatcmpl-unstored-…` when storage is full and the answer was not stored (exemplar.stored is false)."
+    )
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
@@ -219,6 +239,9 @@ class ModelList(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"message_id": "2", "rating": "down", "correction": "Paris is the capital of France."}]})
+
     message_id: Annotated[int, Strict(), Field(ge=1, le=MAX_ID)] | str = Field(
         description="A chat completion's `id` (a string) or the message id as a number."
     )
@@ -339,7 +362,14 @@ def exemplar_of(answer: Answer) -> dict[str, Any]:
         "related": [{"id": e["id"], "question": question_of(e), "answer": e["output"]} for e in answer.related],
         "message_id": answer.message_id,
         "conversation_id": answer.conversation_id,
+        "stored": answer.stored,
     }
+
+
+def completion_id(answer: Answer) -> str:
+    """The completion's `id`: the stored message id, or for an answer storage had no room for, an id
+    that names no message (so feedback on it is refused, not misfiled)."""
+    return str(answer.message_id) if answer.message_id is not None else f"chatcmpl-unstored-{uuid.uuid4().hex}"
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -354,7 +384,7 @@ async def stream_events(answer: Answer, request: Request, body: ChatCompletionRe
     usage chunk with no choices follows, as OpenAI sends it.
     """
     created = int(time.time())
-    base = {"id": str(answer.message_id), "object": "chat.completion.chunk", "created": created}
+    base = {"id": completion_id(answer), "object": "chat.completion.chunk", "created": created}
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         model = served_model(answer.model_version)
@@ -389,7 +419,8 @@ async def stream_events(answer: Answer, request: Request, body: ChatCompletionRe
 
 def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
     """`lora` (bot.api_lora.LoraSlots) lets `"model": "<lora_name>"` pick an adapter loaded by name."""
-    router = APIRouter()
+    # 400: also the Host check (bot/api/middleware.py), which every route passes through.
+    router = APIRouter(responses=error_responses(400))
 
     @router.get("/v1/models", response_model=ModelList, tags=["openai"])
     def list_models() -> dict[str, Any]:
@@ -417,7 +448,8 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
             200: {
                 "content": {"text/event-stream": {}},
                 "description": "A completion, or SSE chunks when `stream` is true.",
-            }
+            },
+            **error_responses(413, 422, 502, 507),
         },
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -442,7 +474,7 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
             async for _ in stream:
                 pass
         return {
-            "id": str(answer.message_id),
+            "id": completion_id(answer),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": served_model(answer.model_version),
@@ -458,7 +490,8 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
             "exemplar": exemplar_of(answer),
         }
 
-    @router.post("/api/feedback", status_code=201, response_model=FeedbackResult, tags=["feedback"])
+    @router.post("/api/feedback", status_code=201, response_model=FeedbackResult, tags=["feedback"],
+                 responses=error_responses(404, 413, 422, 507))
     async def feedback(body: FeedbackRequest) -> Any:
         """Rate and/or correct a stored answer; creates the example exactly as the UI does."""
         result = await run_in_threadpool(

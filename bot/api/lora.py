@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.api.auth import admin_dependency
 from bot.api.chat import MODEL_ID, StreamOptions, UnhonouredFields, pieces, sse
+from bot.api.responses import error_responses
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
 from bot.serving.base import GenerationParams
@@ -67,8 +68,8 @@ class CompletionRequest(UnhonouredFields):
     prompt: str = Field(min_length=1, description="The rendered prompt (chat template applied), sent as is.")
     model: str | None = Field(
         None,
-        description=f"A loaded adapter's lora_name; empty or `{MODEL_ID}` for the active version. Any other "
-        "name answers 404, as vLLM does.",
+        description=f"A loaded adapter's lora_name; empty, `{MODEL_ID}` or the base model's name for the active "
+        "version. Any other name answers 404, as vLLM does.",
     )
     max_tokens: MaxNewTokens = Field(16, description="Cap on the answer's tokens (OpenAI's default is 16).")
     temperature: Temperature = 1.0
@@ -165,22 +166,27 @@ def lora_router(service: ChatService, guard: AdminGuard, slots: LoraSlots) -> AP
         return local
 
     router = APIRouter(dependencies=[Depends(admin_dependency(guard))], tags=["lora"])
+    # Every route's: 400 (the Host check, a refused value), the password's 401 and 429, 409 on a server
+    # whose generation runs upstream, and a body's 413 and 422.
+    errors = (400, 401, 409, 413, 422, 429)
 
-    @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
+    @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
+                 responses=error_responses(*errors, plain_text_route=True))
     async def load_lora_adapter(body: LoadLoraAdapterRequest) -> str:
         """Load a LoRA adapter under a name (vLLM's route); requests then select it with `"model": name`."""
         need_local_engine()
         await run_in_threadpool(slots.load, body.lora_name, body.lora_path)
         return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
-    @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)
+    @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
+                 responses=error_responses(*errors, 404, plain_text_route=True))
     async def unload_lora_adapter(body: UnloadLoraAdapterRequest) -> str:
         """Unload a LoRA adapter by name (vLLM's route)."""
         need_local_engine()
         await run_in_threadpool(slots.unload, body.lora_name)
         return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
-    @router.post("/v1/completions", tags=["openai"])
+    @router.post("/v1/completions", tags=["openai"], responses=error_responses(*errors, 404))
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """Continue an already-rendered prompt (OpenAI completions, `stream` true or false). Nothing is stored."""
         body.refuse_unhonoured()
@@ -195,7 +201,7 @@ def lora_router(service: ChatService, guard: AdminGuard, slots: LoraSlots) -> AP
         def start() -> Any:
             # As vLLM: a model name that is neither this server's nor a loaded adapter is a 404, so a
             # fronting server learns that its adapter is gone (this server restarted) and loads it again.
-            if body.model not in (None, MODEL_ID, service.engine.base_name) and body.model not in slots.loaded:
+            if body.model not in (None, "", MODEL_ID, service.engine.base_name) and body.model not in slots.loaded:
                 raise NotFoundError(f"The model `{body.model}` does not exist.")
             slots.select(body.model)
             return local.stream_prompt(body.prompt, params)

@@ -3,6 +3,7 @@ both store conversations and create examples through the same code path."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +23,15 @@ from bot.serving.retrieval import (
     single_question,
 )
 from core.config import ServeConfig
-from core.errors import TooLargeError, ValidationError
+from core.errors import StorageFullError, TooLargeError, ValidationError
 from storage import Store
 from storage.examples import normalise_text, validate_messages
 from storage.vocabulary import BASE_VERSION, ExampleStatus, Role
+
+log = logging.getLogger(__name__)
+
+# Said with an answer that a full disk kept out of the store (Answer.stored is False).
+NOT_STORED = "This answer could not be stored (storage is full), so it cannot be rated or corrected."
 
 
 def clean_conversation(messages: Any, *, max_chars: int = 64_000, max_turns: int = 200) -> list[dict[str, str]]:
@@ -52,13 +58,16 @@ def clean_conversation(messages: Any, *, max_chars: int = 64_000, max_turns: int
 class Answer:
     """An answer being streamed. Its assistant row is stored when it starts, so
     `message_id` is known before the first piece (an API stream's chunks carry it);
-    the text is filled in when iteration ends, or the row removed if generation fails."""
+    the text is filled in when iteration ends, or the row removed if generation fails.
+
+    When storage is full the person is still answered: `message_id` is then None (the answer
+    is not stored, so nothing can rate it), and `notices` says so."""
 
     generation: AnswerStream
-    conversation_id: int
+    conversation_id: int | None
     context: list[dict[str, str]]
     store: Store
-    message_id: int
+    message_id: int | None
     few_shot_examples: list[dict[str, Any]] = field(default_factory=list)
     # Approved examples shown as related, not as the answer (RelatedAnswer): the question has none yet.
     related: list[dict[str, Any]] = field(default_factory=list)
@@ -81,8 +90,13 @@ class Answer:
         return self.generation.from_example
 
     @property
+    def stored(self) -> bool:
+        """Whether the answer is in the store (False when storage was full)."""
+        return self.message_id is not None
+
+    @property
     def notices(self) -> list[str]:
-        return self.generation.prompt.notices
+        return [*self.generation.prompt.notices, *([] if self.stored else [NOT_STORED])]
 
     def __iter__(self) -> Iterator[str]:
         failed = False
@@ -93,11 +107,24 @@ class Answer:
             raise
         finally:
             # Reached too when the consumer stops early: keep the text it was shown.
-            if not (failed and self.store.delete_message(self.message_id)):
+            if self.message_id is not None:
+                self._store_text(self.message_id, failed)
+
+    def _store_text(self, message_id: int, failed: bool) -> None:
+        try:
+            if not (failed and self.store.delete_message(message_id)):
                 fields: dict[str, Any] = {"content": self.generation.text.strip()}
                 if self.generation.model_version is not None:
                     fields["model_version"] = self.generation.model_version
-                self.store.update_message(self.message_id, **fields)
+                self.store.update_message(message_id, **fields)
+        except StorageFullError as exc:
+            # The person has their answer; its row would say an empty one, so it goes (unless rated already).
+            log.warning("Answer %d was given but its text could not be stored: %s", message_id, exc)
+            try:
+                if self.store.delete_message(message_id):
+                    self.message_id = None
+            except StorageFullError:
+                log.warning("Answer %d is stored without its text: storage is full", message_id)
 
     def cancel(self) -> None:
         self.generation.cancel()
@@ -227,15 +254,22 @@ class ChatService:
         use_few_shot = self.config.few_shot if few_shot is None else few_shot
         direct, honest, demos = self.reply_plan(context, params, use_few_shot)
         # The rows are written first, so a failed write starts no decode that nobody would cancel.
+        # A full disk is the exception: the person is still answered, and nothing is stored.
         new_conversation = conversation_id is None
-        if conversation_id is None:
-            system = next((m["content"] for m in context if m["role"] == "system"), None)
-            conversation_id = self.store.create_conversation(source=source, system_prompt=system)
-        user_id = self.store.add_message(conversation_id, Role.USER, context[-1]["content"])
-        message_id = self.store.add_message(
-            conversation_id, Role.ASSISTANT, "", context=context, model_version=self.engine.version,
-            gen_params=params.as_dict(),
-        )
+        stored: list[int] = []  # the turn's rows: the user's, then the answer's
+        try:
+            if conversation_id is None:
+                system = next((m["content"] for m in context if m["role"] == "system"), None)
+                conversation_id = self.store.create_conversation(source=source, system_prompt=system)
+            stored.append(self.store.add_message(conversation_id, Role.USER, context[-1]["content"]))
+            stored.append(self.store.add_message(
+                conversation_id, Role.ASSISTANT, "", context=context, model_version=self.engine.version,
+                gen_params=params.as_dict(),
+            ))
+        except StorageFullError as exc:
+            log.warning("Answering without storing the turn: %s", exc)
+            conversation_id, stored = self._forget_turn(stored, conversation_id, new_conversation), []
+        message_id = stored[-1] if stored else None
         generation: AnswerStream
         try:
             if direct:
@@ -246,20 +280,34 @@ class ChatService:
             else:
                 generation = self.engine.stream(context, params, demos)
         except BaseException:  # refused (e.g. the prompt does not fit): leave no trace of the turn
-            self.store.discard_turn([message_id, user_id], conversation_id=conversation_id if new_conversation else None)
+            if stored:
+                self.store.discard_turn(stored[::-1], conversation_id=conversation_id if new_conversation else None)
             raise
         related = shown(honest) if honest else []
         try:  # which demonstrations fit is known once the prompt is built; the kind of answer, for its badge
-            self.store.update_message(
-                message_id, few_shot_ids=generation.few_shot_ids, from_example=generation.from_example,
-                related_ids=[e["id"] for e in related] or None,
-            )
+            if message_id is not None:
+                self.store.update_message(
+                    message_id, few_shot_ids=generation.few_shot_ids, from_example=generation.from_example,
+                    related_ids=[e["id"] for e in related] or None,
+                )
+        except StorageFullError as exc:
+            log.warning("Answering without storing the turn: %s", exc)
+            conversation_id, message_id = self._forget_turn(stored, conversation_id, new_conversation), None
         except BaseException:
             generation.cancel()
             raise
         return Answer(
             generation, conversation_id, context, self.store, message_id, few_shot_examples=demos, related=related
         )
+
+    def _forget_turn(self, message_ids: list[int], conversation_id: int | None, new_conversation: bool) -> int | None:
+        """Remove what a full disk let through of a turn, so that no row holds half of it; return
+        the conversation id the answer goes with (None for a conversation that was to be new)."""
+        try:
+            self.store.discard_turn(message_ids, conversation_id=conversation_id if new_conversation else None)
+        except StorageFullError:
+            log.warning("Could not remove a partly stored turn: storage is full")
+        return None if new_conversation else conversation_id
 
     def review_status(self) -> str:
         """The status a new example gets under the review policy."""

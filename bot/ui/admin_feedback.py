@@ -24,6 +24,7 @@ from bot.ui.admin_review import ANY, day, literal_html
 from bot.ui.errors import user_error
 from core.errors import ExemplarError
 from storage import Store
+from storage.errors import file_full_message, refuse_when_full
 from storage.vocabulary import DISLIKE_REASONS
 
 RATINGS = {ANY: None, "thumbs up": "up", "thumbs down": "down", "withdrawn": "none"}
@@ -144,9 +145,13 @@ class FeedbackHandlers:
         path = folder / "feedback.jsonl"
         keys = ["id", "created_at", "rating", "reason", "tags", "score", "comment", "question", "answer", "model_version",
                 "message_id", "conversation_id", "example_id", "example_status", "rater", "actor"]
-        with path.open("w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps({k: row.get(k) for k in keys}, ensure_ascii=False) + "\n")
+        try:
+            with refuse_when_full(file_full_message(path)), path.open("w", encoding="utf-8") as out:
+                for row in rows:
+                    out.write(json.dumps({k: row.get(k) for k in keys}, ensure_ascii=False) + "\n")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
+            raise
         return gr.update(value=str(path), visible=True), f"Exported {len(rows)} ratings to feedback.jsonl."
 
 
@@ -175,7 +180,7 @@ def build_feedback_section(store: Store, check_admin: Callable[[str], None], pas
     download = gr.File(label="Download", interactive=False, visible=False, elem_id="feedback-file")
     table = gr.Dataframe(
         headers=COLUMNS, interactive=False, wrap=True, max_height=520, elem_id="feedback-table",
-        column_widths=["5%", "10%", "7%", "8%", "14%", "17%", "21%", "6%", "7%", "5%"],
+        column_widths=["4%", "9%", "6%", "7%", "7%", "4%", "13%", "15%", "18%", "6%", "6%", "5%"],
     )
     details = gr.HTML("", elem_id="feedback-details")  # stored text as stored: no Markdown, no LaTeX
     example_id = gr.State(None)

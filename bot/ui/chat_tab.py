@@ -272,16 +272,18 @@ class ChatHandlers:
             e for e in answer.few_shot_examples if e["id"] in set(answer.few_shot_ids)
         ]
         related = answer.related
+        # An answer that could not be stored (storage is full) has no number; its notice says so.
+        number = f"Message #{answer.message_id}" if answer.message_id is not None else "Not stored"
         if from_example is not None:  # no model wrote it (ServeConfig.few_shot_direct)
-            parts = [f"Message #{answer.message_id}", f"stated from example #{from_example}, word for word"]
+            parts = [number, f"stated from example #{from_example}, word for word"]
         elif related:  # no model wrote it either: the honest reply (bot/serving/retrieval.py RelatedAnswer)
             parts = [
-                f"Message #{answer.message_id}",
+                number,
                 f"no example answers this question yet; {_examples([e['id'] for e in related])} "
                 "shown as related, not as the answer",
             ]
         else:
-            parts = [f"Message #{answer.message_id} by model **{answer.model_version}**"]
+            parts = [f"{number} by model **{answer.model_version}**"]
         if examples and from_example is None:
             parts.append(f"guided by {len(examples)} example{'s' if len(examples) != 1 else ''}")
         text = " · ".join(parts)
