@@ -26,7 +26,8 @@ MEANINGS: dict[int, str] = {
     422: "A field is missing, of the wrong type or out of its bounds; the message names each one.",
     429: "Too many wrong admin passwords from this client: wait `Retry-After` seconds.",
     502: "The upstream model server (backend openai-upstream) is down, too slow, or refused the request.",
-    507: "The storage is full: nothing was stored. Free some disk space and try again.",
+    507: "Storage is full: nothing was stored. Free space on the disk that holds the data dir and try again "
+    "(no restart is needed).",
 }
 
 HEADERS: dict[int, dict[str, Any]] = {

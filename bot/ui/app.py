@@ -138,6 +138,16 @@ PAGE_SCRIPT = """<script>
     return node;
   }
   function closePanel() { if (panel) panel.remove(); panel = null; }
+  // A button of a pick-one group (the reasons, the scores): pressed, it lets go of the others; pressed again, of itself.
+  function choice(group, attrs, text, chosen) {
+    const button = el("button", {type: "button", "aria-pressed": String(chosen), ...attrs}, text);
+    button.addEventListener("click", () => {
+      const on = button.getAttribute("aria-pressed") !== "true";
+      group.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", "false"));
+      button.setAttribute("aria-pressed", String(on));
+    });
+    group.appendChild(button);
+  }
   function openPanel(row, rating) {
     const mark = markOf(row);
     if (!mark) return;
@@ -152,16 +162,8 @@ PAGE_SCRIPT = """<script>
       (rating === "down" ? "👎 What was wrong?" : "👍 What was good?") + " Optional: your thumb is already saved."));
     if (rating === "down") {
       const reasons = el("div", {class: "rating-reasons", role: "group", "aria-label": "Reason"});
-      REASONS.forEach((reason) => {
-        const chosen = (saved.reason || "").toLowerCase() === reason.toLowerCase();
-        const button = el("button", {type: "button", class: "rating-reason", "aria-pressed": String(chosen)}, reason);
-        button.addEventListener("click", () => {
-          const on = button.getAttribute("aria-pressed") !== "true";
-          reasons.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", "false"));
-          button.setAttribute("aria-pressed", String(on));
-        });
-        reasons.appendChild(button);
-      });
+      REASONS.forEach((reason) => choice(reasons, {class: "rating-reason"}, reason,
+        (saved.reason || "").toLowerCase() === reason.toLowerCase()));
       panel.appendChild(reasons);
     }
     const comment = el("textarea", {class: "rating-comment", maxlength: "2000", rows: "2",
@@ -173,15 +175,7 @@ PAGE_SCRIPT = """<script>
     panel.append(comment, tags);
     const scores = el("div", {class: "rating-score", role: "group", "aria-label": "Score from 1 to " + MAX_SCORE});
     scores.appendChild(el("span", {}, "Score (optional):"));
-    for (let n = 1; n <= MAX_SCORE; n++) {
-      const button = el("button", {type: "button", "aria-pressed": String(saved.score === n), "data-score": String(n)}, String(n));
-      button.addEventListener("click", () => {
-        const on = button.getAttribute("aria-pressed") !== "true";
-        scores.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", "false"));
-        button.setAttribute("aria-pressed", String(on));
-      });
-      scores.appendChild(button);
-    }
+    for (let n = 1; n <= MAX_SCORE; n++) choice(scores, {"data-score": String(n)}, String(n), saved.score === n);
     panel.appendChild(scores);
     const save = el("button", {type: "button", class: "rating-save"}, "Save details");
     const cancel = el("button", {type: "button", class: "rating-close"}, "Close");

@@ -98,7 +98,12 @@ def rating_summary(rating: dict[str, Any] | None) -> str:
     """One person's rating of an answer in words (its thumb, reason, tags, score and comment), or ""."""
     if not rating or not rating.get("rating"):
         return ""
-    parts = ["👍 liked" if rating["rating"] == "up" else "👎 disliked"]
+    return " · ".join(["👍 liked" if rating["rating"] == "up" else "👎 disliked", *rating_details(rating)])
+
+
+def rating_details(rating: dict[str, Any]) -> list[str]:
+    """What a rating says beyond its thumb, in words: its reason, tags, score and comment."""
+    parts = []
     if rating.get("reason"):
         parts.append(str(rating["reason"]))
     if rating.get("tags"):
@@ -108,7 +113,7 @@ def rating_summary(rating: dict[str, Any] | None) -> str:
     if rating.get("comment"):
         comment = str(rating["comment"])
         parts.append(f"“{comment[:80]}{'…' if len(comment) > 80 else ''}”")
-    return " · ".join(parts)
+    return parts
 
 
 def answer_mark(
@@ -572,8 +577,8 @@ class ChatHandlers:
         if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
             raise user_error("The comment must be text of at most 2000 characters")
         tags = data.get("tags")
-        if isinstance(tags, str):
-            tags = [t for t in tags.split(",")]
+        if isinstance(tags, str):  # the panel's box: "billing, outdated"
+            tags = tags.split(",")
         try:
             tags, score = check_tags(tags), check_score(data.get("score") or None)
         except ExemplarError as exc:
@@ -582,10 +587,9 @@ class ChatHandlers:
             answer, rating, rater, reason=reason.lower() if reason else None,
             comment=(comment or "").strip() or None, tags=tags, score=score,
         )
-        detail = rating_summary({"rating": rating, "reason": reason and reason.lower(), "comment": comment,
-                                 "tags": tags, "score": score}).split(" · ", 1)[1:]
+        said = rating_details({"reason": reason and reason.lower(), "comment": comment, "tags": tags, "score": score})
         thumbs = gr.update(feedback_value=self.feedback_values(normalise_history(history), ids or [], rater))
-        return (self._rated(answer, rating, result, detail[0] if detail else "details saved"), thumbs,
+        return (self._rated(answer, rating, result, " · ".join(said) or "details saved"), thumbs,
                 self.marks(history, ids, rater))
 
     def _correct(self, ids: list[int | None], index: int, previous: str, corrected: str) -> dict[str, Any]:
