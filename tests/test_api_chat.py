@@ -32,6 +32,14 @@ def sse_events(text: str) -> list:
     return events
 
 
+def test_the_model_list_names_the_version_serving_now(client, engine):
+    (card,) = client.get("/v1/models").json()["data"]
+    assert (card["id"], card["name"], card["exemplar"]["model_version"]) == ("exemplar", "Exemplar (base)", "base")
+    engine.activate("v3")  # a promotion or a rollback: the next listing says so
+    (card,) = client.get("/v1/models").json()["data"]
+    assert card["name"] == "Exemplar (v3)"
+
+
 def test_completion_is_stored_and_its_id_is_the_message_id(client, engine, store):
     engine.enqueue("Paris is the capital of France.")
     response = client.post("/v1/chat/completions", json={"model": "anything", "messages": QUESTION})

@@ -228,6 +228,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    name: str | None = Field(
+        None, description="A name to show, with the version serving now (chat UIs such as Open WebUI show it)."
+    )
     parent: str | None = Field(None, description="For a LoRA adapter loaded by name: the model it adapts (as vLLM).")
     root: str | None = Field(None, description="For a LoRA adapter loaded by name: its folder (as vLLM).")
     exemplar: dict[str, Any]
@@ -434,6 +437,7 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
                     "object": "model",
                     "created": 0,
                     "owned_by": "exemplar",
+                    "name": f"Exemplar ({engine.version})",
                     "exemplar": {"model_version": engine.version, "base_model": engine.base_name},
                 },
                 *(lora.model_cards() if lora is not None else []),
