@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "test-admin-password"
 ADMIN = {"Authorization": f"Bearer {ADMIN_PASSWORD}"}
 
-__all__ = ["ADMIN", "ADMIN_PASSWORD", "REPO", "LiveServer", "build_app", "free_port", "serve_in_thread"]
+__all__ = ["ADMIN", "ADMIN_PASSWORD", "REPO", "LiveServer", "build_app", "chat_ui", "free_port", "serve_in_thread"]
 
 
 def build_app(
@@ -67,6 +67,23 @@ def build_app(
     app.state.watcher = watcher  # the LoRA routes and /healthz ask it, as in create_app
     add_api(app, service, guard, training=training)
     return app
+
+
+@contextmanager
+def chat_ui(data_dir: Path, engine: ChatEngine | None = None) -> Iterator[tuple[Store, str]]:
+    """The whole app, UI included, on a fake engine (or `engine`) and a real database in `data_dir`,
+    served in a background thread: yields (its store, its URL); the server stops and the store closes on exit."""
+    from core.config import ServeConfig
+    from storage import Store
+    from tests.fakes import FakeEngine
+
+    store = Store(data_dir / "exemplar.db")
+    config = ServeConfig(data_dir=data_dir, admin_password=ADMIN_PASSWORD)
+    try:
+        with serve_in_thread(build_app(store, engine or FakeEngine(), config=config, ui=True)) as url:
+            yield store, url
+    finally:
+        store.close()
 
 
 @contextmanager

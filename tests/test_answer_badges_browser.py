@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import ServeConfig
-from storage import Store
 from tests.browser_steps import open_app, send_and_wait, settle, wait_for_text
-from tests.fakes import FakeEngine
-from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
+from tests.live_app import chat_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -35,10 +32,8 @@ def wait_for_badges(page, count):
 
 
 def test_every_answer_keeps_its_badge_and_a_correction_keeps_the_original(tmp_path, browser):
-    store = Store(tmp_path / "exemplar.db")
-    config = ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD)
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    with serve_in_thread(build_app(store, FakeEngine(), config=config, ui=True)) as url:
+    with chat_ui(tmp_path) as (store, url):
         open_app(page, url)
         chat = page.locator("#chatbot")
         send_and_wait(page, "What is the capital of Zorvania?", "You said: What is the capital of Zorvania?")

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import ServeConfig
-from storage import Store
 from tests.browser_steps import open_app, send_and_wait, settle, wait_for_text
 from tests.fakes import FakeEngine
-from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
+from tests.live_app import chat_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -21,10 +19,8 @@ def rows(page):
 
 
 def test_thumb_then_reason_then_comment_in_a_panel_under_the_answer_that_stays(tmp_path, browser):
-    store = Store(tmp_path / "exemplar.db")
-    config = ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    with serve_in_thread(build_app(store, FakeEngine(), config=config, ui=True)) as url:
+    with chat_ui(tmp_path) as (store, url):
         open_app(page, url)
         chat = page.locator("#chatbot")
         send_and_wait(page, "Who wrote Hamlet? " + "Tell me everything. " * 30, "You said: Who wrote Hamlet?")
@@ -99,16 +95,13 @@ def test_thumb_then_reason_then_comment_in_a_panel_under_the_answer_that_stays(t
             " return r.length === 2 && !r[1].querySelector('.answer-rating'); }", timeout=20_000,
         )
     page.close()
-    store.close()
 
 
 def test_a_message_sent_while_an_answer_streams_says_it_waits_and_a_narrow_screen_keeps_the_box_wide(
     tmp_path, browser
 ):
-    store = Store(tmp_path / "exemplar.db")
-    config = ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD)
     page = browser.new_page(viewport={"width": 400, "height": 800})
-    with serve_in_thread(build_app(store, FakeEngine(piece_delay=0.1), config=config, ui=True)) as url:
+    with chat_ui(tmp_path, FakeEngine(piece_delay=0.1)) as (store, url):
         open_app(page, url)
         box = page.locator("#chat-input textarea")
         # At 400 px the input box takes the width of the chat, not a narrow column beside the buttons.
@@ -135,4 +128,3 @@ def test_a_message_sent_while_an_answer_streams_says_it_waits_and_a_narrow_scree
         users = [r[0] for r in store.db.execute("select content from messages where role = 'user' order by id")]
         assert len(users) == 2 and users[1] == "And a second one?"
     page.close()
-    store.close()

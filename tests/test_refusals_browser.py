@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import ServeConfig
-from storage import Store
 from tests.browser_steps import open_app, send_and_wait, settle, wait_for_text
-from tests.fakes import FakeEngine
-from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
+from tests.live_app import ADMIN_PASSWORD, chat_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -48,10 +45,8 @@ def wait_until(page, selector, *, enabled):
 
 
 def test_refusals_say_why_and_leave_the_page_usable(tmp_path, browser):
-    store = Store(tmp_path / "exemplar.db")
-    config = ServeConfig(data_dir=tmp_path, admin_password=ADMIN_PASSWORD)
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    with serve_in_thread(build_app(store, FakeEngine(), config=config, ui=True)) as url:
+    with chat_ui(tmp_path) as (store, url):
         open_app(page, url)
         chat = page.locator("#chatbot")
         # No chat is chosen as the page opens: nothing to delete.
@@ -110,4 +105,3 @@ def test_refusals_say_why_and_leave_the_page_usable(tmp_path, browser):
         added = [e for e in store.list_examples(limit=None) if e["id"] not in {b["id"] for b in before}]
         assert [e["output"] for e in added] == ["Velmora."]
     page.close()
-    store.close()
