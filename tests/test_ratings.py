@@ -129,11 +129,14 @@ def test_dozens_of_people_rating_one_answer_at_once(make_server, tmp_path):
             return response.json()
 
     with ThreadPoolExecutor(12) as pool:
-        # Everyone likes it, each click sent twice at once.
-        liked = list(pool.map(send, [{"rating": "up", "user": u} for u in users * 2]))
+        # Everyone likes it, with their own tags and score (the rating panel's details), each click sent twice at once.
+        liked = list(pool.map(send, [{"rating": "up", "user": u, "tags": [u], "score": 1 + i % 10}
+                                     for i, u in enumerate(users)] * 2))
     examples = {r["example_id"] for r in liked}
     assert len(examples) == 1 and len(upvotes(store)) == 1
     assert len(store.message_feedback(int(message_id))) == len(users)  # the duplicate clicks stored nothing
+    assert {(f["rater"], tuple(f["tags"]), f["score"]) for f in store.message_feedback(int(message_id))} == {
+        (f"api:{u}", (u,), 1 + i % 10) for i, u in enumerate(users)}  # each person's own details, none mixed
     (example,) = examples
     with ThreadPoolExecutor(12) as pool:
         list(pool.map(send, [{"rating": None, "user": u} for u in users[1:]]))
