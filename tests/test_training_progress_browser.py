@@ -6,6 +6,7 @@ time left is never negative and counts down; the run ends with its verdict in th
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -13,19 +14,20 @@ import pytest
 
 from core.config import ServeConfig
 from storage import Store
+from storage.exchange import import_file
 from storage.vocabulary import ACTIVE_JOB_STATUSES
 from tests.browser_steps import settle
 from tests.live_app import ADMIN_PASSWORD, build_app, serve_in_thread
 from tests.test_training_browser import open_training_tab
-from tests.training_helpers import FAST_EVAL, add_facts, save_tiny_base
+from tests.training_helpers import FAST_EVAL, save_tiny_base
 from training.config import EvalConfig
 from training.manager import TrainingManager
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-# Questions the templates reword (training/augment.py): each example trains as up to four rows, so
-# 10 examples and 2 replay rows over 3 epochs at batch size 1 are over 100 steps, not 36. A step
-# of the tiny model takes tens of milliseconds: this many keep the run going for several of the
+# Questions the templates reword (training/augment.py): each example trains as up to four rows, so the
+# train split's examples (most of the 10) and 2 replay rows over 3 epochs at batch size 1 are about 100
+# steps, not 36. A step of the tiny model takes tens of milliseconds: this many keep the run going for several of the
 # tab's one-second polls.
 DOORS = [
     ("blue", "zebra crossing"), ("red", "yellow lantern"), ("green", "quiet river"), ("yellow", "paper moon"),
@@ -65,7 +67,12 @@ def retrain(tmp_path, tiny_model, tokenizer, browser):
     base = save_tiny_base(tiny_model, tokenizer, tmp_path / "tiny")
     data_dir = tmp_path / "data"
     store = Store(data_dir / "exemplar.db")
-    add_facts(store, FACTS, "train")
+    # The facts come in as an admin brings them: a file imported (`launch.py import` does this), each
+    # given its train or test split by the product, as any import is.
+    facts = tmp_path / "facts.jsonl"
+    records = ({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in FACTS)
+    facts.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    import_file(store, facts)
     manager = TrainingManager(store, data_dir, str(base), eval_config=EvalConfig(**FAST_EVAL))
     config = ServeConfig(data_dir=data_dir, admin_password=ADMIN_PASSWORD)
     app = build_app(store, config=config, training=manager, ui=True)
@@ -100,6 +107,7 @@ def seconds(left: str) -> int | None:
 
 def test_a_real_retrain_counts_to_the_trainers_total_and_the_time_left_counts_down(retrain):
     page, manager = retrain
+    trained_on = sum(e["split"] == "train" for e in manager.store.list_examples(limit=None))
     # The settings go in as an admin enters them: the form's fields, and the JSON box for the rest.
     for name, value in (("epochs", EPOCHS), ("batch-size", BATCH_SIZE)):
         field = page.locator(f"#training-{name} input")
@@ -131,7 +139,7 @@ def test_a_real_retrain_counts_to_the_trainers_total_and_the_time_left_counts_do
     total = steps_run[-1]
     assert steps_run == list(range(1, total + 1))
     assert job.metrics and job.metrics.train and job.metrics.train.total_steps == job.metrics.train.steps == total
-    assert total > EPOCHS * (len(FACTS) + REPLAY) / BATCH_SIZE  # more than a count of the examples would say
+    assert total > EPOCHS * (trained_on + REPLAY) / BATCH_SIZE  # more than a count of the examples would say
 
     shown = [(text, STEP.search(text)) for text in texts]
     progress = [(int(m[1]), int(m[2]), text) for text, m in shown if m]
