@@ -30,13 +30,18 @@ class AdminGuard:
         self,
         password: str,
         *,
+        also: tuple[str, ...] = (),
+        secret_name: str = "admin password",
+        secret_plural: str = "admin passwords",
         max_failures: int = 10,
         window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         if not password:
             raise ValueError("an admin password is required")
-        self._password = password.encode()
+        # `also`: further secrets this guard takes, e.g. the integration token beside the admin password.
+        self._secrets = [password.encode(), *(s.encode() for s in also if s)]
+        self.secret_name, self.secret_plural = secret_name, secret_plural
         self.max_failures = max_failures
         self.window_s = window_s
         self._clock = clock
@@ -47,7 +52,7 @@ class AdminGuard:
         """Raise AuthError unless `supplied` is the admin password, RateLimitError while `client`
         (an IP address; "ui:" and an address for the Gradio app) has used up its failed tries."""
         if not isinstance(supplied, str) or not supplied:
-            raise AuthError("The admin password is required")
+            raise AuthError(f"The {self.secret_name} is required")
         with self._lock:
             now = self._clock()
             failures = self._failures.get(client)
@@ -57,9 +62,11 @@ class AdminGuard:
                 if len(failures) >= self.max_failures:
                     wait = max(1, math.ceil(failures[0] + self.window_s - now))
                     raise RateLimitError(
-                        f"Too many wrong admin passwords: wait {wait} s before trying again", retry_after=wait
+                        f"Too many wrong {self.secret_plural}: wait {wait} s before trying again",
+                        retry_after=wait,
                     )
-            if hmac.compare_digest(supplied.encode(), self._password):
+            # Every secret is compared, so the time taken says nothing about which one came close.
+            if sum(hmac.compare_digest(supplied.encode(), secret) for secret in self._secrets):
                 self._failures.pop(client, None)
                 return
             if failures is None:
@@ -67,11 +74,20 @@ class AdminGuard:
                     self._failures.pop(next(iter(self._failures)))
                 failures = self._failures[client] = deque()
             failures.append(now)
-        raise AuthError("The admin password is wrong")
+        raise AuthError(f"The {self.secret_name} is wrong")
+
+    def bearer_matches(self, header: str | None) -> bool:
+        """Whether an `Authorization: Bearer …` value holds one of the secrets, for a route that serves
+        anyone and does a little more for the holder (it counts no failure: a client that sends another
+        key, as OpenAI clients do, is no guesser)."""
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        return bool(sum(hmac.compare_digest(token.strip().encode(), secret) for secret in self._secrets))
 
     def check_bearer(self, header: str | None, client: str = "http") -> None:
         """Check an `Authorization: Bearer <password>` header value."""
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError("Admin routes need the header 'Authorization: Bearer <admin password>'")
+            raise AuthError(f"This route needs the header 'Authorization: Bearer <{self.secret_name}>'")
         self.check(token.strip(), client)

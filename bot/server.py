@@ -33,6 +33,7 @@ def create_app(
     training: TrainingController | None = None,
     watcher: ModelWatcher | None = None,
     host_names: set[str] | None = None,
+    integration: AdminGuard | None = None,
 ) -> FastAPI:
     """The FastAPI app: HTTP API routes, then the Gradio UI mounted at /.
 
@@ -47,7 +48,7 @@ def create_app(
         description="A chat bot that learns from the answers its users correct.",
         version="0.1.0",
     )
-    add_api(app, service, guard, training=training, watcher=watcher)
+    add_api(app, service, guard, training=training, watcher=watcher, integration=integration)
     blocks = build_ui(
         service, guard, training=training, serving_warning=(lambda: watcher.fallback) if watcher else None
     )
@@ -116,5 +117,13 @@ def build_server(
     guard = AdminGuard(
         admin_password, max_failures=config.admin_login_attempts, window_s=config.admin_login_window_s
     )
-    app = create_app(service, guard, training=training, watcher=watcher, host_names=config.host_names)
+    # The routes of a linked front end (Open WebUI) take its own token too, never the admin routes.
+    integration = AdminGuard(
+        admin_password, also=(token,) if (token := getattr(config, "integration_token", None)) else (),
+        secret_name="integration token (or the admin password)", secret_plural="integration tokens",
+        max_failures=config.admin_login_attempts, window_s=config.admin_login_window_s,
+    )
+    app = create_app(
+        service, guard, training=training, watcher=watcher, host_names=config.host_names, integration=integration
+    )
     return app, watcher

@@ -43,6 +43,9 @@ StopTexts = Annotated[list[StopText], Field(max_length=4)]
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 # The environment variable that carries the admin password to `serve`; child processes never get it.
 ADMIN_PASSWORD_ENV = "EXEMPLAR_ADMIN_PASSWORD"
+INTEGRATION_TOKEN_ENV = "EXEMPLAR_INTEGRATION_TOKEN"
+# Secrets that `serve` reads from the environment and that no child process (a training job) gets.
+SECRET_ENVS = (ADMIN_PASSWORD_ENV, INTEGRATION_TOKEN_ENV)
 
 # pydantic's error types in words that say what the setting must be ("must be at most 4096").
 _WORDS = {
@@ -208,6 +211,14 @@ class ServeConfig(Settings):
         default=None,
         description="Password for the Admin tab and admin HTTP routes; generated at start on a loopback bind if empty.",
         min_length=8,
+        repr=False,
+    )
+    integration_token: str | None = Field(
+        default=None,
+        description="A token for a front end that forwards its users' ratings and corrections (Open WebUI, see "
+        "integrations/openwebui): it opens the /api/openwebui/ routes and nothing else. Empty: those routes take "
+        "the admin password only.",
+        min_length=16,
         repr=False,
     )
     review_policy: Literal["auto", "manual"] | None = Field(

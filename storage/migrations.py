@@ -178,3 +178,22 @@ def m008_inactive_versions(db: Database) -> None:
     # A version that served and stepped down can be activated again: "inactive" says so, where
     # "retired" read as gone for good.
     db.execute("update model_versions set status = 'inactive' where status = 'retired'")
+
+
+@migrations()
+def m009_linked_front_ends(db: Database) -> None:
+    # A front end with its own chat store (Open WebUI) names its messages and ratings with its own ids.
+    # linked_messages maps its message id to the answer stored here, so a rating made there days later
+    # (after an edit, after a restart) reaches exactly that answer; linked_feedback maps its rating id
+    # to the rater it stands for, so a rating withdrawn there (deleted, leaving only its id) is withdrawn
+    # here, and a rating sent twice is stored once (`updated_at` is the front end's own clock).
+    db.table("linked_messages").create(
+        {"source": str, "external_id": str, "message_id": int, "chat_id": str, "user_id": str, "created_at": str},
+        pk=("source", "external_id"),
+    )
+    db.table("linked_messages").create_index(["message_id"])
+    db.table("linked_feedback").create(
+        {"source": str, "external_id": str, "message_id": int, "rater": str, "updated_at": int,
+         "feedback_id": int, "created_at": str},
+        pk=("source", "external_id"),
+    )

@@ -375,6 +375,99 @@ class Store:
             columns = [c.name for c in self.db.table("feedback").columns]
         return {row[columns.index("message_id")]: self._decode("feedback", dict(zip(columns, row))) for row in rows}
 
+    # -- front ends that name answers and ratings with their own ids (Open WebUI) --------------
+
+    def link_message(
+        self, source: str, external_id: str, message_id: int, *, chat_id: str | None = None, user_id: str | None = None
+    ) -> None:
+        """Remember that `source` calls the stored answer `message_id` by `external_id`. The first link
+        of an id stands: an id sent again (the front end continued an answer) rates the answer it named first."""
+        with self._write():
+            self._get("messages", message_id, "Message")
+            self.db.table("linked_messages").insert(
+                {"source": source, "external_id": external_id, "message_id": message_id, "chat_id": chat_id,
+                 "user_id": user_id, "created_at": now()},
+                pk=("source", "external_id"), ignore=True,
+            )
+
+    def linked_message(self, source: str, external_id: str) -> int | None:
+        """The stored answer that `source` calls `external_id`, or None."""
+        with self._lock:
+            row = self.db.execute(
+                "select message_id from linked_messages where source = ? and external_id = ?", [source, external_id]
+            ).fetchone()
+        return row[0] if row else None
+
+    def record_linked_feedback(
+        self,
+        source: str,
+        external_id: str,
+        message_external_id: str,
+        *,
+        updated_at: int,
+        rater: str,
+        status: str,
+        rating: str | None,
+        reason: str | None = None,
+        comment: str | None = None,
+        tags: Sequence[str] | None = None,
+        score: int | None = None,
+    ) -> dict[str, Any]:
+        """A rating made in `source` (its id `external_id`, its answer `message_external_id`), stored as
+        record_feedback stores any rating, by `rater`. Sent again, or late (`updated_at` older than the
+        one stored), it changes nothing: a front end that resends after a restart duplicates nothing.
+        NotFoundError when the answer is not one stored here; the id is then remembered as such, so
+        that a sync does not ask for it again until it changes."""
+        with self._write():
+            linked = self.db.execute(
+                "select message_id, updated_at, feedback_id from linked_feedback where source = ? and external_id = ?",
+                [source, external_id],
+            ).fetchone()
+            message_id = self.linked_message(source, message_external_id)
+            row = {"source": source, "external_id": external_id, "message_id": message_id, "rater": rater,
+                   "updated_at": updated_at, "created_at": now()}
+            if message_id is None:  # remembered (committed), then refused below
+                self.db.table("linked_feedback").upsert({**row, "feedback_id": None}, pk=("source", "external_id"))
+            elif linked is not None and linked[0] == message_id and linked[1] is not None and linked[1] > updated_at:
+                return {"feedback_id": linked[2], "example_id": None, "status": None, "message_id": message_id,
+                        "unchanged": True}
+            else:
+                result = self.record_feedback(
+                    message_id, rating=rating, reason=reason, comment=comment, tags=tags, score=score, status=status,
+                    actor=Actor.API, rater=rater,
+                )
+                self.db.table("linked_feedback").upsert(
+                    {**row, "feedback_id": result["feedback_id"]}, pk=("source", "external_id")
+                )
+                return {**result, "message_id": message_id}
+        raise NotFoundError(
+            f"No answer stored here has the {source} message id {message_external_id!r}: only answers given "
+            "through this server's /v1/chat/completions with the message id header can be rated from there"
+        )
+
+    def withdraw_linked_feedback(self, source: str, external_id: str, *, status: str) -> bool:
+        """Take back a rating that `source` deleted (it keeps no trace but the id); False if none was stored."""
+        with self._write():
+            linked = self.db.execute(
+                "select message_id, rater from linked_feedback where source = ? and external_id = ?",
+                [source, external_id],
+            ).fetchone()
+            if linked is None:
+                return False
+            message_id, rater = linked
+            if message_id is not None:
+                self.record_feedback(message_id, rating=None, status=status, actor=Actor.API, rater=rater)
+            self.db.execute("delete from linked_feedback where source = ? and external_id = ?", [source, external_id])
+        return message_id is not None
+
+    def linked_feedback_times(self, source: str) -> dict[str, int]:
+        """Each rating of `source` stored here (or known not to be ours), by its id: its `updated_at`."""
+        with self._lock:
+            rows = self.db.execute(
+                "select external_id, updated_at from linked_feedback where source = ?", [source]
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
     def answer_sources(self, message_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """What each answer's badge says: how it was made (model_version, few_shot_ids, from_example,
         related_ids), its original text, and its latest correction (None if never corrected)."""

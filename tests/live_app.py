@@ -40,10 +40,12 @@ def build_app(
     guard: AdminGuard | None = None,
     training: TrainingController | None = None,
     watcher: ModelWatcher | None = None,
+    integration: AdminGuard | None = None,
     ui: bool = False,
 ) -> FastAPI:
     """The app as `bot.server.create_app` builds it: a ChatService on `engine` (a FakeEngine unless
-    given) and `store`, admin routes behind `guard` (the password ADMIN_PASSWORD unless given).
+    given) and `store`, admin routes behind `guard` (the password ADMIN_PASSWORD unless given), the
+    Open WebUI routes behind `integration` (`guard` unless given).
 
     With `ui`, create_app itself: the HTTP API and the Gradio UI (about 2 s to build). Without, the
     API routes alone on a bare FastAPI app, added as create_app adds them (milliseconds), which is
@@ -61,11 +63,11 @@ def build_app(
     service = ChatService(engine or FakeEngine(), store, config or ServeConfig())
     guard = guard or AdminGuard(ADMIN_PASSWORD)
     if ui:
-        return create_app(service, guard, training=training, watcher=watcher)
+        return create_app(service, guard, training=training, watcher=watcher, integration=integration)
     app = FastAPI()
     app.state.service = service
     app.state.watcher = watcher  # the LoRA routes and /healthz ask it, as in create_app
-    add_api(app, service, guard, training=training)
+    add_api(app, service, guard, training=training, integration=integration)
     return app
 
 

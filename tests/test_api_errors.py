@@ -265,7 +265,9 @@ def test_openapi_schema_describes_every_route(client):
 # The routes that write to the database or the disk: each may answer 507 when the storage is full.
 WRITING_ROUTES = {("/v1/chat/completions", "post"), ("/api/feedback", "post"), ("/api/examples", "post"),
                   ("/api/examples/{example_id}", "patch"), ("/api/examples/import", "post"), ("/api/train", "post"),
-                  ("/api/jobs/{job_id}", "delete"), ("/api/models/{version}/activate", "post")}
+                  ("/api/jobs/{job_id}", "delete"), ("/api/models/{version}/activate", "post"),
+                  ("/api/openwebui/feedback/{feedback_id}", "put"), ("/api/openwebui/feedback/{feedback_id}", "delete"),
+                  ("/api/openwebui/feedback/sync", "post"), ("/api/openwebui/corrections", "post")}
 
 
 def test_openapi_schema_declares_each_routes_errors_with_the_error_body(client):

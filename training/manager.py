@@ -21,7 +21,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from core.config import ADMIN_PASSWORD_ENV
+from core.config import SECRET_ENVS
 from core.datadir import DataDir
 from core.errors import ConflictError, ValidationError
 from core.training_contract import (
@@ -124,7 +124,7 @@ class TrainingManager:
         path = DataDir(self.data_dir).job_log(job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         # The worker needs no admin rights: the password stays out of its environment (and /proc).
-        env = {k: v for k, v in os.environ.items() if k != ADMIN_PASSWORD_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENVS}
         # Thread pools are sized when torch loads, so the limits go in before the child starts.
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(config.threads)

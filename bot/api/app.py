@@ -3,7 +3,8 @@
 This module wires the routes together and installs the error shape (bot/api/errors.py: every
 error is JSON `{"error": "..."}` with a 4xx status; a 5xx is a bug) and the request limits
 (bot/api/middleware.py). The routes live in `chat` (OpenAI-compatible chat, feedback), `admin`
-(curation, training) and `lora` (vLLM's runtime LoRA routes).
+(curation, training), `lora` (vLLM's runtime LoRA routes) and `openwebui` (a linked front end's
+ratings and corrections).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bot.api.chat import chat_router
 from bot.api.errors import describe_validation_errors, error_response
 from bot.api.lora import LoraSlots, lora_router
 from bot.api.middleware import BodyLimit
+from bot.api.openwebui import openwebui_router
 from bot.api.responses import error_responses
 from bot.auth import AdminGuard
 from bot.chat.service import ChatService
@@ -42,10 +44,13 @@ def add_api(
     *,
     training: TrainingController | None = None,
     watcher: ModelWatcher | None = None,
+    integration: AdminGuard | None = None,
 ) -> None:
     """Register the routes, the body-size limit and the JSON error handlers on `app`. The `watcher`
     keeps the engine on the store's active version: /healthz reports its fallback, and a request
-    naming no loaded adapter goes back to that version."""
+    naming no loaded adapter goes back to that version. `integration` guards the routes of a linked front
+    end (bot/api/openwebui.py): the integration token or the admin password; `guard` when None."""
+    integration = integration or guard
 
     @app.exception_handler(ExemplarError)
     async def domain_error(request: Request, exc: ExemplarError) -> JSONResponse:
@@ -91,7 +96,12 @@ def add_api(
         return health
 
     slots = LoraSlots(service.engine, watcher)
-    routers = [chat_router(service, slots), admin_router(service, guard, training), lora_router(service, guard, slots)]
+    routers = [
+        chat_router(service, slots, integration),
+        admin_router(service, guard, training),
+        lora_router(service, guard, slots),
+        openwebui_router(service, integration),
+    ]
     for router in routers:
         app.include_router(router)
     api_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]

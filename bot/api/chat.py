@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -20,15 +21,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
+from bot.api.openwebui import CHAT_HEADER, MESSAGE_HEADER, SOURCE, TASK_HEADER, USER_HEADER, header_id
 from bot.api.responses import error_responses
+from bot.auth import AdminGuard
 from bot.chat.service import Answer, ChatService
 from bot.serving.base import GenerationParams
 from bot.serving.contracts import AnswerStream
 from bot.serving.retrieval import question_of
 from core.config import MaxNewTokens, StopText, StopTexts, Temperature, TopP
-from core.errors import ExemplarError, ValidationError
+from core.errors import ExemplarError, StorageFullError, ValidationError
 from storage.text import MAX_SCORE, MAX_TAGS, TAG_CHARS, ascii_int
 from storage.vocabulary import ExampleStatus, Rating, Role
+
+log = logging.getLogger(__name__)
 
 MODEL_ID = "exemplar"
 # Ids are SQLite integers: anything larger cannot name a row (and would overflow the driver).
@@ -420,8 +425,10 @@ async def stream_events(answer: Answer, request: Request, body: ChatCompletionRe
 # -- routes ---------------------------------------------------------------------
 
 
-def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
-    """`lora` (bot.api_lora.LoraSlots) lets `"model": "<lora_name>"` pick an adapter loaded by name."""
+def chat_router(service: ChatService, lora: Any = None, integration: AdminGuard | None = None) -> APIRouter:
+    """`lora` (bot.api_lora.LoraSlots) lets `"model": "<lora_name>"` pick an adapter loaded by name.
+    `integration` (the integration token's guard) marks the requests of a linked front end (Open WebUI,
+    bot/api/openwebui.py): their answers are linked to the front end's message ids from the headers."""
     # 400: also the Host check (bot/api/middleware.py), which every route passes through.
     router = APIRouter(responses=error_responses(400))
 
@@ -461,11 +468,29 @@ def chat_router(service: ChatService, lora: Any = None) -> APIRouter:
         body.refuse_unhonoured()
         params = generation_params(service, body)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        headers = request.headers
+        # A front end's chore (Open WebUI's title or tags of a chat) is answered, not stored: no person asked it.
+        keep = header_id(headers.get(TASK_HEADER)) is None
+        linked = header_id(headers.get(MESSAGE_HEADER)) if keep else None
+        if integration is None or not integration.bearer_matches(headers.get("authorization")):
+            linked = None  # only the front end that holds the token links answers to its ids
 
         def start() -> Answer:
             if lora is not None:
                 lora.select(body.model)
-            return service.answer(messages, params=params, few_shot=body.few_shot, source="api")
+            answer = service.answer(messages, params=params, few_shot=body.few_shot, source="api", keep=keep)
+            if linked is not None and answer.message_id is not None:
+                try:
+                    service.store.link_message(
+                        SOURCE, linked, answer.message_id, chat_id=header_id(headers.get(CHAT_HEADER)),
+                        user_id=header_id(headers.get(USER_HEADER)),
+                    )
+                except StorageFullError as exc:  # answered all the same; it cannot be rated from there
+                    log.warning("Answer %d is not linked to its Open WebUI message: %s", answer.message_id, exc)
+                except BaseException:
+                    answer.cancel()
+                    raise
+            return answer
 
         answer = await run_in_threadpool(start)
         if body.stream:

@@ -23,7 +23,7 @@ from bot.serving.retrieval import (
     single_question,
 )
 from core.config import ServeConfig
-from core.errors import StorageFullError, TooLargeError, ValidationError
+from core.errors import NotFoundError, StorageFullError, TooLargeError, ValidationError
 from storage import Store
 from storage.examples import normalise_text, validate_messages
 from storage.vocabulary import BASE_VERSION, ExampleStatus, Role
@@ -243,8 +243,11 @@ class ChatService:
         few_shot: bool | None = None,
         conversation_id: int | None = None,
         source: str = "ui",
+        keep: bool = True,
     ) -> Answer:
-        """Store the user's turn and start answering it; iterate the result to stream the answer."""
+        """Store the user's turn and start answering it; iterate the result to stream the answer.
+        `keep=False` answers without storing anything: a front end's own chores (a chat's title, its
+        tags), which nobody rates and which would only crowd the store."""
         context = clean_conversation(
             list(messages),
             max_chars=self.config.max_conversation_chars,
@@ -258,14 +261,15 @@ class ChatService:
         new_conversation = conversation_id is None
         stored: list[int] = []  # the turn's rows: the user's, then the answer's
         try:
-            if conversation_id is None:
+            if keep and conversation_id is None:
                 system = next((m["content"] for m in context if m["role"] == "system"), None)
                 conversation_id = self.store.create_conversation(source=source, system_prompt=system)
-            stored.append(self.store.add_message(conversation_id, Role.USER, context[-1]["content"]))
-            stored.append(self.store.add_message(
-                conversation_id, Role.ASSISTANT, "", context=context, model_version=self.engine.version,
-                gen_params=params.as_dict(),
-            ))
+            if keep and conversation_id is not None:
+                stored.append(self.store.add_message(conversation_id, Role.USER, context[-1]["content"]))
+                stored.append(self.store.add_message(
+                    conversation_id, Role.ASSISTANT, "", context=context, model_version=self.engine.version,
+                    gen_params=params.as_dict(),
+                ))
         except StorageFullError as exc:
             log.warning("Answering without storing the turn: %s", exc)
             conversation_id, stored = self._forget_turn(stored, conversation_id, new_conversation), []
@@ -360,6 +364,18 @@ class ChatService:
     def answer_sources(self, message_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """How each answer was made and whether it was corrected (what the chat's badges show)."""
         return self.store.answer_sources(message_ids)
+
+    def learned_examples(self, version: str | None, example_ids: Sequence[int]) -> set[int]:
+        """Which of `example_ids` the trained `version` answers with few-shot off, as judged when it was
+        trained (its "did it learn this?" report); none for the base model or an unknown version."""
+        if not version or version == BASE_VERSION or not example_ids:
+            return set()
+        try:
+            items = (self.store.get_model_version(version).get("metrics") or {}).get("items") or []
+        except NotFoundError:
+            return set()
+        wanted = set(example_ids)
+        return {i["example_id"] for i in items if i.get("example_id") in wanted and i.get("candidate_learned")}
 
     def current_ratings(self, message_ids: Sequence[int], *, rater: str | None) -> dict[int, dict[str, Any]]:
         """Each answer's current rating by one rater (what the chat's thumbs show)."""
