@@ -98,11 +98,24 @@ class CanarySummary(View):
 
 
 class LearnedCount(View):
-    """How many approved corrections each version answers with few-shot off."""
+    """How many approved examples each version answers with few-shot off."""
 
     n: int
     candidate: int
     serving: int
+    by_source: str | None = Field(
+        None, description="The candidate's count for each kind apart: 'corrections 1 of 1, thumbs-up 3 of 3, imports 15 of 15'."
+    )
+
+
+class TopupRound(View):
+    """One top-up round: the adapter trained again on the approved examples it did not answer yet."""
+
+    examples: list[int] = Field(description="The examples it was not answering before this round.")
+    steps: int
+    seconds: float
+    learned_after: int = Field(description="How many approved examples the candidate answered after this round.")
+    canary_after: int | None = Field(None, description="How many canary questions it answered after this round.")
 
 
 class CurrentSummary(View):
@@ -137,7 +150,10 @@ class JobMetrics(View):
     current: CurrentSummary | None = None
     learned: LearnedCount | None = None
     canary: CanarySummary | None = None
-    train: TrainSummary | None = None
+    train: TrainSummary | None = Field(None, description="The first training run (top-up rounds are in `topups`).")
+    topups: list[TopupRound] = Field(
+        default_factory=list, description="Top-up rounds after the first run (TrainConfig.topup_rounds), in order."
+    )
 
 
 class JobView(View):
@@ -147,7 +163,9 @@ class JobView(View):
     kind: str = Field(description="'train'.")
     status: JobStatus
     progress: JobProgress = Field(default_factory=lambda: JobProgress())
-    losses: list[LossPoint] = Field(default_factory=list, description="The training loss curve of the current run.")
+    losses: list[LossPoint] = Field(
+        default_factory=list, description="The training loss curve of the current run (top-up rounds extend it)."
+    )
     metrics: JobMetrics | None = Field(None, description="Set once the job has judged its candidate.")
     model_version: str | None = Field(None, description="The version the job produced, if it got that far.")
     promoted: bool = Field(False, description="Whether that version was promoted and now serves.")

@@ -162,7 +162,7 @@ def test_the_log_shows_the_workers_lines_without_progress_bars_or_library_warnin
 
 def test_did_it_learn_this_lists_every_correction_and_filters_to_not_learned(handlers):
     title, table = handlers.learning(PASSWORD, "v2", False)
-    assert "answers **1 of 2** corrections" in title and "**v1**, which it was judged against, answered 0" in title
+    assert "answers **1 of 2** approved examples" in title and "**v1**, which it was judged against, answered 0" in title
     assert list(table["example"]) == [7, 8] and list(table["candidate"]) == ["✓", "✗"]
     assert table.iloc[0]["margin candidate"] == 4.1
     title, table = handlers.learning(PASSWORD, "v2", True)

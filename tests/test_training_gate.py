@@ -22,7 +22,7 @@ CONFIG = EvalConfig()
 def items(serving: str, candidate: str) -> list[dict]:
     """One item per character: '1' answered, '0' not; ids start at 1."""
     return [
-        {"example_id": i + 1, "serving_learned": s == "1", "candidate_learned": c == "1"}
+        {"example_id": i + 1, "source": "correction", "serving_learned": s == "1", "candidate_learned": c == "1"}
         for i, (s, c) in enumerate(zip(serving, candidate))
     ]
 
@@ -128,7 +128,8 @@ def test_a_rejection_says_why_in_plain_words_with_the_next_step():
     assert failed == ["learned", "no_regression"]
     summary = decision.summary()
     assert summary.startswith("Not promoted: learned: the candidate answers only 1 of 5")
-    assert "3 corrections were not learned (#2, #3, #4): try more epochs, e.g. {\"epochs\": 14}" in summary
+    assert ("3 corrections were not learned (#2, #3, #4) within the cap (10 epochs): try more epochs, "
+            "e.g. {\"epochs\": 14}, or more top-up rounds, e.g. {\"topup_rounds\": 2}") in summary
     assert "1 correction was not learned (#5): the answers are cut off at max_length" in summary
     assert [r["example_id"] for r in decision.not_learned] == [2, 3, 4, 5]
 
@@ -149,3 +150,27 @@ def test_every_rule_passing_promotes():
 def test_without_a_selection_run_held_out_is_not_judged_and_says_so():
     rule = heldout_rule(None, None, "base", EvalConfig(selection_run=False), available=12)
     assert rule.passed and "selection_run is off" in rule.message
+
+
+def test_the_verdict_counts_each_kind_of_example_apart_and_names_the_cap():
+    mixed = [
+        {"example_id": 1, "source": "correction", "serving_learned": False, "candidate_learned": False},
+        *({"example_id": i, "source": "upvote", "serving_learned": True, "candidate_learned": True} for i in (2, 3, 4)),
+        *({"example_id": i, "source": "import", "serving_learned": False, "candidate_learned": i != 5}
+          for i in range(5, 20)),
+    ]
+    rule = learned_rule(mixed, "base")
+    assert rule.message == (
+        "learned: the candidate answers 17 of 19 examples with few-shot off "
+        "(corrections 0 of 1, thumbs-up 3 of 3, imports 14 of 15; base: 3)"
+    )
+    rows, sentences = explain_not_learned(mixed, {}, set(), 6, (2, 4))
+    assert rows == [{"example_id": 1, "reason": "not learned in 6 epochs and 2 top-up rounds of 4 epochs, the cap: "
+                     "try more epochs"}, {"example_id": 5, "reason": "not learned in 6 epochs and 2 top-up rounds of "
+                     "4 epochs, the cap: try more epochs"}]
+    assert sentences == ['2 examples were not learned (#1, #5) within the cap (6 epochs and 2 top-up rounds of 4 '
+                         'epochs): try more epochs, e.g. {"epochs": 10}, or more top-up rounds, e.g. {"topup_rounds": 4}']
+    # One kind alone is named as such.
+    one = explain_not_learned(mixed[4:6], {}, set(), 6)[1]
+    assert one == ['1 import was not learned (#5) within the cap (6 epochs): try more epochs, e.g. {"epochs": 10}, '
+                   'or more top-up rounds, e.g. {"topup_rounds": 2}']

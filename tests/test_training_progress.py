@@ -50,7 +50,7 @@ def test_a_several_epoch_run_counts_to_the_trainers_own_total(tmp_path, tiny_mod
     store = RecordingStore(data_dir / "exemplar.db")
     add_facts(store, FACTS, "train")
     manager = TrainingManager(store, data_dir, str(base), eval_config=EvalConfig(**FAST_EVAL), spawn=False)
-    job_id = manager.start({"epochs": 3, "batch_size": 4, "replay_examples": 2}, reason="cli")
+    job_id = manager.start({"epochs": 3, "batch_size": 4, "replay_examples": 2, "topup_rounds": 0}, reason="cli")
     caplog.set_level(logging.INFO, logger="training.worker")
     try:
         status = run_job(store, data_dir, job_id)
@@ -110,3 +110,32 @@ def test_eval_draws_a_progress_bar_of_the_answers_it_generates(tmp_path, tiny_mo
     config = EvalConfig(**FAST_EVAL)
     assert commands.evaluate(data_dir, str(base), progress=False, eval_config=config, out=io.StringIO(), err=err) == 0
     assert err.getvalue() == ""
+
+
+def test_top_up_rounds_train_the_missed_examples_again_and_the_verdict_names_the_cap(tmp_path, tiny_model, tokenizer):
+    """A tiny random model learns none of the facts: both top-up rounds run, on every example, their losses
+    continue the first run's curve, the job records each round, and the verdict names the cap reached."""
+    base = save_tiny_base(tiny_model, tokenizer, tmp_path / "tiny")
+    data_dir = tmp_path / "data"
+    store = RecordingStore(data_dir / "exemplar.db")
+    ids = add_facts(store, FACTS, "train")
+    manager = TrainingManager(store, data_dir, str(base), eval_config=EvalConfig(**FAST_EVAL), spawn=False)
+    job_id = manager.start({"epochs": 1, "batch_size": 4, "replay_examples": 2, "topup_rounds": 2, "topup_epochs": 1},
+                           reason="cli")
+    try:
+        status = run_job(store, data_dir, job_id)
+        view = manager.job_view(job_id)
+    finally:
+        store.close()
+    assert status in ("succeeded", "rejected"), view.error or view.log
+    assert view.metrics is not None and view.metrics.train is not None
+    rounds = view.metrics.topups
+    assert [sorted(r.examples) for r in rounds] == [sorted(ids), sorted(ids)]
+    assert all(r.steps > 0 and r.learned_after == 0 for r in rounds)
+    steps = [p.step for p in view.losses]
+    assert steps == list(range(1, len(steps) + 1))  # one curve: the first run, then each round after it
+    assert len(steps) == view.metrics.train.steps + sum(r.steps for r in rounds)
+    assert {p.get("run") for p in store.progress if p.get("run")} >= {"final", "top-up 1", "top-up 2"}
+    assert [n.reason for n in view.metrics.not_learned] == [
+        "not learned in 1 epoch and 2 top-up rounds of 1 epoch, the cap: try more epochs"
+    ] * len(ids)

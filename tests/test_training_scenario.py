@@ -134,6 +134,57 @@ def test_chat_correct_retrain_promotes_and_serves_every_correction(tmp_path, bun
         store.close()
 
 
+GENERAL = ["What is the capital of France?", "How many days are in a week?", "What do bees make?"]
+
+
+@pytest.mark.slow
+def test_a_new_admins_mixed_set_is_learned_whole_by_the_first_retrain(tmp_path, bundled_checkpoint, record_property):
+    """As a new admin starts: 20 help-desk examples imported for review and 15 of them approved, one answer
+    corrected and three thumbed up in the chat, then "retrain" with the defaults. The first retrain learns
+    every approved example, by itself (the top-up rounds), and the verdict counts each kind apart."""
+    from bot.serving.engine import Engine
+
+    engine = Engine.load(str(bundled_checkpoint), tmp_path / "data")
+    app, watcher, store = serve(tmp_path, engine, str(bundled_checkpoint))
+    try:
+        with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=300) as client:
+            data = (Path(__file__).parents[1] / "examples" / "help_desk.jsonl").read_bytes()
+            imported = client.post("/api/examples/import", params={"status": "pending"}, content=data, headers=ADMIN)
+            assert imported.status_code == 201, imported.text
+            for example_id in imported.json()["ids"][:15]:
+                approved = client.patch(f"/api/examples/{example_id}", json={"status": "approved"}, headers=ADMIN)
+                assert approved.status_code == 200, approved.text
+            for question in GENERAL:
+                answer = ask(client, question, max_tokens=48)
+                up = client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"})
+                assert up.status_code == 201, up.text
+            correct(client, ask(client, FACTS[0]["question"], max_tokens=24), FACTS[0]["answer"])
+            examples = client.get("/api/examples", params={"status": "approved", "limit": 100}, headers=ADMIN).json()
+            kinds = sorted(e["source"] for e in examples["examples"])
+            assert kinds == ["correction"] + ["import"] * 15 + ["upvote"] * 3, kinds
+
+            started_at = time.monotonic()
+            started = client.post("/api/train", headers=ADMIN)
+            assert started.status_code == 202, started.text
+            job = wait_for_job(client, started.json()["job_id"], timeout=3600)
+            metrics = job["metrics"] or {}
+            report = (
+                f"mixed set: {job['status']}, {(metrics.get('gate') or {}).get('reasons')}; learned "
+                f"{metrics.get('learned')}; top-ups {metrics.get('topups')}; timings {metrics.get('timings')}; "
+                f"{time.monotonic() - started_at:.0f} s to the verdict"
+            )
+            print("\n" + report)
+            record_property("mixed_set", report)
+            assert job["status"] == "succeeded" and job["promoted"] is True, report
+            learned = metrics["learned"]
+            assert learned["candidate"] == learned["n"] == 19, report
+            assert learned["by_source"] == "corrections 1 of 1, thumbs-up 3 of 3, imports 15 of 15", report
+            assert metrics["not_learned"] == [], report
+    finally:
+        watcher.stop()
+        store.close()
+
+
 RECIPE = {"max_steps": 40, "learning_rate": 0.02, "batch_size": 4, "replay_examples": 0,
           "target_modules": "all-linear", "warmup_steps": 0}
 

@@ -181,8 +181,9 @@ def report(view: JobView, out: TextIO = sys.stdout) -> int:
         if learned:
             current_canary = (metrics.current.canary or {}) if metrics.current else {}
             print(
-                f"{view.model_version or 'candidate'}: answers {learned.candidate} of {learned.n} corrections "
-                f"with few-shot off ({metrics.compared_with}: {learned.serving}); "
+                f"{view.model_version or 'candidate'}: answers {learned.candidate} of {learned.n} approved examples "
+                f"with few-shot off ({learned.by_source + '; ' if learned.by_source else ''}"
+                f"{metrics.compared_with}: {learned.serving}); "
                 f"canary {canary.score if canary and canary.score is not None else '-'}% ({metrics.compared_with}: "
                 f"{current_canary.get('score', '-')}%)",
                 file=out,

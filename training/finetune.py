@@ -25,6 +25,7 @@ really gone, and a bad version is never the parent of the next one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -217,9 +218,10 @@ def train_adapter(
     config: TrainConfig,
     *,
     callbacks: Sequence[Any] = (),
+    adapter: Any = None,
 ) -> tuple[Any, TrainResult]:
     """Fine-tune a new LoRA adapter on `examples` (dicts with chat `input` and `output`, and
-    `replay` true for replay examples).
+    `replay` true for replay examples), or train `adapter` (a PeftModel over `model`) further.
 
     Returns the PeftModel (base + trained adapter, in eval mode) and what the run did.
     A callback that sets `control.should_training_stop` ends the run early; the
@@ -236,9 +238,11 @@ def train_adapter(
     if mask_kind:
         dataset = dataset.add_column("row", list(range(len(dataset))))
         if config.replay_kl_weight > 0:
-            base_logp = base_distributions(model, dataset, config.batch_size, mask_kind == "additive")
+            # The KL term holds replay rows to the base model's answers, never to a half-trained adapter's.
+            with adapter.disable_adapter() if adapter is not None else contextlib.nullcontext():
+                base_logp = base_distributions(model, dataset, config.batch_size, mask_kind == "additive")
     torch.manual_seed(config.seed)
-    peft_model = add_lora(model, config)
+    peft_model = adapter if adapter is not None else add_lora(model, config)
     losses: list[float] = []
     trainer_class = make_trainer_class(config.replay_kl_weight)
 

@@ -3,8 +3,10 @@ steps that follow: promote or reject, activate, roll back.
 
 The gate has four rules (docs/training.md says why each is shaped as it is):
 - learned: the candidate answers, with few-shot off, at least as many of the
-  approved corrections as the serving version does;
-- no regression: a correction the serving version answers stays answered (a
+  approved examples (corrections, thumbs-up, imports, each counted apart) as the
+  serving version does; the job tops the candidate up on what it missed first
+  (TrainConfig.topup_rounds), so what is left was not learnable within that cap;
+- no regression: an example the serving version answers stays answered (a
   named, configurable tolerance: EvalConfig.regression_tolerance);
 - held-out: on examples neither model trained on, the candidate is not worse
   beyond noise, item by item (a sign test over answers lost and gained, and a
@@ -114,16 +116,52 @@ def _ids(ids: Sequence[int], most: int = 8) -> str:
     return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
+SOURCE_NAMES = {
+    "correction": ("correction", "corrections"),
+    "upvote": ("thumbs-up", "thumbs-up"),
+    "import": ("import", "imports"),
+    "admin": ("admin example", "admin examples"),
+    "seed": ("seed example", "seed examples"),
+}
+
+
+def examples_word(n: int, source: str | None = None) -> str:
+    """'1 correction', '3 thumbs-up', '15 imports', '19 examples': what a count of approved examples counts."""
+    singular, plural = SOURCE_NAMES.get(source or "", ("example", "examples"))
+    return f"{n} {singular if n == 1 else plural}"
+
+
+def learned_by_source(items: Sequence[dict[str, Any]], key: str = "candidate_learned") -> str:
+    """'corrections 1 of 1, thumbs-up 3 of 3, imports 14 of 15': each kind of example apart."""
+    kinds: dict[str, list[bool]] = defaultdict(list)
+    for item in items:
+        kinds[item.get("source") or "other"].append(bool(item[key]))
+    order = [*SOURCE_NAMES, "other"]
+    return ", ".join(
+        f"{SOURCE_NAMES.get(kind, ('other', 'other'))[1]} {sum(hits)} of {len(hits)}"
+        for kind, hits in sorted(kinds.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    )
+
+
 def explain_not_learned(
     items: Sequence[dict[str, Any]],
     contradictions: dict[int, list[int]],
     truncated: set[int],
     epochs: float,
+    topup: tuple[int, float] = (0, 0.0),
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Why each correction the candidate does not answer was not learned, and one sentence per cause.
+    """Why each approved example the candidate does not answer was not learned, and one sentence per cause.
+    `topup`: the top-up rounds run after the first training run, and the epochs of each.
 
     Returns ([{"example_id", "reason"}], [sentences]).
     """
+    rounds, topup_epochs = topup
+
+    def passes(n: float) -> str:
+        return f"{n:g} epoch{'' if n == 1 else 's'}"
+
+    trained = passes(epochs) + (f" and {rounds} top-up round{'s' if rounds != 1 else ''} of {passes(topup_epochs)}"
+                                if rounds else "")
     causes: dict[str, list[int]] = defaultdict(list)
     rows = []
     for item in items:
@@ -138,13 +176,16 @@ def explain_not_learned(
             reason = "the answer does not fit in max_length tokens: raise max_length or shorten it"
             causes["truncated"].append(example_id)
         else:
-            reason = f"not learned in {epochs:g} epochs: try more epochs"
+            reason = f"not learned in {trained}, the cap: try more epochs"
             causes["epochs"].append(example_id)
         rows.append({"example_id": example_id, "reason": reason})
     sentences = []
     more = max(epochs + 4, math.ceil(epochs * 1.4))
+    source_of = {i["example_id"]: i.get("source") for i in items}
     for cause, ids in causes.items():
-        head = f"{len(ids)} correction{'s were' if len(ids) > 1 else ' was'} not learned ({_ids(ids)})"
+        kinds = {source_of[i] for i in ids}
+        counted = examples_word(len(ids), kinds.pop() if len(kinds) == 1 else None)
+        head = f"{counted} {'were' if len(ids) > 1 else 'was'} not learned ({_ids(ids)})"
         if cause == "contradict":
             sentences.append(
                 f"{head}: they contradict each other (the same question with different answers); "
@@ -153,7 +194,10 @@ def explain_not_learned(
         elif cause == "truncated":
             sentences.append(f"{head}: the answers are cut off at max_length; raise it, e.g. {{\"max_length\": 1024}}")
         else:
-            sentences.append(f"{head}: try more epochs, e.g. {{\"epochs\": {more:g}}}")
+            sentences.append(
+                f"{head} within the cap ({trained}): try more epochs, e.g. {{\"epochs\": {more:g}}}, "
+                f"or more top-up rounds, e.g. {{\"topup_rounds\": {rounds + 2}}}"
+            )
     return rows, sentences
 
 
@@ -161,27 +205,32 @@ def explain_not_learned(
 
 
 def learned_rule(items: Sequence[dict[str, Any]], serving: str) -> Rule:
-    """The candidate answers at least as many approved corrections as the serving version."""
+    """The candidate answers at least as many approved examples as the serving version."""
     n = len(items)
     cand = sum(bool(i["candidate_learned"]) for i in items)
     serv = sum(bool(i["serving_learned"]) for i in items)
     passed = cand >= serv
     verb = "answers" if passed else "answers only"
-    message = f"learned: the candidate {verb} {cand} of {n} corrections with few-shot off ({serving}: {serv})"
+    sources = {i.get("source") for i in items}
+    if len(sources) == 1:  # one kind: name it ("3 of 4 corrections")
+        counted, apart = examples_word(n, next(iter(sources))), ""
+    else:  # each kind apart: "3 of 19 examples (corrections 1 of 1, thumbs-up 2 of 3, imports 0 of 15; ..."
+        counted, apart = examples_word(n), learned_by_source(items) + "; "
+    message = f"learned: the candidate {verb} {cand} of {counted} with few-shot off ({apart}{serving}: {serv})"
     return Rule("learned", passed, message, [i["example_id"] for i in items if not i["candidate_learned"]])
 
 
 def regression_rule(items: Sequence[dict[str, Any]], serving: str, tolerance: float) -> Rule:
-    """A correction the serving version answers stays answered (up to `tolerance`, a share, rounded down)."""
+    """An example the serving version answers stays answered (up to `tolerance`, a share, rounded down)."""
     answered = [i for i in items if i["serving_learned"]]
     lost = [i["example_id"] for i in answered if not i["candidate_learned"]]
     allowed = math.floor(tolerance * len(answered) + 1e-9)
     passed = len(lost) <= allowed
     if not lost:
-        message = f"no regression: every correction {serving} answers ({len(answered)}) is still answered"
+        message = f"no regression: every approved example {serving} answers ({len(answered)}) is still answered"
     else:
         message = (
-            f"{'regression' if not passed else 'tolerated regression'}: {len(lost)} of the {len(answered)} corrections "
+            f"{'regression' if not passed else 'tolerated regression'}: {len(lost)} of the {len(answered)} examples "
             f"{serving} answers are lost ({_ids(lost)}; {allowed} allowed)"
         )
     return Rule("no_regression", passed, message, lost)
@@ -276,10 +325,12 @@ def gate(
     contradictions: dict[int, list[int]] | None = None,
     truncated: set[int] | None = None,
     epochs: float = 10,
+    topup: tuple[int, float] = (0, 0.0),
 ) -> Decision:
     """Apply the four rules to per-item verdicts; the candidate is promoted only if all pass.
 
-    `items`: one per approved correction, with candidate_learned / serving_learned;
+    `items`: one per approved example, with candidate_learned / serving_learned (and its `source`);
+    `topup`: (top-up rounds run, epochs each), for the reasons given for what was not learned;
     `canary`: {"candidate": hits, "serving": hits}; `heldout`: heldout_rule's outcome.
     """
     rules = [
@@ -288,7 +339,7 @@ def gate(
         heldout,
         canary_rule(canary["candidate"], canary["serving"], serving, config.canary_max_lost),
     ]
-    not_learned, sentences = explain_not_learned(items, contradictions or {}, truncated or set(), epochs)
+    not_learned, sentences = explain_not_learned(items, contradictions or {}, truncated or set(), epochs, topup)
     passed = all(r.passed for r in rules)
     steps = list(sentences)
     failed = {r.name for r in rules if not r.passed}

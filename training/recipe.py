@@ -1,4 +1,4 @@
-"""The training job as a recipe: prepare → train → evaluate → decide → record.
+"""The training job as a recipe: prepare → train → evaluate → top up → decide → record.
 
 Select on held-out, then refit on everything (docs/training.md has the
 measurements behind this design):
@@ -11,10 +11,12 @@ measurements behind this design):
    answers to questions it never saw? Skipped below EvalConfig.heldout_min_items
    held-out examples, where no count of lost items is distinguishable from noise.
 3. train the version to serve on *every* approved example with the same
-   recipe, and evaluate it item by item: every correction (answered with
-   few-shot off? margin?) and the canary, beside the serving version and the
-   base model.
-4. decide with training/promotion.gate; 5. record the version and promote or
+   recipe, and evaluate it item by item: every approved example (answered
+   with few-shot off? margin?) and the canary, beside the serving version and
+   the base model.
+4. top up: train the same adapter again on the examples it missed, and check
+   again, up to TrainConfig.topup_rounds times; the best round is kept.
+5. decide with training/promotion.gate; 6. record the version and promote or
    reject it.
 
 Each step is a function of its inputs: the worker (training/worker.py) runs
@@ -110,6 +112,32 @@ def train(model: Any, tokenizer: Any, plan: Plan, examples: Sequence[dict[str, A
     from training.finetune import train_adapter
 
     return train_adapter(model, tokenizer, training_rows(plan, examples), plan.config, callbacks=callbacks)
+
+
+def unlearned_ids(plan: Plan, evaluation: dict[str, Any], truncated: set[int]) -> list[int]:
+    """The approved examples the candidate does not answer yet that more training can teach: neither
+    contradicted by another example nor cut off at max_length (no number of epochs fixes those)."""
+    return [
+        i["example_id"] for i in evaluation["items"]
+        if not i["candidate_learned"] and i["example_id"] not in plan.contradictions and i["example_id"] not in truncated
+    ]
+
+
+def topup(peft_model: Any, tokenizer: Any, plan: Plan, ids: Sequence[int], callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
+    """Train the candidate's adapter further, for TrainConfig.topup_epochs, on the examples `ids` with all their
+    wordings, every other approved example once as asked (so that what it learned stays), and the replay rows:
+    (peft model, TrainResult). A second pass on what the first missed costs a fraction of training everything
+    for more epochs."""
+    from training.finetune import train_adapter
+
+    wanted = set(ids)
+    rows = training_rows(plan, [e for e in plan.examples if e["id"] in wanted]) + [
+        {"input": e["input"], "output": e["output"], "id": e.get("id"), "split": e.get("split")}
+        for e in plan.examples if e["id"] not in wanted
+    ]
+    c = plan.config
+    config = c.model_copy(update={"epochs": c.topup_epochs, "learning_rate": c.topup_learning_rate, "max_steps": None})
+    return train_adapter(peft_model, tokenizer, rows, config, callbacks=callbacks, adapter=peft_model)
 
 
 def training_rows(plan: Plan, examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,6 +237,50 @@ def evaluate(peft_model: Any, tokenizer: Any, plan: Plan) -> dict[str, Any]:
     return {"items": items, "canary": {"candidate": cand_canary, "serving": serv_canary}}
 
 
+def adapter_state(peft_model: Any) -> dict[str, Any]:
+    """A copy of the adapter's weights (a few MB), to go back to after a top-up round that did worse."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def restore_adapter_state(peft_model: Any, state: dict[str, Any]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(peft_model, state)
+
+
+def canary_kept(plan: Plan, evaluation: dict[str, Any]) -> bool:
+    """Whether the candidate passes the gate's canary rule: at most canary_max_lost of the serving version's lost."""
+    canary = evaluation["canary"]
+    lost = sum(s and not c for s, c in zip(canary["serving"]["hits"], canary["candidate"]["hits"]))
+    return lost <= plan.eval_config.canary_max_lost
+
+
+def candidate_score(plan: Plan, evaluation: dict[str, Any]) -> tuple[bool, int, int]:
+    """What a top-up round must not lower: (the canary rule holds, approved examples answered, canary answered)."""
+    return (
+        canary_kept(plan, evaluation),
+        sum(bool(i["candidate_learned"]) for i in evaluation["items"]),
+        sum(bool(h) for h in evaluation["canary"]["candidate"]["hits"]),
+    )
+
+
+def reevaluate(peft_model: Any, tokenizer: Any, plan: Plan, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """`evaluation` with the candidate measured again (after a top-up round); the serving version's and the
+    base model's measures stay as they were."""
+    ec, examples = plan.eval_config, plan.examples
+    candidate = judge_answers(peft_model, tokenizer, examples, ec)
+    cand_margin = margins(peft_model, tokenizer, examples, max_length=plan.config.max_length, batch_size=ec.batch_size)
+    items = [
+        {**item, "candidate_answer": c["answer"], "candidate_learned": c["correct"] and e["id"] not in plan.contradictions,
+         "margin_candidate": mc}
+        for item, e, c, mc in zip(evaluation["items"], examples, candidate, cand_margin)
+    ]
+    canary = {**evaluation["canary"], "candidate": canary_answers(peft_model, tokenizer, plan.canary, ec)}
+    return {"items": items, "canary": canary}
+
+
 def truncated_ids(tokenizer: Any, plan: Plan) -> set[int]:
     return {e["id"] for e in plan.examples if is_truncated(tokenizer, e, plan.config.max_length)}
 
@@ -220,8 +292,10 @@ def heldout_verdict(plan: Plan, selection: dict[str, Any] | None) -> promotion.R
     return promotion.heldout_rule(selection["candidate"], selection["reference"], selection["reference_name"], plan.eval_config)
 
 
-def decide(plan: Plan, evaluation: dict[str, Any], heldout: promotion.Rule, truncated: set[int]) -> Decision:
-    """The gate on the evaluated candidate (training/promotion.py)."""
+def decide(
+    plan: Plan, evaluation: dict[str, Any], heldout: promotion.Rule, truncated: set[int], topup_rounds: int = 0
+) -> Decision:
+    """The gate on the evaluated candidate (training/promotion.py), after `topup_rounds` top-up rounds."""
     canary = evaluation["canary"]
     return promotion.gate(
         evaluation["items"],
@@ -232,6 +306,7 @@ def decide(plan: Plan, evaluation: dict[str, Any], heldout: promotion.Rule, trun
         contradictions=plan.contradictions,
         truncated=truncated,
         epochs=plan.config.epochs,
+        topup=(topup_rounds, plan.config.topup_epochs),
     )
 
 
@@ -242,13 +317,16 @@ def summarise(
     selection: dict[str, Any] | None,
     train_result: Any,
     timings: dict[str, float],
+    topups: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The job's metrics: headline numbers, the gate's reasons, what was not learned, and the timings."""
+    """The job's metrics: headline numbers, the gate's reasons, what was not learned, the top-up rounds
+    ({"examples": ids trained again, "steps", "seconds", "learned_after"}), and the timings."""
     summary: dict[str, Any] = {
         "compared_with": plan.serving_name,
         "gate": decision.as_dict(),
         "not_learned": decision.not_learned,
         "timings": {k: round(v, 1) for k, v in timings.items()},
+        "topups": list(topups),
         "heldout": {"n": len(plan.heldout), "selection_run": selection is not None},
         "current": {},
     }
@@ -271,6 +349,7 @@ def summarise(
             "n": n,
             "candidate": sum(i["candidate_learned"] for i in items),
             "serving": sum(i["serving_learned"] for i in items),
+            "by_source": promotion.learned_by_source(items),
         }
         summary["canary"] = {k: canary["candidate"][k] for k in ("n", "score", "misses")}
         summary["current"]["canary"] = {k: canary["serving"][k] for k in ("n", "score")}

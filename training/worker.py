@@ -60,7 +60,8 @@ class JobReporter:
         self.owner_gone = False
         self.progress: dict[str, Any] = {"phase": "starting"}
         self.losses: list[dict[str, Any]] = []
-        self.run = "final"  # which training run the steps belong to: "selection" (without held-out) or "final"
+        self.loss_offset = 0  # a top-up round's steps continue the curve of the run before it
+        self.run = "final"  # which training run the steps belong to: "selection" (without held-out), "final", "top-up N"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -94,7 +95,10 @@ class JobReporter:
         curve and new progress (its total comes from the Trainer when it begins: progress_callback)."""
         log.info("Phase: %s", name)
         if name == "training":
-            self.losses = []
+            # A top-up round continues the run before it: its losses extend that curve.
+            topup = str(extra.get("run", "")).startswith("top-up")
+            self.loss_offset = self.losses[-1]["step"] if topup and self.losses else 0
+            self.losses = self.losses if topup else []
             self.progress = {}
         self.progress = {**self.progress, "phase": name, **extra}
         self.store.update_job(self.job_id, progress=self.progress, heartbeat_at=now())
@@ -115,7 +119,7 @@ class JobReporter:
             "percent": round(100 * step / total, 1) if total else None,
         }
         if loss is not None:
-            self.losses.append({"step": step, "epoch": round(epoch, 3), "loss": round(loss, 4)})
+            self.losses.append({"step": self.loss_offset + step, "epoch": round(epoch, 3), "loss": round(loss, 4)})
         self.store.update_job(self.job_id, progress=self.progress, losses=self.losses, heartbeat_at=now())
         log.info(
             "step %d/%d  epoch %.2f  loss %s  eta %s",
@@ -354,39 +358,79 @@ class TrainingJob:
 
         # -- train the version to serve on every approved example ----------------
         peft_model, result = self._train(reporter, governor, model, tokenizer, plan, plan.examples, "final")
-        if distributed.is_main():  # one adapter on disk, however many processes trained it
-            self.temp_dir = registry.new_temp_dir(data_dir)
-            peft_model.save_pretrained(str(self.temp_dir))
         lap("train")
 
         # -- evaluate, item by item, beside the serving version and the base model
         reporter.phase(
             "evaluating the candidate"
             + (f", {plan.serving_name}" if plan.serving else "")
-            + " and the base model on every correction and the canary"
+            + " and the base model on every approved example and the canary"
         )
         governor.hold()
         evaluation = recipe.evaluate(peft_model, tokenizer, plan)
         truncated = recipe.truncated_ids(tokenizer, plan)
         lap("evaluate")
 
+        # -- top up: train the same adapter again on what it has not learned, then check again
+        topups: list[dict[str, Any]] = []
+        c = plan.config
+        # A round can cost an example learned before while it teaches the missed ones: the best candidate so
+        # far (examples answered, then canary) is kept, and a later round starts from whichever is current.
+        best = (recipe.candidate_score(plan, evaluation), 0,
+                recipe.adapter_state(peft_model) if c.topup_rounds else {}, evaluation)
+        # Every process of a distributed run judges the same greedy answers, so they agree on each round.
+        while len(topups) < c.topup_rounds and (missed := recipe.unlearned_ids(plan, evaluation, truncated)):
+            trained_s = timings.get("selection_train", 0.0) + timings.get("train", 0.0)
+            if trained_s >= c.topup_max_seconds:
+                log.info("No more top-up rounds: trained %.0f s, the cap is %.0f s", trained_s, c.topup_max_seconds)
+                break
+            run = f"top-up {len(topups) + 1}"
+            log.info("%s: %d approved examples not learned yet: %s", run, len(missed), missed)
+            peft_model, topped = self._train(reporter, governor, peft_model, tokenizer, plan, missed, run, topup=True)
+            lap("train")
+            reporter.phase(f"checking the candidate again after {run}")
+            governor.hold()
+            evaluation = recipe.reevaluate(peft_model, tokenizer, plan, evaluation)
+            lap("evaluate")
+            score = recipe.candidate_score(plan, evaluation)
+            topups.append({"examples": missed, "steps": topped.steps, "seconds": round(topped.train_seconds, 1),
+                           "learned_after": score[1], "canary_after": score[2]})
+            if score > best[0]:
+                best = (score, len(topups), recipe.adapter_state(peft_model), evaluation)
+            if not score[0]:  # more rounds would drift further from general knowledge
+                log.info("No more top-up rounds: %s lost more canary questions than the gate allows", run)
+                break
+        if best[1] != len(topups):
+            log.info("Keeping the candidate as it was after %s: %d examples and %d canary questions answered",
+                     f"top-up {best[1]}" if best[1] else "the first run", best[0][1], best[0][2])
+            recipe.restore_adapter_state(peft_model, best[2])
+            evaluation = best[3]
+        if distributed.is_main():  # one adapter on disk, however many processes trained it
+            self.temp_dir = registry.new_temp_dir(data_dir)
+            peft_model.save_pretrained(str(self.temp_dir))
+
         # -- decide and record ----------------------------------------------------
-        decision = recipe.decide(plan, evaluation, heldout, truncated)
+        decision = recipe.decide(plan, evaluation, heldout, truncated, topup_rounds=len(topups))
         reporter.check()
-        summary = recipe.summarise(plan, decision, evaluation, selection, result, timings)
+        summary = recipe.summarise(plan, decision, evaluation, selection, result, timings, topups=topups)
         return self._finish(reporter, plan, decision, summary, evaluation, selection, ref.name)
 
     def _train(
         self, reporter: JobReporter, governor: ThreadGovernor, model: Any, tokenizer: Any, plan: Any, examples: list,
-        run: str,
+        run: str, topup: bool = False,
     ) -> tuple[Any, Any]:
+        """One training run: a fresh adapter on `examples`, or (topup) `model`'s adapter further on the example
+        ids `examples` (recipe.topup)."""
         from training import recipe
 
         reporter.run = run
         reporter.phase("training", run=run, step=0)
         counts = (governor.idle_steps, governor.busy_steps)
         callback = progress_callback(reporter, governor)
-        peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[callback])
+        if topup:
+            peft_model, result = recipe.topup(model, tokenizer, plan, examples, callbacks=[callback])
+        else:
+            peft_model, result = recipe.train(model, tokenizer, plan, examples, callbacks=[callback])
         reporter.check()
         log.info(
             "%s run: %d examples, %d steps in %.1f s (%.0f tokens/s); steps begun with the owner idle: %d, busy: %d",

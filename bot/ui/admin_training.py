@@ -28,7 +28,7 @@ from storage import Store
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
 
-VERSION_COLUMNS = ["serving", "version", "status", "examples", "corrections learned", "held-out accuracy %", "canary %", "created", "notes"]
+VERSION_COLUMNS = ["serving", "version", "status", "examples", "examples learned", "held-out accuracy %", "canary %", "created", "notes"]
 LOSS_COLUMNS = ["step", "loss"]
 LEARNED_COLUMNS = [
     "example", "question", "correction", "serving now", "candidate", "judged against", "margin base",
@@ -330,7 +330,7 @@ class TrainingHandlers:
             columns=LEARNED_COLUMNS,
         )
         title = (
-            f"**{report.version}** answers **{report.learned} of {report.n}** corrections with few-shot off; "
+            f"**{report.version}** answers **{report.learned} of {report.n}** approved examples with few-shot off; "
             f"**{report.compared_with}**, which it was judged against, answered {report.serving_learned}. "
             f"Serving now: **{report.serving_now or BASE}** (– where it was never judged on a correction). "
             "Margin = log p(correction) − log p(the answer it replaced), summed over the answer's tokens: above 0 "
