@@ -26,8 +26,10 @@ FACTS = Path(__file__).with_name("training_facts.jsonl")
 # Small and even: 12 approved examples (8 train, 4 test; the version is refit on all 12) in batches
 # of 4 (2 per process), 2 epochs: 6 steps. No extra wordings, and fp32, as when the tolerances below
 # were measured (the default recipe's rewordings and bf16 are the same code on one process or two).
+# One top-up round (the tiny model learns nothing, so it runs on all 12): 12 rows, 1 epoch, 3 more steps.
 SETTINGS = ["--set", "replay_examples=0", "--set", "batch_size=4", "--set", "epochs=2", "--set", "rewordings=0",
-            "--set", "statement_prompts=0", "--set", "bf16=false", "--no-progress"]
+            "--set", "statement_prompts=0", "--set", "bf16=false", "--set", "topup_rounds=1",
+            "--set", "topup_epochs=1", "--no-progress"]
 LOSS_TOLERANCE = 0.01
 WEIGHT_TOLERANCE = 0.10
 
@@ -91,13 +93,15 @@ def test_two_processes_train_what_one_trains_and_write_one_version(tmp_path, tin
         (status, losses), = rows(data_dir, "select status, losses from jobs")
         assert status in ("succeeded", "rejected")
         ours, theirs = json.loads(losses), json.loads(reference[0][0])
-        assert [s["step"] for s in ours] == [s["step"] for s in theirs] == [1, 2, 3, 4, 5, 6]
+        assert [s["step"] for s in ours] == [s["step"] for s in theirs] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
         assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ours, theirs)) < LOSS_TOLERANCE
         assert relative_difference(lora_b(single), lora_b(data_dir)) < WEIGHT_TOLERANCE
         # Evaluation was sharded and gathered: every approved example and every canary was judged once.
         (metrics,), = rows(data_dir, "select metrics from jobs")
         metrics = json.loads(metrics)
         assert metrics["learned"]["n"] == 12 and metrics["canary"]["n"] == 40
+        # The processes agreed on the top-up round: the same 12 examples, 3 steps, the curve's steps 7 to 9.
+        assert [(len(r["examples"]), r["steps"]) for r in metrics["topups"]] == [(12, 3)]
         (items,), = rows(data_dir, "select metrics from model_versions")
         assert sorted(i["example_id"] for i in json.loads(items)["items"]) == list(range(1, 13))
     # The spawned launch ran both processes in the worker (each logs its own training steps).

@@ -380,7 +380,8 @@ class TrainingJob:
                 recipe.adapter_state(peft_model) if c.topup_rounds else {}, evaluation)
         # Every process of a distributed run judges the same greedy answers, so they agree on each round.
         while len(topups) < c.topup_rounds and (missed := recipe.unlearned_ids(plan, evaluation, truncated)):
-            trained_s = timings.get("selection_train", 0.0) + timings.get("train", 0.0)
+            # The slowest process's clock, so that every process of a distributed run stops at the same round.
+            trained_s = max(distributed.gather(timings.get("selection_train", 0.0) + timings.get("train", 0.0)))
             if trained_s >= c.topup_max_seconds:
                 log.info("No more top-up rounds: trained %.0f s, the cap is %.0f s", trained_s, c.topup_max_seconds)
                 break
