@@ -18,7 +18,7 @@ from tests.training_helpers import FAST_EVAL, add_facts, save_tiny_base, wait_fo
 from training.config import EvalConfig, RetrainPolicy
 from training.manager import TrainingManager
 
-QUICK = {"max_steps": 2, "replay_examples": 2, "batch_size": 4}
+QUICK = {"max_steps": 2, "replay_examples": 2, "batch_size": 4, "topup_rounds": 0}  # one run of 2 steps
 TRAIN = [(f"What is fact number {i}?", f"Fact {i} is zorb{i}.") for i in range(6)]
 TEST = [("What is fact number 99?", "Fact 99 is zorb99.")]
 

@@ -115,7 +115,8 @@ def test_a_real_retrain_counts_to_the_trainers_total_and_the_time_left_counts_do
         field.press("Tab")
     page.get_by_text("Other hyper-parameters (JSON)").click()
     params = page.locator("#training-params textarea")
-    params.fill(f'{{"replay_examples": {REPLAY}}}')
+    # One training run to follow: the tiny model learns nothing, and top-up rounds would each count anew.
+    params.fill(f'{{"replay_examples": {REPLAY}, "topup_rounds": 0}}')
     params.press("Tab")
     settle(page)
 

@@ -53,7 +53,7 @@ def test_better_is_promoted_worse_is_rejected_and_rollback_restores_answers(tmp_
         metrics = first.metrics
         assert metrics.heldout.selection_run and metrics.heldout.accuracy == 100.0
         assert metrics.current.heldout["accuracy"] == 0.0  # the base model, which did not train on them either
-        assert metrics.learned == LearnedCount(n=12, candidate=12, serving=0)
+        assert metrics.learned == LearnedCount(n=12, candidate=12, serving=0, by_source="admin examples 12 of 12")
         assert store.get_model_version("v1")["example_ids"] == sorted(train_ids + test_ids)  # every one trained
         assert watcher.sync() == "v1"
         assert answer(engine, TEST[0]) == "yes indeed" != before

@@ -82,8 +82,9 @@ def progress_line(view: JobView) -> str:
         return f"job {view.id}: {phase}…"
     step, total = progress.step or 0, progress.total_steps
     loss = progress.loss
+    run = f" ({progress.run})" if progress.run and progress.run != "final" else ""  # "selection", "top-up 1"
     return (
-        f"job {view.id} training {bar(step / total)} {step}/{total}"
+        f"job {view.id} training{run} {bar(step / total)} {step}/{total}"
         f"  loss {loss if loss is not None else '-'}  eta {clock(progress.eta_seconds)}"
     )
 

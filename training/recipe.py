@@ -136,7 +136,8 @@ def topup(peft_model: Any, tokenizer: Any, plan: Plan, ids: Sequence[int], callb
         for e in plan.examples if e["id"] not in wanted
     ]
     c = plan.config
-    config = c.model_copy(update={"epochs": c.topup_epochs, "learning_rate": c.topup_learning_rate, "max_steps": None})
+    # max_steps (smoke tests, benchmarks) caps each round as it caps the first run.
+    config = c.model_copy(update={"epochs": c.topup_epochs, "learning_rate": c.topup_learning_rate})
     return train_adapter(peft_model, tokenizer, rows, config, callbacks=callbacks, adapter=peft_model)
 
 
