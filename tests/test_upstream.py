@@ -84,7 +84,8 @@ def test_front_streams_through_the_upstream_and_keeps_its_adapter_on_the_active_
         feedback = httpx.post(f"{front.url}/api/feedback",
                               json={"message_id": message_id, "correction": "On the second floor."})
         assert feedback.status_code == 201, feedback.text
-        job = httpx.post(f"{front.url}/api/train", json={"max_steps": 2, "replay_examples": 0}, headers=admin).json()
+        job = httpx.post(f"{front.url}/api/train", json={"max_steps": 2, "replay_examples": 0, "topup_rounds": 0},
+                         headers=admin).json()
         wait_for(lambda: httpx.get(f"{front.url}/api/jobs/{job['job_id']}", headers=admin).json()["status"]
                  not in ("queued", "running"), timeout=120)
         view = httpx.get(f"{front.url}/api/jobs/{job['job_id']}", headers=admin).json()
