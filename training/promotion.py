@@ -131,11 +131,11 @@ def examples_word(n: int, source: str | None = None) -> str:
     return f"{n} {singular if n == 1 else plural}"
 
 
-def learned_by_source(items: Sequence[dict[str, Any]], key: str = "candidate_learned") -> str:
-    """'corrections 1 of 1, thumbs-up 3 of 3, imports 14 of 15': each kind of example apart."""
+def learned_by_source(items: Sequence[dict[str, Any]]) -> str:
+    """'corrections 1 of 1, thumbs-up 3 of 3, imports 14 of 15': the candidate's count for each kind apart."""
     kinds: dict[str, list[bool]] = defaultdict(list)
     for item in items:
-        kinds[item.get("source") or "other"].append(bool(item[key]))
+        kinds[item.get("source") or "other"].append(bool(item["candidate_learned"]))
     order = [*SOURCE_NAMES, "other"]
     return ", ".join(
         f"{SOURCE_NAMES.get(kind, ('other', 'other'))[1]} {sum(hits)} of {len(hits)}"
