@@ -44,20 +44,28 @@ class RecordingStore(Store):
         return super().update_job(job_id, **fields)
 
 
-def test_a_several_epoch_run_counts_to_the_trainers_own_total(tmp_path, tiny_model, tokenizer, caplog):
+def run_facts_job(tmp_path, tiny_model, tokenizer, params: dict) -> tuple[RecordingStore, list[int], JobView]:
+    """Train on FACTS in this process with `params`, as the worker runs a job: (store, example ids, the job)."""
     base = save_tiny_base(tiny_model, tokenizer, tmp_path / "tiny")
     data_dir = tmp_path / "data"
     store = RecordingStore(data_dir / "exemplar.db")
-    add_facts(store, FACTS, "train")
+    ids = add_facts(store, FACTS, "train")
     manager = TrainingManager(store, data_dir, str(base), eval_config=EvalConfig(**FAST_EVAL), spawn=False)
-    job_id = manager.start({"epochs": 3, "batch_size": 4, "replay_examples": 2, "topup_rounds": 0}, reason="cli")
-    caplog.set_level(logging.INFO, logger="training.worker")
+    job_id = manager.start(params, reason="cli")
     try:
         status = run_job(store, data_dir, job_id)
         view = manager.job_view(job_id)
     finally:
         store.close()
     assert status in ("succeeded", "rejected"), view.error or view.log
+    return store, ids, view
+
+
+def test_a_several_epoch_run_counts_to_the_trainers_own_total(tmp_path, tiny_model, tokenizer, caplog):
+    caplog.set_level(logging.INFO, logger="training.worker")
+    store, _, view = run_facts_job(tmp_path, tiny_model, tokenizer,
+                                   {"epochs": 3, "batch_size": 4, "replay_examples": 2, "topup_rounds": 0})
+    job_id = view.id
 
     steps_run = [p.step for p in view.losses]
     total = steps_run[-1]
@@ -115,19 +123,8 @@ def test_eval_draws_a_progress_bar_of_the_answers_it_generates(tmp_path, tiny_mo
 def test_top_up_rounds_train_the_missed_examples_again_and_the_verdict_names_the_cap(tmp_path, tiny_model, tokenizer):
     """A tiny random model learns none of the facts: both top-up rounds run, on every example, their losses
     continue the first run's curve, the job records each round, and the verdict names the cap reached."""
-    base = save_tiny_base(tiny_model, tokenizer, tmp_path / "tiny")
-    data_dir = tmp_path / "data"
-    store = RecordingStore(data_dir / "exemplar.db")
-    ids = add_facts(store, FACTS, "train")
-    manager = TrainingManager(store, data_dir, str(base), eval_config=EvalConfig(**FAST_EVAL), spawn=False)
-    job_id = manager.start({"epochs": 1, "batch_size": 4, "replay_examples": 2, "topup_rounds": 2, "topup_epochs": 1},
-                           reason="cli")
-    try:
-        status = run_job(store, data_dir, job_id)
-        view = manager.job_view(job_id)
-    finally:
-        store.close()
-    assert status in ("succeeded", "rejected"), view.error or view.log
+    store, ids, view = run_facts_job(tmp_path, tiny_model, tokenizer, {
+        "epochs": 1, "batch_size": 4, "replay_examples": 2, "topup_rounds": 2, "topup_epochs": 1})
     assert view.metrics is not None and view.metrics.train is not None
     rounds = view.metrics.topups
     assert [sorted(r.examples) for r in rounds] == [sorted(ids), sorted(ids)]
