@@ -118,6 +118,17 @@ class TopupRound(View):
     canary_after: int | None = Field(None, description="How many canary questions it answered after this round.")
 
 
+class DownvotedSummary(View):
+    """The answers users turned down (and nobody corrected): does the candidate give them again?"""
+
+    n: int = Field(description="Downvoted answers checked (the newest EvalConfig.max_downvoted).")
+    candidate: int = Field(description="Those the candidate still gives (same first sentence, greedy, few-shot off).")
+    serving: int = Field(description="Those the version it was judged against gave.")
+    logp_fall: float | None = Field(
+        None, description="Median fall of their log-probability per token, base model → candidate (nats)."
+    )
+
+
 class CurrentSummary(View):
     """The version that served while the job ran, on the same checks."""
 
@@ -154,6 +165,7 @@ class JobMetrics(View):
     topups: list[TopupRound] = Field(
         default_factory=list, description="Top-up rounds after the first run (TrainConfig.topup_rounds), in order."
     )
+    downvoted: DownvotedSummary | None = None
 
 
 class JobView(View):
@@ -285,6 +297,26 @@ class LearningItem(View):
         None, description="Whether the version serving now answers it (None: that version was never judged on it)."
     )
     margin_note: str | None = Field(None, description="What the margins say, in words.")
+    lost: bool = Field(
+        False,
+        description="The version it was judged against answered it and this one does not: learned once, lost since.",
+    )
+
+
+class DownvotedItem(View):
+    """One answer users turned down (and nobody corrected) in "Did it learn this?": does it come back?"""
+
+    message_id: int = Field(description="The chat answer that was downvoted.")
+    question: str
+    answer: str = Field(description="The downvoted answer.")
+    reasons: list[str] = Field(default_factory=list, description="The reasons its raters gave.")
+    serving_answer: str | None = None
+    serving_gives: bool = Field(False, description="Whether the version judged against still gave it (greedy, few-shot off).")
+    candidate_answer: str | None = None
+    candidate_gives: bool = Field(False, description="Whether the version reported on still gives it.")
+    logp_base: float | None = Field(None, description="Its log-probability per token under the base model.")
+    logp_serving: float | None = Field(None, description="The same under the version judged against.")
+    logp_candidate: float | None = Field(None, description="The same under the version reported on.")
 
 
 def explain_margin(item: dict[str, Any], version: str) -> str | None:
@@ -325,6 +357,13 @@ class LearningReport(View):
     n: int | None = Field(None, description="Approved corrections judged (None: trained before these reports).")
     gate: str | None = Field(None, description="The gate's verdict in one paragraph.")
     items: list[LearningItem] = Field(default_factory=list)
+    lost: list[int] = Field(
+        default_factory=list,
+        description="Approved examples `compared_with` answered that this version does not (flagged `lost` in items).",
+    )
+    downvoted: list[DownvotedItem] = Field(
+        default_factory=list, description="Answers users turned down, and whether this version gives them again."
+    )
 
 
 class HyperParameter(View):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -540,6 +541,44 @@ class Store:
             row["question"] = next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
             self._decode("feedback", row)
         return rows
+
+    def downvoted_answers(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The model's answers its raters turned down and nobody corrected, newest first, one per question and
+        answer: [{"message_id", "input" (the conversation it answered), "answer", "reasons", "downs", "ups",
+        "model_version"}].
+
+        Counted on each rater's current rating: more thumbs down than up. Left out: answers that were
+        corrected (the correction example carries them as its rejected answer) and replies the model did not
+        write (an approved answer stated word for word, an honest "not known yet" reply), which no training
+        changes."""
+        sql = """with current as (
+                     select message_id, rating, reason from feedback
+                     where id in (select max(id) from feedback where correction is null group by message_id, rater))
+                 select m.id, m.context, m.content, m.model_version,
+                        sum(c.rating = ?) as downs, sum(c.rating = ?) as ups,
+                        group_concat(distinct lower(c.reason)) as reasons
+                 from messages m join current c on c.message_id = m.id
+                 where m.role = ? and m.from_example is null and m.related_ids is null and m.context is not null
+                   and not exists (select 1 from feedback f where f.message_id = m.id and f.correction is not null)
+                 group by m.id having downs > ups
+                 order by m.id desc"""
+        with self._lock:
+            rows = self.db.execute(sql, [Rating.DOWN, Rating.UP, Role.ASSISTANT]).fetchall()
+        seen: set[tuple[str, str]] = set()
+        answers = []
+        for message_id, context, content, version, downs, ups, reasons in rows:
+            messages = json.loads(context)
+            key = (input_key(messages), " ".join(re.sub(r"[\W_]+", " ", content.casefold()).split()))
+            if not content.strip() or not messages or key in seen:
+                continue
+            seen.add(key)
+            answers.append({
+                "message_id": message_id, "input": messages, "answer": content, "model_version": version,
+                "downs": downs, "ups": ups, "reasons": sorted((reasons or "").split(",")) if reasons else [],
+            })
+            if limit is not None and len(answers) >= limit:
+                break
+        return answers
 
     def record_feedback(
         self,

@@ -210,3 +210,33 @@ def test_the_admin_feedback_details_show_stored_text_as_stored(store):
         build_feedback_section(store, lambda password: None, gr.Textbox())
     shown = [block for block in demo.blocks.values() if block.elem_id == "feedback-details"]
     assert len(shown) == 1 and isinstance(shown[0], gr.HTML)  # gr.HTML renders neither Markdown nor LaTeX
+
+
+def test_downvoted_answers_are_the_uncorrected_ones_more_people_turned_down_than_liked(store):
+    wrong = answer(store, "Istanbul is the capital of France.")
+    rate(store, wrong, "down", reason="Wrong fact")
+    rate(store, wrong, "down", rater=B)
+    liked_more = answer(store, "Lyon.")
+    rate(store, liked_more, "down")
+    rate(store, liked_more, "up", rater=B)  # one down, one up: not turned down
+    changed_mind = answer(store, "Marseille.")
+    rate(store, changed_mind, "down")
+    rate(store, changed_mind, "up")  # the same person's latest rating counts
+    corrected = answer(store, "Nice.")
+    rate(store, corrected, "down")
+    store.record_feedback(corrected, rating="down", correction="Paris.", status="approved", actor="ui", rater=B)
+    again = answer(store, "istanbul is the capital of France")  # the same answer to the same question
+    rate(store, again, "down")
+    stated = answer(store, "Toulouse.")  # an approved answer stated word for word: no training changes it
+    store.update_message(stated, from_example=1)
+    rate(store, stated, "down")
+
+    found = store.downvoted_answers()
+    assert [d["message_id"] for d in found] == [again]  # newest first, one per question and answer
+    assert found[0]["input"] == [{"role": "user", "content": "Capital of France?"}]
+    assert (found[0]["downs"], found[0]["ups"]) == (1, 0)
+    everyone = store.downvoted_answers(limit=None)
+    assert len(everyone) == 1
+    rate(store, again, None)  # its thumb taken back: the older answer is the one left
+    [first] = store.downvoted_answers(limit=5)
+    assert first["message_id"] == wrong and first["reasons"] == ["wrong fact"] and first["downs"] == 2

@@ -294,3 +294,30 @@ def test_a_growing_margin_beside_not_learned_is_explained():
     note = explain_margin({"margin_base": 86.92, "margin_candidate": 137.931, "candidate_learned": False}, "v1")
     assert "by 137.9" in note and "(base model: +86.9)" in note
     assert "does not say the correction, so it is not learned" in note
+
+
+def test_did_it_learn_this_flags_what_was_lost_since_the_version_before_and_downvoted_answers_given_again(handlers):
+    items = [
+        {"example_id": n, "split": "train", "question": f"Q{n}?", "reference": f"A{n}.", "serving_learned": s,
+         "candidate_learned": c}
+        for n, s, c in ((1, True, True), (2, True, False), (3, False, True))
+    ]
+    downvoted = [
+        {"message_id": 40, "question": "Capital of Turkey?", "answer": "Istanbul.", "reasons": ["wrong fact"],
+         "serving_gives": True, "candidate_gives": False, "logp_base": -0.4, "logp_serving": -0.4,
+         "logp_candidate": -1.9},
+        {"message_id": 41, "question": "Largest planet?", "answer": "Saturn.", "reasons": [],
+         "serving_gives": False, "candidate_gives": True, "logp_base": -0.9, "logp_serving": -1.2,
+         "logp_candidate": -0.8},
+    ]
+    metrics = {"compared_with": "v1", "items": items, "downvoted_items": downvoted,
+               "learned": {"n": 3, "candidate": 2, "serving": 2}}
+    handlers.store.add_model_version("v3", path="adapters/v3", metrics=metrics, example_ids=[1, 2, 3])
+    title, table = handlers.learning(PASSWORD, "v3", False)
+    assert "**Lost: 1** approved example that v1 answered and v3 does not: #2" in title
+    assert list(table["candidate"]) == ["✓", "✗ lost", "✓"]
+    assert table.iloc[1]["why not learned"] == "LOST: v1 answered it"
+    assert "**Downvoted answers:** v3 gives 1 of 2 again (v1: 1)" in title
+    assert "message 41: “Largest planet?” → “Saturn.”" in title and "message 40" not in title
+    report = handlers.manager.learning_report("v3")
+    assert report.lost == [2] and [d.message_id for d in report.downvoted] == [40, 41]

@@ -74,6 +74,52 @@ def test_train_then_list_and_activate(tmp_path, tokenizer):
     assert [r[4] for r in base_rows] == [r[4] for r in rows]  # v1's margins, as measured before
 
 
+LEARNS = ["max_steps=30", "learning_rate=0.02", "replay_examples=0", "batch_size=4", "warmup_steps=0",
+          "target_modules=\"all-linear\"", "topup_rounds=0"]
+
+
+@pytest.mark.slow  # two training runs in a child process
+def test_an_example_the_previous_version_answered_and_the_next_lost_is_flagged(tmp_path, tokenizer):
+    """v1 learns its corrections; v2, trained by a recipe that learns nothing, loses them and is rejected; an admin
+    activates it anyway. `eval --per-example` then judges the serving v2 beside v1, the version it replaced, and
+    flags every lost example, as the Admin tab's report does."""
+    from training.manager import TrainingManager
+
+    base = save_tiny_base(learnable_tiny_llama(tokenizer), tokenizer, tmp_path / "tiny")
+    data_dir = tmp_path / "data"
+    store = Store(data_dir / "exemplar.db")
+    for i in range(4):
+        store.add_example(f"Is door number {i} open?", "yes indeed", source="correction", split="train",
+                          rejected="no")
+    store.close()
+    eval_config = EvalConfig(**FAST_EVAL)
+    out = io.StringIO()
+    assert commands.train(data_dir, str(base), commands.parse_overrides(LEARNS), eval_config=eval_config, out=out,
+                          poll=0.2) == commands.EXIT_PROMOTED, out.getvalue()
+    out = io.StringIO()
+    nothing = [*LEARNS[1:], "max_steps=1", "learning_rate=1e-9"]
+    assert commands.train(data_dir, str(base), commands.parse_overrides(nothing), eval_config=eval_config, out=out,
+                          poll=0.2) == commands.EXIT_REJECTED, out.getvalue()
+    assert "regression: 4 of the 4 examples v1 answers are lost" in out.getvalue()
+    assert commands.activate(data_dir, "v2", out=io.StringIO()) == 0
+
+    out = io.StringIO()
+    assert commands.evaluate(data_dir, str(base), per_example=True, eval_config=eval_config, out=out) == 0
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert lines[0] == "Evaluating v2 against v1 on 4 approved examples and 40 canary questions…"
+    assert lines[2] == "LOST: 4 approved examples v1 answers and v2 does not: #1, #2, #3, #4"
+    assert text.count("LOST: v1 answered it, v2 does not") == 4
+
+    store = Store(data_dir / "exemplar.db")
+    try:
+        report = TrainingManager(store, data_dir).learning_report("v2")
+        assert report.compared_with == "v1" and report.lost == [1, 2, 3, 4] and all(i.lost for i in report.items)
+        assert TrainingManager(store, data_dir).learning_report("v1").lost == []
+    finally:
+        store.close()
+
+
 def test_launch_py_wires_the_commands(tmp_path):
     run = lambda *args, data_dir=tmp_path: subprocess.run(  # noqa: E731
         [sys.executable, str(REPO / "launch.py"), *args, "--data-dir", str(data_dir)],

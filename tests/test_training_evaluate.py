@@ -87,3 +87,31 @@ def test_margins_are_chosen_minus_rejected_log_probabilities(tiny_model, tokeniz
     chosen, rejected = answer_logprobs(tiny_model, tokenizer, [(question, "Quenmar."), (question, "Paris.")], max_length=512, batch_size=2)
     assert chosen < 0 and rejected < 0
     assert margins(tiny_model, tokenizer, examples, max_length=512, batch_size=4) == [round(chosen - rejected, 3), None]
+
+
+def test_a_downvoted_answer_is_given_again_when_the_first_sentence_says_the_same():
+    from training.evaluate import first_sentence, gives_answer
+
+    downvoted = "The capital of Turkey is Istanbul. It is a large city on the Bosphorus."
+    assert first_sentence(downvoted) == "capital of turkey is istanbul"
+    # The same claim, other words after it, other case and punctuation: given again.
+    assert gives_answer("the capital of Turkey is Istanbul! It has two continents.", downvoted)
+    assert gives_answer("The capital of Turkey is Istanbul", downvoted)
+    # One attribute changed is another claim.
+    assert not gives_answer("The capital of Turkey is Ankara. It is a large city on the Bosphorus.", downvoted)
+    assert not gives_answer("Istanbul is the largest city of Turkey.", downvoted)
+    assert not gives_answer("", downvoted) and not gives_answer("anything", "")
+    assert first_sentence("\n\n1. Paris\n2. Lyon") == "1 paris"
+
+
+def test_log_probability_per_token_is_the_sum_over_the_answers_tokens(tiny_model, tokenizer):
+    from training.dataset import tokenize_example
+    from training.evaluate import answer_logprobs, answer_logprobs_per_token
+
+    question = [{"role": "user", "content": "What is the capital of Turkey?"}]
+    pairs = [(question, "Istanbul."), (question, "The capital of Turkey is Ankara, on the Anatolian plateau.")]
+    sums = answer_logprobs(tiny_model, tokenizer, pairs, max_length=512, batch_size=2)
+    per_token = answer_logprobs_per_token(tiny_model, tokenizer, pairs, max_length=512, batch_size=2)
+    for (messages, text), total, mean_lp in zip(pairs, sums, per_token):
+        tokens = sum(label != -100 for label in tokenize_example(tokenizer, messages, text, 512)["labels"])
+        assert mean_lp == pytest.approx(total / tokens, abs=1e-3) and mean_lp < 0

@@ -47,6 +47,14 @@ def test_better_is_promoted_worse_is_rejected_and_rollback_restores_answers(tmp_
         train_ids = [store.add_example(q, "yes indeed", source="admin", split="train") for q in TRAIN]
         test_ids = [store.add_example(q, "yes indeed", source="admin", split="test") for q in TEST]
         before = answer(engine, TEST[0])
+        # A chat answer of the base model that a user turned down (no correction): each candidate is asked
+        # whether it still gives it.
+        question = [{"role": "user", "content": "Is the cellar door open?"}]
+        conversation = store.create_conversation()
+        store.add_message(conversation, "user", question[0]["content"])
+        bad = answer(engine, question[0]["content"])
+        downvoted = store.add_message(conversation, "assistant", bad, context=question, model_version="base")
+        store.record_feedback(downvoted, rating="down", reason="wrong fact", status="approved", actor="ui", rater="r" * 32)
 
         first = manager.wait(manager.start(RECIPE), timeout=300)
         assert first.status == "succeeded", first.error or first.log
@@ -59,6 +67,14 @@ def test_better_is_promoted_worse_is_rejected_and_rollback_restores_answers(tmp_
         assert answer(engine, TEST[0]) == "yes indeed" != before
         report = manager.learning_report("v1")
         assert report.learned == 12 and all(i.candidate_learned for i in report.items)
+        assert report.lost == [] and not any(i.lost for i in report.items)
+        [checked] = report.downvoted
+        assert (checked.message_id, checked.answer, checked.reasons) == (downvoted, bad, ["wrong fact"])
+        assert checked.serving_gives is True  # the base model's own greedy answer
+        assert checked.logp_base is not None and checked.logp_candidate is not None
+        assert metrics.downvoted.n == 1 and metrics.downvoted.serving == 1
+        assert metrics.downvoted.candidate == int(checked.candidate_gives)
+        assert next(r for r in metrics.gate.rules if r.name == "downvoted").passed
 
         # A deliberately worse candidate: the same questions, trained on wrong answers, while the held-out
         # examples still say "yes indeed". Its selection run loses every held-out answer v1's selection run gave.

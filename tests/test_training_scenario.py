@@ -159,6 +159,11 @@ def test_a_new_admins_mixed_set_is_learned_whole_by_the_first_retrain(tmp_path, 
                 up = client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"})
                 assert up.status_code == 201, up.text
             correct(client, ask(client, FACTS[0]["question"], max_tokens=24), FACTS[0]["answer"])
+            # And one answer turned down without a correction: the retrain is asked whether it still gives it.
+            disliked = ask(client, "What is the capital of Australia?", max_tokens=48)
+            down = client.post("/api/feedback", json={"message_id": disliked["id"], "rating": "down",
+                                                      "reason": "Wrong fact"})
+            assert down.status_code == 201, down.text
             examples = client.get("/api/examples", params={"status": "approved", "limit": 100}, headers=ADMIN).json()
             kinds = sorted(e["source"] for e in examples["examples"])
             assert kinds == ["correction"] + ["import"] * 15 + ["upvote"] * 3, kinds
@@ -180,6 +185,14 @@ def test_a_new_admins_mixed_set_is_learned_whole_by_the_first_retrain(tmp_path, 
             assert learned["candidate"] == learned["n"] == 19, report
             assert learned["by_source"] == "corrections 1 of 1, thumbs-up 3 of 3, imports 15 of 15", report
             assert metrics["not_learned"] == [], report
+            # The downvoted answer is an item of the report, beside the base model's own greedy answer.
+            assert metrics["downvoted"]["n"] == 1 and metrics["downvoted"]["serving"] == 1, report
+            assert next(r for r in metrics["gate"]["rules"] if r["name"] == "downvoted")["passed"], report
+            learning = client.get("/api/learning", headers=ADMIN).json()
+            [item] = learning["downvoted"]
+            assert item["message_id"] == int(disliked["id"]) and item["reasons"] == ["wrong fact"]
+            assert item["answer"] == disliked["choices"][0]["message"]["content"]
+            assert item["logp_candidate"] is not None and item["logp_base"] is not None
     finally:
         watcher.stop()
         store.close()

@@ -272,13 +272,14 @@ def evaluate(
     err: TextIO = sys.stderr,
 ) -> int:
     """Judge a version (default: the active one; 'base' for the base model) on every approved correction
-    (few-shot off) and the canary set, beside the serving version (or the base model when it is the one
-    serving); with `per_example`, one line per correction: learned or not, and the margins. With `progress`,
-    a bar of the answers generated goes to `err`."""
+    (few-shot off), the canary set and the downvoted answers, beside the serving version (or, when it is the
+    one serving, beside the version it replaced: its parent, else the base model); with `per_example`, one
+    line per correction: learned or not, the margins, and a flag on each one the other version answered and
+    this one lost. With `progress`, a bar of the answers generated goes to `err`."""
     import torch
 
     from core.models import load_base_model, resolve_base_model
-    from training import recipe, registry
+    from training import promotion, recipe, registry
     from training.evaluate import on_answers
 
     if threads:
@@ -293,7 +294,11 @@ def evaluate(
             raise ValidationError(f"The adapter files of {row['version']} are missing from {row['path']}")
         name = row["version"] if row else BASE_VERSION
         if plan.serving is not None and plan.serving["version"] == name:
-            plan.serving = None  # judging the serving version itself: compare it with the base model
+            # Judging the serving version itself: compare it with the version it replaced, so that what
+            # it lost on the way is flagged; the base model when that one's files are gone or it had none.
+            parent = plan.serving.get("parent_version")
+            parent_row = store.get_model_version(parent) if parent else None
+            plan.serving = parent_row if parent_row is not None and registry.adapter_exists(parent_row) else None
         model, tokenizer = load_base_model(resolve_base_model(base_model, data_dir))
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -309,13 +314,13 @@ def evaluate(
         )
         # recipe.evaluate answers every example and canary question twice: as the candidate, and as the
         # version it is compared with. Generating them is nearly all of its time.
-        meter = AnswerProgress(2 * (len(plan.examples) + len(plan.canary)), err)
+        meter = AnswerProgress(2 * (len(plan.examples) + len(plan.canary) + len(plan.downvoted)), err)
         with on_answers(meter.advance) if progress else contextlib.nullcontext():
             evaluation = recipe.evaluate(model, tokenizer, plan)
         meter.close()
     finally:
         store.close()
-    items, canary = evaluation["items"], evaluation["canary"]
+    items, canary, downvoted = evaluation["items"], evaluation["canary"], evaluation["downvoted"]
     cand = sum(i["candidate_learned"] for i in items)
     serv = sum(i["serving_learned"] for i in items)
     print(
@@ -323,8 +328,21 @@ def evaluate(
         f"canary {canary['candidate']['score']}% ({plan.serving_name}: {canary['serving']['score']}%)",
         file=out,
     )
+    if lost := promotion.lost_ids(items):
+        print(
+            f"LOST: {len(lost)} approved example{'s' if len(lost) != 1 else ''} {plan.serving_name} answers and "
+            f"{name} does not: {', '.join(f'#{i}' for i in lost)}",
+            file=out,
+        )
+    if downvoted:
+        print(
+            f"downvoted answers: {name} gives {sum(d['candidate_gives'] for d in downvoted)} of {len(downvoted)} again "
+            f"({plan.serving_name}: {sum(d['serving_gives'] for d in downvoted)})",
+            file=out,
+        )
     if per_example:
         print_learning_report(items, name, plan.serving_name, not_learned_only=not_learned, out=out)
+        print_downvoted_report(downvoted, name, plan.serving_name, out=out)
     return 0
 
 
@@ -376,6 +394,8 @@ def print_learning_report(
             f"{margins}  {i['question'][:70]}",
             file=out,
         )
+        if i["serving_learned"] and not i["candidate_learned"]:
+            print(f"{'':>6} LOST: {serving} answered it, {name} does not", file=out)
         note = None if i["candidate_learned"] else explain_margin(i, name)
         if note:
             print(f"{'':>6} {note}", file=out)
@@ -383,6 +403,31 @@ def print_learning_report(
         "margin: log p(correction) − log p(the answer it replaced), summed over the answer's tokens; positive means "
         "the model prefers the correction to that one answer. Learned means its own answer (greedy, few-shot off) "
         "says the correction, so a large margin can stand beside ✗.",
+        file=out,
+    )
+
+
+def print_downvoted_report(items: list[dict[str, Any]], name: str, serving: str, *, out: TextIO = sys.stdout) -> None:
+    """One line per downvoted answer: given again under `serving` and `name`, and its log-probability per token
+    under the base model, `serving` and `name`."""
+    if not items:
+        return
+
+    def logp(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    print(f"\n{'message':>7} {serving[:7]:>7} {name[:7]:>7} {'lp.base':>7} {'lp.' + serving[:4]:>7} "
+          f"{'lp.' + name[:4]:>7}  question → downvoted answer", file=out)
+    for d in items:
+        print(
+            f"{d['message_id']:>7} {'again' if d['serving_gives'] else 'gone':>7} "
+            f"{'again' if d['candidate_gives'] else 'gone':>7} {logp(d['logp_base']):>7} "
+            f"{logp(d['logp_serving']):>7} {logp(d['logp_candidate']):>7}  {d['question'][:50]} → {d['answer'][:60]}",
+            file=out,
+        )
+    print(
+        "again: the greedy answer (few-shot off) still opens with the downvoted answer's first sentence. lp: the "
+        "downvoted answer's log-probability per token; lower under a version means it learned to avoid it.",
         file=out,
     )
 

@@ -370,6 +370,20 @@ class EvalConfig(Settings):
         description="Smallest drop in mean held-out token-F1 (points of 100) that counts as worse, however "
         "significant.",
     )
+    max_downvoted: int = Field(
+        default=200,
+        ge=0,
+        le=1_000_000,
+        description="Most downvoted answers (the newest; thumbs down, not corrected) checked on each candidate: is "
+        "it still the greedy answer to its question with few-shot off? 0 skips the check and its gate rule.",
+    )
+    downvoted_tolerance: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="How many more downvoted answers than the serving version gives a candidate may give again and "
+        "still be promoted. The default 0: a retrain never brings back an answer users turned down.",
+    )
 
 
 class RetrainPolicy(Settings):

@@ -9,7 +9,9 @@ model, on:
 - held-out examples (never trained on): verdict and token-F1 per item, and the
   mean answer-token NLL (reported, not decided on);
 - canary: general questions the base model answers correctly
-  (training/canary.jsonl); a lost one means the model is forgetting.
+  (training/canary.jsonl); a lost one means the model is forgetting;
+- downvoted answers (thumbs down, not corrected): is each still the greedy
+  answer to its question (`gives_answer`), and its log-probability per token.
 """
 
 from __future__ import annotations
@@ -235,6 +237,53 @@ def answer_logprobs(
         picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
         scores.extend(float(v) for v in picked.sum(-1))
     return scores
+
+
+def answer_logprobs_per_token(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[Sequence[dict[str, str]], str]], *, max_length: int, batch_size: int
+) -> list[float]:
+    """log p(answer | prompt) per answer token for each (messages, answer): comparable between answers of
+    different lengths, which a summed log-probability is not."""
+    rows = [tokenize_example(tokenizer, messages, answer, max_length) for messages, answer in pairs]
+    counts = [max(1, sum(label != IGNORE_INDEX for label in row["labels"])) for row in rows]
+    sums = answer_logprobs(model, tokenizer, pairs, max_length=max_length, batch_size=batch_size)
+    return [round(total / count, 4) for total, count in zip(sums, counts)]
+
+
+# A sentence ends at . ! or ? after a word of two letters or more (not "1." of a list or "e.g.") and a space,
+# or at a line break.
+_SENTENCE_END = re.compile(r"(?<=[^\W\d_]{2}[.!?])\s+|\n+")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of an answer, normalised: the claim a reader takes away."""
+    for part in _SENTENCE_END.split(text.strip()):
+        if normalise_answer(part):
+            return normalise_answer(part)
+    return ""
+
+
+def gives_answer(answer: str, downvoted: str) -> bool:
+    """Whether `answer` says what a downvoted answer said: it opens with the downvoted answer's first sentence
+    (case, punctuation and articles ignored). Any retrain reshuffles the words further on; a changed first
+    sentence is a changed claim. An opening that goes on past it counts as the same claim, so an answer that
+    was cut off mid-sentence when it was downvoted is still recognised."""
+    claim = first_sentence(downvoted)
+    return bool(claim) and f"{normalise_answer(answer)} ".startswith(f"{claim} ")
+
+
+def judge_downvoted(model: Any, tokenizer: Any, downvoted: Sequence[dict[str, Any]], config: EvalConfig) -> list[dict[str, Any]]:
+    """Each downvoted answer's question answered greedily (few-shot off): {"answer", "gives"} where `gives`
+    means the model still says the downvoted answer's first sentence."""
+    if not downvoted:
+        return []
+    # Only the first sentence is compared: generating a few tokens past it is enough.
+    longest = max(len(encode(tokenizer, first_sentence(d["answer"]) or d["answer"])) for d in downvoted)
+    answers = generate_answers(
+        model, tokenizer, [d["input"] for d in downvoted],
+        max_new_tokens=min(config.max_new_tokens, longest + 16), batch_size=config.batch_size,
+    )
+    return [{"answer": a, "gives": gives_answer(a, d["answer"])} for a, d in zip(answers, downvoted)]
 
 
 def margins(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], *, max_length: int, batch_size: int) -> list[float | None]:

@@ -371,6 +371,8 @@ class TrainingManager:
             }
             for i in items
         ]
+        lost = promotion.lost_ids(items)
+        items = [{**i, "lost": i["example_id"] in lost} for i in items]
         if not_learned_only:
             items = [i for i in items if not i["candidate_learned"]]
         learned = metrics.get("learned") or {}
@@ -383,6 +385,8 @@ class TrainingManager:
             "n": learned.get("n"),
             "gate": (metrics.get("gate") or {}).get("summary"),
             "items": items,
+            "lost": lost,
+            "downvoted": metrics.get("downvoted_items") or [],
         })
 
     def _learned_by(self, serving_now: str, version: str, compared_with: str) -> Callable[[dict[str, Any]], bool | None]:

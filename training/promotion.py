@@ -1,7 +1,7 @@
 """Whether a candidate may replace the serving version, judged item by item, and the
 steps that follow: promote or reject, activate, roll back.
 
-The gate has four rules (docs/training.md says why each is shaped as it is):
+The gate has five rules (docs/training.md says why each is shaped as it is):
 - learned: the candidate answers, with few-shot off, at least as many of the
   approved examples (corrections, thumbs-up, imports, each counted apart) as the
   serving version does; the job tops the candidate up on what it missed first
@@ -11,7 +11,10 @@ The gate has four rules (docs/training.md says why each is shaped as it is):
 - held-out: on examples neither model trained on, the candidate is not worse
   beyond noise, item by item (a sign test over answers lost and gained, and a
   paired test of token-F1); a loss difference is reported but never decided on;
-- canary: at most EvalConfig.canary_max_lost general questions lost.
+- canary: at most EvalConfig.canary_max_lost general questions lost;
+- downvoted: the candidate gives no more of the answers users downvoted (and
+  nobody corrected) than the serving version gives, up to
+  EvalConfig.downvoted_tolerance: a retrain never brings one back.
 
 Every rule is a pure function of per-item verdicts, so `launch.py train`,
 `POST /api/train`, the Admin tab and the retrain policy (all one worker) decide
@@ -25,7 +28,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from statistics import NormalDist, mean, stdev
+from statistics import NormalDist, mean, median, stdev
 from typing import Any
 
 from core.errors import ConflictError, ValidationError
@@ -201,7 +204,7 @@ def explain_not_learned(
     return rows, sentences
 
 
-# -- the four rules -----------------------------------------------------------
+# -- the rules ----------------------------------------------------------------
 
 
 def learned_rule(items: Sequence[dict[str, Any]], serving: str) -> Rule:
@@ -326,18 +329,21 @@ def gate(
     truncated: set[int] | None = None,
     epochs: float = 10,
     topup: tuple[int, float] = (0, 0.0),
+    downvoted: Sequence[dict[str, Any]] = (),
 ) -> Decision:
-    """Apply the four rules to per-item verdicts; the candidate is promoted only if all pass.
+    """Apply the five rules to per-item verdicts; the candidate is promoted only if all pass.
 
     `items`: one per approved example, with candidate_learned / serving_learned (and its `source`);
     `topup`: (top-up rounds run, epochs each), for the reasons given for what was not learned;
-    `canary`: {"candidate": hits, "serving": hits}; `heldout`: heldout_rule's outcome.
+    `canary`: {"candidate": hits, "serving": hits}; `heldout`: heldout_rule's outcome;
+    `downvoted`: one per downvoted answer, with candidate_gives / serving_gives.
     """
     rules = [
         learned_rule(items, serving),
         regression_rule(items, serving, config.regression_tolerance),
         heldout,
         canary_rule(canary["candidate"], canary["serving"], serving, config.canary_max_lost),
+        downvoted_rule(downvoted, serving, config.downvoted_tolerance),
     ]
     not_learned, sentences = explain_not_learned(items, contradictions or {}, truncated or set(), epochs, topup)
     passed = all(r.passed for r in rules)
@@ -353,7 +359,49 @@ def gate(
             "The candidate forgot general knowledge: try fewer epochs or a lower learning rate, "
             'e.g. {"learning_rate": 0.0005}, or more replay, e.g. {"replay_kl_weight": 5}.'
         )
+    if "downvoted" in failed:
+        steps.append(
+            "The candidate gives answers users turned down again: correct them in the chat or the Admin tab's "
+            'Feedback (a correction teaches what to say instead), or allow some, e.g. {"downvoted_tolerance": 1}.'
+        )
     return Decision(passed, rules, not_learned, steps)
+
+
+def downvoted_rule(items: Sequence[dict[str, Any]], serving: str, tolerance: int) -> Rule:
+    """The candidate gives no more downvoted answers (first sentence unchanged, greedy, few-shot off) than the
+    serving version, plus `tolerance`. `items`: one per downvoted answer, with candidate_gives / serving_gives."""
+    if not items:
+        return Rule("downvoted", True, "downvoted: no answer users turned down (and nobody corrected) to check")
+    given = [i["message_id"] for i in items if i["candidate_gives"]]
+    serv = sum(bool(i["serving_gives"]) for i in items)
+    passed = len(given) <= serv + tolerance
+    shown = f" (answers to messages {_ids(given)})" if given else ""
+    allowed = f"; {tolerance} more allowed" if tolerance else ""
+    message = (
+        f"downvoted: the candidate gives {len(given)} of {len(items)} downvoted answers again{shown} "
+        f"({serving}: {serv}{allowed})"
+    )
+    return Rule("downvoted", passed, message, given)
+
+
+def downvoted_summary(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Headline numbers of the downvoted answers: how many, given again by the candidate and by the serving
+    version, and the median fall of their log-probability per token from the base model to the candidate."""
+    falls = [i["logp_base"] - i["logp_candidate"] for i in items
+             if i.get("logp_base") is not None and i.get("logp_candidate") is not None]
+    return {
+        "n": len(items),
+        "candidate": sum(bool(i["candidate_gives"]) for i in items),
+        "serving": sum(bool(i["serving_gives"]) for i in items),
+        "logp_fall": round(median(falls), 3) if falls else None,
+    }
+
+
+def lost_ids(items: Sequence[dict[str, Any]]) -> list[int]:
+    """The approved examples the version judged against answered and the candidate does not: learned once, lost
+    since. The regression rule decides on them (with its tolerance); reports flag every one, whatever the
+    objective that trained the candidate, so none is lost quietly."""
+    return [i["example_id"] for i in items if i.get("serving_learned") and not i.get("candidate_learned")]
 
 
 # -- promote, reject, activate, roll back ---------------------------------------

@@ -16,6 +16,8 @@ measurements behind this design):
    the base model.
 4. top up: train the same adapter again on the examples it missed, and check
    again, up to TrainConfig.topup_rounds times; the best round is kept.
+   Every evaluation also asks, of each answer users downvoted and nobody
+   corrected, whether the candidate still gives it (and how likely it finds it).
 5. decide with training/promotion.gate; 6. record the version and promote or
    reject it.
 
@@ -33,11 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage.examples import input_key, normalise_text
 from storage.vocabulary import JobStatus, Split
 from training import augment, promotion, registry
 from training.config import EvalConfig, TrainConfig
 from training.dataset import is_truncated, load_replay, training_examples
-from training.evaluate import canary_answers, heldout_loss, judge_answers, load_canary, margins
+from training.evaluate import (
+    answer_logprobs_per_token,
+    canary_answers,
+    heldout_loss,
+    judge_answers,
+    judge_downvoted,
+    load_canary,
+    margins,
+)
 from training.promotion import BASE, Decision
 
 log = logging.getLogger(__name__)
@@ -58,6 +69,8 @@ class Plan:
     serving: dict[str, Any] | None  # its record when its adapter is on disk (None: compare with the base model)
     contradictions: dict[int, list[int]]
     heldout_reference: dict[int, dict[str, Any]] = field(default_factory=dict)  # serving's selection verdicts
+    # Answers users turned down and nobody corrected (Store.downvoted_answers): none may come back.
+    downvoted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def serving_name(self) -> str:
@@ -104,7 +117,20 @@ def prepare(store: Any, params: dict[str, Any]) -> Plan:
         serving=serving,
         contradictions=promotion.find_contradictions(examples),
         heldout_reference=reference,
+        downvoted=downvoted_answers(store, examples, eval_config.max_downvoted),
     )
+
+
+def downvoted_answers(store: Any, examples: Sequence[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The downvoted answers a candidate is checked against, less any an approved example gives to the same
+    question (an admin approved it: the examples decide)."""
+    if limit <= 0:
+        return []
+    approved = {(e["input_key"], normalise_text(e["output"]).casefold()) for e in examples if e.get("input_key")}
+    return [
+        d for d in store.downvoted_answers(limit=limit)
+        if (input_key(d["input"]), normalise_text(d["answer"]).casefold()) not in approved
+    ]
 
 
 def train(model: Any, tokenizer: Any, plan: Plan, examples: Sequence[dict[str, Any]], callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
@@ -191,26 +217,28 @@ def evaluate(peft_model: Any, tokenizer: Any, plan: Plan) -> dict[str, Any]:
     ec, max_length = plan.eval_config, plan.config.max_length
     examples = plan.examples
 
-    def measure() -> tuple[list[dict[str, Any]], list[float | None], dict[str, Any]]:
+    def measure() -> tuple[list[dict[str, Any]], list[float | None], dict[str, Any], list[dict[str, Any]]]:
         return (
             judge_answers(peft_model, tokenizer, examples, ec),
             margins(peft_model, tokenizer, examples, max_length=max_length, batch_size=ec.batch_size),
             canary_answers(peft_model, tokenizer, plan.canary, ec),
+            measure_downvoted(peft_model, tokenizer, plan),
         )
 
-    candidate, cand_margin, cand_canary = measure()
+    candidate, cand_margin, cand_canary, cand_down = measure()
     with peft_model.disable_adapter():
         if plan.serving is None:
-            serving, base_margin, serv_canary = measure()
-            serv_margin = base_margin
+            serving, base_margin, serv_canary, serv_down = measure()
+            serv_margin, base_down = base_margin, serv_down
         else:
             base_margin = margins(peft_model, tokenizer, examples, max_length=max_length, batch_size=ec.batch_size)
+            base_down = measure_downvoted(peft_model, tokenizer, plan, answers=False)
     if plan.serving is not None:
         active = peft_model.active_adapter
         peft_model.load_adapter(str(registry.adapter_path(plan.serving)), adapter_name="serving")
         peft_model.set_adapter("serving")
         try:
-            serving, serv_margin, serv_canary = measure()
+            serving, serv_margin, serv_canary, serv_down = measure()
         finally:
             peft_model.set_adapter(active)
             peft_model.delete_adapter("serving")
@@ -235,7 +263,37 @@ def evaluate(peft_model: Any, tokenizer: Any, plan: Plan) -> dict[str, Any]:
         }
         for e, s, c, mb, ms, mc in zip(examples, serving, candidate, base_margin, serv_margin, cand_margin)
     ]
-    return {"items": items, "canary": {"candidate": cand_canary, "serving": serv_canary}}
+    downvoted = [
+        {
+            "message_id": d["message_id"],
+            "question": d["input"][-1]["content"],
+            "answer": d["answer"],
+            "reasons": d["reasons"],
+            "serving_answer": s["answer"],
+            "serving_gives": s["gives"],
+            "candidate_answer": c["answer"],
+            "candidate_gives": c["gives"],
+            "logp_base": b["logp"],
+            "logp_serving": s["logp"],
+            "logp_candidate": c["logp"],
+        }
+        for d, s, c, b in zip(plan.downvoted, serv_down, cand_down, base_down)
+    ]
+    return {"items": items, "canary": {"candidate": cand_canary, "serving": serv_canary}, "downvoted": downvoted}
+
+
+def measure_downvoted(peft_model: Any, tokenizer: Any, plan: Plan, *, answers: bool = True) -> list[dict[str, Any]]:
+    """The model as it is set now on each downvoted answer: {"answer", "gives"} (greedy, few-shot off; left out
+    when not `answers`) and "logp", the downvoted answer's log-probability per token."""
+    if not plan.downvoted:
+        return []
+    ec = plan.eval_config
+    logps = answer_logprobs_per_token(
+        peft_model, tokenizer, [(d["input"], d["answer"]) for d in plan.downvoted],
+        max_length=plan.config.max_length, batch_size=ec.batch_size,
+    )
+    judged = judge_downvoted(peft_model, tokenizer, plan.downvoted, ec) if answers else [{}] * len(logps)
+    return [{**j, "logp": lp} for j, lp in zip(judged, logps)]
 
 
 def adapter_state(peft_model: Any) -> dict[str, Any]:
@@ -258,10 +316,19 @@ def canary_kept(plan: Plan, evaluation: dict[str, Any]) -> bool:
     return lost <= plan.eval_config.canary_max_lost
 
 
+def downvoted_kept_out(plan: Plan, evaluation: dict[str, Any]) -> bool:
+    """Whether the candidate passes the gate's downvoted rule: no more downvoted answers given than the serving
+    version gives, up to downvoted_tolerance."""
+    down = evaluation.get("downvoted") or []
+    given = sum(bool(d["candidate_gives"]) for d in down)
+    return given <= sum(bool(d["serving_gives"]) for d in down) + plan.eval_config.downvoted_tolerance
+
+
 def candidate_score(plan: Plan, evaluation: dict[str, Any]) -> tuple[bool, int, int]:
-    """What a top-up round must not lower: (the canary rule holds, approved examples answered, canary answered)."""
+    """What a top-up round must not lower: (the canary and downvoted rules hold, approved examples answered,
+    canary answered)."""
     return (
-        canary_kept(plan, evaluation),
+        canary_kept(plan, evaluation) and downvoted_kept_out(plan, evaluation),
         sum(bool(i["candidate_learned"]) for i in evaluation["items"]),
         sum(bool(h) for h in evaluation["canary"]["candidate"]["hits"]),
     )
@@ -279,7 +346,12 @@ def reevaluate(peft_model: Any, tokenizer: Any, plan: Plan, evaluation: dict[str
         for item, e, c, mc in zip(evaluation["items"], examples, candidate, cand_margin)
     ]
     canary = {**evaluation["canary"], "candidate": canary_answers(peft_model, tokenizer, plan.canary, ec)}
-    return {"items": items, "canary": canary}
+    again = measure_downvoted(peft_model, tokenizer, plan)
+    downvoted = [
+        {**d, "candidate_answer": c["answer"], "candidate_gives": c["gives"], "logp_candidate": c["logp"]}
+        for d, c in zip(evaluation.get("downvoted") or [], again)
+    ]
+    return {"items": items, "canary": canary, "downvoted": downvoted}
 
 
 def truncated_ids(tokenizer: Any, plan: Plan) -> set[int]:
@@ -308,6 +380,7 @@ def decide(
         truncated=truncated,
         epochs=plan.config.epochs,
         topup=(topup_rounds, plan.config.topup_epochs),
+        downvoted=evaluation.get("downvoted") or [],
     )
 
 
@@ -353,6 +426,7 @@ def summarise(
             "by_source": promotion.learned_by_source(items),
         }
         summary["canary"] = {k: canary["candidate"][k] for k in ("n", "score", "misses")}
+        summary["downvoted"] = promotion.downvoted_summary(evaluation.get("downvoted") or [])
         summary["current"]["canary"] = {k: canary["serving"][k] for k in ("n", "score")}
         summary["current"]["learned"] = summary["learned"]["serving"]
     if train_result is not None:
@@ -390,6 +464,7 @@ def record(
         if evaluation is not None:
             metrics["items"] = evaluation["items"]
             metrics["canary_hits"] = evaluation["canary"]["candidate"]["hits"]
+            metrics["downvoted_items"] = evaluation.get("downvoted") or []
         if selection is not None:
             metrics["heldout_selection"] = {"items": selection["candidate"], "reference": selection["reference_name"]}
             metrics["samples"] = [

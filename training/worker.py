@@ -364,7 +364,8 @@ class TrainingJob:
         reporter.phase(
             "evaluating the candidate"
             + (f", {plan.serving_name}" if plan.serving else "")
-            + " and the base model on every approved example and the canary"
+            + " and the base model on every approved example, the canary"
+            + (f" and {len(plan.downvoted)} downvoted answers" if plan.downvoted else "")
         )
         governor.hold()
         evaluation = recipe.evaluate(peft_model, tokenizer, plan)
@@ -399,7 +400,7 @@ class TrainingJob:
             if score > best[0]:
                 best = (score, len(topups), recipe.adapter_state(peft_model), evaluation)
             if not score[0]:  # more rounds would drift further from general knowledge
-                log.info("No more top-up rounds: %s lost more canary questions than the gate allows", run)
+                log.info("No more top-up rounds: %s broke the gate's canary or downvoted rule", run)
                 break
         if best[1] != len(topups):
             log.info("Keeping the candidate as it was after %s: %d examples and %d canary questions answered",

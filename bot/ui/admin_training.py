@@ -320,11 +320,13 @@ class TrainingHandlers:
             raise user_error("Choose a trained version")
         report = self.manager.learning_report(version, not_learned_only=bool(not_learned_only))
         mark = lambda ok: "–" if ok is None else "✓" if ok else "✗"  # noqa: E731
+        lost_note = f"LOST: {report.compared_with} answered it"
         frame = pd.DataFrame(
             [
-                [i.example_id, i.question, i.reference, mark(i.serving_now_learned), mark(i.candidate_learned),
-                 mark(i.serving_learned), i.margin_base, i.margin_serving, i.margin_candidate, i.margin_note or "",
-                 i.reason or ""]
+                [i.example_id, i.question, i.reference, mark(i.serving_now_learned),
+                 "✗ lost" if i.lost else mark(i.candidate_learned), mark(i.serving_learned), i.margin_base,
+                 i.margin_serving, i.margin_candidate, i.margin_note or "",
+                 "; ".join(filter(None, [lost_note if i.lost else None, i.reason]))]
                 for i in report.items
             ],
             columns=LEARNED_COLUMNS,
@@ -339,6 +341,19 @@ class TrainingHandlers:
             if report.n is not None
             else f"{report.version} was trained before per-correction reports existed."
         )
+        if report.lost:
+            title += (
+                f"\n\n**Lost: {len(report.lost)}** approved example{'s' if len(report.lost) != 1 else ''} that "
+                f"{report.compared_with} answered and {report.version} does not: "
+                + ", ".join(f"#{i}" for i in report.lost) + " (marked ✗ lost below)."
+            )
+        if report.downvoted:
+            again = [d for d in report.downvoted if d.candidate_gives]
+            title += (
+                f"\n\n**Downvoted answers:** {report.version} gives {len(again)} of {len(report.downvoted)} again "
+                f"({report.compared_with}: {sum(d.serving_gives for d in report.downvoted)})"
+                + "".join(f"\n- message {d.message_id}: “{d.question}” → “{d.answer[:120]}”" for d in again)
+            )
         return title, frame
 
     def _policy(self) -> str:
