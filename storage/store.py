@@ -598,7 +598,8 @@ class Store:
         transaction: everything, or (on any error) nothing.
 
         A correction becomes a `correction` example (the answer kept as `rejected`), a thumbs-up an
-        `upvote` example; a thumbs-down or an un-rating (rating None) is feedback only. Anything but
+        `upvote` example (except on the honest "not known yet" reply); a thumbs-down or an un-rating
+        (rating None) is feedback only. Anything but
         a plain thumbs-up withdraws (rejects) the upvote examples this answer made before, except
         those whose status an admin set, which only an admin may change. `status` is the new
         example's status (the review policy's); `actor` who rates (an `Actor`); `rater` which person
@@ -650,7 +651,9 @@ class Store:
                     message["context"], correction, source=ExampleSource.CORRECTION, status=status,
                     rejected=message["content"], message_id=message_id, feedback_id=feedback_id, actor=actor,
                 )
-            elif rating == Rating.UP:
+            elif rating == Rating.UP and not message.get("related_ids"):
+                # The honest "not known yet" reply, shown with related answers, is liked for its honesty; as an
+                # example it would teach the model to answer that question with the template forever.
                 example_id = self._upvote_example(message, feedback_id, status, actor)
             if example_id is not None:
                 self.db.table("feedback").update(feedback_id, {"example_id": example_id})

@@ -240,3 +240,16 @@ def test_downvoted_answers_are_the_uncorrected_ones_more_people_turned_down_than
     rate(store, again, None)  # its thumb taken back: the older answer is the one left
     [first] = store.downvoted_answers(limit=5)
     assert first["message_id"] == wrong and first["reasons"] == ["wrong fact"] and first["downs"] == 2
+
+
+def test_liking_the_honest_not_known_yet_reply_makes_no_example(store):
+    """A thumbs-up on "I don't have an answer to that yet. A related answer: …" became an upvote example of
+    that template, which a retrain would then give as the answer to the question."""
+    honest = answer(store, "I don't have an answer to that yet. A related answer I know: Lyon is in France.")
+    store.update_message(honest, related_ids=[3])
+    liked = rate(store, honest, "up")
+    assert liked["example_id"] is None and upvotes(store) == []
+    assert store.current_rating(honest, A)["rating"] == "up"  # the rating itself is kept
+    # A correction of it is still an example: the user wrote the answer.
+    corrected = store.record_feedback(honest, rating="down", correction="Paris.", status="approved", actor="ui", rater=B)
+    assert store.get_example(corrected["example_id"])["output"] == "Paris."
