@@ -159,8 +159,9 @@ def test_a_new_admins_mixed_set_is_learned_whole_by_the_first_retrain(tmp_path, 
                 up = client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"})
                 assert up.status_code == 201, up.text
             correct(client, ask(client, FACTS[0]["question"], max_tokens=24), FACTS[0]["answer"])
-            # And one answer turned down without a correction: the retrain is asked whether it still gives it.
-            disliked = ask(client, "What is the capital of Australia?", max_tokens=48)
+            # And one answer turned down without a correction (a question no example is related to, so the model
+            # answers it): the retrain is asked whether it still gives it.
+            disliked = ask(client, "Who wrote Romeo and Juliet?", max_tokens=48)
             down = client.post("/api/feedback", json={"message_id": disliked["id"], "rating": "down",
                                                       "reason": "Wrong fact"})
             assert down.status_code == 201, down.text
