@@ -370,8 +370,9 @@ class HyperParameter(View):
     """A training setting the Admin tab offers as a form field."""
 
     name: str
-    default: float | int
+    default: float | int | str
     help: str
+    choices: list[str] | None = Field(None, description="The values it takes, when it is one of a few words.")
 
 
 # -- the controller ------------------------------------------------------------------

@@ -215,15 +215,19 @@ def test_activating_a_rejected_version_asks_first(handlers):
 def test_hyper_parameters_come_from_form_fields_with_defaults_and_help(handlers):
     fields = handlers.form_defaults()
     names = [name for name, _, _ in fields]
-    assert names == ["epochs", "learning_rate", "lora_r", "batch_size"] and all(text for _, _, text in fields)
+    assert names == ["epochs", "learning_rate", "lora_r", "batch_size", "objective"]
+    assert all(text for _, _, text in fields)
+    # The objective is a dropdown of its words, with its help (what each trains on, and what it needs).
+    assert handlers.form_choices() == {"objective": ["sft", "sft+dpo", "sft+kto"]}
+    assert "TRL's KTO" in fields[-1][2] and fields[-1][1] == "sft"
     started = {}
     handlers.manager.start = lambda params, reason: started.update(params=params) or 1
     handlers.manager.job_view = lambda job_id: JobView(id=1, kind="train", status="queued")
     defaults = [default for _, default, _ in fields]
     handlers.retrain(PASSWORD, "", *defaults)
     assert started["params"] is None  # the defaults are not overrides
-    handlers.retrain(PASSWORD, '{"lora_alpha": 8}', 4.0, defaults[1], 8.0, defaults[3])
-    assert started["params"] == {"lora_alpha": 8, "epochs": 4.0, "lora_r": 8}
+    handlers.retrain(PASSWORD, '{"lora_alpha": 8}', 4.0, defaults[1], 8.0, defaults[3], "sft+kto")
+    assert started["params"] == {"lora_alpha": 8, "epochs": 4.0, "lora_r": 8, "objective": "sft+kto"}
 
 
 def test_errors_are_in_plain_words():

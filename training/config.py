@@ -15,7 +15,7 @@ checked by the same fields (TrainConfig.with_overrides).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -194,6 +194,27 @@ class TrainConfig(Settings):
         default=900.0,
         ge=0,
         description="Begin no top-up round once the job has trained this long (the first run and the rounds so far).",
+    )
+    objective: Literal["sft", "sft+dpo", "sft+kto"] = Field(
+        default="sft",
+        description="What the adapter is trained on after the SFT run and its top-up rounds (training/preference.py). "
+        "sft: nothing more. sft+dpo: TRL's DPO on the corrections (the correction preferred to the answer it "
+        "replaced); needs one correction. sft+kto: TRL's KTO, every approved example desirable, the answers "
+        "corrections replaced and the answers users turned down undesirable; needs one of those. The reference "
+        "of both is the adapter as SFT left it.",
+    )
+    preference_epochs: float = Field(
+        default=2.0, gt=0, le=1000, description="Passes over the preference rows (objective sft+dpo or sft+kto)."
+    )
+    preference_learning_rate: float = Field(
+        default=5e-4, gt=0, le=0.1, description="Peak learning rate of the preference stage (linear decay, no warm-up)."
+    )
+    preference_beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=100,
+        description="DPO's and KTO's beta: how far the stage may move from its reference (the SFT adapter); "
+        "lower moves further. 0.1 is TRL's default.",
     )
     threads: int = Field(
         default=1,

@@ -40,7 +40,7 @@ from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES as ACTIVE
 from storage.vocabulary import BASE_VERSION as BASE
 from storage.vocabulary import JobStatus, Split
-from training import distributed, promotion, registry
+from training import distributed, preference, promotion, registry
 from training.config import EvalConfig, RetrainPolicy, TrainConfig
 from training.worker import OWNER_PID_ENV, log_tail, pid_alive
 
@@ -97,6 +97,19 @@ class TrainingManager:
         config = self.train_config.with_overrides(params)
         if self.store.count_training_changes() == 0:
             raise ValidationError("There are no approved training examples yet: correct or approve some answers first")
+        if params and params.get("objective") not in (None, preference.SFT):
+            # Asked for by name: refused now if the data cannot train it. The server's own default objective is
+            # checked by the job, which then trains SFT alone and says why (a scheduled retrain must still run).
+            from training.dataset import training_examples
+            from training.recipe import downvoted_answers
+
+            examples = training_examples(self.store)
+            try:
+                preference.check_minimum(
+                    config.objective, examples, downvoted_answers(self.store, examples, self.eval_config.max_downvoted)
+                )
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
         with self._lock:
             self.reap()
             job_id = self.store.create_job(
@@ -412,9 +425,17 @@ class TrainingManager:
 
     def hyperparameters(self, names: tuple[str, ...]) -> list[HyperParameter]:
         """The named training settings with their defaults (this server's) and help text, for the Admin tab's form."""
+        import typing
+
         fields = type(self.train_config).model_fields
+
+        def choices(name: str) -> list[str] | None:
+            kind = fields[name].annotation
+            return [str(c) for c in typing.get_args(kind)] if typing.get_origin(kind) is typing.Literal else None
+
         return [
-            HyperParameter(name=n, default=getattr(self.train_config, n), help=fields[n].description or "")
+            HyperParameter(name=n, default=getattr(self.train_config, n), help=fields[n].description or "",
+                           choices=choices(n))
             for n in names
             if n in fields
         ]

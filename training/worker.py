@@ -32,7 +32,7 @@ from storage.errors import is_storage_full
 from storage.processes import pid_alive  # training.manager asks it too, through this module
 from storage.store import now
 from storage.vocabulary import ACTIVE_JOB_STATUSES, JobStatus
-from training import distributed
+from training import distributed, preference
 
 log = logging.getLogger("training.worker")
 
@@ -407,6 +407,11 @@ class TrainingJob:
                      f"top-up {best[1]}" if best[1] else "the first run", best[0][1], best[0][2])
             recipe.restore_adapter_state(peft_model, best[2])
             evaluation = best[3]
+        # -- preferences: what users turned down (and what corrections replaced), on TRL's DPO or KTO trainer
+        stage = None
+        if c.objective != preference.SFT:
+            peft_model, evaluation, stage = self._prefer(reporter, governor, peft_model, tokenizer, plan, evaluation)
+            lap("preference")
         if distributed.is_main():  # one adapter on disk, however many processes trained it
             self.temp_dir = registry.new_temp_dir(data_dir)
             peft_model.save_pretrained(str(self.temp_dir))
@@ -415,6 +420,8 @@ class TrainingJob:
         decision = recipe.decide(plan, evaluation, heldout, truncated, topup_rounds=len(topups))
         reporter.check()
         summary = recipe.summarise(plan, decision, evaluation, selection, result, timings, topups=topups)
+        if stage is not None:
+            summary["preference"] = stage
         return self._finish(reporter, plan, decision, summary, evaluation, selection, ref.name)
 
     def _train(
@@ -440,6 +447,33 @@ class TrainingJob:
             governor.idle_steps - counts[0], governor.busy_steps - counts[1],
         )
         return peft_model, result
+
+    def _prefer(
+        self, reporter: JobReporter, governor: ThreadGovernor, peft_model: Any, tokenizer: Any, plan: Any,
+        evaluation: dict[str, Any],
+    ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """The preference stage of TrainConfig.objective on the candidate, then the candidate measured again;
+        skipped, with the reason, when the data cannot train it (an objective asked for by name was refused
+        when the job was started)."""
+        from training import preference, recipe
+
+        objective = plan.config.objective
+        try:
+            preference.check_minimum(objective, plan.examples, plan.downvoted)
+        except ValueError as exc:
+            log.warning("No %s stage: %s", objective, exc)
+            return peft_model, evaluation, {"objective": objective, "skipped": str(exc)}
+        run = objective.split("+")[1]
+        reporter.run = run
+        reporter.phase("training", run=run, step=0)
+        peft_model, stage = preference.train_preferences(
+            peft_model, tokenizer, objective, plan.examples, plan.downvoted, plan.config,
+            callbacks=[progress_callback(reporter, governor)],
+        )
+        reporter.check()
+        reporter.phase(f"checking the candidate again after the {run} stage")
+        governor.hold()
+        return peft_model, recipe.reevaluate(peft_model, tokenizer, plan, evaluation), stage
 
     def _finish(self, reporter: JobReporter, plan: Any, decision: Any, summary: dict, evaluation: Any, selection: Any, base_name: str) -> str:
         from training import recipe

@@ -77,7 +77,7 @@ SIGNALS = {
 }
 RUN_COLUMNS = ["job", "status", "why", "started", "finished", "version", "result"]
 # The hyper-parameters shown as form fields; any other goes in the JSON box.
-FORM_FIELDS = ("epochs", "learning_rate", "lora_r", "batch_size")
+FORM_FIELDS = ("epochs", "learning_rate", "lora_r", "batch_size", "objective")
 
 
 def plain_error(error: str | None) -> str:
@@ -211,6 +211,10 @@ class TrainingHandlers:
     def form_defaults(self) -> list[tuple[str, Any, str]]:
         """(name, default, help) of the hyper-parameters shown as form fields."""
         return [(h.name, h.default, h.help) for h in self.manager.hyperparameters(FORM_FIELDS)]
+
+    def form_choices(self) -> dict[str, list[str]]:
+        """The form fields that take one of a few words (a dropdown), with those words."""
+        return {h.name: h.choices for h in self.manager.hyperparameters(FORM_FIELDS) if h.choices}
 
     @admin_handler
     def retrain(self, password: str, params_text: str, *form_values: Any) -> tuple[Any, ...]:
@@ -422,9 +426,16 @@ def build_training_section(
         refresh = gr.Button("Refresh", elem_id="training-refresh")
         retrain = gr.Button("Retrain now", variant="primary", elem_id="training-retrain")
         stop = gr.Button("Stop", variant="stop", elem_id="training-stop")
-    form = []
+    form: list[Any] = []
+    choices = handlers.form_choices()
     with gr.Row():
         for name, default, help_text in handlers.form_defaults():
+            if name in choices:
+                form.append(gr.Dropdown(
+                    choices=choices[name], value=default, label=f"{name.replace('_', ' ')} (default {default})",
+                    info=help_text, elem_id=f"training-{name.replace('_', '-')}",
+                ))
+                continue
             form.append(
                 gr.Number(
                     value=default, label=f"{name.replace('_', ' ')} (default {default})", info=help_text,
