@@ -129,6 +129,22 @@ class DownvotedSummary(View):
     )
 
 
+class PreferenceStage(View):
+    """The preference stage after SFT (TrainConfig.objective sft+dpo or sft+kto), or why it was skipped."""
+
+    objective: str
+    skipped: str | None = Field(None, description="Why no stage was run: the data it needs is missing.")
+    rows: int | None = None
+    desirable: int | None = Field(None, description="KTO: rows labelled desirable.")
+    undesirable: int | None = Field(None, description="KTO: rows labelled undesirable.")
+    steps: int | None = None
+    seconds: float | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    first_margin: float | None = Field(None, description="TRL's rewards/margins at the first step.")
+    final_margin: float | None = Field(None, description="And at the last.")
+
+
 class CurrentSummary(View):
     """The version that served while the job ran, on the same checks."""
 
@@ -166,6 +182,7 @@ class JobMetrics(View):
         default_factory=list, description="Top-up rounds after the first run (TrainConfig.topup_rounds), in order."
     )
     downvoted: DownvotedSummary | None = None
+    preference: PreferenceStage | None = None
 
 
 class JobView(View):

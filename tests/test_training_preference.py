@@ -113,6 +113,10 @@ def test_a_kto_job_on_thumbs_is_trained_evaluated_and_gated(tmp_path, tokenizer)
         assert stage["steps"] > 0 and stage["final_loss"] is not None
         assert job.metrics.downvoted.n == 1 and job.metrics.learned.n == 2
         assert [r.name for r in job.metrics.gate.rules][-1] == "downvoted"
+        assert job.metrics.preference.steps == stage["steps"]
+        from bot.ui.admin_training import describe_job
+
+        assert f"objective sft+kto: 3 preference rows, {stage['steps']} steps" in describe_job(job)
         [item] = manager.learning_report(job.model_version).downvoted
         assert item.answer == "The cellar is a cat." and item.logp_candidate is not None
     finally:

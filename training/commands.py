@@ -189,6 +189,11 @@ def report(view: JobView, out: TextIO = sys.stdout) -> int:
                 f"{current_canary.get('score', '-')}%)",
                 file=out,
             )
+        stage = metrics.preference
+        if stage is not None:
+            print(f"  objective {stage.objective}: " + (f"no preference stage, {stage.skipped}" if stage.skipped else
+                  f"{stage.rows} preference rows, {stage.steps} steps, loss {stage.first_loss} → {stage.final_loss}"),
+                  file=out)
         for rule in gate.rules:
             print(f"  {'✓' if rule.passed else '✗'} {rule.message}", file=out)
         for item in metrics.not_learned:

@@ -63,6 +63,12 @@ def describe_job(view: JobView | None) -> str:
     if gate is not None:
         lines += [f"- {reason}" for reason in gate.reasons]
         lines += [f"- **Next:** {step}" for step in gate.next_steps]
+        stage = view.metrics.preference if view.metrics else None
+        if stage is not None and stage.skipped:
+            lines.append(f"- objective {stage.objective}: no preference stage, {stage.skipped}")
+        elif stage is not None:
+            lines.append(f"- objective {stage.objective}: {stage.rows} preference rows, {stage.steps} steps in "
+                         f"{stage.seconds:g} s, loss {stage.first_loss} → {stage.final_loss}")
     elif view.error:
         lines.append(f"- {plain_error(view.error)}")
     return "\n".join(lines)
