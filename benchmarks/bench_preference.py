@@ -6,7 +6,8 @@ adapter, each objective's stage. Beside them, 16 general questions the bundled m
 (PREFERENCE_QUESTIONS below): 8 are downvoted (KTO's undesirable rows), 8 are left unrated as controls.
 Measured with few-shot off and greedy decoding, as the gate judges:
 
-- corrections: the 24 facts answered (training/evaluate.is_correct);
+- corrections: the 24 facts answered (training/evaluate.is_correct), and their paraphrases (the fact set's
+  own other wording of each question, never trained on);
 - changed: downvoted (and control) answers whose first sentence is no longer the base model's;
 - fall: the median fall of the base model's answer's log-probability per token, base → trained (nats);
   learned, not drift, when the downvoted answers fall by more than the controls (the target: 0.2 nats);
@@ -66,6 +67,8 @@ def measure(model: Any, tokenizer: Any, examples: list[dict], wrong: dict[str, l
     model.eval()
     ec = EvalConfig()
     out: dict[str, Any] = {"corrections": sum(j["correct"] for j in judge_answers(model, tokenizer, examples, ec))}
+    reworded = [{**e, "input": ask(e["paraphrase"])} for e in examples]
+    out["paraphrases"] = sum(j["correct"] for j in judge_answers(model, tokenizer, reworded, ec))
     for part, rows in wrong.items():
         answers = generate_answers(model, tokenizer, [r["input"] for r in rows], max_new_tokens=GEN_TOKENS, batch_size=8)
         logps = answer_logprobs_per_token(model, tokenizer, [(r["input"], r["answer"]) for r in rows], max_length=512,
@@ -82,6 +85,7 @@ def row(name: str, result: dict[str, Any], base: dict[str, Any], seconds: float,
     return {
         "run": name,
         "corrections": result["corrections"],
+        "paraphrases": result["paraphrases"],
         "downvoted_changed": sum(r["changed"] for r in result["downvoted"]),
         "controls_changed": sum(r["changed"] for r in result["controls"]),
         "downvoted_fall": round(fall["downvoted"], 3),
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     rejected = generate_answers(model, tokenizer, [ask(f["question"]) for f in facts], max_new_tokens=GEN_TOKENS,
                                 batch_size=8)
     examples = [{"id": i + 1, "split": "train", "source": "correction", "input": ask(f["question"]),
-                 "output": f["answer"], "rejected": r} for i, (f, r) in enumerate(zip(facts, rejected))]
+                 "output": f["answer"], "rejected": r, "paraphrase": f["paraphrase"]} for i, (f, r) in enumerate(zip(facts, rejected))]
     wrong = {}
     for part, questions in PREFERENCE_QUESTIONS.items():
         answers = generate_answers(model, tokenizer, [ask(q) for q in questions], max_new_tokens=GEN_TOKENS, batch_size=8)
@@ -152,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row(variant, measure(peft_model, tokenizer, examples, wrong), base, seconds, sft_seconds))
         print(json.dumps({**rows[-1], "stage": stage, "load": load_average()}), flush=True)
 
-    print("\n| run | corrections | downvoted changed | controls changed | fall downvoted | fall controls | "
+    print("\n| run | corrections | paraphrases | downvoted changed | controls changed | fall downvoted | fall controls | "
           "difference | canary lost | seconds | time vs SFT |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['corrections']}/24 | {r['downvoted_changed']}/8 | {r['controls_changed']}/8 | "
+        print(f"| {r['run']} | {r['corrections']}/24 | {r['paraphrases']}/24 | {r['downvoted_changed']}/8 | {r['controls_changed']}/8 | "
               f"{r['downvoted_fall']} | {r['controls_fall']} | {r['difference']} | {r['canary_lost']} | "
               f"{r['seconds']} | {r['time_ratio']}× |")
     if args.json:
