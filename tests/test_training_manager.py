@@ -68,7 +68,7 @@ def test_a_run_trains_evaluates_and_records_a_version(setup):
     assert metrics.heldout.n == 1 and metrics.heldout.selection_run is False  # 1 held-out example decides nothing
     assert metrics.heldout.accuracy is None
     assert metrics.canary.n == 40 and metrics.compared_with == "base"
-    assert metrics.learned.n == 7 and len(metrics.gate.reasons) == 4
+    assert metrics.learned.n == 7 and len(metrics.gate.reasons) == 5  # learned, regression, held-out, canary, downvoted
 
     version = store.get_model_version("v1")
     assert version["example_ids"] == train_ids + test_ids  # every approved example is trained on
