@@ -128,7 +128,6 @@ def train_preferences(
     rows = dataset_rows(tokenizer, objective, examples, downvoted, config.seed, replay)
     use_cuda = torch.cuda.is_available()
     torch.manual_seed(config.seed)
-    losses: list[float] = []
     with tempfile.TemporaryDirectory(prefix="exemplar-preference-") as scratch:
         common: dict[str, Any] = dict(
             output_dir=scratch,

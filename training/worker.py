@@ -455,7 +455,7 @@ class TrainingJob:
         """The preference stage of TrainConfig.objective on the candidate, then the candidate measured again;
         skipped, with the reason, when the data cannot train it (an objective asked for by name was refused
         when the job was started)."""
-        from training import preference, recipe
+        from training import recipe
 
         objective = plan.config.objective
         try:
