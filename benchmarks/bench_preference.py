@@ -100,9 +100,9 @@ def row(name: str, result: dict[str, Any], base: dict[str, Any], seconds: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_flags(parser)
-    parser.add_argument("--variants", default="sft+dpo,sft+kto,sft+kto:replay",
-                        help="comma-separated objectives after the SFT run; ':replay' adds the replay rows as "
-                             "desirable KTO rows")
+    parser.add_argument("--variants", default="sft+dpo,sft+kto,sft+kto:nokl",
+                        help="comma-separated objectives after the SFT run; ':nokl' leaves the stage's KL-replay "
+                             "term out")
     parser.add_argument("--lr", type=float, default=None, help="preference_learning_rate (default: TrainConfig's)")
     parser.add_argument("--epochs", type=float, default=None, help="preference_epochs (default: TrainConfig's)")
     parser.add_argument("--threads", type=int, default=2)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         peft_model, stage = preference.train_preferences(
             peft_model, tokenizer, objective, examples, wrong["downvoted"], stage_config,
-            replay=plan.replay if extra == "replay" else (),
+            replay=() if extra == "nokl" else plan.replay,
         )
         seconds = time.perf_counter() - started
         rows.append(row(variant, measure(peft_model, tokenizer, examples, wrong), base, seconds, sft_seconds))

@@ -13,6 +13,16 @@ The reference model of both is the adapter as SFT left it: TRL copies a peft
 model's adapter into a frozen "ref" adapter (removed again here), so the stage
 moves the model only where the preferences pull, from where SFT brought it.
 
+Two things keep the push on the wrong fact and off general knowledge; without
+them a KTO stage on the bundled model lost 6 of the 40 canary answers (every
+capital it knew came out invented), with them none (docs/training.md):
+- an undesirable completion is only its claim: the opening words that restate
+  the question ("The capital of Turkey is") move into the prompt, so the stage
+  pushes down "Istanbul." and not the frame every right answer shares;
+- the SFT recipe's KL-replay term: at every step the replay rows (the base
+  model's own answers to general questions) are held to the base model's
+  next-token distributions, weighted by TrainConfig.replay_kl_weight.
+
 Prompts and completions go to TRL as text already rendered by core.prompts, the
 renderer training and serving share, so TRL tokenises exactly what the model is
 trained and served on. Each objective's data minimum is checked before any
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,12 +53,10 @@ def pairs(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"input": e["input"], "chosen": e["output"], "rejected": e["rejected"]} for e in examples if e.get("rejected")]
 
 
-def unpaired(
-    examples: Sequence[dict[str, Any]], downvoted: Sequence[dict[str, Any]], replay: Sequence[dict[str, Any]] = ()
-) -> list[dict[str, Any]]:
-    """KTO rows: every approved example desirable, and the replay rows (the base model's own answers to general
-    questions) when given; the answers corrections replaced and the downvoted answers undesirable."""
-    rows = [{"input": e["input"], "completion": e["output"], "label": True} for e in [*examples, *replay]]
+def unpaired(examples: Sequence[dict[str, Any]], downvoted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO rows: every approved example desirable; the answers corrections replaced and the downvoted answers
+    undesirable."""
+    rows = [{"input": e["input"], "completion": e["output"], "label": True} for e in examples]
     rows += [{"input": e["input"], "completion": e["rejected"], "label": False} for e in examples if e.get("rejected")]
     rows += [{"input": d["input"], "completion": d["answer"], "label": False} for d in downvoted]
     return rows
@@ -73,6 +82,20 @@ def check_minimum(objective: str, examples: Sequence[dict[str, Any]], downvoted:
                              "answer); train with objective sft")
 
 
+_WORD = re.compile(r"[^\W_]+")
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def claim_start(question: str, answer: str) -> int:
+    """Where an answer's claim begins: the offset of its first word that is neither a word of the question nor
+    an article ("The capital of Turkey is| Istanbul."), 0 when the answer restates nothing."""
+    asked = {w.lower() for w in _WORD.findall(question)}
+    for word in _WORD.finditer(answer):
+        if word.group().lower() not in asked and word.group().lower() not in _ARTICLES:
+            return word.start()
+    return 0
+
+
 def split_rendered(tokenizer: Any, messages: Sequence[dict[str, str]], answer: str) -> tuple[str, str]:
     """(prompt, completion) text as core.prompts renders them, the completion ending with the end-of-turn
     token (TRL adds the tokenizer's EOS only when the text lacks it; the template's trailing newline is left out,
@@ -86,7 +109,7 @@ def split_rendered(tokenizer: Any, messages: Sequence[dict[str, str]], answer: s
 
 
 def dataset_rows(tokenizer: Any, objective: str, examples: Sequence[dict[str, Any]],
-                 downvoted: Sequence[dict[str, Any]], seed: int, replay: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+                 downvoted: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """The stage's rows in TRL's format (prompt/chosen/rejected, or prompt/completion/label), as rendered text."""
     if objective == SFT_DPO:
         rows = []
@@ -95,8 +118,14 @@ def dataset_rows(tokenizer: Any, objective: str, examples: Sequence[dict[str, An
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": split_rendered(tokenizer, p["input"], p["rejected"])[1]})
         return rows
     rows = []
-    for r in unpaired(examples, downvoted, replay):
+    for r in unpaired(examples, downvoted):
         prompt, completion = split_rendered(tokenizer, r["input"], r["completion"])
+        if not r["label"]:
+            # Only the claim is undesirable: the frame it shares with right answers goes into the prompt (its
+            # trailing space stays with the claim, where the tokenizer joins it to the next word).
+            frame = r["completion"][: claim_start(r["input"][-1]["content"], r["completion"])].rstrip()
+            if frame and completion.startswith(frame):
+                prompt, completion = prompt + frame, completion[len(frame):]
         rows.append({"prompt": prompt, "completion": completion, "label": r["label"]})
     # Both labels in each batch: KTO's KL estimate pairs each prompt with another row's completion.
     random.Random(seed).shuffle(rows)
@@ -113,19 +142,66 @@ def kto_weights(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
     return round(bad / good * 1.15, 3), 1.0
 
 
+def with_replay_kl(trainer_class: type, replay: Sequence[dict[str, Any]], kl_weight: float, max_length: int) -> type:
+    """`trainer_class` (TRL's DPO or KTO trainer) with the SFT recipe's KL-replay term added to its loss: the
+    replay rows' answer tokens held to the base model's next-token distributions (training/finetune.py). With no
+    replay rows or kl_weight 0, the class itself."""
+    if not replay or kl_weight <= 0:
+        return trainer_class
+    import torch
+    import torch.nn.functional as F
+
+    from training.dataset import IGNORE_INDEX, tokenize_example
+
+    class ReplayKL(trainer_class):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            tokenizer = self.processing_class
+            rows = [tokenize_example(tokenizer, r["input"], r["output"], max_length) for r in replay]
+            width = max(len(r["input_ids"]) for r in rows)
+            pad = tokenizer.pad_token_id or 0
+            device = self.accelerator.device
+            self.replay_batch = {
+                "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows]),
+                "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
+                                                for r in rows]),
+            }
+            self.replay_batch = {k: v.to(device) for k, v in self.replay_batch.items()}
+            labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in rows])
+            self.replay_at = (labels[:, 1:] != IGNORE_INDEX).to(device)  # positions that predict an answer token
+            # The base model (every adapter off, TRL's reference copy included), once: it never changes.
+            with torch.no_grad(), self.model.disable_adapter():
+                logits = self.model(**self.replay_batch).logits[:, :-1].float()
+            self.replay_base = F.log_softmax(logits[self.replay_at], dim=-1)
+            self.replay_kl: list[float] = []
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            logits = model(**self.replay_batch).logits[:, :-1].float()
+            tuned = F.log_softmax(logits[self.replay_at], dim=-1)
+            kl = (self.replay_base.exp() * (self.replay_base - tuned)).sum(-1).mean()
+            self.replay_kl.append(float(kl.detach()))
+            if return_outputs:
+                return out[0] + kl_weight * kl, out[1]
+            return out + kl_weight * kl
+
+    return ReplayKL
+
+
 def train_preferences(
     peft_model: Any, tokenizer: Any, objective: str, examples: Sequence[dict[str, Any]],
     downvoted: Sequence[dict[str, Any]], config: TrainConfig, *, callbacks: Sequence[Any] = (),
     replay: Sequence[dict[str, Any]] = (),
 ) -> tuple[Any, dict[str, Any]]:
-    """Train `peft_model`'s adapter further with TRL's DPO or KTO trainer; return the model (its adapter
-    active, in eval mode, TRL's reference copy removed) and what the stage did."""
+    """Train `peft_model`'s adapter further with TRL's DPO or KTO trainer, `replay` (the plan's replay rows)
+    held to the base model; return the model (its adapter active, in eval mode, TRL's reference copy removed)
+    and what the stage did."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback
 
     check_minimum(objective, examples, downvoted)
-    rows = dataset_rows(tokenizer, objective, examples, downvoted, config.seed, replay)
+    rows = dataset_rows(tokenizer, objective, examples, downvoted, config.seed)
     use_cuda = torch.cuda.is_available()
     torch.manual_seed(config.seed)
     with tempfile.TemporaryDirectory(prefix="exemplar-preference-") as scratch:
@@ -154,7 +230,8 @@ def train_preferences(
         if objective == SFT_DPO:
             from trl import DPOConfig, DPOTrainer
 
-            trainer: Any = DPOTrainer(model=peft_model, args=DPOConfig(**common), train_dataset=Dataset.from_list(rows),
+            trainer_class = with_replay_kl(DPOTrainer, replay, config.replay_kl_weight, config.max_length)
+            trainer: Any = trainer_class(model=peft_model, args=DPOConfig(**common), train_dataset=Dataset.from_list(rows),
                                       processing_class=tokenizer, callbacks=list(callbacks))
             weights = None
         else:
@@ -162,7 +239,8 @@ def train_preferences(
 
             weights = kto_weights(rows)
             args = KTOConfig(**common, desirable_weight=weights[0], undesirable_weight=weights[1])
-            trainer = KTOTrainer(model=peft_model, args=args, train_dataset=Dataset.from_list(rows),
+            trainer_class = with_replay_kl(KTOTrainer, replay, config.replay_kl_weight, config.max_length)
+            trainer = trainer_class(model=peft_model, args=args, train_dataset=Dataset.from_list(rows),
                                  processing_class=tokenizer, callbacks=list(callbacks))
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
@@ -172,6 +250,7 @@ def train_preferences(
         losses = [float(h["loss"]) for h in history if "loss" in h]
         margins = [float(h["rewards/margins"]) for h in history if "rewards/margins" in h]
         steps = trainer.state.global_step
+        replay_kl = getattr(trainer, "replay_kl", [])
     model = trainer.model
     if "ref" in model.peft_config:  # TRL's frozen copy of the adapter, the reference: not part of the version
         model.set_adapter("default")
@@ -191,6 +270,8 @@ def train_preferences(
         "final_loss": losses[-1] if losses else None,
         "first_margin": margins[0] if margins else None,
         "final_margin": margins[-1] if margins else None,
+        "replay_rows": len(replay) if replay_kl else 0,
+        "final_replay_kl": round(replay_kl[-1], 4) if replay_kl else None,
     }
     log.info("%s stage: %d rows, %d steps in %.1f s, loss %s → %s", objective, len(rows), steps, seconds,
              stage["first_loss"], stage["final_loss"])

@@ -468,7 +468,7 @@ class TrainingJob:
         reporter.phase("training", run=run, step=0)
         peft_model, stage = preference.train_preferences(
             peft_model, tokenizer, objective, plan.examples, plan.downvoted, plan.config,
-            callbacks=[progress_callback(reporter, governor)],
+            callbacks=[progress_callback(reporter, governor)], replay=plan.replay,
         )
         reporter.check()
         reporter.phase(f"checking the candidate again after the {run} stage")
