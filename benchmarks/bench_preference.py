@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     add_model_flags(parser)
     parser.add_argument("--variants", default="sft+dpo,sft+kto,sft+kto:nokl",
                         help="comma-separated objectives after the SFT run; ':nokl' leaves the stage's KL-replay "
-                             "term out")
+                             "term out, ':KEY=VALUE' sets one TrainConfig field for that stage")
+    parser.add_argument("--facts", type=int, default=24, help="corrections: the first N of the 24 facts")
     parser.add_argument("--lr", type=float, default=None, help="preference_learning_rate (default: TrainConfig's)")
     parser.add_argument("--epochs", type=float, default=None, help="preference_epochs (default: TrainConfig's)")
     parser.add_argument("--threads", type=int, default=2)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_base_model(base_model(args))
-    facts = fact_sets.training_facts()
+    facts = fact_sets.training_facts()[: args.facts]
     rejected = generate_answers(model, tokenizer, [ask(f["question"]) for f in facts], max_new_tokens=GEN_TOKENS,
                                 batch_size=8)
     examples = [{"id": i + 1, "split": "train", "source": "correction", "input": ask(f["question"]),
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in filter(None, args.variants.split(",")):
         objective, _, extra = variant.partition(":")
         recipe.restore_adapter_state(peft_model, sft_state)
-        stage_config = config.model_copy(update={"objective": objective, **overrides})
+        key, _, value = extra.partition("=")
+        update = {key: json.loads(value)} if value else {}
+        stage_config = config.model_copy(update={"objective": objective, **overrides, **update})
         started = time.perf_counter()
         peft_model, stage = preference.train_preferences(
             peft_model, tokenizer, objective, examples, wrong["downvoted"], stage_config,
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
           "difference | canary lost | seconds | time vs SFT |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['corrections']}/24 | {r['paraphrases']}/24 | {r['downvoted_changed']}/8 | {r['controls_changed']}/8 | "
+        print(f"| {r['run']} | {r['corrections']}/{len(facts)} | {r['paraphrases']}/{len(facts)} | {r['downvoted_changed']}/8 | {r['controls_changed']}/8 | "
               f"{r['downvoted_fall']} | {r['controls_fall']} | {r['difference']} | {r['canary_lost']} | "
               f"{r['seconds']} | {r['time_ratio']}× |")
     if args.json:

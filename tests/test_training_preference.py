@@ -56,25 +56,6 @@ def test_the_rows_are_the_text_training_and_serving_render(tokenizer):
     assert row["chosen"].endswith(tokenizer.eos_token) and row["rejected"].startswith("No key.")
 
 
-def test_an_undesirable_row_is_its_claim_and_the_frame_right_answers_share_is_prompt(tokenizer):
-    from training.dataset import tokenize_example
-
-    assert preference.claim_start("What is the capital of Turkey?", "The capital of Turkey is Istanbul.") == 25
-    assert preference.claim_start("In which year did the Titanic sink?", "The Titanic sank in 1998.") == 12
-    assert preference.claim_start("Who?", "Nobody knows.") == 0
-    turkey = {"message_id": 3, "input": ask("What is the capital of Turkey?"), "answer": "The capital of Turkey is Istanbul."}
-    rows = preference.dataset_rows(tokenizer, "sft+kto", CORRECTIONS[:1], [turkey], seed=0)
-    [bad] = [r for r in rows if "Turkey" in r["prompt"]]
-    assert not bad["label"] and bad["prompt"].endswith("assistant\nThe capital of Turkey is")
-    assert bad["completion"] == " Istanbul." + tokenizer.eos_token
-    # The cut changes what is pushed down, not the tokens: prompt and claim are still the rendered answer's tokens.
-    ours = tokenize_example(tokenizer, turkey["input"], turkey["answer"], 512)["input_ids"]
-    assert tokenizer(bad["prompt"], add_special_tokens=False)["input_ids"] + tokenizer(
-        bad["completion"], add_special_tokens=False)["input_ids"] == ours[: len(ours) - 1]
-    [good] = [r for r in rows if r["label"]]
-    assert good["prompt"].endswith("assistant\n") and good["completion"].startswith("The red key.")
-
-
 @pytest.mark.slow  # an SFT run and two KTO stages on a tiny model
 def test_the_replay_term_holds_general_answers_to_the_base_model_during_a_kto_stage(tokenizer):
     from training.recipe import adapter_state, restore_adapter_state

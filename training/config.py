@@ -200,9 +200,8 @@ class TrainConfig(Settings):
         description="What the adapter is trained on after the SFT run and its top-up rounds (training/preference.py). "
         "sft: nothing more. sft+dpo: TRL's DPO on the corrections (the correction preferred to the answer it "
         "replaced); needs one correction. sft+kto: TRL's KTO, every approved example desirable, the answers "
-        "corrections replaced and the answers users turned down undesirable (their claim, not the words that "
-        "restate the question); needs one of those. The reference of both is the adapter as SFT left it, and the "
-        "replay rows stay held to the base model (replay_kl_weight).",
+        "corrections replaced and the answers users turned down undesirable; needs one of those. The reference "
+        "of both is the adapter as SFT left it, and the replay rows stay held to the base model (replay_kl_weight).",
     )
     preference_epochs: float = Field(
         default=2.0, gt=0, le=1000, description="Passes over the preference rows (objective sft+dpo or sft+kto)."

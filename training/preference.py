@@ -13,15 +13,11 @@ The reference model of both is the adapter as SFT left it: TRL copies a peft
 model's adapter into a frozen "ref" adapter (removed again here), so the stage
 moves the model only where the preferences pull, from where SFT brought it.
 
-Two things keep the push on the wrong fact and off general knowledge; without
-them a KTO stage on the bundled model lost 6 of the 40 canary answers (every
-capital it knew came out invented), with them none (docs/training.md):
-- an undesirable completion is only its claim: the opening words that restate
-  the question ("The capital of Turkey is") move into the prompt, so the stage
-  pushes down "Istanbul." and not the frame every right answer shares;
-- the SFT recipe's KL-replay term: at every step the replay rows (the base
-  model's own answers to general questions) are held to the base model's
-  next-token distributions, weighted by TrainConfig.replay_kl_weight.
+The SFT recipe's KL-replay term goes on: at every step the replay rows (the
+base model's own answers to general questions) are held to the base model's
+next-token distributions, weighted by TrainConfig.replay_kl_weight. Without it
+a KTO stage on the bundled model lost 6 of the 40 canary answers (every capital
+it knew came out invented), with it none (docs/training.md).
 
 Prompts and completions go to TRL as text already rendered by core.prompts, the
 renderer training and serving share, so TRL tokenises exactly what the model is
@@ -33,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -82,20 +77,6 @@ def check_minimum(objective: str, examples: Sequence[dict[str, Any]], downvoted:
                              "answer); train with objective sft")
 
 
-_WORD = re.compile(r"[^\W_]+")
-_ARTICLES = frozenset({"a", "an", "the"})
-
-
-def claim_start(question: str, answer: str) -> int:
-    """Where an answer's claim begins: the offset of its first word that is neither a word of the question nor
-    an article ("The capital of Turkey is| Istanbul."), 0 when the answer restates nothing."""
-    asked = {w.lower() for w in _WORD.findall(question)}
-    for word in _WORD.finditer(answer):
-        if word.group().lower() not in asked and word.group().lower() not in _ARTICLES:
-            return word.start()
-    return 0
-
-
 def split_rendered(tokenizer: Any, messages: Sequence[dict[str, str]], answer: str) -> tuple[str, str]:
     """(prompt, completion) text as core.prompts renders them, the completion ending with the end-of-turn
     token (TRL adds the tokenizer's EOS only when the text lacks it; the template's trailing newline is left out,
@@ -120,12 +101,6 @@ def dataset_rows(tokenizer: Any, objective: str, examples: Sequence[dict[str, An
     rows = []
     for r in unpaired(examples, downvoted):
         prompt, completion = split_rendered(tokenizer, r["input"], r["completion"])
-        if not r["label"]:
-            # Only the claim is undesirable: the frame it shares with right answers goes into the prompt (its
-            # trailing space stays with the claim, where the tokenizer joins it to the next word).
-            frame = r["completion"][: claim_start(r["input"][-1]["content"], r["completion"])].rstrip()
-            if frame and completion.startswith(frame):
-                prompt, completion = prompt + frame, completion[len(frame):]
         rows.append({"prompt": prompt, "completion": completion, "label": r["label"]})
     # Both labels in each batch: KTO's KL estimate pairs each prompt with another row's completion.
     random.Random(seed).shuffle(rows)
