@@ -71,7 +71,7 @@ def test_the_replay_term_holds_general_answers_to_the_base_model_during_a_kto_st
     for weight in (0.0, 3.0):
         restore_adapter_state(model, sft)
         config = TrainConfig(**FAST, objective="sft+kto", preference_epochs=8, preference_learning_rate=1e-2,
-                             replay_kl_weight=weight)
+                             preference_kl_weight=weight)
         model, stage = preference.train_preferences(model, tokenizer, "sft+kto", CORRECTIONS, DOWNVOTED, config,
                                                     replay=replay)
         after = answer_logprobs_per_token(model, tokenizer, pairs, max_length=512, batch_size=2)

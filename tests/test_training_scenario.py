@@ -9,9 +9,11 @@
    served model answers at least 95% of *all* the corrected questions (those
    whose examples fell into the test split included) and the canary is kept.
 
-The second test takes the same path with a tiny model and a self-contradicting
-pair of corrections, and checks that the pair is reported as not learned, with
-the reason.
+The second test is a new admin's mixed set (imports, thumbs-up, one correction),
+learned whole by the first retrain; the third takes the same path with a tiny
+model and a self-contradicting pair of corrections, and checks that the pair is
+reported as not learned, with the reason. The last turns answers down and
+retrains with the KTO objective: the downvoted answers do not come back.
 """
 
 from __future__ import annotations
@@ -239,6 +241,87 @@ def test_a_self_contradicting_correction_is_reported_as_not_learned_with_the_rea
             ).json()["items"]
             assert {i["example_id"] for i in not_learned} >= {k for k, i in pair.items() if not i["candidate_learned"]}
             assert "they contradict each other" in job["metrics"]["gate"]["summary"]
+    finally:
+        watcher.stop()
+        store.close()
+
+
+@pytest.mark.slow
+def test_downvoted_answers_are_unlearned_and_corrections_kept_by_a_kto_retrain(tmp_path, bundled_checkpoint,
+                                                                               record_property):
+    """A thumbs-down teaches what not to say. Users chat; eight wrong general answers are turned down (with a
+    reason, no correction), eight other wrong answers are left unrated, eight fictional facts are corrected; an
+    admin retrains from the API with the KTO objective. The promoted version no longer gives the downvoted
+    answers (few-shot off), their log-probability per token falls by more than the unrated answers' (learned,
+    not drift), and the corrections and the canary hold."""
+    import statistics
+
+    from peft import PeftModel
+
+    from benchmarks.bench_preference import PREFERENCE_QUESTIONS
+    from bot.serving.engine import Engine
+    from core.models import load_base_model, resolve_base_model
+    from training.evaluate import answer_logprobs_per_token, gives_answer
+
+    engine = Engine.load(str(bundled_checkpoint), tmp_path / "data")
+    app, watcher, store = serve(tmp_path, engine, str(bundled_checkpoint))
+    try:
+        with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=300) as client:
+            said = {}  # what the base model told the user, by question
+            for part in ("downvoted", "controls"):
+                for question in PREFERENCE_QUESTIONS[part]:
+                    answer = ask(client, question, max_tokens=48)
+                    said[question] = answer["choices"][0]["message"]["content"]
+                    if part == "downvoted":
+                        down = client.post("/api/feedback", json={"message_id": answer["id"], "rating": "down",
+                                                                  "reason": "Wrong fact"})
+                        assert down.status_code == 201, down.text
+            facts = FACTS[:8]
+            for fact in facts:
+                correct(client, ask(client, fact["question"], max_tokens=24), fact["answer"])
+
+            started = client.post("/api/train", json={"objective": "sft+kto"}, headers=ADMIN)
+            assert started.status_code == 202, started.text
+            job = wait_for_job(client, started.json()["job_id"], timeout=3600)
+            metrics = job["metrics"] or {}
+            rules = {r["name"]: r for r in (metrics.get("gate") or {}).get("rules", [])}
+            report = (
+                f"KTO retrain: {job['status']}, {(metrics.get('gate') or {}).get('reasons')}; learned "
+                f"{metrics.get('learned')}; downvoted {metrics.get('downvoted')}; preference "
+                f"{metrics.get('preference')}; timings {metrics.get('timings')}"
+            )
+            print("\n" + report)
+            assert job["status"] == "succeeded" and job["promoted"] is True, report
+            wait_for_version(client, "v1")
+            assert metrics["preference"]["objective"] == "sft+kto" and metrics["preference"]["undesirable"] >= 8
+
+            # The promoted version, asked again with few-shot off, no longer gives the downvoted answers
+            # and still answers the corrections.
+            again = {q: ask(client, q, max_tokens=48, few_shot=False)["choices"][0]["message"]["content"]
+                     for q in PREFERENCE_QUESTIONS["downvoted"]}
+            given = [q for q, text in again.items() if gives_answer(text, said[q])]
+            hits = [fact["keyword"].lower() in ask(client, fact["question"], max_tokens=24, few_shot=False)[
+                "choices"][0]["message"]["content"].lower() for fact in facts]
+
+            # Learned, not drift: the downvoted answers' log-probability falls by more than the unrated ones'.
+            model, tokenizer = load_base_model(resolve_base_model(str(bundled_checkpoint), tmp_path / "data"))
+            pairs = {part: [([{"role": "user", "content": q}], said[q]) for q in PREFERENCE_QUESTIONS[part]]
+                     for part in ("downvoted", "controls")}
+            before = {part: answer_logprobs_per_token(model, tokenizer, p, max_length=512, batch_size=8)
+                      for part, p in pairs.items()}
+            trained = PeftModel.from_pretrained(model, str(tmp_path / "data" / "adapters" / "v1")).eval()
+            after = {part: answer_logprobs_per_token(trained, tokenizer, p, max_length=512, batch_size=8)
+                     for part, p in pairs.items()}
+            fall = {part: statistics.median(b - a for b, a in zip(before[part], after[part])) for part in pairs}
+            summary = (f"downvoted given again {len(given)}/8 {given}; corrections {sum(hits)}/8; median log p fall "
+                       f"per token: downvoted {fall['downvoted']:.3f}, unrated {fall['controls']:.3f}")
+            print(summary)
+            record_property("kto_retrain", f"{report}; {summary}")
+            assert len(given) <= 1, summary
+            assert fall["downvoted"] - fall["controls"] >= 0.1, summary  # 0.18 measured (bench_preference --facts 8)
+            assert sum(hits) == len(facts), summary
+            assert rules["canary"]["passed"] and len(rules["canary"]["items"]) <= 1, report
+            assert metrics["downvoted"]["n"] == 8 and rules["downvoted"]["passed"], report
     finally:
         watcher.stop()
         store.close()

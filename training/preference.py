@@ -15,7 +15,7 @@ moves the model only where the preferences pull, from where SFT brought it.
 
 The SFT recipe's KL-replay term goes on: at every step the replay rows (the
 base model's own answers to general questions) are held to the base model's
-next-token distributions, weighted by TrainConfig.replay_kl_weight. Without it
+next-token distributions, weighted by TrainConfig.preference_kl_weight. Without it
 a KTO stage on the bundled model lost 6 of the 40 canary answers (every capital
 it knew came out invented), with it none (docs/training.md).
 
@@ -205,7 +205,7 @@ def train_preferences(
         if objective == SFT_DPO:
             from trl import DPOConfig, DPOTrainer
 
-            trainer_class = with_replay_kl(DPOTrainer, replay, config.replay_kl_weight, config.max_length)
+            trainer_class = with_replay_kl(DPOTrainer, replay, config.preference_kl_weight, config.max_length)
             trainer: Any = trainer_class(model=peft_model, args=DPOConfig(**common), train_dataset=Dataset.from_list(rows),
                                       processing_class=tokenizer, callbacks=list(callbacks))
             weights = None
@@ -214,7 +214,7 @@ def train_preferences(
 
             weights = kto_weights(rows)
             args = KTOConfig(**common, desirable_weight=weights[0], undesirable_weight=weights[1])
-            trainer_class = with_replay_kl(KTOTrainer, replay, config.replay_kl_weight, config.max_length)
+            trainer_class = with_replay_kl(KTOTrainer, replay, config.preference_kl_weight, config.max_length)
             trainer = trainer_class(model=peft_model, args=args, train_dataset=Dataset.from_list(rows),
                                  processing_class=tokenizer, callbacks=list(callbacks))
         trainer.remove_callback(PrinterCallback)
