@@ -136,6 +136,7 @@ def with_replay_kl(trainer_class: type, replay: Sequence[dict[str, Any]], kl_wei
             width = max(len(r["input_ids"]) for r in rows)
             pad = tokenizer.pad_token_id or 0
             device = self.accelerator.device
+            # All the replay rows in every step, padded to one batch: 15 short answers by default.
             self.replay_batch = {
                 "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows]),
                 "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
@@ -207,7 +208,7 @@ def train_preferences(
 
             trainer_class = with_replay_kl(DPOTrainer, replay, config.preference_kl_weight, config.max_length)
             trainer: Any = trainer_class(model=peft_model, args=DPOConfig(**common), train_dataset=Dataset.from_list(rows),
-                                      processing_class=tokenizer, callbacks=list(callbacks))
+                                         processing_class=tokenizer, callbacks=list(callbacks))
             weights = None
         else:
             from trl import KTOConfig, KTOTrainer
@@ -216,7 +217,7 @@ def train_preferences(
             args = KTOConfig(**common, desirable_weight=weights[0], undesirable_weight=weights[1])
             trainer_class = with_replay_kl(KTOTrainer, replay, config.preference_kl_weight, config.max_length)
             trainer = trainer_class(model=peft_model, args=args, train_dataset=Dataset.from_list(rows),
-                                 processing_class=tokenizer, callbacks=list(callbacks))
+                                    processing_class=tokenizer, callbacks=list(callbacks))
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
         trainer.train()
