@@ -110,6 +110,15 @@ def per_process_batch(batch_size: int) -> int:
     return batch_size // processes
 
 
+def kl_from_base(base_logp: Any, logits: Any) -> Any:
+    """The replay term: KL(base || tuned) at each predicted token, averaged, from the base model's
+    log-probabilities and the tuned model's logits at the same positions."""
+    import torch.nn.functional as F
+
+    tuned_logp = F.log_softmax(logits, dim=-1)
+    return (base_logp.exp() * (base_logp - tuned_logp)).sum(-1).mean()
+
+
 def make_trainer_class(kl_weight: float) -> type:
     """transformers' Trainer with the loss described in the module docstring.
 
@@ -145,8 +154,7 @@ def make_trainer_class(kl_weight: float) -> type:
                 with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
                     base_logits = model(**{k: v[rows] for k, v in inputs.items()}).logits[:, :-1].float()
                 base_logp = F.log_softmax(base_logits[distil[rows]], dim=-1)
-                tuned_logp = F.log_softmax(logits[distil], dim=-1)
-                kl = (base_logp.exp() * (base_logp - tuned_logp)).sum(-1).mean()
+                kl = kl_from_base(base_logp, logits[distil])
                 loss = loss + kl_weight * kl
             return (loss, outputs) if return_outputs else loss
 
@@ -164,8 +172,7 @@ def make_trainer_class(kl_weight: float) -> type:
                 loss = loss + F.cross_entropy(logits[learn], targets[learn])
             if distil.any():
                 base_logp = torch.cat([self.base_logp[int(r)] for r in replay_rows]).to(logits.device)
-                tuned_logp = F.log_softmax(logits[distil], dim=-1)
-                kl = (base_logp.exp() * (base_logp - tuned_logp)).sum(-1).mean()
+                kl = kl_from_base(base_logp, logits[distil])
                 loss = loss + kl_weight * kl
             return (loss, outputs) if return_outputs else loss
 

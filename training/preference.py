@@ -127,6 +127,7 @@ def with_replay_kl(trainer_class: type, replay: Sequence[dict[str, Any]], kl_wei
     import torch.nn.functional as F
 
     from training.dataset import IGNORE_INDEX, tokenize_example
+    from training.finetune import kl_from_base
 
     class ReplayKL(trainer_class):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -154,8 +155,7 @@ def with_replay_kl(trainer_class: type, replay: Sequence[dict[str, Any]], kl_wei
         def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             logits = model(**self.replay_batch).logits[:, :-1].float()
-            tuned = F.log_softmax(logits[self.replay_at], dim=-1)
-            kl = (self.replay_base.exp() * (self.replay_base - tuned)).sum(-1).mean()
+            kl = kl_from_base(self.replay_base, logits[self.replay_at])
             self.replay_kl.append(float(kl.detach()))
             if return_outputs:
                 return out[0] + kl_weight * kl, out[1]
