@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_flags(parser)
     parser.add_argument("--variants", default="sft+dpo,sft+kto,sft+kto:nokl",
                         help="comma-separated objectives after the SFT run; ':nokl' leaves the stage's KL-replay "
-                             "term out, ':KEY=VALUE' sets one TrainConfig field for that stage")
+                             "term out, ':KEY=VALUE;KEY=VALUE' sets TrainConfig fields for that stage")
     parser.add_argument("--facts", type=int, default=24, help="corrections: the first N of the 24 facts")
     parser.add_argument("--lr", type=float, default=None, help="preference_learning_rate (default: TrainConfig's)")
     parser.add_argument("--epochs", type=float, default=None, help="preference_epochs (default: TrainConfig's)")
@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in filter(None, args.variants.split(",")):
         objective, _, extra = variant.partition(":")
         recipe.restore_adapter_state(peft_model, sft_state)
-        key, _, value = extra.partition("=")
-        update = {key: json.loads(value)} if value else {}
+        update = {key: json.loads(value) for key, _, value in (part.partition("=") for part in extra.split(";")) if value}
         stage_config = config.model_copy(update={"objective": objective, **overrides, **update})
         started = time.perf_counter()
         peft_model, stage = preference.train_preferences(

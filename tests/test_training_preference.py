@@ -143,5 +143,7 @@ def test_a_kto_job_on_thumbs_is_trained_evaluated_and_gated(tmp_path, tokenizer)
         assert f"objective sft+kto: 3 preference rows, {stage['steps']} steps" in describe_job(job)
         [item] = manager.learning_report(job.model_version).downvoted
         assert item.answer == "The cellar is a cat." and item.logp_candidate is not None
+        # Judged after the stage: the thumbs-down is learned in the candidate the gate saw.
+        assert item.logp_candidate < item.logp_base - 0.5, item
     finally:
         store.close()

@@ -197,7 +197,8 @@ class TrainConfig(Settings):
     )
     objective: Literal["sft", "sft+dpo", "sft+kto"] = Field(
         default="sft",
-        description="What the adapter is trained on after the SFT run and its top-up rounds (training/preference.py). "
+        description="What the adapter is trained on after the SFT run, before it is evaluated and topped up "
+        "(training/preference.py). "
         "sft: nothing more. sft+dpo: TRL's DPO on the corrections (the correction preferred to the answer it "
         "replaced); needs one correction. sft+kto: TRL's KTO, every approved example desirable, the answers "
         "corrections replaced and the answers users turned down undesirable; needs one of those. The reference "

@@ -1,7 +1,7 @@
 """Preference stages on TRL's trainers: what users turned down is learned, not only what they wrote.
 
-After the SFT run (and its top-up rounds) the same adapter can be trained on
-preferences (TrainConfig.objective):
+After the SFT run, and before the job evaluates it (and tops up what is still
+unlearned), the same adapter can be trained on preferences (TrainConfig.objective):
 - "sft+dpo": TRL's DPOTrainer on the corrections' pairs: chosen is the
   correction, rejected the answer it replaced;
 - "sft+kto": TRL's KTOTrainer on unpaired rows: every approved example is

@@ -360,6 +360,15 @@ class TrainingJob:
         peft_model, result = self._train(reporter, governor, model, tokenizer, plan, plan.examples, "final")
         lap("train")
 
+        # -- preferences: what users turned down (and what corrections replaced), on TRL's DPO or KTO trainer.
+        # Before the evaluation, so that a job with a stage is judged once, as one without: a second evaluation
+        # after the stage cost as much as the stage itself (docs/training.md). Top-up rounds then train what is
+        # still unlearned on the adapter as the stage left it.
+        stage = None
+        if plan.config.objective != preference.SFT:
+            peft_model, stage = self._prefer(reporter, governor, peft_model, tokenizer, plan)
+            lap("preference")
+
         # -- evaluate, item by item, beside the serving version and the base model
         reporter.phase(
             "evaluating the candidate"
@@ -407,11 +416,6 @@ class TrainingJob:
                      f"top-up {best[1]}" if best[1] else "the first run", best[0][1], best[0][2])
             recipe.restore_adapter_state(peft_model, best[2])
             evaluation = best[3]
-        # -- preferences: what users turned down (and what corrections replaced), on TRL's DPO or KTO trainer
-        stage = None
-        if c.objective != preference.SFT:
-            peft_model, evaluation, stage = self._prefer(reporter, governor, peft_model, tokenizer, plan, evaluation)
-            lap("preference")
         if distributed.is_main():  # one adapter on disk, however many processes trained it
             self.temp_dir = registry.new_temp_dir(data_dir)
             peft_model.save_pretrained(str(self.temp_dir))
@@ -450,19 +454,15 @@ class TrainingJob:
 
     def _prefer(
         self, reporter: JobReporter, governor: ThreadGovernor, peft_model: Any, tokenizer: Any, plan: Any,
-        evaluation: dict[str, Any],
-    ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        """The preference stage of TrainConfig.objective on the candidate, then the candidate measured again;
-        skipped, with the reason, when the data cannot train it (an objective asked for by name was refused
-        when the job was started)."""
-        from training import recipe
-
+    ) -> tuple[Any, dict[str, Any]]:
+        """The preference stage of TrainConfig.objective on the candidate; skipped, with the reason, when the data
+        cannot train it (an objective asked for by name was refused when the job was started)."""
         objective = plan.config.objective
         try:
             preference.check_minimum(objective, plan.examples, plan.downvoted)
         except ValueError as exc:
             log.warning("No %s stage: %s", objective, exc)
-            return peft_model, evaluation, {"objective": objective, "skipped": str(exc)}
+            return peft_model, {"objective": objective, "skipped": str(exc)}
         run = objective.split("+")[1]
         reporter.run = run
         reporter.phase("training", run=run, step=0)
@@ -471,9 +471,7 @@ class TrainingJob:
             callbacks=[progress_callback(reporter, governor)], replay=plan.replay,
         )
         reporter.check()
-        reporter.phase(f"checking the candidate again after the {run} stage")
-        governor.hold()
-        return peft_model, recipe.reevaluate(peft_model, tokenizer, plan, evaluation), stage
+        return peft_model, stage
 
     def _finish(self, reporter: JobReporter, plan: Any, decision: Any, summary: dict, evaluation: Any, selection: Any, base_name: str) -> str:
         from training import recipe
