@@ -14,7 +14,13 @@ Measured with few-shot off and greedy decoding, as the gate judges:
 - canary: the 40 general questions, and how many the base model answers that the model lost;
 - seconds: the stage's training time, and its ratio to the SFT run of the same process.
 
+- near misses (--entities): bench_fewshot's 30 corrections about 3 entities replace the 24 facts, and its 27
+  near misses are asked; after the SFT run, each near miss of one half that it answers with a neighbour's fact
+  is downvoted as well (KTO's rows, as a user would turn it down). Counted: near misses answered with a
+  neighbour's fact, in the downvoted half and in the other, never rated, half.
+
     nice -n 10 python -m benchmarks.bench_preference --json pref.json
+    nice -n 10 python -m benchmarks.bench_preference --entities --variants sft+kto
     python -m benchmarks.bench_preference --variants sft+kto --lr 1e-4    # one variant
 """
 
@@ -53,7 +59,8 @@ def ask(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}]
 
 
-def measure(model: Any, tokenizer: Any, examples: list[dict], wrong: dict[str, list[dict]]) -> dict[str, Any]:
+def measure(model: Any, tokenizer: Any, examples: list[dict], wrong: dict[str, list[dict]],
+            near: list[dict] | None = None) -> dict[str, Any]:
     from training.config import EvalConfig
     from training.evaluate import (
         answer_logprobs_per_token,
@@ -76,7 +83,22 @@ def measure(model: Any, tokenizer: Any, examples: list[dict], wrong: dict[str, l
         out[part] = [{"answer": a, "changed": first_sentence(a) != first_sentence(r["answer"]), "logp": lp}
                      for a, r, lp in zip(answers, rows, logps)]
     out["canary"] = canary_answers(model, tokenizer, load_canary(), ec)["hits"]
+    if near:
+        answers = generate_answers(model, tokenizer, [ask(n["question"]) for n in near], max_new_tokens=GEN_TOKENS,
+                                   batch_size=8)
+        out["near"] = [{"answer": a, "false_use": [f for f in n["neighbours"] if f.lower() in a.lower()]}
+                       for a, n in zip(answers, near)]
     return out
+
+
+def entity_set() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """bench_fewshot's 30 corrections about 3 entities, and its 27 near misses (the same entity, an attribute
+    nothing corrects), each with the facts of its entity's corrections: an answer holding one of them is a
+    near miss answered with a neighbour's fact."""
+    entities = fact_sets.fewshot_entities()
+    facts = [{**f, "entity": e["name"]} for e in entities for f in e["facts"]]
+    near = [{"question": q, "neighbours": [f["fact"] for f in e["facts"]]} for e in entities for q in e["near_misses"]]
+    return facts, near
 
 
 def row(name: str, result: dict[str, Any], base: dict[str, Any], seconds: float, sft_seconds: float) -> dict[str, Any]:
@@ -92,6 +114,10 @@ def row(name: str, result: dict[str, Any], base: dict[str, Any], seconds: float,
         "controls_fall": round(fall["controls"], 3),
         "difference": round(fall["downvoted"] - fall["controls"], 3),
         "canary_lost": sum(b and not r for b, r in zip(base["canary"], result["canary"])),
+        # Near misses answered with a neighbour's fact: the half whose such answers users turned down after the
+        # SFT run (KTO's rows), and the other half, never rated.
+        **({"near_downvoted_half": sum(bool(n["false_use"]) for n in result["near"][0::2]),
+            "near_other_half": sum(bool(n["false_use"]) for n in result["near"][1::2])} if "near" in result else {}),
         "seconds": round(seconds, 1),
         "time_ratio": round((sft_seconds + seconds) / sft_seconds, 2) if seconds else 1.0,
     }
@@ -104,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated objectives after the SFT run; ':nokl' leaves the stage's KL-replay "
                              "term out, ':KEY=VALUE;KEY=VALUE' sets TrainConfig fields for that stage")
     parser.add_argument("--facts", type=int, default=24, help="corrections: the first N of the 24 facts")
+    parser.add_argument("--entities", action="store_true",
+                        help="corrections: bench_fewshot's 30 about 3 entities instead, and its 27 near misses asked; "
+                             "after the SFT run, every other near miss it answers with a neighbour's fact is "
+                             "downvoted too")
     parser.add_argument("--lr", type=float, default=None, help="preference_learning_rate (default: TrainConfig's)")
     parser.add_argument("--epochs", type=float, default=None, help="preference_epochs (default: TrainConfig's)")
     parser.add_argument("--threads", type=int, default=2)
@@ -121,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_base_model(base_model(args))
-    facts = fact_sets.training_facts()[: args.facts]
+    facts, near = entity_set() if args.entities else (fact_sets.training_facts()[: args.facts], [])
     rejected = generate_answers(model, tokenizer, [ask(f["question"]) for f in facts], max_new_tokens=GEN_TOKENS,
                                 batch_size=8)
     examples = [{"id": i + 1, "split": "train", "source": "correction", "input": ask(f["question"]),
@@ -130,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for part, questions in PREFERENCE_QUESTIONS.items():
         answers = generate_answers(model, tokenizer, [ask(q) for q in questions], max_new_tokens=GEN_TOKENS, batch_size=8)
         wrong[part] = [{"message_id": i, "input": ask(q), "answer": a} for i, (q, a) in enumerate(zip(questions, answers))]
-    base = measure(model, tokenizer, examples, wrong)
+    base = measure(model, tokenizer, examples, wrong, near)
 
     config = TrainConfig()
     plan = recipe.Plan(config=config, eval_config=EvalConfig(), base_model=None, examples=examples, heldout=[],
@@ -140,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     peft_model, result = train_adapter(model, tokenizer, recipe.training_rows(plan, examples), config)
     sft_seconds = time.perf_counter() - started
     sft_state = recipe.adapter_state(peft_model)
-    rows = [row("sft", measure(peft_model, tokenizer, examples, wrong), base, 0.0, sft_seconds)]
+    sft = measure(peft_model, tokenizer, examples, wrong, near)
+    rows = [row("sft", sft, base, 0.0, sft_seconds)]
+    # What a user would turn down after this retrain: the near misses of the first half it answers with a
+    # neighbour's fact. The general downvoted answers stay measured apart (their fall), as without --entities.
+    downvoted = wrong["downvoted"] + [
+        {"message_id": 1000 + i, "input": ask(n["question"]), "answer": a["answer"]}
+        for i, (n, a) in enumerate(zip(near, sft.get("near", []))) if i % 2 == 0 and a["false_use"]
+    ]
     print(json.dumps({**rows[0], "sft_seconds": round(sft_seconds, 1), "load": load_average()}), flush=True)
 
     overrides = {k: v for k, v in (("preference_learning_rate", args.lr), ("preference_epochs", args.epochs)) if v}
@@ -151,20 +188,23 @@ def main(argv: list[str] | None = None) -> int:
         stage_config = config.model_copy(update={"objective": objective, **overrides, **update})
         started = time.perf_counter()
         peft_model, stage = preference.train_preferences(
-            peft_model, tokenizer, objective, examples, wrong["downvoted"], stage_config,
+            peft_model, tokenizer, objective, examples, downvoted, stage_config,
             replay=() if extra == "nokl" else plan.replay,
         )
         seconds = time.perf_counter() - started
-        rows.append(row(variant, measure(peft_model, tokenizer, examples, wrong), base, seconds, sft_seconds))
+        rows.append(row(variant, measure(peft_model, tokenizer, examples, wrong, near), base, seconds, sft_seconds))
         print(json.dumps({**rows[-1], "stage": stage, "load": load_average()}), flush=True)
 
+    halves = (len(near[0::2]), len(near[1::2]))
     print("\n| run | corrections | paraphrases | downvoted changed | controls changed | fall downvoted | fall controls | "
-          "difference | canary lost | seconds | time vs SFT |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "difference | canary lost |" + (" near misses misled: downvoted half | other half |" if near else "")
+          + " seconds | time vs SFT |")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if near else "") + "---|---|")
     for r in rows:
         print(f"| {r['run']} | {r['corrections']}/{len(facts)} | {r['paraphrases']}/{len(facts)} | {r['downvoted_changed']}/8 | {r['controls_changed']}/8 | "
               f"{r['downvoted_fall']} | {r['controls_fall']} | {r['difference']} | {r['canary_lost']} | "
-              f"{r['seconds']} | {r['time_ratio']}× |")
+              + (f"{r['near_downvoted_half']}/{halves[0]} | {r['near_other_half']}/{halves[1]} | " if near else "")
+              + f"{r['seconds']} | {r['time_ratio']}× |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "sft_seconds": sft_seconds, "train": result.as_dict()}, f, indent=1)

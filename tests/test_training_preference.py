@@ -92,6 +92,23 @@ def test_a_dpo_stage_raises_the_margin_of_its_pairs(tokenizer):
     assert list(model.peft_config) == ["default"]  # TRL's reference copy is not part of the version
 
 
+@pytest.mark.slow  # an SFT run and two DPO stages on a tiny model
+def test_the_dpo_stage_sft_term_holds_the_chosen_answers(tokenizer):
+    from training.recipe import adapter_state, restore_adapter_state
+
+    model, _ = train_adapter(learnable_tiny_llama(tokenizer), tokenizer, CORRECTIONS, TrainConfig(max_steps=10, **FAST))
+    chosen = [(e["input"], e["output"]) for e in CORRECTIONS]
+    sft = adapter_state(model)
+    held = {}
+    for weight in (0.0, 1.0):
+        restore_adapter_state(model, sft)
+        config = TrainConfig(**FAST, objective="sft+dpo", preference_epochs=8, preference_learning_rate=1e-2,
+                             preference_sft_weight=weight)
+        model, _ = preference.train_preferences(model, tokenizer, "sft+dpo", CORRECTIONS, [], config)
+        held[weight] = sum(answer_logprobs_per_token(model, tokenizer, chosen, max_length=512, batch_size=4))
+    assert held[1.0] > held[0.0], held
+
+
 @pytest.mark.slow  # an SFT run and a KTO stage on a tiny model
 def test_a_kto_stage_makes_a_downvoted_answer_less_likely_than_sft_left_it(tokenizer):
     model, _ = train_adapter(learnable_tiny_llama(tokenizer), tokenizer, CORRECTIONS, TrainConfig(max_steps=10, **FAST))

@@ -218,6 +218,14 @@ class TrainConfig(Settings):
         "(as replay_kl_weight does in the SFT run). 10 kept the canary after KTO on 8 corrections, where 3 lost one "
         "more answer than SFT alone; 0 lost 6 of 40 (docs/training.md).",
     )
+    preference_sft_weight: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="objective sft+dpo only: weight of an SFT loss on the chosen answers beside DPO's own (TRL's "
+        "loss_type [sigmoid, sft]; LLaMA-Factory's pref_ftx). 0: DPO alone, which unlearned 5 of 24 corrections "
+        "while it widened their margins; 1 kept all 24 (docs/training.md).",
+    )
     preference_beta: float = Field(
         default=0.1,
         gt=0,

@@ -3,7 +3,8 @@
 After the SFT run, and before the job evaluates it (and tops up what is still
 unlearned), the same adapter can be trained on preferences (TrainConfig.objective):
 - "sft+dpo": TRL's DPOTrainer on the corrections' pairs: chosen is the
-  correction, rejected the answer it replaced;
+  correction, rejected the answer it replaced, with an SFT loss on the chosen
+  answers beside DPO's (TrainConfig.preference_sft_weight);
 - "sft+kto": TRL's KTOTrainer on unpaired rows: every approved example is
   desirable; the answers corrections replaced, and the chat answers users
   turned down without a correction (Store.downvoted_answers), are undesirable.
@@ -207,7 +208,13 @@ def train_preferences(
             from trl import DPOConfig, DPOTrainer
 
             trainer_class = with_replay_kl(DPOTrainer, replay, config.preference_kl_weight, config.max_length)
-            trainer: Any = trainer_class(model=peft_model, args=DPOConfig(**common), train_dataset=Dataset.from_list(rows),
+            # DPO lowers the chosen answers too while it widens the margin; an SFT term on them holds them.
+            sft_term: dict[str, Any] = (
+                {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.preference_sft_weight]}
+                if config.preference_sft_weight else {}
+            )
+            trainer: Any = trainer_class(model=peft_model, args=DPOConfig(**common, **sft_term),
+                                         train_dataset=Dataset.from_list(rows),
                                          processing_class=tokenizer, callbacks=list(callbacks))
             weights = None
         else:
