@@ -308,11 +308,11 @@ def measure_swap_and_contention(ref, data_dir: Path, decode_tokens: int, rounds:
 
 def default_variant() -> str:
     """The variant the default TrainConfig runs."""
-    from core.models import bf16_trains_fast
     from training.config import TrainConfig
+    from training.finetune import default_bf16
 
     config = TrainConfig()
-    bf16 = bf16_trains_fast() if config.bf16 is None else config.bf16  # empty: chosen for this machine
+    bf16 = default_bf16() if config.bf16 is None else config.bf16  # empty: chosen for this machine
     return next(name for name, v in VARIANTS.items() if all(getattr(config, k) == x for k, x in v.items() if k != "bf16")
                 and v.get("bf16", False) == bf16)
 

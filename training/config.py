@@ -151,12 +151,11 @@ class TrainConfig(Settings):
     )
     bf16: bool | None = Field(
         default=None,
-        description="Train under bfloat16 autocast. Empty: on where bf16 is fast, a GPU that supports it or a CPU with "
-        "native bf16 (AVX512-BF16 or AMX), and off elsewhere. With AMX, packed steps ran about 2x faster than fp32 "
-        "(benchmarks/bench_training.py), which pays for the extra wordings; on a CPU without those instructions bf16 "
-        "is emulated and a step ran many times slower. With 2 rewordings + 1 statement it learned the same 24 facts "
-        "as fp32 and kept the canary (40 of 40); with the question alone it once kept one canary answer fewer (38 "
-        "against 39). A GPU without bf16 always trains in fp32.",
+        description="Train under bfloat16 autocast. Empty: on a GPU that supports it, off on the CPU. With AMX, packed "
+        "steps ran about 2x faster than fp32 (benchmarks/bench_training.py) and learned the same 24 facts with the "
+        "canary kept, but a retrain on one correction lost 4 of 40 canary answers in bf16 against 1 in fp32, so the "
+        "CPU default is fp32; set true for the speed. On a CPU without AVX512-BF16 or AMX bf16 is emulated and a "
+        "step ran many times slower. A GPU without bf16 always trains in fp32.",
     )
     seed: int = Field(default=0, description="Random seed for LoRA initialisation and data order.")
     max_steps: int | None = Field(

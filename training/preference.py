@@ -197,7 +197,7 @@ def train_preferences(
             report_to="none",
             disable_tqdm=True,
             # TRL turns both on by default; checkpointing only slows a model this small, and on a CPU without native
-            # bf16 the arithmetic is emulated (core.models.bf16_trains_fast decides for the SFT run).
+            # bf16 the arithmetic is emulated (the SFT run trains in fp32 on a CPU too, finetune.default_bf16).
             gradient_checkpointing=False,
             bf16=False,
             max_length=config.max_length,
