@@ -56,9 +56,18 @@ def test_the_rows_are_the_text_training_and_serving_render(tokenizer):
     assert row["chosen"].endswith(tokenizer.eos_token) and row["rejected"].startswith("No key.")
 
 
+def stage_from(sft: dict, model, tokenizer, objective: str, downvoted: list, replay=(), **settings):
+    """`objective`'s stage on CORRECTIONS, started from the SFT adapter state `sft` (tiny-model settings)."""
+    from training.recipe import restore_adapter_state
+
+    restore_adapter_state(model, sft)
+    config = TrainConfig(**FAST, objective=objective, preference_epochs=8, preference_learning_rate=1e-2, **settings)
+    return preference.train_preferences(model, tokenizer, objective, CORRECTIONS, downvoted, config, replay=replay)
+
+
 @pytest.mark.slow  # an SFT run and two KTO stages on a tiny model
 def test_the_replay_term_holds_general_answers_to_the_base_model_during_a_kto_stage(tokenizer):
-    from training.recipe import adapter_state, restore_adapter_state
+    from training.recipe import adapter_state
 
     replay = [{"input": ask(q), "output": a} for q, a in [("What colour is the sky?", "The sky is blue."),
                                                           ("How many legs has a cat?", "A cat has four legs.")]]
@@ -69,11 +78,8 @@ def test_the_replay_term_holds_general_answers_to_the_base_model_during_a_kto_st
     sft = adapter_state(model)
     drift = {}
     for weight in (0.0, 3.0):
-        restore_adapter_state(model, sft)
-        config = TrainConfig(**FAST, objective="sft+kto", preference_epochs=8, preference_learning_rate=1e-2,
-                             preference_kl_weight=weight)
-        model, stage = preference.train_preferences(model, tokenizer, "sft+kto", CORRECTIONS, DOWNVOTED, config,
-                                                    replay=replay)
+        model, stage = stage_from(sft, model, tokenizer, "sft+kto", DOWNVOTED, replay=replay,
+                                  preference_kl_weight=weight)
         after = answer_logprobs_per_token(model, tokenizer, pairs, max_length=512, batch_size=2)
         drift[weight] = sum(abs(a - b) for a, b in zip(after, base))
         assert (stage["replay_rows"], stage["final_replay_kl"] is None) == ((2, False) if weight else (0, True))
@@ -94,17 +100,14 @@ def test_a_dpo_stage_raises_the_margin_of_its_pairs(tokenizer):
 
 @pytest.mark.slow  # an SFT run and two DPO stages on a tiny model
 def test_the_dpo_stage_sft_term_holds_the_chosen_answers(tokenizer):
-    from training.recipe import adapter_state, restore_adapter_state
+    from training.recipe import adapter_state
 
     model, _ = train_adapter(learnable_tiny_llama(tokenizer), tokenizer, CORRECTIONS, TrainConfig(max_steps=10, **FAST))
     chosen = [(e["input"], e["output"]) for e in CORRECTIONS]
     sft = adapter_state(model)
     held = {}
     for weight in (0.0, 1.0):
-        restore_adapter_state(model, sft)
-        config = TrainConfig(**FAST, objective="sft+dpo", preference_epochs=8, preference_learning_rate=1e-2,
-                             preference_sft_weight=weight)
-        model, _ = preference.train_preferences(model, tokenizer, "sft+dpo", CORRECTIONS, [], config)
+        model, _ = stage_from(sft, model, tokenizer, "sft+dpo", [], preference_sft_weight=weight)
         held[weight] = sum(answer_logprobs_per_token(model, tokenizer, chosen, max_length=512, batch_size=4))
     assert held[1.0] > held[0.0], held
 
